@@ -1,0 +1,370 @@
+"""Mamba-2 language model as Flax NNX modules.
+
+Structure (mamba_ssm v2.2.2 ``MambaLMHeadModel``):
+
+    embedding → n_layer × [RMSNorm → Mamba2 mixer → + residual] → RMSNorm → tied LM head
+
+The per-layer parameters are stored stacked on a leading layer axis, and the backbone runs the
+layers with ``jax.lax.scan``: compile time does not grow with depth.
+
+Parameter layout (JAX side, "in × out"):
+
+    in_proj  (d_model, d_in_proj)      conv_w (d_conv, conv_dim)     out_proj (d_inner, d_model)
+
+The in_proj output is split, as in mamba_ssm, into [z0, x0, z, xBC, dt] with widths
+[d_mlp, d_mlp, d_ssm, d_ssm + 2·ngroups·d_state, nheads]; xBC goes through the causal depthwise
+conv (+bias) and SiLU and is split into [x, B, C].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from .cache import Mamba2Cache
+from .config import Mamba2Config
+from .ssd import discretize_dt, ssd_chunked, ssd_step
+
+__all__ = ["Mamba2Mixer", "Mamba2Block", "Mamba2Backbone", "Mamba2LMHeadModel", "rms_norm", "gated_rms_norm"]
+
+F32 = jnp.float32
+
+# names of the per-layer parameters, in the stacked (JAX layout) parameter dict
+LAYER_PARAMS = ("norm", "in_proj", "in_proj_bias", "conv_w", "conv_b", "dt_bias", "A_log", "D", "mixer_norm",
+                "out_proj", "out_proj_bias")
+
+
+def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm in float32 (mamba_ssm ``rms_norm_fn`` / ``rms_norm_ref`` semantics)."""
+    xf = x.astype(F32)
+    rstd = jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return xf * rstd * w.astype(F32)
+
+
+def gated_rms_norm(y: jax.Array, z: jax.Array, w: jax.Array, ngroups: int, eps: float,
+                   norm_before_gate: bool = False) -> jax.Array:
+    """Gated RMSNorm computed per group of size d_ssm / ngroups (``RMSNormGated``), float32."""
+    yf, zf = y.astype(F32), z.astype(F32)
+    if not norm_before_gate:
+        yf = yf * jax.nn.silu(zf)
+    shp = yf.shape
+    yg = yf.reshape(shp[:-1] + (ngroups, shp[-1] // ngroups))
+    rstd = jax.lax.rsqrt(jnp.mean(yg * yg, axis=-1, keepdims=True) + eps)
+    out = (yg * rstd).reshape(shp) * w.astype(F32)
+    if norm_before_gate:
+        out = out * jax.nn.silu(zf)
+    return out
+
+
+def _dot(x: jax.Array, w: jax.Array, precision, out_dtype=None) -> jax.Array:
+    """x (..., k) @ w (k, m), accumulating in float32."""
+    return jax.lax.dot_general(
+        x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=precision,
+        preferred_element_type=out_dtype or F32,
+    )
+
+
+class Mamba2Mixer(nnx.Module):
+    """The Mamba-2 mixer (mamba_ssm ``Mamba2``).  Parameters may carry a leading layer axis;
+    the methods below are only ever called on one layer's slice (inside the layer scan)."""
+
+    def __init__(self, cfg: Mamba2Config, params: dict[str, Any], precision=None):
+        self.cfg = cfg
+        self.precision = precision
+        self.in_proj = nnx.Param(params["in_proj"])
+        self.in_proj_bias = nnx.Param(params["in_proj_bias"]) if "in_proj_bias" in params else None
+        self.conv_w = nnx.Param(params["conv_w"])
+        self.conv_b = nnx.Param(params["conv_b"]) if "conv_b" in params else None
+        self.dt_bias = nnx.Param(params["dt_bias"])
+        self.A_log = nnx.Param(params["A_log"])
+        self.D = nnx.Param(params["D"])
+        self.norm = nnx.Param(params["mixer_norm"])
+        self.out_proj = nnx.Param(params["out_proj"])
+        self.out_proj_bias = nnx.Param(params["out_proj_bias"]) if "out_proj_bias" in params else None
+
+    # -- shared pieces ---------------------------------------------------------------------
+    def _in_proj(self, u):
+        cfg = self.cfg
+        zxbcdt = _dot(u, self.in_proj[...], self.precision, out_dtype=F32)
+        if self.in_proj_bias is not None:
+            zxbcdt = zxbcdt + self.in_proj_bias[...].astype(F32)
+        zxbcdt = zxbcdt.astype(u.dtype)
+        m, s, cd = cfg.d_mlp, cfg.ssm_dim, cfg.conv_dim
+        z0, x0 = zxbcdt[..., :m], zxbcdt[..., m:2 * m]
+        z = zxbcdt[..., 2 * m:2 * m + s]
+        xBC = zxbcdt[..., 2 * m + s:2 * m + s + cd]
+        dt = zxbcdt[..., 2 * m + s + cd:]
+        return z0, x0, z, xBC, dt
+
+    def _split_xbc(self, xBC):
+        cfg = self.cfg
+        s, gn = cfg.ssm_dim, cfg.ngroups * cfg.d_state
+        return xBC[..., :s], xBC[..., s:s + gn], xBC[..., s + gn:]
+
+    def _out(self, y, z, z0, x0, dtype):
+        cfg = self.cfg
+        y = gated_rms_norm(y, z, self.norm[...], cfg.ngroups, cfg.mixer_norm_epsilon, cfg.norm_before_gate)
+        y = y.astype(dtype)
+        if cfg.d_mlp > 0:
+            y = jnp.concatenate([(jax.nn.silu(z0.astype(F32)) * x0.astype(F32)).astype(dtype), y], axis=-1)
+        out = _dot(y, self.out_proj[...], self.precision, out_dtype=F32)
+        if self.out_proj_bias is not None:
+            out = out + self.out_proj_bias[...].astype(F32)
+        return out
+
+    def _A(self):
+        return -jnp.exp(self.A_log[...].astype(F32))
+
+    def _D(self):
+        D = self.D[...].astype(F32)
+        return D.reshape(self.cfg.nheads, self.cfg.headdim) if self.cfg.D_has_hdim else D
+
+    # -- prefill ---------------------------------------------------------------------------
+    def prefill(self, u, conv_state, ssm_state, lengths=None):
+        """u (b, l, d) → (out (b, l, d) float32, new conv_state, new ssm_state).
+
+        ``lengths`` (b,) marks right padding: positions ≥ length get dt = 0 and x = 0, so they
+        leave the SSM state untouched, and the conv state is taken at each sequence's end.
+        """
+        cfg = self.cfg
+        b, l, _ = u.shape
+        z0, x0, z, xBC, dt_raw = self._in_proj(u)
+        k = cfg.d_conv
+        # causal depthwise conv over [previous k-1 inputs, xBC]
+        xpad = jnp.concatenate([conv_state.astype(xBC.dtype), xBC], axis=1)  # (b, k-1+l, cd)
+        w = self.conv_w[...].astype(F32)
+        acc = sum(xpad[:, j:j + l].astype(F32) * w[j] for j in range(k))
+        if self.conv_b is not None:
+            acc = acc + self.conv_b[...].astype(F32)
+        xBC_act = jax.nn.silu(acc).astype(u.dtype)
+        if lengths is None:
+            new_conv = xpad[:, l:]  # last k-1 inputs
+        else:
+            idx = lengths[:, None] + jnp.arange(k - 1)[None, :]  # positions (in xpad) of the last k-1 real inputs
+            new_conv = jnp.take_along_axis(xpad, idx[:, :, None], axis=1)
+        x, B, C = self._split_xbc(xBC_act)
+        dt = discretize_dt(dt_raw, self.dt_bias[...], cfg.dt_limit)  # (b, l, h) f32
+        if lengths is not None:
+            valid = jnp.arange(l)[None, :] < lengths[:, None]
+            dt = jnp.where(valid[..., None], dt, 0.0)
+            x = jnp.where(valid[..., None], x, jnp.zeros_like(x))
+        y, new_ssm = ssd_chunked(
+            x.reshape(b, l, cfg.nheads, cfg.headdim), dt, self._A(),
+            B.reshape(b, l, cfg.ngroups, cfg.d_state), C.reshape(b, l, cfg.ngroups, cfg.d_state),
+            cfg.chunk_size, D=self._D(), initial_state=ssm_state, precision=self.precision,
+        )
+        out = self._out(y.reshape(b, l, cfg.ssm_dim), z, z0, x0, u.dtype)
+        return out, new_conv.astype(conv_state.dtype), new_ssm
+
+    # -- decode step -----------------------------------------------------------------------
+    def step(self, u, conv_state, ssm_state):
+        """u (b, d) one token → (out (b, d) float32, new conv_state, new ssm_state)."""
+        cfg = self.cfg
+        b = u.shape[0]
+        z0, x0, z, xBC, dt_raw = self._in_proj(u)
+        window = jnp.concatenate([conv_state.astype(xBC.dtype), xBC[:, None, :]], axis=1)  # (b, k, cd)
+        acc = jnp.einsum("bkc,kc->bc", window.astype(F32), self.conv_w[...].astype(F32),
+                         precision=jax.lax.Precision.HIGHEST)
+        if self.conv_b is not None:
+            acc = acc + self.conv_b[...].astype(F32)
+        xBC_act = jax.nn.silu(acc).astype(u.dtype)
+        x, B, C = self._split_xbc(xBC_act)
+        dt = discretize_dt(dt_raw, self.dt_bias[...], cfg.dt_limit)
+        y, new_ssm = ssd_step(
+            ssm_state, x.reshape(b, cfg.nheads, cfg.headdim), dt, self._A(),
+            B.reshape(b, cfg.ngroups, cfg.d_state), C.reshape(b, cfg.ngroups, cfg.d_state), D=self._D(),
+            precision=self.precision,
+        )
+        out = self._out(y.reshape(b, cfg.ssm_dim), z, z0, x0, u.dtype)
+        return out, window[:, 1:].astype(conv_state.dtype), new_ssm
+
+
+class Mamba2Block(nnx.Module):
+    """Pre-norm residual block: stream ← stream + mixer(RMSNorm(stream))."""
+
+    def __init__(self, cfg: Mamba2Config, params: dict[str, Any], precision=None):
+        self.cfg = cfg
+        self.norm = nnx.Param(params["norm"])
+        self.mixer = Mamba2Mixer(cfg, params, precision)
+
+    def _normed(self, stream):
+        return rms_norm(stream, self.norm[...], self.cfg.norm_epsilon).astype(self.mixer.in_proj.dtype)
+
+    def prefill(self, stream, conv_state, ssm_state, lengths=None):
+        out, conv, ssm = self.mixer.prefill(self._normed(stream), conv_state, ssm_state, lengths)
+        return (stream.astype(F32) + out).astype(stream.dtype), conv, ssm
+
+    def step(self, stream, conv_state, ssm_state):
+        out, conv, ssm = self.mixer.step(self._normed(stream), conv_state, ssm_state)
+        return (stream.astype(F32) + out).astype(stream.dtype), conv, ssm
+
+
+class Mamba2Backbone(nnx.Module):
+    def __init__(self, cfg: Mamba2Config, params: dict[str, Any], precision=None):
+        self.cfg = cfg
+        self.embedding = nnx.Param(params["embedding"])
+        # one Block whose parameters are stacked over layers (leading axis n_layer)
+        self.layers = Mamba2Block(cfg, params["layers"], precision)
+        self.norm_f = nnx.Param(params["norm_f"])
+
+    def _stream_dtype(self):
+        return F32 if self.cfg.residual_in_fp32 else self.embedding.dtype
+
+    def _scan_layers(self, fn, stream, cache: Mamba2Cache, collect_hidden: bool):
+        graphdef, state = nnx.split(self.layers)
+
+        def body(carry, xs):
+            layer_state, conv, ssm = xs
+            block = nnx.merge(graphdef, layer_state)
+            new_stream, conv, ssm = fn(block, carry, conv, ssm)
+            return new_stream, (conv, ssm, new_stream if collect_hidden else None)
+
+        stream, (conv, ssm, hidden) = jax.lax.scan(body, stream, (state, cache.conv, cache.ssm))
+        return stream, conv, ssm, hidden
+
+    def prefill(self, input_ids, cache: Mamba2Cache, lengths=None, collect_hidden=False):
+        stream = jnp.take(self.embedding[...], input_ids, axis=0).astype(self._stream_dtype())
+        fn = lambda blk, s, c, m: blk.prefill(s, c, m, lengths)  # noqa: E731
+        stream, conv, ssm, hidden = self._scan_layers(fn, stream, cache, collect_hidden)
+        return rms_norm(stream, self.norm_f[...], self.cfg.norm_epsilon), conv, ssm, hidden
+
+    def step(self, token, cache: Mamba2Cache, collect_hidden=False):
+        stream = jnp.take(self.embedding[...], token, axis=0).astype(self._stream_dtype())
+        fn = lambda blk, s, c, m: blk.step(s, c, m)  # noqa: E731
+        stream, conv, ssm, hidden = self._scan_layers(fn, stream, cache, collect_hidden)
+        return rms_norm(stream, self.norm_f[...], self.cfg.norm_epsilon), conv, ssm, hidden
+
+
+class Mamba2LMHeadModel(nnx.Module):
+    """``model(input_ids) → (logits, cache)``; ``prefill`` / ``step`` for cached generation.
+
+    Logits have shape (batch, length, padded_vocab) and are float32.  The LM head is tied to the
+    embedding unless the config says otherwise.
+    """
+
+    def __init__(self, cfg: Mamba2Config, params: dict[str, Any], precision=None):
+        self.cfg = cfg
+        self.precision = precision
+        self.backbone = Mamba2Backbone(cfg, params, precision)
+        self.lm_head = None if cfg.tie_embeddings else nnx.Param(params["lm_head"])
+
+    @property
+    def dtype(self):
+        return self.backbone.embedding.dtype
+
+    def _head(self):
+        return self.backbone.embedding if self.lm_head is None else self.lm_head
+
+    def logits(self, h: jax.Array) -> jax.Array:
+        """h (..., d) float32 → logits (..., V) float32: h · Eᵀ, contracting E's contiguous axis."""
+        E = self._head()[...]
+        hh = h.astype(E.dtype)
+        return jax.lax.dot_general(hh, E, (((hh.ndim - 1,), (1,)), ((), ())), precision=self.precision,
+                                   preferred_element_type=F32)
+
+    def init_cache(self, batch: int) -> Mamba2Cache:
+        return Mamba2Cache.zeros(self.cfg, batch, dtype=self.dtype)
+
+    def prefill(self, input_ids, cache: Mamba2Cache | None = None, lengths=None, *, collect_hidden=False,
+                last_only=False):
+        """Run a (right-padded) prompt.  Returns (logits, cache[, hidden]).
+
+        ``lengths`` (b,) gives the real length of each row; the cache then holds each row's state
+        at its own end.  ``last_only`` returns only the logits at each row's last real position,
+        shape (b, V), which avoids the (b, l, V) logits tensor.
+        """
+        input_ids = jnp.asarray(input_ids)
+        b, l = input_ids.shape
+        if cache is None:
+            cache = self.init_cache(b)
+        h, conv, ssm, hidden = self.backbone.prefill(input_ids, cache, lengths, collect_hidden)
+        n_new = jnp.full((b,), l, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
+        new_cache = Mamba2Cache(conv=conv, ssm=ssm, seqlen=cache.seqlen + n_new)
+        if last_only:
+            idx = (n_new - 1)[:, None, None]
+            h = jnp.take_along_axis(h, jnp.broadcast_to(idx, (b, 1, h.shape[-1])), axis=1)[:, 0]
+        logits = self.logits(h)
+        return (logits, new_cache, hidden) if collect_hidden else (logits, new_cache)
+
+    def step(self, token, cache: Mamba2Cache, *, collect_hidden=False):
+        """token (b,) → (logits (b, V), cache[, hidden])."""
+        h, conv, ssm, hidden = self.backbone.step(jnp.asarray(token), cache, collect_hidden)
+        new_cache = Mamba2Cache(conv=conv, ssm=ssm, seqlen=cache.seqlen + 1)
+        logits = self.logits(h)
+        return (logits, new_cache, hidden) if collect_hidden else (logits, new_cache)
+
+    def __call__(self, input_ids, cache: Mamba2Cache | None = None):
+        return self.prefill(input_ids, cache)
+
+
+# ------------------------------------------------------------------------------ conversion
+def jax_params_from_state_dict(cfg: Mamba2Config, sd: dict[str, np.ndarray], dtype=jnp.float32) -> dict[str, Any]:
+    """state-spaces tensors (torch layout, numpy) → stacked JAX-layout parameter dict.
+
+    Matrices and norms take ``dtype``; A_log, dt_bias and D stay float32 (the SSM math is fp32).
+    """
+    nl = cfg.n_layer
+    pre = "backbone.layers.{i}."
+
+    def stack(key, fn=lambda a: a, dt=dtype):
+        arrs = [fn(np.asarray(sd[pre.format(i=i) + key])) for i in range(nl)]
+        return jnp.asarray(np.stack(arrs).astype(np.dtype(jnp.dtype(dt)) if dt is not None else arrs[0].dtype))
+
+    layers = {
+        "norm": stack("norm.weight"),
+        "in_proj": stack("mixer.in_proj.weight", lambda a: a.T),
+        "conv_w": stack("mixer.conv1d.weight", lambda a: a[:, 0, :].T),
+        "dt_bias": stack("mixer.dt_bias", dt=jnp.float32),
+        "A_log": stack("mixer.A_log", dt=jnp.float32),
+        "D": stack("mixer.D", dt=jnp.float32),
+        "mixer_norm": stack("mixer.norm.weight"),
+        "out_proj": stack("mixer.out_proj.weight", lambda a: a.T),
+    }
+    if cfg.conv_bias:
+        layers["conv_b"] = stack("mixer.conv1d.bias")
+    if cfg.bias:
+        layers["in_proj_bias"] = stack("mixer.in_proj.bias")
+        layers["out_proj_bias"] = stack("mixer.out_proj.bias")
+    cast = lambda a: jnp.asarray(np.asarray(a).astype(np.dtype(jnp.dtype(dtype))))  # noqa: E731
+    params = {
+        "embedding": cast(sd["backbone.embedding.weight"]),
+        "layers": layers,
+        "norm_f": cast(sd["backbone.norm_f.weight"]),
+    }
+    if not cfg.tie_embeddings:
+        params["lm_head"] = cast(sd["lm_head.weight"])
+    return params
+
+
+def state_dict_from_model(model: Mamba2LMHeadModel) -> dict[str, np.ndarray]:
+    """The inverse of :func:`jax_params_from_state_dict` (torch layout, numpy, model dtype)."""
+    cfg = model.cfg
+    L = model.backbone.layers
+    mx = L.mixer
+    g = lambda p: np.asarray(p[...])  # noqa: E731
+    sd: dict[str, np.ndarray] = {"backbone.embedding.weight": g(model.backbone.embedding)}
+    per = {
+        "norm.weight": g(L.norm),
+        "mixer.in_proj.weight": np.swapaxes(g(mx.in_proj), 1, 2),
+        "mixer.conv1d.weight": np.swapaxes(g(mx.conv_w), 1, 2)[:, :, None, :],
+        "mixer.dt_bias": g(mx.dt_bias),
+        "mixer.A_log": g(mx.A_log),
+        "mixer.D": g(mx.D),
+        "mixer.norm.weight": g(mx.norm),
+        "mixer.out_proj.weight": np.swapaxes(g(mx.out_proj), 1, 2),
+    }
+    if mx.conv_b is not None:
+        per["mixer.conv1d.bias"] = g(mx.conv_b)
+    if mx.in_proj_bias is not None:
+        per["mixer.in_proj.bias"] = g(mx.in_proj_bias)
+        per["mixer.out_proj.bias"] = g(mx.out_proj_bias)
+    for i in range(cfg.n_layer):
+        for k, v in per.items():
+            sd[f"backbone.layers.{i}.{k}"] = v[i]
+    sd["backbone.norm_f.weight"] = g(model.backbone.norm_f)
+    sd["lm_head.weight"] = sd["backbone.embedding.weight"] if model.lm_head is None else g(model.lm_head)
+    return sd

@@ -1,0 +1,173 @@
+"""State Space Duality (SSD) math for Mamba-2, as pure JAX functions (no Flax).
+
+Notation (mamba_ssm v2.2.2): b batch, l length, h heads, p headdim, g groups, n d_state,
+r = h // g heads per group, c chunks, q chunk size.
+
+The recurrence being computed, per head, with dt already passed through softplus/clamp:
+
+    state_t = exp(dt_t * A) * state_{t-1} + dt_t * x_t ⊗ B_t       (p × n)
+    y_t     = state_t · C_t + D * x_t
+
+``ssd_chunked`` evaluates it in parallel over chunks (the "dual" quadratic form inside a chunk,
+a linear recurrence across chunks), entirely with einsums.  ``ssd_step`` is the O(1) update used
+for decoding.  All state arithmetic is float32 regardless of the dtype of the inputs.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["segsum", "ssd_chunked", "ssd_step", "discretize_dt"]
+
+F32 = jnp.float32
+
+
+def discretize_dt(dt_raw: jax.Array, dt_bias: jax.Array, dt_limit: tuple[float, float]) -> jax.Array:
+    """``dt = clamp(softplus(dt_raw + dt_bias), *dt_limit)`` in float32.
+
+    Softplus uses the same threshold (20) as torch / the Triton kernels: above it dt = x.
+    The clamp is skipped for the default (0, inf) limit, exactly as mamba_ssm skips it.
+    """
+    x = dt_raw.astype(F32) + dt_bias.astype(F32)
+    dt = jnp.where(x <= 20.0, jax.nn.softplus(jnp.minimum(x, 20.0)), x)
+    lo, hi = dt_limit
+    if (lo, hi) != (0.0, float("inf")):
+        dt = jnp.clip(dt, lo, hi)
+    return dt
+
+
+def segsum(a: jax.Array) -> jax.Array:
+    """Stable segment sum along the last axis.
+
+    ``out[..., i, j] = sum_{k=j+1}^{i} a[..., k]`` for ``i >= j`` and ``-inf`` above the diagonal,
+    built from a masked cumulative sum rather than a difference of cumulative sums, so that
+    long chunks with large |dt*A| do not lose precision through cancellation.
+    """
+    q = a.shape[-1]
+    x = jnp.broadcast_to(a[..., :, None], a.shape + (q,))  # x[..., i, j] = a[i]
+    strict = jnp.tril(jnp.ones((q, q), dtype=bool), k=-1)
+    x = jnp.where(strict, x, 0.0)
+    s = jnp.cumsum(x, axis=-2)
+    causal = jnp.tril(jnp.ones((q, q), dtype=bool), k=0)
+    return jnp.where(causal, s, -jnp.inf)
+
+
+def ssd_chunked(
+    x: jax.Array,
+    dt: jax.Array,
+    A: jax.Array,
+    B: jax.Array,
+    C: jax.Array,
+    chunk_size: int,
+    D: jax.Array | None = None,
+    initial_state: jax.Array | None = None,
+    precision: jax.lax.Precision | str | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Chunked SSD scan.
+
+    Args:
+      x: (b, l, h, p) inputs.
+      dt: (b, l, h) float32 step sizes (after softplus / clamp).
+      A: (h,) float32, negative.
+      B, C: (b, l, g, n) per-group input / output projections, shared by the h/g heads of a group.
+      chunk_size: q.  Any l is accepted: the tail is padded with dt = 0 (identity decay, zero input),
+        which leaves outputs at real positions and the final state unchanged.
+      D: (h,) or (h, p) skip connection, optional.
+      initial_state: (b, h, p, n), optional.
+
+    Returns:
+      y: (b, l, h, p) float32, and final_state: (b, h, p, n) float32.
+    """
+    b, l, h, p = x.shape
+    g, n = B.shape[-2:]
+    if h % g:
+        raise ValueError(f"heads ({h}) must be a multiple of groups ({g})")
+    r = h // g
+    q = int(chunk_size)
+    pad = (-l) % q
+    xf, Bf, Cf, dtf = x.astype(F32), B.astype(F32), C.astype(F32), dt.astype(F32)
+    if pad:
+        xf = jnp.pad(xf, ((0, 0), (0, pad), (0, 0), (0, 0)))
+        Bf = jnp.pad(Bf, ((0, 0), (0, pad), (0, 0), (0, 0)))
+        Cf = jnp.pad(Cf, ((0, 0), (0, pad), (0, 0), (0, 0)))
+        dtf = jnp.pad(dtf, ((0, 0), (0, pad), (0, 0)))
+    L = l + pad
+    c = L // q
+    ein = lambda eq, *ops: jnp.einsum(eq, *ops, precision=precision)  # noqa: E731
+
+    # chunked views; heads split into (g, r) so that B and C stay per group.
+    xc = xf.reshape(b, c, q, g, r, p)
+    Bc = Bf.reshape(b, c, q, g, n)
+    Cc = Cf.reshape(b, c, q, g, n)
+    dtc = dtf.reshape(b, c, q, g, r)
+    dA = dtc * A.astype(F32).reshape(g, r)  # (b c q g r)
+    dA = jnp.moveaxis(dA, 2, -1)  # (b c g r q)
+    dA_cs = jnp.cumsum(dA, axis=-1)  # (b c g r q)
+    dt_q = jnp.moveaxis(dtc, 2, -1)  # (b c g r q)
+
+    # 1) intra-chunk (diagonal blocks): y = (C Bᵀ ∘ L) (dt x).  C·Bᵀ once per group.
+    CB = ein("bclgn,bcsgn->bcgls", Cc, Bc)  # (b c g q q)
+    Lmat = jnp.exp(segsum(dA))  # (b c g r q q)
+    M = CB[:, :, :, None] * Lmat * dt_q[..., None, :]  # (b c g r l s)
+    y_diag = ein("bcgrls,bcsgrp->bclgrp", M, xc)
+
+    # 2) state contributed by each chunk, decayed to the chunk end.
+    decay_states = jnp.exp(dA_cs[..., -1:] - dA_cs)  # (b c g r q)
+    states = ein("bcsgn,bcgrs,bcsgrp->bcgrpn", Bc, decay_states * dt_q, xc)
+
+    # 3) inter-chunk recurrence (as one einsum over the chunk axis).
+    if initial_state is None:
+        init = jnp.zeros((b, 1, g, r, p, n), F32)
+    else:
+        init = initial_state.astype(F32).reshape(b, 1, g, r, p, n)
+    states = jnp.concatenate([init, states], axis=1)  # (b c+1 g r p n)
+    chunk_total = jnp.pad(dA_cs[..., -1], ((0, 0), (1, 0), (0, 0), (0, 0)))  # (b c+1 g r)
+    decay_chunk = jnp.exp(segsum(jnp.moveaxis(chunk_total, 1, -1)))  # (b g r c+1 c+1)
+    new_states = ein("bgrzc,bcgrpn->bzgrpn", decay_chunk, states)
+    prev_states, final_state = new_states[:, :-1], new_states[:, -1]
+
+    # 4) contribution of the state entering each chunk to that chunk's outputs.
+    state_decay_out = jnp.exp(dA_cs)  # (b c g r q)
+    y_off = ein("bclgn,bcgrpn,bcgrl->bclgrp", Cc, prev_states, state_decay_out)
+
+    y = (y_diag + y_off).reshape(b, L, h, p)[:, :l]
+    if D is not None:
+        Df = D.astype(F32)
+        Df = Df[:, None] if Df.ndim == 1 else Df
+        y = y + x.astype(F32) * Df
+    return y, final_state.reshape(b, h, p, n)
+
+
+def ssd_step(
+    state: jax.Array,
+    x: jax.Array,
+    dt: jax.Array,
+    A: jax.Array,
+    B: jax.Array,
+    C: jax.Array,
+    D: jax.Array | None = None,
+    precision: jax.lax.Precision | str | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """One recurrent step, O(1) in the sequence length.
+
+    Args:
+      state: (b, h, p, n) float32.   x: (b, h, p).   dt: (b, h) float32.   A: (h,).
+      B, C: (b, g, n).   D: (h,) or (h, p).
+    Returns: y (b, h, p) float32, new state (b, h, p, n) float32.
+    """
+    b, h, p, n = state.shape
+    g = B.shape[-2]
+    r = h // g
+    xf = x.astype(F32).reshape(b, g, r, p)
+    dtf = dt.astype(F32).reshape(b, g, r)
+    dA = jnp.exp(dtf * A.astype(F32).reshape(g, r))  # (b g r)
+    Bf, Cf = B.astype(F32), C.astype(F32)
+    s = state.reshape(b, g, r, p, n)
+    s = s * dA[..., None, None] + (dtf[..., None] * xf)[..., None] * Bf[:, :, None, None, :]
+    y = jnp.einsum("bgrpn,bgn->bgrp", s, Cf, precision=precision).reshape(b, h, p)
+    if D is not None:
+        Df = D.astype(F32)
+        Df = Df[:, None] if Df.ndim == 1 else Df
+        y = y + x.astype(F32) * Df
+    return y, s.reshape(b, h, p, n)
