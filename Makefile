@@ -26,3 +26,6 @@ test-slow: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Feature areas add their targets in mk/*.mk
+-include mk/*.mk
