@@ -1,0 +1,129 @@
+"""Provenance of a run: code version, package versions, machine and precision settings.
+
+``provenance()`` returns a flat-ish, JSON-serialisable dict that every experiment writes next to
+its results.  Nothing here raises: a field that cannot be determined is ``None``.  JAX is only
+queried if it is already importable; the function never initialises an accelerator that the
+caller has not asked for beyond what ``jax.devices()`` does.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata as _md
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["provenance", "git_info", "package_versions", "cpu_model", "utc_now"]
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_PACKAGES = ("jax", "jaxlib", "flax", "numpy", "torch", "transformers", "tokenizers", "safetensors",
+                    "mamba-ssm", "triton", "einops", "hydra-core", "mamba2-jax-artifact")
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _git(*args: str, cwd: Path = REPO) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_info(cwd: str | Path = REPO) -> dict[str, Any]:
+    """{"sha": full sha or None, "dirty": bool or None, "branch": name or None}."""
+    cwd = Path(cwd)
+    sha = _git("rev-parse", "HEAD", cwd=cwd)
+    status = _git("status", "--porcelain", "--untracked-files=no", cwd=cwd)
+    branch = _git("rev-parse", "--abbrev-ref", "HEAD", cwd=cwd)
+    return {"sha": sha, "dirty": None if status is None else bool(status), "branch": branch}
+
+
+def package_versions(names=DEFAULT_PACKAGES) -> dict[str, str | None]:
+    """Installed distribution versions (``None`` when not installed); no package is imported."""
+    out: dict[str, str | None] = {}
+    for n in names:
+        try:
+            out[n] = _md.version(n)
+        except _md.PackageNotFoundError:
+            out[n] = None
+    return out
+
+
+def cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _jax_info() -> dict[str, Any]:
+    try:
+        import jax
+    except Exception:  # noqa: BLE001
+        return {"available": False}
+    info: dict[str, Any] = {"available": True}
+    try:
+        info["backend"] = jax.default_backend()
+        devs = jax.devices()
+        info["devices"] = [str(d) for d in devs]
+        info["device_kinds"] = sorted({getattr(d, "device_kind", "?") for d in devs})
+    except Exception as e:  # noqa: BLE001
+        info["error"] = f"{type(e).__name__}: {e}"
+    try:
+        info["default_matmul_precision"] = jax.config.jax_default_matmul_precision
+        info["enable_x64"] = bool(jax.config.jax_enable_x64)
+    except Exception:  # noqa: BLE001
+        pass
+    return info
+
+
+def _torch_info() -> dict[str, Any] | None:
+    if "torch" not in sys.modules:  # report torch flags only where the run actually uses torch
+        return None
+    import torch
+
+    info: dict[str, Any] = {"cuda_available": torch.cuda.is_available(),
+                            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+                            "num_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(0)
+        info["cuda_version"] = torch.version.cuda
+        info["tf32_matmul"] = bool(torch.backends.cuda.matmul.allow_tf32)
+        info["tf32_cudnn"] = bool(torch.backends.cudnn.allow_tf32)
+    return info
+
+
+def provenance(packages=DEFAULT_PACKAGES, **extra: Any) -> dict[str, Any]:
+    """Everything needed to say where a number came from.  ``extra`` keys are merged in."""
+    out: dict[str, Any] = {
+        "date_utc": utc_now(),
+        "git": git_info(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "packages": package_versions(packages),
+        "jax": _jax_info(),
+    }
+    t = _torch_info()
+    if t is not None:
+        out["torch"] = t
+    out.update(extra)
+    return out
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import json
+
+    print(json.dumps(provenance(), indent=2))
