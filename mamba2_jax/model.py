@@ -4,8 +4,8 @@ Structure (mamba_ssm v2.2.2 ``MambaLMHeadModel``):
 
     embedding → n_layer × [RMSNorm → Mamba2 mixer → + residual] → RMSNorm → tied LM head
 
-The per-layer parameters are stored stacked on a leading layer axis, and the backbone runs the
-layers with ``jax.lax.scan``: compile time does not grow with depth.
+Each layer owns its parameters; see ``Mamba2Backbone`` for how layers are run (unrolled decode
+step, ``lax.scan`` prefill).
 
 Parameter layout (JAX side, "in × out"):
 
@@ -33,9 +33,6 @@ __all__ = ["Mamba2Mixer", "Mamba2Block", "Mamba2Backbone", "Mamba2LMHeadModel", 
 
 F32 = jnp.float32
 
-# names of the per-layer parameters, in the stacked (JAX layout) parameter dict
-LAYER_PARAMS = ("norm", "in_proj", "in_proj_bias", "conv_w", "conv_b", "dt_bias", "A_log", "D", "mixer_norm",
-                "out_proj", "out_proj_bias")
 
 
 def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
@@ -69,8 +66,7 @@ def _dot(x: jax.Array, w: jax.Array, precision, out_dtype=None) -> jax.Array:
 
 
 class Mamba2Mixer(nnx.Module):
-    """The Mamba-2 mixer (mamba_ssm ``Mamba2``).  Parameters may carry a leading layer axis;
-    the methods below are only ever called on one layer's slice (inside the layer scan)."""
+    """The Mamba-2 mixer (mamba_ssm ``Mamba2``) of one layer."""
 
     def __init__(self, cfg: Mamba2Config, params: dict[str, Any], precision=None):
         self.cfg = cfg
@@ -204,38 +200,62 @@ class Mamba2Block(nnx.Module):
 
 
 class Mamba2Backbone(nnx.Module):
+    """Embedding, the residual blocks, and the final norm.
+
+    Each layer owns its own parameter arrays (``self.layers`` is an ``nnx.List``).  Why not one
+    stacked array per parameter, scanned over?  On XLA:CPU a dot cannot read its weight operand
+    through a (dynamic-)slice: every layer's weights are first copied out of the stacked array,
+    which triples the weight traffic of the memory-bound decode step (measured: the copies
+    show up as ``dynamic-slice`` fusions of every in_proj/out_proj in the compiled HLO).  So:
+
+    * ``step`` (decode) loops over layers in Python: no weight copies; the graph is small, so
+      compile time stays low even at 64 layers;
+    * ``prefill`` stacks the per-layer parameters inside the jitted function and runs
+      ``lax.scan`` over layers, so its compile time does not grow with depth; the one-off
+      stacking copy is small next to prefill's matmul work.  ``scan_prefill=False`` unrolls.
+    """
+
     def __init__(self, cfg: Mamba2Config, params: dict[str, Any], precision=None):
         self.cfg = cfg
         self.embedding = nnx.Param(params["embedding"])
-        # one Block whose parameters are stacked over layers (leading axis n_layer)
-        self.layers = Mamba2Block(cfg, params["layers"], precision)
+        self.layers = nnx.List([Mamba2Block(cfg, lp, precision) for lp in params["layers"]])
         self.norm_f = nnx.Param(params["norm_f"])
+        self.scan_prefill = True
 
     def _stream_dtype(self):
         return F32 if self.cfg.residual_in_fp32 else self.embedding.dtype
 
-    def _scan_layers(self, fn, stream, cache: Mamba2Cache, collect_hidden: bool):
-        graphdef, state = nnx.split(self.layers)
-
-        def body(carry, xs):
-            layer_state, conv, ssm = xs
-            block = nnx.merge(graphdef, layer_state)
-            new_stream, conv, ssm = fn(block, carry, conv, ssm)
-            return new_stream, (conv, ssm, new_stream if collect_hidden else None)
-
-        stream, (conv, ssm, hidden) = jax.lax.scan(body, stream, (state, cache.conv, cache.ssm))
-        return stream, conv, ssm, hidden
-
     def prefill(self, input_ids, cache: Mamba2Cache, lengths=None, collect_hidden=False):
         stream = jnp.take(self.embedding[...], input_ids, axis=0).astype(self._stream_dtype())
-        fn = lambda blk, s, c, m: blk.prefill(s, c, m, lengths)  # noqa: E731
-        stream, conv, ssm, hidden = self._scan_layers(fn, stream, cache, collect_hidden)
+        if self.scan_prefill:
+            graphdef, _ = nnx.split(self.layers[0])
+            states = [nnx.state(blk) for blk in self.layers]
+            stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+            def body(carry, xs):
+                layer_state, conv, ssm = xs
+                blk = nnx.merge(graphdef, layer_state)
+                new, conv, ssm = blk.prefill(carry, conv, ssm, lengths)
+                return new, (conv, ssm, new if collect_hidden else None)
+
+            stream, (conv, ssm, hidden) = jax.lax.scan(body, stream, (stacked, cache.conv, cache.ssm))
+        else:
+            convs, ssms, hid = [], [], []
+            for i, blk in enumerate(self.layers):
+                stream, c, m = blk.prefill(stream, cache.conv[i], cache.ssm[i], lengths)
+                convs.append(c), ssms.append(m), hid.append(stream)
+            conv, ssm = jnp.stack(convs), jnp.stack(ssms)
+            hidden = jnp.stack(hid) if collect_hidden else None
         return rms_norm(stream, self.norm_f[...], self.cfg.norm_epsilon), conv, ssm, hidden
 
     def step(self, token, cache: Mamba2Cache, collect_hidden=False):
         stream = jnp.take(self.embedding[...], token, axis=0).astype(self._stream_dtype())
-        fn = lambda blk, s, c, m: blk.step(s, c, m)  # noqa: E731
-        stream, conv, ssm, hidden = self._scan_layers(fn, stream, cache, collect_hidden)
+        conv, ssm, hid = cache.conv, cache.ssm, []
+        for i, blk in enumerate(self.layers):
+            stream, c, m = blk.step(stream, conv[i], ssm[i])
+            conv, ssm = conv.at[i].set(c), ssm.at[i].set(m)  # in place when the cache is donated
+            hid.append(stream)
+        hidden = jnp.stack(hid) if collect_hidden else None
         return rms_norm(stream, self.norm_f[...], self.cfg.norm_epsilon), conv, ssm, hidden
 
 
@@ -303,38 +323,33 @@ class Mamba2LMHeadModel(nnx.Module):
 
 # ------------------------------------------------------------------------------ conversion
 def jax_params_from_state_dict(cfg: Mamba2Config, sd: dict[str, np.ndarray], dtype=jnp.float32) -> dict[str, Any]:
-    """state-spaces tensors (torch layout, numpy) → stacked JAX-layout parameter dict.
+    """state-spaces tensors (torch layout, numpy) → JAX-layout parameter dict (one dict per layer).
 
     Matrices and norms take ``dtype``; A_log, dt_bias and D stay float32 (the SSM math is fp32).
     """
-    nl = cfg.n_layer
-    pre = "backbone.layers.{i}."
-
-    def stack(key, fn=lambda a: a, dt=dtype):
-        arrs = [fn(np.asarray(sd[pre.format(i=i) + key])) for i in range(nl)]
-        return jnp.asarray(np.stack(arrs).astype(np.dtype(jnp.dtype(dt)) if dt is not None else arrs[0].dtype))
-
-    layers = {
-        "norm": stack("norm.weight"),
-        "in_proj": stack("mixer.in_proj.weight", lambda a: a.T),
-        "conv_w": stack("mixer.conv1d.weight", lambda a: a[:, 0, :].T),
-        "dt_bias": stack("mixer.dt_bias", dt=jnp.float32),
-        "A_log": stack("mixer.A_log", dt=jnp.float32),
-        "D": stack("mixer.D", dt=jnp.float32),
-        "mixer_norm": stack("mixer.norm.weight"),
-        "out_proj": stack("mixer.out_proj.weight", lambda a: a.T),
-    }
-    if cfg.conv_bias:
-        layers["conv_b"] = stack("mixer.conv1d.bias")
-    if cfg.bias:
-        layers["in_proj_bias"] = stack("mixer.in_proj.bias")
-        layers["out_proj_bias"] = stack("mixer.out_proj.bias")
-    cast = lambda a: jnp.asarray(np.asarray(a).astype(np.dtype(jnp.dtype(dtype))))  # noqa: E731
-    params = {
-        "embedding": cast(sd["backbone.embedding.weight"]),
-        "layers": layers,
-        "norm_f": cast(sd["backbone.norm_f.weight"]),
-    }
+    npd = np.dtype(jnp.dtype(dtype))
+    cast = lambda a, dt=npd: jnp.asarray(np.asarray(a).astype(dt))  # noqa: E731
+    layers = []
+    for i in range(cfg.n_layer):
+        g = lambda k: np.asarray(sd[f"backbone.layers.{i}.{k}"])  # noqa: E731
+        lp = {
+            "norm": cast(g("norm.weight")),
+            "in_proj": cast(g("mixer.in_proj.weight").T),
+            "conv_w": cast(g("mixer.conv1d.weight")[:, 0, :].T),
+            "dt_bias": cast(g("mixer.dt_bias"), np.float32),
+            "A_log": cast(g("mixer.A_log"), np.float32),
+            "D": cast(g("mixer.D"), np.float32),
+            "mixer_norm": cast(g("mixer.norm.weight")),
+            "out_proj": cast(g("mixer.out_proj.weight").T),
+        }
+        if cfg.conv_bias:
+            lp["conv_b"] = cast(g("mixer.conv1d.bias"))
+        if cfg.bias:
+            lp["in_proj_bias"] = cast(g("mixer.in_proj.bias"))
+            lp["out_proj_bias"] = cast(g("mixer.out_proj.bias"))
+        layers.append(lp)
+    params = {"embedding": cast(sd["backbone.embedding.weight"]), "layers": layers,
+              "norm_f": cast(sd["backbone.norm_f.weight"])}
     if not cfg.tie_embeddings:
         params["lm_head"] = cast(sd["lm_head.weight"])
     return params
@@ -342,29 +357,25 @@ def jax_params_from_state_dict(cfg: Mamba2Config, sd: dict[str, np.ndarray], dty
 
 def state_dict_from_model(model: Mamba2LMHeadModel) -> dict[str, np.ndarray]:
     """The inverse of :func:`jax_params_from_state_dict` (torch layout, numpy, model dtype)."""
-    cfg = model.cfg
-    L = model.backbone.layers
-    mx = L.mixer
     g = lambda p: np.asarray(p[...])  # noqa: E731
     sd: dict[str, np.ndarray] = {"backbone.embedding.weight": g(model.backbone.embedding)}
-    per = {
-        "norm.weight": g(L.norm),
-        "mixer.in_proj.weight": np.swapaxes(g(mx.in_proj), 1, 2),
-        "mixer.conv1d.weight": np.swapaxes(g(mx.conv_w), 1, 2)[:, :, None, :],
-        "mixer.dt_bias": g(mx.dt_bias),
-        "mixer.A_log": g(mx.A_log),
-        "mixer.D": g(mx.D),
-        "mixer.norm.weight": g(mx.norm),
-        "mixer.out_proj.weight": np.swapaxes(g(mx.out_proj), 1, 2),
-    }
-    if mx.conv_b is not None:
-        per["mixer.conv1d.bias"] = g(mx.conv_b)
-    if mx.in_proj_bias is not None:
-        per["mixer.in_proj.bias"] = g(mx.in_proj_bias)
-        per["mixer.out_proj.bias"] = g(mx.out_proj_bias)
-    for i in range(cfg.n_layer):
-        for k, v in per.items():
-            sd[f"backbone.layers.{i}.{k}"] = v[i]
+    for i, blk in enumerate(model.backbone.layers):
+        mx = blk.mixer
+        pre = f"backbone.layers.{i}."
+        sd[pre + "norm.weight"] = g(blk.norm)
+        sd[pre + "mixer.in_proj.weight"] = g(mx.in_proj).T
+        if mx.in_proj_bias is not None:
+            sd[pre + "mixer.in_proj.bias"] = g(mx.in_proj_bias)
+        sd[pre + "mixer.conv1d.weight"] = g(mx.conv_w).T[:, None, :]
+        if mx.conv_b is not None:
+            sd[pre + "mixer.conv1d.bias"] = g(mx.conv_b)
+        sd[pre + "mixer.dt_bias"] = g(mx.dt_bias)
+        sd[pre + "mixer.A_log"] = g(mx.A_log)
+        sd[pre + "mixer.D"] = g(mx.D)
+        sd[pre + "mixer.norm.weight"] = g(mx.norm)
+        sd[pre + "mixer.out_proj.weight"] = g(mx.out_proj).T
+        if mx.out_proj_bias is not None:
+            sd[pre + "mixer.out_proj.bias"] = g(mx.out_proj_bias)
     sd["backbone.norm_f.weight"] = g(model.backbone.norm_f)
     sd["lm_head.weight"] = sd["backbone.embedding.weight"] if model.lm_head is None else g(model.lm_head)
     return sd
