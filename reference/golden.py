@@ -1,0 +1,142 @@
+"""Write a golden file for one backend, checkpoint and prompt set.
+
+    python -m reference.golden --backend {mamba_ssm_ref_cpu,transformers,mamba_ssm_triton} \
+        --model DIR --prompts PROMPTS.json --out OUT.npz [--n-new 64] [--device cpu|cuda]
+        [--tf32 on|off] [--triton-f32 default|ieee] [--cuda-graph on|off] [--threads N]
+
+Each backend must run in its own process (see reference/README.md): this module imports only
+the chosen backend.  The prompts file holds token ids (the parity experiment tokenizes them with
+the GPT-NeoX tokenizer); see ``reference.common`` for the golden layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .common import BACKENDS, GoldenWriter, ReferenceError_, load_prompts, step_record, torch_provenance
+
+
+def build_parser(prog: str = "python -m reference.golden") -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    ap.add_argument("--backend", required=True, choices=BACKENDS)
+    ap.add_argument("--model", required=True, help="checkpoint directory (state-spaces or HF layout)")
+    ap.add_argument("--device", default=None, help="cpu | cuda (default: cuda for mamba_ssm_triton, else cpu)")
+    ap.add_argument("--tf32", choices=("on", "off"), default="off",
+                    help="mamba_ssm_triton: torch cuBLAS/cuDNN TF32 flags (default off)")
+    ap.add_argument("--triton-f32", choices=("default", "ieee"), default="default",
+                    help="mamba_ssm_triton: 'ieee' exports TRITON_F32_DEFAULT=ieee before Triton loads")
+    ap.add_argument("--cuda-graph", choices=("on", "off"), default="on",
+                    help="mamba_ssm_triton: decode with CUDA graphs (generate(cg=True))")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU")
+    return ap
+
+
+def add_golden_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    ap.add_argument("--prompts", required=True, help="JSON prompts file with input_ids")
+    ap.add_argument("--out", required=True, help="output .npz (a .json with the metadata is written beside it)")
+    ap.add_argument("--n-new", type=int, default=64, help="greedy tokens per prompt (default 64)")
+    return ap
+
+
+def validate(args: argparse.Namespace) -> argparse.Namespace:
+    """Check backend/device combinations; fills in the default device.  Raises ReferenceError_."""
+    if args.device is None:
+        args.device = "cuda" if args.backend == "mamba_ssm_triton" else "cpu"
+    if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
+        raise ReferenceError_(f"--device {args.device!r}: expected cpu or cuda[:N]")
+    if args.backend == "mamba_ssm_triton" and not args.device.startswith("cuda"):
+        raise ReferenceError_("--backend mamba_ssm_triton runs mamba_ssm's Triton/CUDA kernels: it needs --device cuda")
+    if args.backend == "mamba_ssm_ref_cpu" and args.device != "cpu":
+        raise ReferenceError_("--backend mamba_ssm_ref_cpu is the CPU reference: --device must be cpu")
+    if args.backend != "mamba_ssm_triton" and (args.tf32 == "on" or args.triton_f32 != "default"):
+        raise ReferenceError_("--tf32 / --triton-f32 only apply to --backend mamba_ssm_triton")
+    if getattr(args, "n_new", 1) < 1:
+        raise ReferenceError_("--n-new must be >= 1")
+    if not Path(args.model).is_dir():
+        raise ReferenceError_(f"--model {args.model}: not a directory")
+    return args
+
+
+def load_backend(args: argparse.Namespace):
+    """Import only the chosen backend and load the model → (adapter, backend metadata)."""
+    import torch
+
+    torch.set_float32_matmul_precision("highest")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.backend == "mamba_ssm_ref_cpu":
+        from . import ref_cpu
+
+        model, meta = ref_cpu.load(args.model, args.device)
+        meta = {**meta, "functions": ref_cpu.FUNCTIONS, "shims": ref_cpu.SHIMS}
+    elif args.backend == "transformers":
+        from . import hf_backend
+
+        model, meta = hf_backend.load(args.model, args.device)
+    else:
+        from . import triton_backend
+
+        model, meta = triton_backend.load(args.model, args.device, tf32=args.tf32 == "on",
+                                          triton_f32=args.triton_f32, cuda_graph=args.cuda_graph == "on")
+    return model, meta
+
+
+def greedy_steps(model, ids, n_new: int, first_logits, cache):
+    """Plain greedy: step 0 from the prefill logits, then the backend's recurrent step (the cache
+    returned by ``prefill`` is advanced in place).  A backend with its own ``greedy`` uses that."""
+    import torch
+
+    if hasattr(model, "greedy"):
+        return [step_record(r) for r in model.greedy(ids, n_new)]
+    steps = [step_record(first_logits)]
+    for _ in range(n_new - 1):
+        tok = torch.tensor([steps[-1]["token"]], dtype=torch.long, device=ids.device)
+        steps.append(step_record(model.step(tok, cache)[0]))
+    return steps
+
+
+def run(args: argparse.Namespace) -> Path:
+    import torch
+
+    t0 = time.time()
+    model, bmeta = load_backend(args)
+    prompts = load_prompts(args.prompts)
+    w = GoldenWriter()
+    timings = []
+    for i, p in enumerate(prompts):
+        t1 = time.time()
+        ids = torch.tensor([p["input_ids"]], dtype=torch.long, device=args.device)
+        logits, hidden, cache = model.prefill(ids)
+        steps = greedy_steps(model, ids, args.n_new, logits[0, -1], cache)
+        w.add(i, p["id"], p["input_ids"], hidden[:, 0], logits[0], steps)
+        timings.append(round(time.time() - t1, 3))
+        print(f"[{args.backend}] prompt {p['id']}: T={len(p['input_ids'])} {timings[-1]:.1f}s", file=sys.stderr)
+    meta = torch_provenance(args.device, backend=args.backend, model_dir=str(Path(args.model).resolve()),
+                            prompts_file=str(args.prompts), n_new=args.n_new, backend_meta=bmeta,
+                            dtype="float32", seconds_per_prompt=timings, seconds_total=round(time.time() - t0, 2))
+    return w.write(args.out, meta)
+
+
+def main(argv=None) -> int:
+    ap = add_golden_args(build_parser())
+    args = ap.parse_args(argv)
+    try:
+        validate(args)
+        out = run(args)
+    except ReferenceError_ as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if args.backend == "mamba_ssm_triton" and "CUDA" in str(e):
+            print(f"error: {e}", file=sys.stderr)
+            return 3
+        raise
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
