@@ -53,6 +53,12 @@ def _hf_dir(model_dir: Path, tmp: Path) -> tuple[Path, str]:
     raw = json.loads((model_dir / "config.json").read_text())
     if "hidden_size" in raw:
         return model_dir, "hf"
+    ssm = raw.get("ssm_cfg") or {}
+    if ssm.get("d_ssm") is not None and ssm["d_ssm"] != ssm.get("expand", 2) * raw["d_model"]:
+        from .common import ReferenceError_
+
+        raise ReferenceError_(f"{model_dir}: d_ssm={ssm['d_ssm']} != expand*d_model; transformers' Mamba2 has no "
+                              "gated-MLP side branch (d_ssm < d_inner), so it cannot serve as a reference here")
     try:
         from mamba2_jax.checkpoint import convert
     except ImportError as e:  # pragma: no cover - the project venv always has it

@@ -196,8 +196,15 @@ class RefMamba2LM:
         hiddens.append(residual)
         return h, hiddens
 
-    def logits(self, h):
+    def _head(self, h):
         return F.linear(h, self.sd["lm_head.weight"])
+
+    @torch.no_grad()
+    def logits(self, ids):
+        """ids (b, l) → logits (b, l, V) (no cache, no hidden states kept)."""
+        h, _ = self._run(F.embedding(ids, self.sd["backbone.embedding.weight"]),
+                         lambda i, u: self.mixer_prefill(i, u)[0])
+        return self._head(h)
 
     @torch.no_grad()
     def prefill(self, ids):
@@ -211,14 +218,14 @@ class RefMamba2LM:
             return out
 
         h, hiddens = self._run(emb, fn)
-        return self.logits(h), torch.stack(hiddens), cache
+        return self._head(h), torch.stack(hiddens), cache
 
     @torch.no_grad()
     def step(self, tok, cache):
         """tok (b,) → logits (b, V); cache updated in place."""
         emb = F.embedding(tok, self.sd["backbone.embedding.weight"])
         h, _ = self._run(emb, lambda i, u: self.mixer_step(i, u, *cache[i]))
-        return self.logits(h)
+        return self._head(h)
 
 
 def load(model_dir, device: str = "cpu"):
