@@ -1,0 +1,192 @@
+"""``mamba2-jax`` command line: init-random, info, convert, generate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main", "default_model_dir"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = REPO_ROOT / "checkpoints" / "mamba2-tiny-wikitext"
+
+
+def default_model_dir() -> str:
+    """The project's embedded tiny model, if present in this checkout."""
+    return str(DEFAULT_MODEL)
+
+
+def _cmd_init_random(a) -> int:
+    from .checkpoint import config_from_arg, init_state_dict, write_checkpoint
+
+    cfg = config_from_arg(a.config)
+    t = time.perf_counter()
+    sd = init_state_dict(cfg, seed=a.seed, dtype="float32")
+    out = write_checkpoint(cfg, sd, a.out, fmt=a.format, dtype=a.dtype)
+    print(f"wrote {cfg.name} ({cfg.num_params() / 1e6:.1f}M params, {a.dtype}, {a.format}) to {out} "
+          f"in {time.perf_counter() - t:.1f}s")
+    return 0
+
+
+def _cmd_info(a) -> int:
+    import numpy as np
+
+    from .checkpoint import read_state_dict, resolve_model_dir
+
+    d = resolve_model_dir(a.model)
+    cfg, sd, fmt = read_state_dict(d)
+    uniq = {id(v): v for v in sd.values()}
+    dtypes = sorted({str(np.asarray(v).dtype) for v in sd.values()})
+    files = [f for f in ("pytorch_model.bin", "model.safetensors") if (d / f).exists()]
+    info = {
+        "path": str(d), "format": fmt, "weights_file": files[0] if files else None,
+        "file_bytes": sum((d / f).stat().st_size for f in files),
+        "stored_dtypes": dtypes,
+        "num_params": int(sum(np.asarray(v).size for v in uniq.values()) - (0 if not cfg.tie_embeddings else 0)),
+        "config": {k: getattr(cfg, k) for k in (
+            "d_model", "n_layer", "vocab_size", "padded_vocab_size", "d_state", "d_conv", "expand", "headdim",
+            "ssm_dim", "nheads", "ngroups", "chunk_size", "dt_limit", "tie_embeddings", "residual_in_fp32")},
+    }
+    info["num_params"] = cfg.num_params()
+    info["param_bytes"] = {dt: info["num_params"] * s for dt, s in (("float32", 4), ("bfloat16", 2))}
+    if a.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        print(f"{info['path']}  [{fmt}, {info['weights_file']}, {info['file_bytes'] / 1e6:.1f} MB on disk, "
+              f"stored {', '.join(dtypes)}]")
+        print(f"params: {info['num_params']:,} ({info['num_params'] / 1e6:.1f}M; "
+              f"{info['param_bytes']['float32'] / 1e6:.0f} MB fp32, {info['param_bytes']['bfloat16'] / 1e6:.0f} MB bf16)")
+        for k, v in info["config"].items():
+            print(f"  {k:18s} {v}")
+    return 0
+
+
+def _cmd_convert(a) -> int:
+    from .checkpoint import convert
+
+    out = convert(a.src, a.dst, fmt=a.format, dtype=a.dtype)
+    print(f"wrote {a.format} checkpoint to {out}")
+    return 0
+
+
+def _parse_ids(s: str) -> list[int]:
+    try:
+        return [int(x) for x in s.replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        raise SystemExit(f"error: --prompt-ids must be comma-separated integers, got {s!r}") from None
+
+
+def _cmd_generate(a) -> int:
+    import jax
+
+    from .checkpoint import load_pretrained
+    from .generate import Generator, SamplingConfig
+    from .tokenizer import load_tokenizer
+
+    if a.precision:
+        jax.config.update("jax_default_matmul_precision", a.precision)
+    tok = None
+    if a.prompt is not None or not a.no_decode:
+        tok = load_tokenizer(a.tokenizer)
+    if a.prompt is not None:
+        ids = tok.encode(a.prompt)
+    else:
+        ids = _parse_ids(a.prompt_ids)
+    model = load_pretrained(a.model, dtype=a.dtype)
+    sampling = SamplingConfig(greedy=True) if a.temperature is None and a.top_k is None and a.top_p is None \
+        else SamplingConfig(greedy=False, temperature=a.temperature or 1.0, top_k=a.top_k or 0, top_p=a.top_p or 1.0)
+    gen = Generator(model, eos_id=None if a.ignore_eos else 0)
+    if a.stream and not a.json:
+        text_so_far = []
+        if tok is not None:
+            sys.stdout.write(a.prompt if a.prompt is not None else tok.decode(ids))
+        for chunk in gen.stream(ids, a.max_new_tokens, chunk=a.stream_chunk, sampling=sampling, seed=a.seed):
+            text_so_far.extend(chunk)
+            sys.stdout.write(tok.decode(chunk) if tok is not None else " ".join(map(str, chunk)) + " ")
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return 0
+    compile_s = gen.warmup([ids], a.max_new_tokens, sampling)
+    res = gen.generate([ids], a.max_new_tokens, sampling, seed=a.seed)
+    new = res.sequences()[0]
+    text = tok.decode(new) if tok is not None else None
+    if a.json:
+        print(json.dumps({"ids": new, "text": text, "prompt_ids": ids, "prefill_s": res.prefill_s,
+                          "decode_tok_s": res.decode_tok_s, "decode_s": res.decode_s,
+                          "compile_s": compile_s, "decode_steps": res.decode_steps,
+                          "policy": model.policy, "model": str(a.model)}))
+    else:
+        print((a.prompt if a.prompt is not None else (tok.decode(ids) if tok else ids)), end="")
+        print(text if text is not None else new)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mamba2-jax", description="Pure-JAX Mamba-2 inference")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("init-random", help="write a randomly initialised checkpoint (mamba_ssm init)")
+    s.add_argument("--config", required=True, help="preset name (e.g. mamba2-130m, tiny) or path to config.json")
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--dtype", default="float16", choices=["float16", "float32", "bfloat16"])
+    s.add_argument("--format", default="state-spaces", choices=["state-spaces", "hf"])
+    s.set_defaults(fn=_cmd_init_random)
+
+    s = sub.add_parser("info", help="describe a checkpoint: config, parameter count, dtype, bytes")
+    s.add_argument("model")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_cmd_info)
+
+    s = sub.add_parser("convert", help="convert between state-spaces and HF transformers layouts")
+    s.add_argument("src")
+    s.add_argument("dst")
+    s.add_argument("--format", required=True, choices=["state-spaces", "hf"])
+    s.add_argument("--dtype", default=None, choices=[None, "float16", "float32"])
+    s.set_defaults(fn=_cmd_convert)
+
+    s = sub.add_parser("generate", help="generate text (compiled on-device decode loop)")
+    s.add_argument("--model", default=default_model_dir(), help="checkpoint dir or hub id (default: embedded tiny model)")
+    s.add_argument("--tokenizer", default=None, help="dir with tokenizer.json or hub id (default: $MAMBA2_JAX_DATA/gpt-neox-20b, else the hub)")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--prompt")
+    g.add_argument("--prompt-ids")
+    s.add_argument("--max-new-tokens", type=int, default=64)
+    s.add_argument("--greedy", action="store_true", help="greedy decoding (the default without sampling flags)")
+    s.add_argument("--temperature", type=float)
+    s.add_argument("--top-k", type=int)
+    s.add_argument("--top-p", type=float)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--precision", default=None, choices=[None, "highest", "default", "high"])
+    s.add_argument("--ignore-eos", action="store_true")
+    s.add_argument("--no-decode", action="store_true", help="with --prompt-ids: print ids, no tokenizer needed")
+    s.add_argument("--stream", action="store_true")
+    s.add_argument("--stream-chunk", type=int, default=8)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_cmd_generate)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "greedy", False) and any(x is not None for x in (args.temperature, args.top_k, args.top_p)):
+        print("error: --greedy cannot be combined with --temperature/--top-k/--top-p", file=sys.stderr)
+        return 2
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .generate import GenerationError
+    from .tokenizer import TokenizerError
+
+    try:
+        return args.fn(args)
+    except (CheckpointError, ConfigError, GenerationError, TokenizerError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
