@@ -1,0 +1,220 @@
+"""Train the embedded default model ``checkpoints/mamba2-tiny-wikitext`` (issue 7).
+
+A small Mamba-2 trained in JAX, through the inference modules, on the WikiText-103 raw
+*validation* split (the test split is used for evaluation only), written in the state-spaces
+format (mamba_ssm config.json + fp16 pytorch_model.bin) with a model card.
+
+    make train-tiny
+    .venv/bin/python experiments/train_tiny.py train.steps=20 write_checkpoint=false   # smoke run
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mamba2_jax.checkpoint import load_pretrained, write_checkpoint  # noqa: E402
+from mamba2_jax.config import Mamba2Config  # noqa: E402
+from mamba2_jax.model import state_dict_from_model  # noqa: E402
+from mamba2_jax.tokenizer import load_tokenizer  # noqa: E402
+from mamba2_jax.train import (TokenBatcher, Trainer, TrainConfig, greedy_generate, read_wikitext_rows,  # noqa: E402
+                              strided_perplexity, wikitext_train_val)
+
+
+def _path(p: str) -> Path:
+    p = Path(p).expanduser()
+    return p if p.is_absolute() else (REPO / p).resolve()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _provenance(**extra):
+    try:
+        from mamba2_jax.provenance import provenance
+        return provenance(**extra)
+    except ImportError:  # pragma: no cover - fallback when the provenance module is absent
+        import platform
+        import subprocess
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        return {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git": {"sha": sha},
+                "platform": platform.platform(), "jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
+                **extra}
+
+
+def test_perplexity(model, tok, test_file: Path, max_length: int, stride: int) -> dict:
+    """Strided test-split token perplexity ("\\n\\n".join of the HF rows)."""
+    rows = read_wikitext_rows(test_file)
+    ids = np.asarray(tok.encode("\n\n".join(rows)), np.int32)
+    t0 = time.perf_counter()
+    r = strided_perplexity(model, ids, max_length=max_length, stride=stride)
+    return {"protocol": "strided", "max_length": max_length, "stride": stride,
+            "text": '"\\n\\n".join(HF test rows)', "implementation": "mamba2_jax.train.strided_perplexity",
+            "wall_s": round(time.perf_counter() - t0, 1), **r}
+
+
+@hydra.main(config_path="conf", config_name="train_tiny", version_base=None)
+def main(c: DictConfig) -> None:
+    t_start = time.perf_counter()
+    paths = {k: _path(v) for k, v in c.paths.items()}
+    results = paths["results_dir"]
+    results.mkdir(parents=True, exist_ok=True)
+    tok = load_tokenizer(paths["tokenizer"])
+    cfg = Mamba2Config(**OmegaConf.to_container(c.model))
+    tc = TrainConfig(**OmegaConf.to_container(c.train))
+    print(f"model {cfg.name}: {cfg.num_params():,} params (embedding {cfg.padded_vocab_size * cfg.d_model:,}); "
+          f"train {tc}", flush=True)
+
+    data = wikitext_train_val(paths["train_file"], tok, c.data.val_articles, c.data.eos_between_docs)
+    print(f"data: {data.summary()}", flush=True)
+    batcher = TokenBatcher(data.train_tokens, tc.seq_len, tc.batch_size, seed=tc.seed)
+
+    curve_path = results / "loss_curve.csv"
+    fields = ["step", "tokens", "lr", "loss", "grad_norm", "val_loss", "elapsed_s"]
+    with open(curve_path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+
+        def log(rec):
+            print("step {step:4d}  loss {loss:.4f}  gnorm {grad_norm:.3f}  lr {lr:.2e}  {elapsed_s:6.1f}s".format(**rec)
+                  + (f"  val {rec['val_loss']:.4f}" if "val_loss" in rec else ""), flush=True)
+
+        trainer = Trainer(cfg, tc)
+        t0 = time.perf_counter()
+        hist = trainer.fit(batcher, data.val_tokens, log=log)
+        train_wall = time.perf_counter() - t0
+        for rec in hist:
+            w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in rec.items() if k in fields})
+
+    final = hist[-1]
+    tail = [r["loss"] for r in hist[-10:]]
+    metrics = {
+        "model": cfg.name, "config": cfg.to_state_spaces(), "num_params": cfg.num_params(),
+        "train": tc.to_dict(), "data": {**data.summary(), "train_file_sha256": _sha256(paths["train_file"])},
+        "train_wall_s": round(train_wall, 1),
+        "final_train_loss": final["loss"], "final_train_loss_mean_last10": float(np.mean(tail)),
+        "final_val_loss": final.get("val_loss"),
+        "final_val_ppl": math.exp(final["val_loss"]) if final.get("val_loss") is not None else None,
+        "loss_curve": curve_path.name,
+        "loss_curve_sha256": hashlib.sha256(np.asarray([r["loss"] for r in hist], np.float64).tobytes()).hexdigest(),
+    }
+
+    model = trainer.model()
+    if c.write_checkpoint:
+        out = paths["out_dir"]
+        write_checkpoint(cfg, state_dict_from_model(model), out, fmt="state-spaces", dtype="float16")
+        model = load_pretrained(str(out))  # evaluate exactly what ships (fp16 on disk, float32 compute)
+        metrics["checkpoint"] = {"dir": str(out.relative_to(REPO)) if out.is_relative_to(REPO) else str(out),
+                                 "pytorch_model.bin_bytes": (out / "pytorch_model.bin").stat().st_size,
+                                 "pytorch_model.bin_sha256": _sha256(out / "pytorch_model.bin")}
+    if c.eval.test_ppl:
+        metrics["test_ppl"] = test_perplexity(model, tok, paths["test_file"], c.eval.max_length, c.eval.stride)
+        metrics["test_ppl"]["test_file_sha256"] = _sha256(paths["test_file"])
+        print(f"test perplexity: {metrics['test_ppl']}", flush=True)
+    ids = tok.encode(c.eval.prompt)
+    gen = greedy_generate(model, ids, c.eval.max_new_tokens)
+    metrics["sample"] = {"prompt": c.eval.prompt, "greedy_continuation": tok.decode(gen), "token_ids": gen}
+    print(f"greedy: {c.eval.prompt!r} -> {tok.decode(gen)!r}", flush=True)
+    metrics["total_wall_s"] = round(time.perf_counter() - t_start, 1)
+    metrics["provenance"] = _provenance(hydra_overrides=list(hydra.core.hydra_config.HydraConfig.get().overrides.task))
+    (results / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    if c.write_checkpoint:
+        (paths["out_dir"] / "README.md").write_text(model_card(cfg, tc, metrics, c))
+    print(f"wrote {results}/metrics.json, {curve_path}", flush=True)
+
+
+def model_card(cfg: Mamba2Config, tc: TrainConfig, m: dict, c: DictConfig) -> str:
+    d, p = m["data"], m.get("test_ppl")
+    ppl_line = (f"| WikiText-103 test, strided ({p['max_length']}/{p['stride']}, `\"\\n\\n\".join(rows)`) "
+                f"| token perplexity **{p['ppl']:.1f}** (NLL {p['nll']:.4f} nats over {p['n_tokens']:,} tokens) |"
+                if p else "| WikiText-103 test, strided | TODO: not computed |")
+    sha = (m["provenance"].get("git") or {}).get("sha")
+    return f"""# mamba2-tiny-wikitext
+
+A tiny Mamba-2 language model trained by the mamba2-jax project, in JAX, with this repository's own
+inference modules (`Mamba2LMHeadModel`, chunked SSD; `experiments/train_tiny.py`).  It is the
+embedded default model: small enough to ship in git, in the **state-spaces format**
+(mamba_ssm `config.json` + fp16 `pytorch_model.bin`, keyed exactly like `state-spaces/mamba2-*`).
+It is a test fixture and demo model, not a useful language model.
+
+```python
+from mamba2_jax import load_pretrained
+model = load_pretrained("checkpoints/mamba2-tiny-wikitext")
+```
+
+## Architecture
+
+| field | value |
+|---|---|
+| d_model / n_layer | {cfg.d_model} / {cfg.n_layer} |
+| expand, d_inner, headdim, nheads | {cfg.expand}, {cfg.d_inner}, {cfg.headdim}, {cfg.nheads} |
+| d_state, ngroups, d_conv, chunk_size | {cfg.d_state}, {cfg.ngroups}, {cfg.d_conv}, {cfg.chunk_size} |
+| vocab | {cfg.vocab_size} (GPT-NeoX-20B), padded to {cfg.padded_vocab_size}; tied LM head |
+| parameters | {m['num_params']:,} ({cfg.padded_vocab_size * cfg.d_model:,} in the embedding) |
+| weights on disk | fp16 `pytorch_model.bin`, {m.get('checkpoint', {}).get('pytorch_model.bin_bytes', 0):,} bytes |
+
+## Training
+
+* **Data**: WikiText-103 raw (`wikitext-103-raw-v1`), **validation split** (`wiki.valid.raw`,
+  sha256 `{d['train_file_sha256'][:16]}…`), the only non-test split available offline.  Split into its
+  {d['n_articles']} articles at the top-level ` = Title = ` headings; the **last {d['n_val_articles']} articles**
+  ({', '.join(d['val_titles'])}) are held out for the validation loss; the remaining articles give
+  {d['train_tokens']:,} training tokens ({d['val_tokens']:,} validation tokens), `<|endoftext|>` between articles.
+  The **test split is never used for training**, only for the perplexity below.
+* **Tokenizer**: GPT-NeoX-20B (`EleutherAI/gpt-neox-20b`), no BOS.
+* **Init**: mamba_ssm v2.2.2 initialisation (`mamba2_jax.checkpoint.init_state_dict`, seed {tc.seed}).
+* **Optimiser**: AdamW (β=({tc.b1}, {tc.b2}), weight decay {tc.weight_decay} on the embedding and projections
+  only), peak lr {tc.lr:g}, {tc.warmup_steps} warm-up steps then cosine decay to {tc.lr * tc.min_lr_ratio:g},
+  global-norm clipping at {tc.grad_clip}; float32.
+* **Schedule**: {tc.steps} steps × {tc.batch_size} sequences × {tc.seq_len} tokens
+  = {tc.steps * tc.batch_size * tc.seq_len:,} tokens (≈{tc.steps * tc.batch_size * tc.seq_len / max(d['train_tokens'], 1):.1f} epochs).
+* **Wall time**: {m['train_wall_s'] / 60:.1f} min of training (including compilation) on
+  {m['provenance'].get('cpu_count')} CPU cores ({m['provenance'].get('cpu_model')}), shared with other jobs.
+* Deterministic given the seed: `make train-tiny` reproduces this checkpoint
+  (loss curve in `results/train_tiny/loss_curve.csv`, everything else in `results/train_tiny/metrics.json`).
+* Code version: `{sha}`.
+
+## Results
+
+| metric | value |
+|---|---|
+| final training loss (last step / mean of last 10) | {m['final_train_loss']:.4f} / {m['final_train_loss_mean_last10']:.4f} nats |
+| validation loss (held-out articles, windows of {tc.seq_len}) | {m['final_val_loss']:.4f} nats (ppl {m['final_val_ppl']:.1f}) |
+{ppl_line}
+| WikiText-103 test, `lm_eval_rolling` | TODO: word perplexity under the lm-eval-harness rolling protocol (mamba2_jax/perplexity.py) |
+| uniform over the 50,277 real tokens | perplexity 50,277 |
+
+Perplexities are of the fp16 checkpoint as shipped, loaded with `load_pretrained` (float32 compute).
+
+Greedy continuation of `{m['sample']['prompt']!r}` ({len(m['sample']['token_ids'])} tokens):
+
+> {m['sample']['prompt']}{m['sample']['greedy_continuation'].replace(chr(10), ' ')}
+
+## License
+
+* Weights: trained by this project; released under the repository's license (Apache-2.0), with the
+  attribution below.
+* Training data: WikiText-103 (Merity et al. 2016, "Pointer Sentinel Mixture Models"), Creative Commons
+  Attribution-ShareAlike 3.0 (CC BY-SA 3.0) and GFDL.  A model trained on it may be considered an
+  adaptation; if so, CC BY-SA 3.0 share-alike terms apply to it.
+* Tokenizer: GPT-NeoX-20B tokenizer (EleutherAI), Apache-2.0.  Not redistributed here.
+"""
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,432 @@
+"""Training utilities: language-model loss, an optax train step, and token batching.
+
+Training runs through exactly the modules used for inference: the model is a
+:class:`~mamba2_jax.model.Mamba2LMHeadModel` built by :func:`mamba2_jax.checkpoint.model_from_state_dict`,
+the forward pass is its chunked-SSD ``backbone.prefill`` and its tied ``logits`` head, and the
+gradients are taken with respect to the model's ``nnx.Param`` state (``nnx.split`` / ``nnx.merge``).
+
+The cross-entropy over the (padded) vocabulary is computed in token chunks under
+``jax.checkpoint``, so the full (tokens × vocab) logits tensor is never materialised — with the
+50,288-entry GPT-NeoX vocabulary that tensor would dominate memory.
+
+Everything here is deterministic given the seed: initial weights come from
+:func:`mamba2_jax.checkpoint.init_state_dict`, batches from a seeded numpy generator.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from .checkpoint import init_state_dict, model_from_state_dict
+from .config import Mamba2Config
+from .model import Mamba2LMHeadModel
+
+__all__ = [
+    "TrainConfig", "read_wikitext_rows", "split_articles", "tokenize_documents", "TokenBatcher",
+    "lm_loss", "make_optimizer", "wikitext_train_val", "greedy_generate", "weight_decay_mask", "Trainer", "eval_loss", "strided_perplexity",
+]
+
+F32 = jnp.float32
+
+
+# ------------------------------------------------------------------------------ data
+def read_wikitext_rows(path: str | Path) -> list[str]:
+    """The rows of a raw WikiText file as the HF ``datasets`` version has them.
+
+    One row per line, newline kept; a line holding only whitespace becomes ``""``.
+    """
+    text = Path(path).read_text(encoding="utf-8")
+    rows = text.splitlines(keepends=True)
+    return [r if r.strip() else "" for r in rows]
+
+
+_TITLE = re.compile(r"^ = [^=].* = \n?$")
+
+
+def split_articles(rows: list[str]) -> list[str]:
+    """Group rows into articles, each starting at a top-level `` = Title = `` heading.
+
+    Rows before the first heading (WikiText files start with one blank line) are attached to the
+    first article.  Returns the article texts (rows joined with "").
+    """
+    arts: list[list[str]] = [[]]
+    titled = False  # does the current article have its heading yet?
+    for r in rows:
+        if _TITLE.match(r):
+            if titled:
+                arts.append([])
+            titled = True
+        arts[-1].append(r)
+    return ["".join(a) for a in arts if a]
+
+
+def tokenize_documents(tokenizer, docs: list[str], eos_id: int | None = 0) -> np.ndarray:
+    """Tokenize each document and concatenate them, separated by ``eos_id`` (None: no separator)."""
+    out: list[np.ndarray] = []
+    for ids in tokenizer.encode_batch(docs):
+        out.append(np.asarray(ids, np.int32))
+        if eos_id is not None:
+            out.append(np.asarray([eos_id], np.int32))
+    return np.concatenate(out) if out else np.zeros((0,), np.int32)
+
+
+class TokenBatcher:
+    """Deterministic batches of ``seq_len + 1`` contiguous tokens drawn from one token stream.
+
+    Each epoch cuts the stream into non-overlapping windows, starting at an offset in
+    ``[0, seq_len)`` drawn per epoch, and visits the windows in a random order; batches run on
+    across epoch boundaries.  Everything is a function of ``(seed, step)``.
+    """
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int = 0):
+        self.tokens = np.asarray(tokens, np.int32)
+        self.seq_len, self.batch_size, self.seed = int(seq_len), int(batch_size), int(seed)
+        if len(self.tokens) < 2 * (self.seq_len + 1):
+            raise ValueError(f"{len(self.tokens)} tokens are too few for seq_len={seq_len}")
+        self._epochs: dict[int, np.ndarray] = {}
+
+    def _epoch_windows(self, epoch: int) -> np.ndarray:
+        if epoch not in self._epochs:
+            rng = np.random.default_rng([self.seed, epoch])
+            w = self.seq_len + 1
+            off = int(rng.integers(0, self.seq_len))
+            n = (len(self.tokens) - off) // w
+            starts = off + w * np.arange(n)
+            self._epochs = {epoch: starts[rng.permutation(n)]}  # keep one epoch cached
+        return self._epochs[epoch]
+
+    @property
+    def windows_per_epoch(self) -> int:
+        return (len(self.tokens) - self.seq_len) // (self.seq_len + 1)
+
+    def batch(self, step: int) -> np.ndarray:
+        """(batch_size, seq_len + 1) int32 for training step ``step``."""
+        rows = []
+        flat = step * self.batch_size
+        # walk epochs until the batch is full (a batch may straddle an epoch boundary)
+        epoch, idx = 0, flat
+        while True:
+            n = len(self._epoch_windows(epoch))
+            if idx < n:
+                break
+            idx -= n
+            epoch += 1
+        while len(rows) < self.batch_size:
+            starts = self._epoch_windows(epoch)
+            take = starts[idx: idx + self.batch_size - len(rows)]
+            rows.extend(int(s) for s in take)
+            epoch, idx = epoch + 1, 0
+        w = self.seq_len + 1
+        return np.stack([self.tokens[s:s + w] for s in rows])
+
+
+# ------------------------------------------------------------------------------ loss
+def _chunked_xent(model: Mamba2LMHeadModel, h: jax.Array, targets: jax.Array, weights: jax.Array,
+                  chunk: int) -> tuple[jax.Array, jax.Array]:
+    """Sum of weighted token cross-entropies and sum of weights, in float32.
+
+    h (N, d), targets (N,), weights (N,).  Logits are computed ``chunk`` tokens at a time with the
+    model's own head, under ``jax.checkpoint`` so that the backward pass recomputes them.
+    """
+    n, d = h.shape
+    pad = (-n) % chunk
+    if pad:
+        h = jnp.pad(h, ((0, pad), (0, 0)))
+        targets = jnp.pad(targets, (0, pad))
+        weights = jnp.pad(weights, (0, pad))
+    c = (n + pad) // chunk
+    hs, ts, ws = h.reshape(c, chunk, d), targets.reshape(c, chunk), weights.reshape(c, chunk)
+
+    @jax.checkpoint
+    def piece(hc, tc, wc):
+        logits = model.logits(hc)  # (chunk, V) float32
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        tgt = jnp.take_along_axis(logits, tc[:, None], axis=-1)[:, 0]
+        return jnp.sum((lse - tgt) * wc)
+
+    def body(acc, xs):
+        return acc + piece(*xs), None
+
+    total, _ = jax.lax.scan(body, jnp.zeros((), F32), (hs, ts, ws))
+    return total, jnp.sum(weights.astype(F32))
+
+
+def lm_loss(model: Mamba2LMHeadModel, tokens: jax.Array, weights: jax.Array | None = None,
+            xent_chunk: int = 1024) -> jax.Array:
+    """Mean next-token cross-entropy (nats) of ``tokens`` (b, l+1): inputs ``[:, :-1]``, targets ``[:, 1:]``.
+
+    ``weights`` (b, l) optionally weights each target (0 = ignore).  The forward pass is the
+    inference prefill (chunked SSD, zero initial cache) followed by the tied LM head.
+    """
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    b, l = inputs.shape
+    h, *_ = model.backbone.prefill(inputs, model.init_cache(b))
+    w = jnp.ones((b, l), F32) if weights is None else weights.astype(F32)
+    total, count = _chunked_xent(model, h.reshape(b * l, -1), targets.reshape(-1), w.reshape(-1),
+                                 min(xent_chunk, b * l))
+    return total / jnp.maximum(count, 1.0)
+
+
+# ------------------------------------------------------------------------------ optimiser
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 300
+    batch_size: int = 16
+    seq_len: int = 256
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 30
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    seed: int = 0
+    xent_chunk: int = 1024
+    eval_every: int = 50
+    log_every: int = 10
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# parameters that get weight decay (matrices); norms, conv, A_log, dt_bias, D and biases do not,
+# following mamba_ssm's ``_no_weight_decay`` on A_log / D / dt_bias and the usual no-decay norms.
+_DECAY = {"embedding", "in_proj", "out_proj", "lm_head"}
+
+
+def _path_names(path) -> list[str]:
+    out = []
+    for k in path:
+        name = getattr(k, "key", None) or getattr(k, "name", None)
+        if name is not None:
+            out.append(str(name))
+    return out
+
+
+def weight_decay_mask(params) -> Any:
+    return jax.tree_util.tree_map_with_path(lambda p, _: any(n in _DECAY for n in _path_names(p)), params)
+
+
+def make_optimizer(tc: TrainConfig, params) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW with linear warm-up then cosine decay to ``min_lr_ratio·lr``, after global-norm clipping."""
+    sched = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=tc.lr, warmup_steps=tc.warmup_steps,
+        decay_steps=max(tc.steps, tc.warmup_steps + 1), end_value=tc.lr * tc.min_lr_ratio)
+    tx = optax.chain(
+        optax.clip_by_global_norm(tc.grad_clip),
+        optax.adamw(sched, b1=tc.b1, b2=tc.b2, eps=tc.eps, weight_decay=tc.weight_decay,
+                    mask=weight_decay_mask(params)),
+    )
+    return tx, sched
+
+
+# ------------------------------------------------------------------------------ trainer
+class Trainer:
+    """Holds (graphdef, params, opt_state) and a jitted, state-donating train step.
+
+    >>> tr = Trainer(cfg, TrainConfig(steps=100))
+    >>> loss = tr.step(batch)            # batch: (b, seq_len + 1) int32
+    >>> model = tr.model()               # a Mamba2LMHeadModel with the current weights
+    """
+
+    def __init__(self, cfg: Mamba2Config, tc: TrainConfig, init_sd: dict[str, np.ndarray] | None = None):
+        self.cfg, self.tc = cfg, tc
+        sd = init_sd if init_sd is not None else init_state_dict(cfg, seed=tc.seed)
+        model = model_from_state_dict(cfg, sd, dtype="float32")
+        self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
+        self.tx, self.schedule = make_optimizer(tc, self.params)
+        self.opt_state = self.tx.init(self.params)
+        self.n_steps = 0
+        graphdef, tx, chunk = self.graphdef, self.tx, tc.xent_chunk
+
+        def loss_of(params, rest, tokens, weights):
+            return lm_loss(nnx.merge(graphdef, params, rest), tokens, weights, chunk)
+
+        @partial(jax.jit, donate_argnums=(0, 1))
+        def train_step(params, opt_state, rest, tokens):
+            loss, grads = jax.value_and_grad(loss_of)(params, rest, tokens, None)
+            gnorm = optax.global_norm(grads)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            return params, opt_state, loss, gnorm
+
+        @jax.jit
+        def eval_step(params, rest, tokens, weights):
+            return loss_of(params, rest, tokens, weights)
+
+        self._train_step, self._eval_step = train_step, eval_step
+
+    def step(self, tokens: np.ndarray) -> tuple[float, float]:
+        """One optimiser step on ``tokens`` (b, seq_len+1).  Returns (loss, grad global norm) before the update."""
+        self.params, self.opt_state, loss, gnorm = self._train_step(self.params, self.opt_state, self.rest,
+                                                                    jnp.asarray(tokens, jnp.int32))
+        self.n_steps += 1
+        return float(loss), float(gnorm)
+
+    def lr(self, step: int | None = None) -> float:
+        return float(self.schedule(self.n_steps if step is None else step))
+
+    def model(self) -> Mamba2LMHeadModel:
+        return nnx.merge(self.graphdef, self.params, self.rest)
+
+    def evaluate(self, tokens: np.ndarray, batch_size: int | None = None) -> float:
+        return eval_loss(self._eval_step, self.params, self.rest, tokens, self.tc.seq_len,
+                         batch_size or self.tc.batch_size)
+
+    def fit(self, batcher: TokenBatcher, val_tokens: np.ndarray | None = None,
+            log: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        """Run ``tc.steps`` steps; returns the history (one record per logged step)."""
+        tc = self.tc
+        hist: list[dict[str, Any]] = []
+        t0 = time.perf_counter()
+        for s in range(self.n_steps, tc.steps):
+            lr = self.lr(s)
+            loss, gnorm = self.step(batcher.batch(s))
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss} at step {s}")
+            rec = {"step": s + 1, "loss": loss, "grad_norm": gnorm, "lr": lr,
+                   "tokens": (s + 1) * tc.batch_size * tc.seq_len, "elapsed_s": time.perf_counter() - t0}
+            last = s + 1 == tc.steps
+            if val_tokens is not None and (last or (tc.eval_every and (s + 1) % tc.eval_every == 0)):
+                rec["val_loss"] = self.evaluate(val_tokens)
+                rec["elapsed_s"] = time.perf_counter() - t0
+            if last or (s + 1) % max(tc.log_every, 1) == 0 or s == 0 or "val_loss" in rec:
+                if log:
+                    log(rec)
+            hist.append(rec)
+        return hist
+
+
+def eval_loss(eval_step, params, rest, tokens: np.ndarray, seq_len: int, batch_size: int) -> float:
+    """Token-weighted mean loss over non-overlapping windows of ``seq_len + 1`` tokens that share
+    their boundary token (every token after the first is a target exactly once).  A short final
+    window is right-padded and masked."""
+    tokens = np.asarray(tokens, np.int32)
+    n_t = len(tokens) - 1
+    starts = list(range(0, n_t, seq_len))
+    total, count = 0.0, 0
+    for i in range(0, len(starts), batch_size):
+        group = starts[i:i + batch_size]
+        toks = np.zeros((batch_size, seq_len + 1), np.int32)
+        w = np.zeros((batch_size, seq_len), np.float32)
+        for j, s in enumerate(group):
+            seg = tokens[s:s + seq_len + 1]
+            toks[j, :len(seg)] = seg
+            w[j, :len(seg) - 1] = 1.0
+        m = float(eval_step(params, rest, jnp.asarray(toks), jnp.asarray(w)))
+        c = float(w.sum())
+        total += m * c
+        count += c
+    return total / max(count, 1.0)
+
+
+# ------------------------------------------------------------------------------ perplexity
+def strided_perplexity(model: Mamba2LMHeadModel, tokens: np.ndarray, max_length: int = 2048,
+                       stride: int = 2048, batch_size: int = 1, xent_chunk: int = 1024) -> dict[str, float]:
+    """HF-style strided token perplexity: windows of ``max_length`` tokens every ``stride`` tokens,
+    each scoring only the targets not scored by an earlier window (the first token of the text is
+    never scored).  With stride == max_length the windows are disjoint and each window's first
+    token is context only.  Returns {"nll", "ppl", "n_tokens"}.
+
+    A fallback for the project's ``mamba2_jax.perplexity`` module; it runs the same model path as
+    training (``lm_loss``).
+    """
+    tokens = np.asarray(tokens, np.int32)
+    n = len(tokens)
+
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def _score(state, toks, w):
+        return lm_loss(nnx.merge(graphdef, state), toks, w, xent_chunk) * jnp.sum(w)
+
+    score = partial(_score, state)
+
+    jobs = []  # (window tokens, weights)
+    prev_end = 0
+    for begin in range(0, n, stride):
+        end = min(begin + max_length, n)
+        trg = end - prev_end
+        win = tokens[begin:end]
+        w = np.zeros(len(win) - 1, np.float32)
+        w[max(len(win) - 1 - trg, 0):] = 1.0  # targets are win[1:]; score the last trg of them
+        jobs.append((win, w))
+        prev_end = end
+        if end == n:
+            break
+    total, count = 0.0, 0.0
+    for i in range(0, len(jobs), batch_size):
+        grp = jobs[i:i + batch_size]
+        toks = np.zeros((batch_size, max_length), np.int32)
+        w = np.zeros((batch_size, max_length - 1), np.float32)
+        for j, (win, wj) in enumerate(grp):
+            toks[j, :len(win)] = win
+            w[j, :len(wj)] = wj
+        total += float(score(jnp.asarray(toks), jnp.asarray(w)))
+        count += float(w.sum())
+    nll = total / count
+    return {"nll": nll, "ppl": math.exp(nll), "n_tokens": int(count)}
+
+
+def greedy_generate(model: Mamba2LMHeadModel, prompt_ids: Iterable[int], max_new_tokens: int,
+                    eos_id: int | None = None) -> list[int]:
+    """Greedy continuation with the cached prefill / step path (a small helper for checks)."""
+    ids = jnp.asarray([list(prompt_ids)], jnp.int32)
+    logits, cache = model.prefill(ids, last_only=True)
+    graphdef, state = nnx.split(model)
+    _step = jax.jit(lambda st, tok, c: nnx.merge(graphdef, st).step(tok, c))
+    step = partial(_step, state)
+    out: list[int] = []
+    tok = jnp.argmax(logits[:, :model.cfg.vocab_size], axis=-1).astype(jnp.int32)
+    for _ in range(max_new_tokens):
+        t = int(tok[0])
+        out.append(t)
+        if eos_id is not None and t == eos_id:
+            break
+        logits, cache = step(tok, cache)
+        tok = jnp.argmax(logits[:, :model.cfg.vocab_size], axis=-1).astype(jnp.int32)
+    return out
+
+
+# ------------------------------------------------------------------------------ WikiText
+@dataclass
+class WikiTextSplit:
+    """Token streams for training on one raw WikiText file, with the last articles held out."""
+
+    train_tokens: np.ndarray
+    val_tokens: np.ndarray
+    n_articles: int
+    val_titles: list[str]
+    source: str
+
+    def summary(self) -> dict[str, Any]:
+        return {"source": self.source, "n_articles": self.n_articles, "n_val_articles": len(self.val_titles),
+                "val_titles": self.val_titles, "train_tokens": int(len(self.train_tokens)),
+                "val_tokens": int(len(self.val_tokens))}
+
+
+def wikitext_train_val(path: str | Path, tokenizer, val_articles: int = 3, eos_between_docs: bool = True
+                       ) -> WikiTextSplit:
+    """Split a raw WikiText file into articles; the last ``val_articles`` articles are the
+    validation set, the rest the training set.  Each is tokenized and concatenated."""
+    arts = split_articles(read_wikitext_rows(path))
+    if not 0 < val_articles < len(arts):
+        raise ValueError(f"val_articles={val_articles} must be in (0, {len(arts)})")
+    eos = 0 if eos_between_docs else None
+    tr, va = arts[:-val_articles], arts[-val_articles:]
+    titles = [a.lstrip("\n").split("\n", 1)[0].strip(" =") for a in va]
+    return WikiTextSplit(tokenize_documents(tokenizer, tr, eos), tokenize_documents(tokenizer, va, eos),
+                         len(arts), titles, str(path))
