@@ -1,0 +1,478 @@
+"""Parity experiment: the JAX model against reference implementations on the same checkpoints.
+
+For every model in the config (random-init checkpoints are written first if needed), each
+reference backend writes a golden file in its own process (``python -m reference.golden``), then
+the JAX model (fp32, matmul precision "highest") runs the same prompts and is compared:
+
+* per layer, the residual stream after the block: max-abs, max-rel (= max|jax-ref| / max|ref|),
+  and the error in ULPs of the fp32 value scale (max-abs / spacing(float32(max|ref|)));
+* the final logits at the stored prompt positions, the same three numbers;
+* greedy continuations (JAX: plain prefill + step loop): tokens matching, first divergence, the
+  reference's top1-top2 margin there (absolute and relative to max|logit|), and whether the
+  divergence is below the fp32 noise floor (margin_rel < tolerance.margin_rel);
+* the decode path: at every step before the first divergence, JAX's logits at the reference's
+  top-k ids vs the reference's values (relative to max|logit| of that step).
+
+Outputs ``results/parity/<model>__<backend>.json`` and ``results/parity/summary.csv`` (one row per
+model x backend, with provenance).  Run: ``make parity`` or ``python experiments/parity.py``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from reference.common import read_golden  # noqa: E402  (numpy-only module)
+
+PAPER_TOLERANCES = {
+    "source": "arXiv 2603.09555",
+    "hidden_states": "within float32 rounding",
+    "greedy": "64/64 identical tokens",
+    "perplexity": "+-0.0005 (measured by the perplexity experiment, not here)",
+}
+
+
+# ------------------------------------------------------------------------------ small helpers
+def _abs(p: str | Path) -> Path:
+    p = Path(p)
+    return p if p.is_absolute() else (REPO / p)
+
+
+def _sha256_file(p: Path, limit: int | None = None) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def checkpoint_fingerprint(model_dir: Path) -> str:
+    """sha256 over config.json and the weights file (identifies the checkpoint a golden was made from)."""
+    h = hashlib.sha256()
+    for name in ("config.json", "model.safetensors", "pytorch_model.bin"):
+        p = model_dir / name
+        if p.exists():
+            h.update(name.encode())
+            h.update(_sha256_file(p).encode())
+    return h.hexdigest()[:16]
+
+
+def tensor_error(x: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """max-abs, max-rel (max|x-ref| / max|ref|) and ULPs of the fp32 scale of ref."""
+    x64, r64 = np.asarray(x, np.float64), np.asarray(ref, np.float64)
+    if x64.shape != r64.shape:
+        raise ValueError(f"shape mismatch: {x64.shape} vs reference {r64.shape}")
+    scale = float(np.max(np.abs(r64))) if r64.size else 0.0
+    diff = float(np.max(np.abs(x64 - r64))) if r64.size else 0.0
+    if not np.all(np.isfinite(x64)):
+        diff = float("inf")
+    ulp = float(np.spacing(np.float32(scale))) if scale > 0 else float(np.spacing(np.float32(1)))
+    return {"max_abs": diff, "max_rel": diff / scale if scale > 0 else diff, "ulps": diff / ulp, "ref_absmax": scale}
+
+
+def _worst(errs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: max(e[k] for e in errs) for k in ("max_abs", "max_rel", "ulps")} if errs else {}
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def perturb_state_dict(sd: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    """Move norms, D, dt_bias and conv bias away from their init values (1, 1, ...) so that bugs
+    that only show with non-trivial values (e.g. a flipped D, a wrong norm group) are visible."""
+    rng = np.random.default_rng(seed + 100)
+    out = dict(sd)
+    for k, v in sd.items():
+        if k.endswith("norm.weight") or k.endswith("norm_f.weight"):
+            out[k] = (1.0 + 0.5 * rng.standard_normal(v.shape)).astype(v.dtype)
+        elif k.endswith("mixer.D"):
+            out[k] = (1.0 + rng.standard_normal(v.shape)).astype(v.dtype)
+        elif k.endswith("dt_bias"):
+            out[k] = (v + rng.uniform(-1, 2, v.shape)).astype(v.dtype)
+        elif k.endswith("conv1d.bias"):
+            out[k] = (v + 0.3 * rng.standard_normal(v.shape)).astype(v.dtype)
+    out["lm_head.weight"] = out["backbone.embedding.weight"]
+    return out
+
+
+def model_tag(spec: Any) -> str:
+    if isinstance(spec, dict) or hasattr(spec, "keys"):
+        return str(spec["name"])
+    return str(spec).strip("/").replace("/", "__")
+
+
+def ensure_checkpoint(spec: Any, work_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """→ (local checkpoint dir, description).  Random-init specs are written once, atomically."""
+    from mamba2_jax.checkpoint import init_state_dict, resolve_model_dir, write_checkpoint
+    from mamba2_jax.config import get_preset
+
+    if isinstance(spec, str):
+        local = _abs(spec)
+        d = local if local.is_dir() else resolve_model_dir(spec)  # else: a hub id
+        return Path(d), {"source": spec, "kind": "checkpoint"}
+    spec = dict(spec)
+    cfg = get_preset(spec["preset"])
+    if spec.get("overrides"):
+        cfg = cfg.replace(**dict(spec["overrides"]))
+    out = work_dir / "checkpoints" / spec["name"]
+    desc = {"source": f"random init of preset {spec['preset']}", "kind": "random-init", "seed": int(spec.get("seed", 0)),
+            "stored_dtype": spec.get("stored_dtype", "float32"), "perturb": bool(spec.get("perturb", False)),
+            "overrides": dict(spec.get("overrides") or {})}
+    stamp = out / ".spec.json"
+    if not (stamp.exists() and json.loads(stamp.read_text()) == desc):
+        sd = init_state_dict(cfg, seed=desc["seed"])
+        if desc["perturb"]:
+            sd = perturb_state_dict(sd, desc["seed"])
+        write_checkpoint(cfg, sd, out, fmt="state-spaces", dtype=desc["stored_dtype"])
+        stamp.write_text(json.dumps(desc))
+    return out, desc
+
+
+# ------------------------------------------------------------------------------ prompts
+def tokenize_prompts(prompts_file: Path, tokenizer: str, out: Path, max_prompts: int | None) -> dict[str, Any]:
+    from mamba2_jax.tokenizer import load_tokenizer
+
+    src = json.loads(prompts_file.read_text())
+    tok = load_tokenizer(tokenizer)
+    items = src["prompts"][: max_prompts or None]
+    prompts = [{"id": p["id"], "text": p["text"], "input_ids": tok.encode(p["text"])} for p in items]
+    doc = {"version": src.get("version"), "source": str(prompts_file.relative_to(REPO) if prompts_file.is_relative_to(REPO)
+                                                         else prompts_file),
+           "tokenizer": tok.source, "prompts": prompts}
+    text = json.dumps(doc)
+    doc["sha256"] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.exists() or json.loads(out.read_text()).get("sha256") != doc["sha256"]:
+        out.write_text(json.dumps(doc))
+    return doc
+
+
+# ------------------------------------------------------------------------------ references
+def backend_python(cfg, backend: str) -> str:
+    py = (cfg.get("python") or {}).get(backend)
+    if not py:
+        return sys.executable
+    p = _abs(py)
+    return str(p) if p.exists() or "/" in str(py) else str(py)
+
+
+def run_golden(backend: str, python: str, model_dir: Path, prompts_json: Path, out: Path, n_new: int,
+               extra: list[str] | None = None, regenerate: bool = False, expect: dict | None = None) -> Path:
+    """Run ``python -m reference.golden`` in a subprocess (its own process, its own environment)."""
+    if out.exists() and not regenerate and expect is not None:
+        try:
+            meta = json.loads(out.with_suffix(".json").read_text())
+            if all(meta.get(k) == v for k, v in expect.items()):
+                return out
+        except (OSError, json.JSONDecodeError):
+            pass
+    if not Path(python).exists() and "/" in python:
+        raise RuntimeError(f"backend {backend}: interpreter {python} not found (for mamba_ssm_ref_cpu run "
+                           "`make install-ref`, which creates .venv-ref)")
+    cmd = [python, "-m", "reference.golden", "--backend", backend, "--model", str(model_dir),
+           "--prompts", str(prompts_json), "--out", str(out), "--n-new", str(n_new), *(extra or [])]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    t0 = time.time()
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        tail = "\n".join((r.stderr or "").strip().splitlines()[-15:])
+        raise RuntimeError(f"reference backend {backend} failed (exit {r.returncode}): {' '.join(cmd)}\n{tail}")
+    # stamp the expectations so a later run can reuse the file
+    meta = json.loads(out.with_suffix(".json").read_text())
+    meta.update(expect or {})
+    meta["wall_seconds_subprocess"] = round(time.time() - t0, 2)
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=str))
+    return out
+
+
+# ------------------------------------------------------------------------------ JAX side
+def load_jax_model(model_dir: Path, dtype: str, precision: str, plant_bug: str | None):
+    from mamba2_jax.checkpoint import model_from_state_dict, read_state_dict
+
+    cfg, sd, fmt = read_state_dict(model_dir)
+    stored = str(np.asarray(sd["backbone.embedding.weight"]).dtype)
+    if plant_bug == "flip_D":
+        sd = {k: (-np.asarray(v) if k.endswith("mixer.D") else v) for k, v in sd.items()}
+    elif plant_bug:
+        raise ValueError(f"unknown plant_bug {plant_bug!r} (flip_D)")
+    model = model_from_state_dict(cfg, sd, dtype=dtype, precision=precision)
+    return model, {"format": fmt, "stored_dtype": stored, "param_dtype": dtype, "matmul_precision": precision,
+                   "plant_bug": plant_bug}
+
+
+class JaxRunner:
+    """Plain prefill + greedy step loop (no dependence on mamba2_jax.generate)."""
+
+    def __init__(self, model):
+        from flax import nnx
+
+        self.model = model
+        self._prefill = nnx.jit(lambda m, ids: m.prefill(ids, collect_hidden=True))
+        self._step = nnx.jit(lambda m, tok, cache: m.step(tok, cache))
+
+    def run(self, input_ids: list[int], n_new: int) -> dict[str, np.ndarray]:
+        import jax.numpy as jnp
+
+        ids = jnp.asarray(np.asarray([input_ids], np.int32))
+        logits, cache, hidden = self._prefill(self.model, ids)
+        step_logits = [np.asarray(logits[0, -1])]
+        tokens = [int(np.argmax(step_logits[-1]))]
+        for _ in range(n_new - 1):
+            lg, cache = self._step(self.model, jnp.asarray([tokens[-1]], jnp.int32), cache)
+            step_logits.append(np.asarray(lg[0]))
+            tokens.append(int(np.argmax(step_logits[-1])))
+        sl = np.stack(step_logits)
+        top2 = -np.sort(-sl, axis=-1)[:, :2]
+        return {"hidden": np.asarray(hidden[:, 0]), "logits": np.asarray(logits[0]), "tokens": np.array(tokens),
+                "step_logits": sl, "margin": top2[:, 0] - top2[:, 1], "absmax": np.abs(sl).max(-1)}
+
+
+# ------------------------------------------------------------------------------ comparison
+def compare_prompt(jx: dict[str, np.ndarray], ref: dict[str, np.ndarray], margin_rel_tol: float) -> dict[str, Any]:
+    n_layer = ref["hidden"].shape[0]
+    layers = [tensor_error(jx["hidden"][i], ref["hidden"][i]) for i in range(n_layer)]
+    pos = ref["logits_pos"]
+    logits = tensor_error(jx["logits"][pos], ref["logits"])
+    rt, jt = ref["greedy_tokens"], jx["tokens"][: len(ref["greedy_tokens"])]
+    n = len(rt)
+    same = rt == jt
+    first_div = int(np.argmin(same)) if not same.all() else None
+    upto = n if first_div is None else first_div + 1  # contexts are identical up to and incl. first_div
+    # decode path: JAX logits at the reference's top-k ids (identical contexts only)
+    step_err = []
+    for s in range(upto):
+        ids = ref["greedy_top_ids"][s]
+        d = np.max(np.abs(jx["step_logits"][s][ids].astype(np.float64) - ref["greedy_top_vals"][s].astype(np.float64)))
+        step_err.append(float(d / max(float(ref["greedy_absmax"][s]), 1e-30)))
+    out: dict[str, Any] = {
+        "T": int(len(ref["input_ids"])),
+        "hidden_layers": layers,
+        "hidden_worst": _worst(layers),
+        "logits": logits,
+        "greedy": {"n": n, "n_match_positions": int(same.sum()),
+                   "matched_prefix": n if first_div is None else first_div,
+                   "first_divergence": first_div},
+        "decode_topk_max_rel": max(step_err) if step_err else None,
+    }
+    if first_div is not None:
+        m_ref = float(ref["greedy_margin"][first_div])
+        scale = float(ref["greedy_absmax"][first_div])
+        m_rel = m_ref / scale if scale > 0 else float("inf")
+        out["greedy"].update({
+            "ref_token": int(rt[first_div]), "jax_token": int(jt[first_div]),
+            "ref_margin": m_ref, "ref_margin_rel": m_rel, "jax_margin": float(jx["margin"][first_div]),
+            "logit_scale": scale,
+            "below_noise_floor": bool(m_rel < margin_rel_tol),
+            "explanation": (f"reference top1-top2 margin {m_ref:.3g} = {m_rel:.3g} x max|logit| < {margin_rel_tol:g}: "
+                            "below the fp32 noise floor (a tie at fp32 precision)") if m_rel < margin_rel_tol else
+                           f"UNEXPLAINED: reference margin {m_rel:.3g} x max|logit| >= {margin_rel_tol:g}",
+        })
+    return out
+
+
+def compare_golden(jax_results: list[dict], golden: Path, tol: dict[str, float]) -> dict[str, Any]:
+    meta, refs = read_golden(golden)
+    if len(refs) != len(jax_results):
+        raise ValueError(f"{golden}: {len(refs)} prompts, JAX ran {len(jax_results)}")
+    per_prompt = {}
+    for pid, jx, ref in zip(meta["prompt_ids"], jax_results, refs):
+        if not np.array_equal(ref["input_ids"], jx["input_ids"]):
+            raise ValueError(f"{golden}: prompt {pid} token ids differ from the JAX run's")
+        per_prompt[pid] = compare_prompt(jx, ref, tol["margin_rel"])
+    n_layer = len(next(iter(per_prompt.values()))["hidden_layers"])
+    per_layer = [_worst([p["hidden_layers"][i] for p in per_prompt.values()]) for i in range(n_layer)]
+    hidden_worst = _worst(per_layer)
+    logits_worst = _worst([p["logits"] for p in per_prompt.values()])
+    greedy = [p["greedy"] for p in per_prompt.values()]
+    unexplained = [pid for pid, p in per_prompt.items()
+                   if p["greedy"]["first_divergence"] is not None and not p["greedy"]["below_noise_floor"]]
+    dec = [p["decode_topk_max_rel"] for p in per_prompt.values() if p["decode_topk_max_rel"] is not None]
+    checks = {
+        "hidden_max_rel_ok": hidden_worst["max_rel"] <= tol["max_rel"],
+        "logits_max_rel_ok": logits_worst["max_rel"] <= tol["max_rel"],
+        "greedy_ok": not unexplained,
+    }
+    return {
+        "golden": str(golden.relative_to(REPO) if golden.is_relative_to(REPO) else golden),
+        "reference": {k: meta.get(k) for k in ("backend", "device", "dtype", "packages", "tf32", "backend_meta",
+                                                  "date_utc", "git", "torch_float32_matmul_precision",
+                                                  "seconds_total", "cpu_model", "python")},
+        "hidden_per_layer": per_layer,
+        "hidden_worst": hidden_worst,
+        "logits_worst": logits_worst,
+        "decode_topk_max_rel": max(dec) if dec else None,
+        "greedy_summary": {
+            "prompts": len(greedy),
+            "identical_64_of_64": sum(g["first_divergence"] is None for g in greedy),
+            "tokens_matching_total": sum(g["n_match_positions"] for g in greedy),
+            "tokens_total": sum(g["n"] for g in greedy),
+            "divergences_below_noise_floor": sum(bool(g.get("below_noise_floor")) for g in greedy),
+            "divergences_unexplained": unexplained,
+        },
+        "per_prompt": per_prompt,
+        "checks": checks,
+        "pass": all(checks.values()),
+    }
+
+
+# ------------------------------------------------------------------------------ driver
+def run_parity(cfg) -> dict[str, Any]:
+    import jax
+
+    from mamba2_jax.provenance import provenance
+
+    jax.config.update("jax_default_matmul_precision", cfg.jax.matmul_precision)
+    t_start = time.time()
+    work = _abs(cfg.paths.work_dir)
+    results_dir = _abs(cfg.paths.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    prompts_doc = tokenize_prompts(_abs(cfg.prompts_file), str(cfg.tokenizer), work / "prompts_tokens.json",
+                                   cfg.get("max_prompts"))
+    prompts_json = work / "prompts_tokens.json"
+    models = list(cfg.models)
+    for opt in cfg.get("optional_models") or []:
+        if _abs(opt).is_dir() and (_abs(opt) / "config.json").exists():
+            models.append(str(opt))
+    tol = {"max_rel": float(cfg.tolerance.max_rel), "margin_rel": float(cfg.tolerance.margin_rel)}
+    prov = provenance()
+    rows, reports = [], []
+    for spec in models:
+        tag = model_tag(spec)
+        model_dir, desc = ensure_checkpoint(spec, work)
+        fp = checkpoint_fingerprint(model_dir)
+        goldens = {}
+        for backend in cfg.backends:
+            extra = []
+            if backend == "mamba_ssm_triton":
+                extra = ["--tf32", str(cfg.triton.tf32), "--triton-f32", str(cfg.triton.triton_f32),
+                         "--cuda-graph", str(cfg.triton.cuda_graph)]
+            out = work / "golden" / tag / f"{backend}.npz"
+            expect = {"checkpoint_fingerprint": fp, "prompts_sha256": prompts_doc["sha256"], "n_new_expected": cfg.n_new,
+                      "extra_args": extra}
+            t0 = time.time()
+            goldens[backend] = run_golden(backend, backend_python(cfg, backend), model_dir, prompts_json, out,
+                                          cfg.n_new, extra, bool(cfg.regenerate_golden), expect)
+            print(f"[parity] {tag}: golden {backend} ready ({time.time() - t0:.1f}s)", flush=True)
+        t0 = time.time()
+        model, jmeta = load_jax_model(model_dir, cfg.jax.dtype, cfg.jax.matmul_precision, cfg.get("plant_bug"))
+        runner = JaxRunner(model)
+        jax_results = []
+        for p in prompts_doc["prompts"]:
+            r = runner.run(p["input_ids"], cfg.n_new)
+            r["input_ids"] = np.asarray(p["input_ids"], np.int32)
+            jax_results.append(r)
+        t_jax = time.time() - t0
+        print(f"[parity] {tag}: JAX run {t_jax:.1f}s", flush=True)
+        for backend, golden in goldens.items():
+            rep = compare_golden(jax_results, golden, tol)
+            rep.update({
+                "model": tag, "model_dir": str(model_dir), "checkpoint": desc, "checkpoint_fingerprint": fp,
+                "config": {k: getattr(model.cfg, k) for k in ("d_model", "n_layer", "ngroups", "d_state", "headdim",
+                                                              "chunk_size", "nheads", "vocab_size")},
+                "jax": jmeta, "jax_seconds": round(t_jax, 2), "tolerance": tol, "paper_tolerances": PAPER_TOLERANCES,
+                "prompts": {"file": prompts_doc["source"], "version": prompts_doc["version"],
+                            "sha256": prompts_doc["sha256"], "lengths": [len(p["input_ids"]) for p in prompts_doc["prompts"]],
+                            "tokenizer": prompts_doc["tokenizer"]},
+                "n_new": cfg.n_new, "label": cfg.label, "provenance": prov,
+            })
+            name = f"{tag}__{backend}" + (f"__bug-{cfg.plant_bug}" if cfg.get("plant_bug") else "")
+            (results_dir / f"{name}.json").write_text(json.dumps(rep, indent=1, default=_json_default))
+            reports.append(rep)
+            rows.append(summary_row(rep, backend))
+            g = rep["greedy_summary"]
+            print(f"[parity] {tag} vs {backend}: hidden max_rel {rep['hidden_worst']['max_rel']:.2e} "
+                  f"({rep['hidden_worst']['ulps']:.1f} ulp), logits max_rel {rep['logits_worst']['max_rel']:.2e}, "
+                  f"greedy {g['tokens_matching_total']}/{g['tokens_total']} "
+                  f"({g['identical_64_of_64']}/{g['prompts']} identical, {g['divergences_below_noise_floor']} below "
+                  f"noise floor) -> {'PASS' if rep['pass'] else 'FAIL'}", flush=True)
+    csv_name = "summary.csv" if not cfg.get("plant_bug") else f"summary__bug-{cfg.plant_bug}.csv"
+    write_csv(results_dir / csv_name, rows)
+    total = time.time() - t_start
+    print(f"[parity] wrote {results_dir / csv_name} ({len(rows)} rows) in {total:.0f}s", flush=True)
+    return {"reports": reports, "rows": rows, "pass": all(r["pass"] for r in reports), "seconds": total}
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+CSV_FIELDS = ["model", "backend", "pass", "hidden_max_abs", "hidden_max_rel", "hidden_ulps", "logits_max_abs",
+              "logits_max_rel", "logits_ulps", "decode_topk_max_rel", "greedy_identical_prompts", "greedy_prompts",
+              "greedy_tokens_matching", "greedy_tokens_total", "divergences_below_noise_floor",
+              "divergences_unexplained", "tol_max_rel", "tol_margin_rel", "label", "checkpoint_kind", "stored_dtype",
+              "jax_param_dtype", "jax_matmul_precision", "ref_device", "ref_dtype", "ref_tf32", "plant_bug",
+              "git_sha", "git_dirty", "jax", "jaxlib", "flax", "numpy", "torch", "transformers", "mamba_ssm", "triton",
+              "ref_torch", "jax_backend", "cpu_model", "python", "date_utc"]
+
+
+def summary_row(rep: dict[str, Any], backend: str) -> dict[str, Any]:
+    prov, ref, g = rep["provenance"], rep["reference"], rep["greedy_summary"]
+    pk, rpk = prov["packages"], (ref.get("packages") or {})
+    return {
+        "model": rep["model"], "backend": backend, "pass": rep["pass"],
+        "hidden_max_abs": f"{rep['hidden_worst']['max_abs']:.3e}", "hidden_max_rel": f"{rep['hidden_worst']['max_rel']:.3e}",
+        "hidden_ulps": f"{rep['hidden_worst']['ulps']:.2f}",
+        "logits_max_abs": f"{rep['logits_worst']['max_abs']:.3e}", "logits_max_rel": f"{rep['logits_worst']['max_rel']:.3e}",
+        "logits_ulps": f"{rep['logits_worst']['ulps']:.2f}",
+        "decode_topk_max_rel": "" if rep["decode_topk_max_rel"] is None else f"{rep['decode_topk_max_rel']:.3e}",
+        "greedy_identical_prompts": g["identical_64_of_64"], "greedy_prompts": g["prompts"],
+        "greedy_tokens_matching": g["tokens_matching_total"], "greedy_tokens_total": g["tokens_total"],
+        "divergences_below_noise_floor": g["divergences_below_noise_floor"],
+        "divergences_unexplained": len(g["divergences_unexplained"]),
+        "tol_max_rel": rep["tolerance"]["max_rel"], "tol_margin_rel": rep["tolerance"]["margin_rel"],
+        "label": rep["label"], "checkpoint_kind": rep["checkpoint"].get("kind"),
+        "stored_dtype": rep["jax"]["stored_dtype"], "jax_param_dtype": rep["jax"]["param_dtype"],
+        "jax_matmul_precision": rep["jax"]["matmul_precision"], "ref_device": ref.get("device"),
+        "ref_dtype": ref.get("dtype"), "ref_tf32": json.dumps(ref.get("tf32"), sort_keys=True),
+        "plant_bug": rep["jax"]["plant_bug"] or "",
+        "git_sha": prov["git"]["sha"], "git_dirty": prov["git"]["dirty"],
+        "jax": pk.get("jax"), "jaxlib": pk.get("jaxlib"), "flax": pk.get("flax"), "numpy": pk.get("numpy"),
+        "torch": pk.get("torch"), "transformers": rpk.get("transformers"), "mamba_ssm": rpk.get("mamba-ssm"),
+        "triton": rpk.get("triton"), "ref_torch": rpk.get("torch"),
+        "jax_backend": prov["jax"].get("backend"), "cpu_model": prov.get("cpu_model"), "python": prov.get("python"),
+        "date_utc": prov.get("date_utc"),
+    }
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+
+
+def main() -> None:
+    import hydra
+
+    @hydra.main(config_path="conf", config_name="parity", version_base=None)
+    def _main(cfg) -> None:
+        res = run_parity(cfg)
+        if not res["pass"]:
+            print("[parity] FAIL: at least one (model, backend) pair is outside the tolerances", flush=True)
+            sys.exit(1)
+
+    _main()
+
+
+if __name__ == "__main__":
+    main()
