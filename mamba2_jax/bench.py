@@ -1,0 +1,472 @@
+"""Timing primitives shared by every benchmark experiment.
+
+Everything here measures wall-clock time of *compiled* programs, with compilation timed
+separately:
+
+* :class:`PrefillBench` – one ``jax.jit`` of ``model.prefill`` for a fixed (batch, length); records
+  lower+compile seconds, the first execution, then repeated executions.
+* :class:`DecodeBench` – the cached decode loop: one jitted ``lax.fori_loop`` of ``model.step``
+  over ``n_tokens`` tokens (greedy argmax feeds the next token, as generation does), with the
+  cache *donated* so XLA updates it in place.  The loop compiles once per (batch, n_tokens) and is
+  independent of the context length, so caches built at several contexts share one executable.
+  ms/token = loop seconds / n_tokens; results quote the median over repetitions.
+* full-prefix recompute: producing one token without a cache costs one prefill over the whole
+  prefix (last-position logits only); :func:`recompute_bench` compiles it once for the context
+  length and times it like a prefill.  (Growth of the prefix over successive tokens is ignored,
+  which slightly favours recompute.)
+* :func:`alternate` runs several timed callables round-robin (rotating the starting one each
+  round), so things that are compared are measured side by side under the same machine load.
+
+:func:`write_results` writes ``results/<experiment>/<run>.json`` (records + provenance + hardware
+profile + config) and a tidy CSV of the records next to it; :func:`validate_result` checks the
+schema.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["REPO", "data_dir", "load_model_spec", "build_model", "PrefillBench", "DecodeBench",
+           "recompute_bench", "alternate", "median", "write_results", "validate_result", "provenance",
+           "SCHEMA_VERSION", "random_ids", "utilisation"]
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA_VERSION = 1
+
+
+# ------------------------------------------------------------------------------ paths / models
+def data_dir(override: str | os.PathLike | None = None) -> Path:
+    """Shared data directory: ``override``, else $MAMBA2_JAX_DATA, else ../shared/data of the repo."""
+    if override:
+        p = Path(override)
+        return (p if p.is_absolute() else REPO / p).resolve()
+    env = os.environ.get("MAMBA2_JAX_DATA")
+    return Path(env).resolve() if env else (REPO.parent / "shared" / "data").resolve()
+
+
+def load_model_spec(name: str, conf_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The Hydra ``model`` group entry ``experiments/conf/model/<name>.yaml`` as a plain dict
+    (falls back to a bare preset name if there is no such file)."""
+    conf_dir = Path(conf_dir) if conf_dir else REPO / "experiments" / "conf"
+    p = conf_dir / "model" / f"{name}.yaml"
+    if not p.exists():
+        return {"name": name, "preset": name}
+    from omegaconf import OmegaConf
+
+    d = OmegaConf.to_container(OmegaConf.load(p), resolve=False)
+    d.setdefault("name", name)
+    return d
+
+
+def model_config(spec: dict[str, Any], data: Path | None = None):
+    """Mamba2Config for a model spec: ``config_json`` (relative to the data dir) else ``preset``."""
+    from .config import Mamba2Config, get_preset
+
+    cj = spec.get("config_json")
+    if cj:
+        p = Path(cj)
+        if not p.is_absolute():
+            p = (data or data_dir()) / p
+        if p.exists():
+            cfg = Mamba2Config.from_json(p)
+            return cfg.replace(name=spec.get("name", cfg.name))
+    return get_preset(spec.get("preset", spec["name"]))
+
+
+def build_model(spec: dict[str, Any] | str, dtype: str = "float32", checkpoint: str | None = None,
+                seed: int = 0, precision: str | None = None, data: Path | None = None):
+    """(model, info): weights from ``checkpoint`` (or ``spec['checkpoint']``) if given, else the
+    mamba_ssm-style random init of the spec's shape."""
+    from .checkpoint import init_state_dict, load_pretrained, model_from_state_dict
+
+    spec = load_model_spec(spec) if isinstance(spec, str) else dict(spec)
+    ckpt = checkpoint or spec.get("checkpoint")
+    if ckpt:
+        model = load_pretrained(ckpt, dtype=dtype, precision=precision)
+        info = {"weights": "checkpoint", "checkpoint": str(ckpt), **getattr(model, "source", {})}
+    else:
+        cfg = model_config(spec, data)
+        sd = init_state_dict(cfg, seed=seed)
+        model = model_from_state_dict(cfg, sd, dtype=dtype, precision=precision)
+        info = {"weights": "random-init", "seed": seed}
+        del sd
+    info.update({"model": spec.get("name", model.cfg.name), "dtype": dtype,
+                 "policy": getattr(model, "policy", None), "num_params": model.cfg.num_params()})
+    return model, info
+
+
+def random_ids(batch: int, length: int, vocab: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    # avoid the special tokens 0/1 (harmless either way, but closer to real text)
+    return rng.integers(2, vocab, size=(batch, length), dtype=np.int32)
+
+
+# ------------------------------------------------------------------------------ statistics
+def median(xs) -> float:
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def utilisation(work: float, seconds: float, peak: float) -> float | None:
+    """work / (seconds × peak), or None where the peak is unknown."""
+    if not peak or not math.isfinite(peak) or seconds <= 0:
+        return None
+    return float(work / (seconds * peak))
+
+
+def alternate(fns: dict[str, Callable[[], float]], rounds: int, rotate: bool = True) -> dict[str, list[float]]:
+    """Call each ``fns[name]()`` (which returns seconds) once per round, round-robin.
+
+    The start position rotates every round so no candidate always runs first (or right after a
+    particular other one)."""
+    names = list(fns)
+    out: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(rounds):
+        k = (r % len(names)) if rotate and names else 0
+        for name in names[k:] + names[:k]:
+            out[name].append(float(fns[name]()))
+    return out
+
+
+# ------------------------------------------------------------------------------ prefill
+@dataclass
+class PrefillBench:
+    """A compiled prefill for (batch, length).  ``run()`` → seconds of one blocking execution."""
+
+    model: Any
+    length: int
+    batch: int = 1
+    last_only: bool = True
+    seed: int = 0
+    compile_s: float = field(init=False, default=float("nan"))
+    first_run_s: float = field(init=False, default=float("nan"))
+
+    def __post_init__(self):
+        import jax
+        import jax.numpy as jnp
+        from flax import nnx
+
+        graphdef, self._state = nnx.split(self.model)
+        last_only = self.last_only
+
+        def fn(state, ids):
+            m = nnx.merge(graphdef, state)
+            logits, cache = m.prefill(ids, last_only=last_only)
+            return logits, cache
+
+        ids = jnp.asarray(random_ids(self.batch, self.length, self.model.cfg.vocab_size, self.seed))
+        self._ids = ids
+        t0 = time.perf_counter()
+        self._compiled = jax.jit(fn).lower(self._state, ids).compile()
+        self.compile_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = self._compiled(self._state, ids)
+        jax.block_until_ready(out)
+        self.first_run_s = time.perf_counter() - t0
+        self.last_output = out
+
+    def run(self) -> float:
+        import jax
+
+        t0 = time.perf_counter()
+        out = self._compiled(self._state, self._ids)
+        jax.block_until_ready(out)
+        dt = time.perf_counter() - t0
+        self.last_output = out
+        return dt
+
+    def cache(self):
+        """The cache produced by the last run (state after ``length`` tokens)."""
+        return self.last_output[1]
+
+    def times(self, reps: int) -> list[float]:
+        return [self.run() for _ in range(reps)]
+
+
+def recompute_bench(model, context: int, batch: int = 1, seed: int = 0) -> PrefillBench:
+    """Full-prefix recompute for one new token = one last-only prefill over ``context`` tokens."""
+    return PrefillBench(model, context, batch, last_only=True, seed=seed)
+
+
+# ------------------------------------------------------------------------------ decode
+@dataclass
+class DecodeBench:
+    """A compiled, cache-donating decode loop of ``n_tokens`` greedy steps.
+
+    ``add_context(name, context)`` prefills ``context`` random tokens (context 0: empty cache) and
+    keeps the resulting cache under ``name``; ``run(name)`` decodes ``n_tokens`` from it (the cache
+    is donated and replaced by the new one, so successive runs keep extending that sequence) and
+    returns the loop's wall seconds."""
+
+    model: Any
+    n_tokens: int = 64
+    batch: int = 1
+    seed: int = 0
+    compile_s: float = field(init=False, default=float("nan"))
+    first_run_s: float = field(init=False, default=float("nan"))
+
+    def __post_init__(self):
+        import jax
+        import jax.numpy as jnp
+        from flax import nnx
+
+        graphdef, self._state = nnx.split(self.model)
+        n = int(self.n_tokens)
+
+        def loop(state, cache, tok):
+            m = nnx.merge(graphdef, state)
+
+            def body(_, carry):
+                c, t = carry
+                logits, c = m.step(t, c)
+                return c, jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+            return jax.lax.fori_loop(0, n, body, (cache, tok))
+
+        self._jit = jax.jit(loop, donate_argnums=(1,))
+        self._caches: dict[str, Any] = {}
+        self._tokens: dict[str, Any] = {}
+        self._contexts: dict[str, int] = {}
+        self._prefills: dict[int, PrefillBench] = {}
+        self._compiled = None
+
+    def add_context(self, name: str, context: int, cache=None) -> None:
+        import jax.numpy as jnp
+
+        if cache is None:
+            if context > 0:
+                pb = self._prefills.get(context) or PrefillBench(self.model, context, self.batch, True, self.seed)
+                self._prefills[context] = pb
+                logits, cache = pb.last_output
+                tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            else:
+                cache = self.model.init_cache(self.batch)
+                tok = jnp.asarray(random_ids(self.batch, 1, self.model.cfg.vocab_size, self.seed)[:, 0])
+        else:
+            tok = jnp.asarray(random_ids(self.batch, 1, self.model.cfg.vocab_size, self.seed)[:, 0])
+        # private copy: the loop donates it
+        import jax
+
+        self._caches[name] = jax.tree.map(lambda x: jnp.array(x, copy=True), cache)
+        self._tokens[name] = tok
+        self._contexts[name] = context
+        if self._compiled is None:
+            t0 = time.perf_counter()
+            self._compiled = self._jit.lower(self._state, self._caches[name], tok).compile()
+            self.compile_s = time.perf_counter() - t0
+            self.first_run_s = self.run(name)
+
+    def prefill_bench(self, context: int) -> PrefillBench | None:
+        return self._prefills.get(context)
+
+    def run(self, name: str) -> float:
+        import jax
+
+        t0 = time.perf_counter()
+        cache, tok = self._compiled(self._state, self._caches[name], self._tokens[name])
+        jax.block_until_ready((cache, tok))
+        dt = time.perf_counter() - t0
+        self._caches[name], self._tokens[name] = cache, tok
+        return dt
+
+    def seqlen(self, name: str) -> int:
+        return int(np.asarray(self._caches[name].seqlen)[0])
+
+    def times(self, name: str, reps: int) -> list[float]:
+        return [self.run(name) for _ in range(reps)]
+
+
+# ------------------------------------------------------------------------------ provenance / results
+def provenance(**extra) -> dict[str, Any]:
+    """``mamba2_jax.provenance.provenance()``; a minimal fallback if that module is missing."""
+    try:
+        from .provenance import provenance as _prov
+
+        return _prov(**extra)
+    except ImportError:  # pragma: no cover - only before provenance.py existed
+        import platform
+        import subprocess
+        import sys
+
+        try:
+            sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        except OSError:
+            sha = None
+        return {"git": {"sha": sha}, "python": sys.version.split()[0], "platform": platform.platform(),
+                "fallback": True, **extra}
+
+
+_REQUIRED_TOP = ("schema_version", "experiment", "run", "label", "provenance", "hardware", "config", "records")
+# columns every record of an experiment must carry
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "throughput": ("model", "dtype", "kind", "length", "batch", "median_s"),
+    "sweep": ("model", "dtype", "kind", "context", "median_s"),
+    "cache_speedup": ("model", "dtype", "context", "cached_ms_per_token", "recompute_ms_per_token", "speedup"),
+    "peers": ("peer", "metric", "value", "unit"),
+    "bench": ("metric", "value", "unit"),
+}
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        x = float(x)
+        return None if math.isnan(x) or math.isinf(x) else x
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, (str, int, bool)) or x is None:
+        return x
+    return str(x)
+
+
+def validate_result(doc: dict[str, Any]) -> None:
+    """Raise ValueError if ``doc`` is not a valid results document."""
+    missing = [k for k in _REQUIRED_TOP if k not in doc]
+    if missing:
+        raise ValueError(f"results document lacks {missing}")
+    if doc["schema_version"] != SCHEMA_VERSION:
+        raise ValueError(f"schema_version {doc['schema_version']} != {SCHEMA_VERSION}")
+    recs = doc["records"]
+    if not isinstance(recs, list) or not recs:
+        raise ValueError("records must be a non-empty list")
+    cols = REQUIRED_COLUMNS.get(doc["experiment"], ())
+    for i, r in enumerate(recs):
+        lack = [c for c in cols if c not in r]
+        if lack:
+            raise ValueError(f"record {i} lacks {lack}")
+    hw = doc["hardware"]
+    for k in ("profile", "device", "matches_device"):
+        if k not in hw:
+            raise ValueError(f"hardware section lacks {k!r}")
+
+
+def write_results(experiment: str, run: str, records: list[dict[str, Any]], *, hardware: dict[str, Any],
+                  config: dict[str, Any], label: str, out_dir: str | os.PathLike | None = None,
+                  extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write ``<out_dir>/<run>.json`` and ``<out_dir>/<run>.csv``; returns both paths."""
+    import pandas as pd
+
+    out = Path(out_dir) if out_dir else REPO / "results" / experiment
+    if not out.is_absolute():
+        out = REPO / out
+    out.mkdir(parents=True, exist_ok=True)
+    hw = dict(hardware)
+    prof = hw.get("profile")
+    if hasattr(prof, "to_dict"):
+        hw["profile"] = prof.to_dict()
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "experiment": experiment,
+        "run": run,
+        "label": label,
+        "provenance": provenance(),
+        "hardware": hw,
+        "config": config,
+        "records": records,
+        **(extra or {}),
+    }
+    doc = _jsonable(doc)
+    validate_result(doc)
+    jp, cp = out / f"{run}.json", out / f"{run}.csv"
+    tmp = jp.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, jp)
+    flat = [{k: v for k, v in r.items() if not isinstance(v, (list, dict))} for r in doc["records"]]
+    df = pd.DataFrame(flat)
+    df.insert(0, "run", run)
+    df.insert(1, "device", hw.get("profile", {}).get("name") if isinstance(hw.get("profile"), dict) else None)
+    df.to_csv(cp, index=False)
+    return jp, cp
+
+
+# ------------------------------------------------------------------------------ experiment plumbing
+def _get(cfg, key, default=None):
+    try:
+        v = cfg.get(key, default)
+    except AttributeError:
+        v = getattr(cfg, key, default)
+    return default if v is None else v
+
+
+def setup_run(cfg, experiment: str) -> dict[str, Any]:
+    """Common start of every benchmark experiment.
+
+    * refuses (SystemExit 2, clear message) when ``cfg.require_platform`` is set and the JAX backend
+      differs, unless ``cfg.force`` is true;
+    * resolves the hardware profile (``cfg.hardware.name``; CPU measured with ``cfg.cpu_measure``);
+    * names the run ``<profile_name>-<profile>`` (``-on-<actual device>`` appended when the profile is
+      not the device the run is on) and builds a human-readable label.
+    """
+    import sys
+
+    from .hardware import device_description, resolve_profile
+
+    desc = device_description()
+    req = _get(cfg, "require_platform")
+    force = bool(_get(cfg, "force", False))
+    if req and desc["platform"] != req:
+        if not force:
+            print(f"[{experiment}] REFUSING: this configuration is meant for platform {req!r} but JAX runs on "
+                  f"{desc['platform']!r} ({desc['device_kind']}). Timings here would be labelled with {req} peaks. "
+                  f"Re-run with FORCE=1 (make) or force=true (hydra) to run anyway; results are then labelled "
+                  f"with the actual device.", file=sys.stderr)
+            raise SystemExit(2)
+        print(f"[{experiment}] FORCED: running a {req!r} configuration on {desc['platform']!r}", file=sys.stderr)
+    hw_name = _get(_get(cfg, "hardware", {}), "name", "auto")
+    measure = dict(_get(cfg, "cpu_measure", {}) or {})
+    hw = resolve_profile(hw_name, desc=desc, **measure)
+    prof = hw["profile"]
+    pname = _get(cfg, "profile_name", "custom")
+    run = _get(cfg, "run") or (f"{pname}-{prof.name}" + ("" if hw["matches_device"] else f"-on-{hw['detected']}"))
+    if hw["detected"] == "unknown" and not hw["matches_device"]:
+        run = f"{pname}-{prof.name}-on-{desc['platform']}"
+    label = (f"{experiment}: device {desc['device_kind']} ({desc['platform']}); hardware profile {prof.name}"
+             + ("" if hw["matches_device"] else f" (NOT the device this ran on{'; forced' if force else ''})")
+             + f"; profile {pname}")
+    hw = {**hw, "forced": force and bool(req and desc["platform"] != req)}
+    return {"hardware": hw, "profile": prof, "run": run, "label": label, "device": desc}
+
+
+def iter_models(cfg):
+    """Yield (name, model, info) for ``cfg.models`` (weights from ``cfg.checkpoints[name]`` or the
+    model yaml's ``checkpoint``, else random init); frees each model before building the next."""
+    import gc
+
+    import jax
+
+    ckpts = dict(_get(cfg, "checkpoints", {}) or {})
+    dd = data_dir(_get(_get(cfg, "paths", {}), "data_dir", None))
+    for name in _get(cfg, "models", []):
+        spec = load_model_spec(str(name))
+        model, info = build_model(spec, dtype=str(_get(cfg, "dtype", "float32")), checkpoint=ckpts.get(name),
+                                  seed=int(_get(cfg, "seed", 0)), precision=_get(cfg, "matmul_precision"), data=dd)
+        yield str(name), model, info
+        del model
+        gc.collect()
+        jax.clear_caches()
+
+
+def weights_label(infos: list[dict[str, Any]]) -> str:
+    kinds = sorted({i.get("weights", "?") for i in infos})
+    return "synthetic (random-init) weights" if kinds == ["random-init"] else "weights: " + ", ".join(kinds)
+
+
+def config_dict(cfg) -> dict[str, Any]:
+    try:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001
+        return dict(cfg)

@@ -1,0 +1,175 @@
+"""Analytic FLOP and byte counts for Mamba-2 inference (used for MFU and HBU).
+
+Notation: b batch, L tokens, d = d_model, E = d_in_proj = 2·d_inner + 2·g·n + h, I = d_inner,
+K = d_conv, Cd = conv_dim = d_ssm + 2·g·n, V = padded vocabulary, h heads, p headdim, n d_state,
+g groups, q chunk size, c = ceil(L / q) chunks (the scan pads L up to c·q), N = n_layer.
+A multiply-add counts as 2 FLOPs.
+
+Prefill FLOPs (what ``ssd_chunked`` and the mixer execute; per layer unless noted)::
+
+    in_proj    2·b·L·d·E
+    conv       2·b·L·Cd·K                      (depthwise causal conv)
+    ssd_cb     2·b·c·g·q²·n                    (C·Bᵀ inside each chunk, once per group)
+    ssd_diag   2·b·c·h·q²·p                    (masked (C·Bᵀ∘L) · x, full q×q blocks)
+    ssd_states 2·b·c·h·q·p·n                   (chunk-end states B ⊗ x)
+    ssd_inter  2·b·h·(c+1)²·p·n                (inter-chunk recurrence as one einsum)
+    ssd_off    2·b·c·h·q·p·n                   (C · state entering the chunk)
+    out_proj   2·b·L·I·d
+    lm_head    2·b·L_out·d·V                   (once, not per layer; L_out = 1 with last_only)
+
+The q×q blocks are counted in full (the causal mask is applied by multiplication, so the
+upper triangle is computed) and the padded length c·q is used, i.e. this is the work the compiled
+program does.  Element-wise work (norms, SiLU, softplus, exp of the segment sums, the mask, the
+D skip) is not counted: MFU is a matmul-unit metric.
+
+Decode FLOPs per token (per layer unless noted)::
+
+    in_proj 2·d·E,  conv 2·Cd·K,  ssd_step 5·h·p·n (state update s·dA + (dt·x)⊗B: 3/element;
+    readout s·C: 2/element),  out_proj 2·I·d,  lm_head 2·d·V (once)
+
+Decode bytes per token (the minimum that must cross the memory bus, HBU numerator)::
+
+    params  = every parameter once (matrices, norms, conv in the param dtype; A_log, dt_bias, D
+              in float32; the tied embedding counted once, as the LM head reads all of it)
+    state   = 2 × (N·b·h·p·n·4  +  N·b·(K−1)·Cd·itemsize)     (SSM + conv state, read and written)
+    total   = params + state
+
+Logits (b·V·4 bytes written) and the embedding row gather are reported separately and not
+included in ``total``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .config import Mamba2Config
+
+__all__ = ["itemsize", "param_bytes", "state_bytes", "prefill_flops", "decode_flops", "decode_bytes",
+           "prefill_bytes", "recompute_flops"]
+
+
+def itemsize(dtype) -> int:
+    import numpy as np
+
+    if isinstance(dtype, str) and dtype in ("bfloat16", "float16"):
+        return 2
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:
+        import jax.numpy as jnp
+
+        return jnp.dtype(dtype).itemsize
+
+
+def _fp32_param_count(cfg: Mamba2Config) -> int:
+    """A_log, dt_bias (h each) and D (h, or d_ssm with D_has_hdim) per layer: kept in float32."""
+    d_len = cfg.ssm_dim if cfg.D_has_hdim else cfg.nheads
+    return cfg.n_layer * (2 * cfg.nheads + d_len)
+
+
+def param_bytes(cfg: Mamba2Config, dtype="float32") -> dict[str, int]:
+    """Parameter bytes by group (tied head counted once)."""
+    n_fp32 = _fp32_param_count(cfg)
+    n_total = cfg.num_params()
+    emb = cfg.padded_vocab_size * cfg.d_model
+    head = 0 if cfg.tie_embeddings else emb
+    n_layer_other = n_total - emb - head - n_fp32
+    it = itemsize(dtype)
+    out = {"embedding": emb * it, "lm_head": head * it, "layers": n_layer_other * it, "ssm_fp32": n_fp32 * 4}
+    out["total"] = sum(out.values())
+    out["num_params"] = n_total
+    return out
+
+
+def state_bytes(cfg: Mamba2Config, batch: int = 1, dtype="float32") -> dict[str, int]:
+    """Bytes of the inference cache (one copy): SSM state (float32) and conv state (param dtype)."""
+    ssm = cfg.n_layer * batch * cfg.nheads * cfg.headdim * cfg.d_state * 4
+    conv = cfg.n_layer * batch * (cfg.d_conv - 1) * cfg.conv_dim * itemsize(dtype)
+    return {"ssm": ssm, "conv": conv, "total": ssm + conv}
+
+
+def _ssd_prefill(cfg: Mamba2Config, b: int, L: int) -> dict[str, int]:
+    q, h, p, n, g = cfg.chunk_size, cfg.nheads, cfg.headdim, cfg.d_state, cfg.ngroups
+    c = math.ceil(L / q)
+    return {
+        "ssd_cb": 2 * b * c * g * q * q * n,
+        "ssd_diag": 2 * b * c * h * q * q * p,
+        "ssd_states": 2 * b * c * h * q * p * n,
+        "ssd_inter": 2 * b * h * (c + 1) ** 2 * p * n,
+        "ssd_off": 2 * b * c * h * q * p * n,
+    }
+
+
+def prefill_flops(cfg: Mamba2Config, length: int, batch: int = 1, last_only: bool = True) -> dict[str, int]:
+    """FLOPs of one prefill of ``batch`` × ``length`` tokens (see module docstring).
+
+    Returns the per-term totals over all layers plus "matmul" (projections + LM head), "ssd",
+    "conv" and "total"."""
+    b, L, N = batch, length, cfg.n_layer
+    d, E, I, V = cfg.d_model, cfg.d_in_proj, cfg.d_inner, cfg.padded_vocab_size
+    out = {
+        "in_proj": N * 2 * b * L * d * E,
+        "conv": N * 2 * b * L * cfg.conv_dim * cfg.d_conv,
+        "out_proj": N * 2 * b * L * I * d,
+        "lm_head": 2 * b * (1 if last_only else L) * d * V,
+    }
+    for k, v in _ssd_prefill(cfg, b, L).items():
+        out[k] = N * v
+    out["ssd"] = sum(v for k, v in out.items() if k.startswith("ssd_"))
+    out["matmul"] = out["in_proj"] + out["out_proj"] + out["lm_head"]
+    out["total"] = out["matmul"] + out["ssd"] + out["conv"]
+    return out
+
+
+def decode_flops(cfg: Mamba2Config, batch: int = 1) -> dict[str, int]:
+    """FLOPs of one cached decode step for ``batch`` sequences (one token each)."""
+    b, N = batch, cfg.n_layer
+    d, E, I, V = cfg.d_model, cfg.d_in_proj, cfg.d_inner, cfg.padded_vocab_size
+    out = {
+        "in_proj": N * 2 * b * d * E,
+        "conv": N * 2 * b * cfg.conv_dim * cfg.d_conv,
+        "ssd_step": N * 5 * b * cfg.nheads * cfg.headdim * cfg.d_state,
+        "out_proj": N * 2 * b * I * d,
+        "lm_head": 2 * b * d * V,
+    }
+    out["ssd"] = out["ssd_step"]
+    out["matmul"] = out["in_proj"] + out["out_proj"] + out["lm_head"]
+    out["total"] = out["matmul"] + out["ssd"] + out["conv"]
+    return out
+
+
+def decode_bytes(cfg: Mamba2Config, batch: int = 1, dtype="float32") -> dict[str, int]:
+    """Bytes that must move per decode step: params once + SSM/conv state read and written."""
+    pb = param_bytes(cfg, dtype)
+    sb = state_bytes(cfg, batch, dtype)
+    out = {"params": pb["total"], "state_read": sb["total"], "state_write": sb["total"],
+           "ssm_state": sb["ssm"], "conv_state": sb["conv"],
+           "logits_write": batch * cfg.padded_vocab_size * 4,
+           "embedding_gather": batch * cfg.d_model * itemsize(dtype)}
+    out["total"] = out["params"] + out["state_read"] + out["state_write"]
+    return out
+
+
+def prefill_bytes(cfg: Mamba2Config, length: int, batch: int = 1, dtype="float32") -> dict[str, int]:
+    """A lower bound on prefill traffic: params once, token ids read, final state written."""
+    pb = param_bytes(cfg, dtype)["total"]
+    sb = state_bytes(cfg, batch, dtype)["total"]
+    ids = batch * length * 4
+    return {"params": pb, "ids": ids, "state_write": sb, "total": pb + ids + sb}
+
+
+def recompute_flops(cfg: Mamba2Config, context: int, batch: int = 1) -> int:
+    """FLOPs to produce one token by re-running the full prefix (last-position logits only)."""
+    return prefill_flops(cfg, context, batch, last_only=True)["total"]
+
+
+def summary(cfg: Mamba2Config, length: int, batch: int = 1, dtype="float32") -> dict[str, Any]:
+    """Totals used by the experiments (one dict, JSON friendly)."""
+    return {
+        "prefill_flops": prefill_flops(cfg, length, batch)["total"],
+        "decode_flops": decode_flops(cfg, batch)["total"],
+        "decode_bytes": decode_bytes(cfg, batch, dtype)["total"],
+        "param_bytes": param_bytes(cfg, dtype)["total"],
+        "num_params": cfg.num_params(),
+    }
