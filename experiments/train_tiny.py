@@ -57,93 +57,147 @@ def _provenance(**extra):
                 **extra}
 
 
-def test_perplexity(model, tok, test_file: Path, max_length: int, stride: int) -> dict:
-    """Strided test-split token perplexity ("\\n\\n".join of the HF rows)."""
-    rows = read_wikitext_rows(test_file)
+def _strided_fallback(model, tok, rows, max_length: int, stride: int) -> dict:
     ids = np.asarray(tok.encode("\n\n".join(rows)), np.int32)
-    t0 = time.perf_counter()
     r = strided_perplexity(model, ids, max_length=max_length, stride=stride)
-    return {"protocol": "strided", "max_length": max_length, "stride": stride,
-            "text": '"\\n\\n".join(HF test rows)', "implementation": "mamba2_jax.train.strided_perplexity",
-            "wall_s": round(time.perf_counter() - t0, 1), **r}
+    return {"token_perplexity": r["ppl"], "nll_per_token": r["nll"], "n_tokens": r["n_tokens"],
+            "implementation": "mamba2_jax.train.strided_perplexity"}
 
 
-@hydra.main(config_path="conf", config_name="train_tiny", version_base=None)
-def main(c: DictConfig) -> None:
-    t_start = time.perf_counter()
-    paths = {k: _path(v) for k, v in c.paths.items()}
+def test_perplexities(model, tok, test_file: Path, e: DictConfig) -> dict:
+    """WikiText-103 test perplexity of ``model`` under the project's protocols (mamba2_jax.perplexity):
+    ``strided`` (HF guide, "\\n\\n".join(rows)) and ``lm_eval_rolling`` (lm-evaluation-harness
+    ``wikitext``).  Falls back to this module's strided scorer when mamba2_jax.perplexity is absent."""
+    rows = read_wikitext_rows(test_file)
+    out: dict = {"test_file_sha256": _sha256(test_file)}
+    try:
+        from mamba2_jax import perplexity as P
+        from mamba2_jax.data import count_bytes, count_words, raw_text_from_rows, split_documents, wikitext_detokenizer
+    except ImportError as err:
+        print(f"mamba2_jax.perplexity unavailable ({err}); strided fallback only", flush=True)
+        t0 = time.perf_counter()
+        out["strided"] = {"max_length": e.max_length, "stride": e.stride,
+                          **_strided_fallback(model, tok, rows, e.max_length, e.stride),
+                          "wall_s": round(time.perf_counter() - t0, 1)}
+        out["lm_eval_rolling"] = None
+        return out
+    scorer = P.JaxScorer(model, batch_size=int(e.batch_size), bucket=int(e.bucket), logits_chunk=int(e.logits_chunk))
+    t0 = time.perf_counter()
+    w = P.strided_windows(tok.encode("\n\n".join(rows)), int(e.max_length), int(e.stride))
+    m = P.aggregate(w, scorer.score(w, progress=False))
+    out["strided"] = {"max_length": e.max_length, "stride": e.stride, **m,
+                      "implementation": "mamba2_jax.perplexity (JaxScorer, strided_windows)",
+                      "wall_s": round(time.perf_counter() - t0, 1)}
+    print(f"strided: {out['strided']}", flush=True)
+    t0 = time.perf_counter()
+    docs = split_documents(raw_text_from_rows(rows))
+    toks = tok.encode_batch([wikitext_detokenizer(d) for d in docs])
+    w = P.lm_eval_windows(toks, int(e.max_length), 0)
+    m = P.aggregate(w, scorer.score(w, progress=False), [count_words(d) for d in docs], [count_bytes(d) for d in docs])
+    out["lm_eval_rolling"] = {"max_length": e.max_length, "lm_eval_version": getattr(P, "LM_EVAL_VERSION", None), **m,
+                              "implementation": "mamba2_jax.perplexity (JaxScorer, lm_eval_windows)",
+                              "wall_s": round(time.perf_counter() - t0, 1)}
+    print(f"lm_eval_rolling: {out['lm_eval_rolling']}", flush=True)
+    return out
+
+
+def train_stage(c: DictConfig, paths: dict, tok) -> tuple[dict, object]:
     results = paths["results_dir"]
-    results.mkdir(parents=True, exist_ok=True)
-    tok = load_tokenizer(paths["tokenizer"])
     cfg = Mamba2Config(**OmegaConf.to_container(c.model))
     tc = TrainConfig(**OmegaConf.to_container(c.train))
     print(f"model {cfg.name}: {cfg.num_params():,} params (embedding {cfg.padded_vocab_size * cfg.d_model:,}); "
           f"train {tc}", flush=True)
-
     data = wikitext_train_val(paths["train_file"], tok, c.data.val_articles, c.data.eos_between_docs)
     print(f"data: {data.summary()}", flush=True)
     batcher = TokenBatcher(data.train_tokens, tc.seq_len, tc.batch_size, seed=tc.seed)
 
+    def log(rec):
+        print("step {step:4d}  loss {loss:.4f}  gnorm {grad_norm:.3f}  lr {lr:.2e}  {elapsed_s:6.1f}s".format(**rec)
+              + (f"  val {rec['val_loss']:.4f}" if "val_loss" in rec else ""), flush=True)
+
+    trainer = Trainer(cfg, tc)
+    t0 = time.perf_counter()
+    hist = trainer.fit(batcher, data.val_tokens, log=log)
+    train_wall = time.perf_counter() - t0
     curve_path = results / "loss_curve.csv"
     fields = ["step", "tokens", "lr", "loss", "grad_norm", "val_loss", "elapsed_s"]
     with open(curve_path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
-
-        def log(rec):
-            print("step {step:4d}  loss {loss:.4f}  gnorm {grad_norm:.3f}  lr {lr:.2e}  {elapsed_s:6.1f}s".format(**rec)
-                  + (f"  val {rec['val_loss']:.4f}" if "val_loss" in rec else ""), flush=True)
-
-        trainer = Trainer(cfg, tc)
-        t0 = time.perf_counter()
-        hist = trainer.fit(batcher, data.val_tokens, log=log)
-        train_wall = time.perf_counter() - t0
         for rec in hist:
             w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in rec.items() if k in fields})
-
     final = hist[-1]
-    tail = [r["loss"] for r in hist[-10:]]
     metrics = {
         "model": cfg.name, "config": cfg.to_state_spaces(), "num_params": cfg.num_params(),
         "train": tc.to_dict(), "data": {**data.summary(), "train_file_sha256": _sha256(paths["train_file"])},
         "train_wall_s": round(train_wall, 1),
-        "final_train_loss": final["loss"], "final_train_loss_mean_last10": float(np.mean(tail)),
+        "final_train_loss": final["loss"],
+        "final_train_loss_mean_last10": float(np.mean([r["loss"] for r in hist[-10:]])),
         "final_val_loss": final.get("val_loss"),
         "final_val_ppl": math.exp(final["val_loss"]) if final.get("val_loss") is not None else None,
         "loss_curve": curve_path.name,
         "loss_curve_sha256": hashlib.sha256(np.asarray([r["loss"] for r in hist], np.float64).tobytes()).hexdigest(),
+        "train_provenance": _provenance(),
     }
-
     model = trainer.model()
     if c.write_checkpoint:
-        out = paths["out_dir"]
-        write_checkpoint(cfg, state_dict_from_model(model), out, fmt="state-spaces", dtype="float16")
+        write_checkpoint(cfg, state_dict_from_model(model), paths["out_dir"], fmt="state-spaces", dtype="float16")
+    return metrics, model
+
+
+@hydra.main(config_path="conf", config_name="train_tiny", version_base=None)
+def main(c: DictConfig) -> None:
+    """stage=all: train, write the checkpoint, evaluate it, write results and the model card.
+    stage=eval: re-evaluate the written checkpoint (test perplexities, sample) and rewrite them."""
+    t_start = time.perf_counter()
+    paths = {k: _path(v) for k, v in c.paths.items()}
+    results, out = paths["results_dir"], paths["out_dir"]
+    results.mkdir(parents=True, exist_ok=True)
+    tok = load_tokenizer(paths["tokenizer"])
+    if c.stage == "all":
+        metrics, model = train_stage(c, paths, tok)
+    elif c.stage == "eval":
+        metrics = json.loads((results / "metrics.json").read_text())
+        metrics.setdefault("train_provenance", metrics.get("provenance"))
+        model = None
+    else:
+        raise ValueError(f"stage={c.stage!r}: expected all | eval")
+    if c.write_checkpoint:
         model = load_pretrained(str(out))  # evaluate exactly what ships (fp16 on disk, float32 compute)
+        cfg = model.cfg
         metrics["checkpoint"] = {"dir": str(out.relative_to(REPO)) if out.is_relative_to(REPO) else str(out),
                                  "pytorch_model.bin_bytes": (out / "pytorch_model.bin").stat().st_size,
                                  "pytorch_model.bin_sha256": _sha256(out / "pytorch_model.bin")}
     if c.eval.test_ppl:
-        metrics["test_ppl"] = test_perplexity(model, tok, paths["test_file"], c.eval.max_length, c.eval.stride)
-        metrics["test_ppl"]["test_file_sha256"] = _sha256(paths["test_file"])
-        print(f"test perplexity: {metrics['test_ppl']}", flush=True)
+        metrics["test_ppl"] = test_perplexities(model, tok, paths["test_file"], c.eval)
     ids = tok.encode(c.eval.prompt)
     gen = greedy_generate(model, ids, c.eval.max_new_tokens)
     metrics["sample"] = {"prompt": c.eval.prompt, "greedy_continuation": tok.decode(gen), "token_ids": gen}
     print(f"greedy: {c.eval.prompt!r} -> {tok.decode(gen)!r}", flush=True)
-    metrics["total_wall_s"] = round(time.perf_counter() - t_start, 1)
+    metrics[f"{c.stage}_stage_wall_s"] = round(time.perf_counter() - t_start, 1)
     metrics["provenance"] = _provenance(hydra_overrides=list(hydra.core.hydra_config.HydraConfig.get().overrides.task))
     (results / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     if c.write_checkpoint:
-        (paths["out_dir"] / "README.md").write_text(model_card(cfg, tc, metrics, c))
-    print(f"wrote {results}/metrics.json, {curve_path}", flush=True)
+        tc = TrainConfig(**metrics["train"])
+        (out / "README.md").write_text(model_card(cfg, tc, metrics))
+    print(f"wrote {results}/metrics.json", flush=True)
 
 
-def model_card(cfg: Mamba2Config, tc: TrainConfig, m: dict, c: DictConfig) -> str:
-    d, p = m["data"], m.get("test_ppl")
-    ppl_line = (f"| WikiText-103 test, strided ({p['max_length']}/{p['stride']}, `\"\\n\\n\".join(rows)`) "
-                f"| token perplexity **{p['ppl']:.1f}** (NLL {p['nll']:.4f} nats over {p['n_tokens']:,} tokens) |"
-                if p else "| WikiText-103 test, strided | TODO: not computed |")
-    sha = (m["provenance"].get("git") or {}).get("sha")
+def model_card(cfg: Mamba2Config, tc: TrainConfig, m: dict) -> str:
+    d, p = m["data"], m.get("test_ppl") or {}
+    prov = m.get("train_provenance") or m["provenance"]
+    st, lr = p.get("strided"), p.get("lm_eval_rolling")
+    st_line = (f"| WikiText-103 test, `strided` ({st['max_length']}/{st['stride']}, `\"\\n\\n\".join(rows)`) "
+               f"| token perplexity **{st['token_perplexity']:.1f}** (NLL {st['nll_per_token']:.4f} nats/token "
+               f"over {st['n_tokens']:,} tokens) |"
+               if st else "| WikiText-103 test, `strided` | TODO: not computed |")
+    lr_line = (f"| WikiText-103 test, `lm_eval_rolling` (lm-eval-harness `wikitext`, {lr['max_length']}) "
+               f"| word perplexity **{lr['word_perplexity']:.1f}**, byte perplexity {lr['byte_perplexity']:.3f}, "
+               f"bits/byte {lr['bits_per_byte']:.3f}, token perplexity {lr['token_perplexity']:.1f} |"
+               if lr else "| WikiText-103 test, `lm_eval_rolling` | TODO: word perplexity under the lm-eval-harness "
+                          "rolling protocol (needs mamba2_jax/perplexity.py; rerun `make train-tiny TRAIN_ARGS=stage=eval`) |")
+    impl = (st or {}).get("implementation", "")
+    sha = (prov.get("git") or {}).get("sha")
     return f"""# mamba2-tiny-wikitext
 
 A tiny Mamba-2 language model trained by the mamba2-jax project, in JAX, with this repository's own
@@ -184,7 +238,7 @@ model = load_pretrained("checkpoints/mamba2-tiny-wikitext")
 * **Schedule**: {tc.steps} steps × {tc.batch_size} sequences × {tc.seq_len} tokens
   = {tc.steps * tc.batch_size * tc.seq_len:,} tokens (≈{tc.steps * tc.batch_size * tc.seq_len / max(d['train_tokens'], 1):.1f} epochs).
 * **Wall time**: {m['train_wall_s'] / 60:.1f} min of training (including compilation) on
-  {m['provenance'].get('cpu_count')} CPU cores ({m['provenance'].get('cpu_model')}), shared with other jobs.
+  {prov.get('cpu_count')} CPU cores ({prov.get('cpu_model')}), shared with other jobs.
 * Deterministic given the seed: `make train-tiny` reproduces this checkpoint
   (loss curve in `results/train_tiny/loss_curve.csv`, everything else in `results/train_tiny/metrics.json`).
 * Code version: `{sha}`.
@@ -195,11 +249,12 @@ model = load_pretrained("checkpoints/mamba2-tiny-wikitext")
 |---|---|
 | final training loss (last step / mean of last 10) | {m['final_train_loss']:.4f} / {m['final_train_loss_mean_last10']:.4f} nats |
 | validation loss (held-out articles, windows of {tc.seq_len}) | {m['final_val_loss']:.4f} nats (ppl {m['final_val_ppl']:.1f}) |
-{ppl_line}
-| WikiText-103 test, `lm_eval_rolling` | TODO: word perplexity under the lm-eval-harness rolling protocol (mamba2_jax/perplexity.py) |
+{st_line}
+{lr_line}
 | uniform over the 50,277 real tokens | perplexity 50,277 |
 
-Perplexities are of the fp16 checkpoint as shipped, loaded with `load_pretrained` (float32 compute).
+Perplexities are of the fp16 checkpoint as shipped, loaded with `load_pretrained` (float32 compute),
+scored with {impl or "mamba2_jax.perplexity"}; protocol definitions are in `mamba2_jax/perplexity.py`.
 
 Greedy continuation of `{m['sample']['prompt']!r}` ({len(m['sample']['token_ids'])} tokens):
 
