@@ -239,7 +239,7 @@ class DecodeBench:
         self._prefills: dict[int, PrefillBench] = {}
         self._compiled = None
 
-    def add_context(self, name: str, context: int, cache=None) -> None:
+    def add_context(self, name: str, context: int, cache=None, token=None) -> None:
         import jax.numpy as jnp
 
         if cache is None:
@@ -253,6 +253,8 @@ class DecodeBench:
                 tok = jnp.asarray(random_ids(self.batch, 1, self.model.cfg.vocab_size, self.seed)[:, 0])
         else:
             tok = jnp.asarray(random_ids(self.batch, 1, self.model.cfg.vocab_size, self.seed)[:, 0])
+        if token is not None:
+            tok = jnp.asarray(token, jnp.int32)
         # private copy: the loop donates it
         import jax
 
