@@ -226,7 +226,7 @@ def write_checkpoint(cfg: Mamba2Config, sd: dict[str, np.ndarray], out_dir: str 
     if weights == "bin":
         import torch
 
-        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrs.items()}
+        tensors = {k: torch.from_numpy(np.array(v, copy=True, order="C")) for k, v in arrs.items()}
         if cfg.tie_embeddings:
             tensors["lm_head.weight"] = tensors["backbone.embedding.weight"]
         _atomic(out_dir / "pytorch_model.bin", lambda p: torch.save(tensors, p))

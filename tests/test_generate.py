@@ -1,0 +1,147 @@
+"""The compiled generation engine vs step-by-step references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
+from mamba2_jax.config import get_preset
+from mamba2_jax.generate import GenerationError, Generator, SamplingConfig, bucket_length
+from oracle import OracleModel
+from test_oracle import perturbed_sd
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = get_preset("tiny-g2")
+    sd = perturbed_sd(cfg, seed=4)
+    # sharpen the logits (larger embedding) so greedy choices are not near-ties
+    sd["backbone.embedding.weight"] = sd["backbone.embedding.weight"] * 25
+    sd["lm_head.weight"] = sd["backbone.embedding.weight"]
+    return cfg, sd, model_from_state_dict(cfg, sd)
+
+
+def test_greedy_64_equals_float64_oracle(tiny):
+    cfg, sd, model = tiny
+    prompt = [5, 17, 99, 3, 250 - 7]
+    res = Generator(model, eos_id=None).generate([prompt], 64)
+    # reference: the float64 oracle, stepping one token at a time with its own argmax
+    orc = OracleModel(cfg, sd)
+    logits, _, state = orc.run(np.array([prompt]))
+    ref, margins = [], []
+    nxt = int(np.argmax(logits[0, -1, :cfg.vocab_size]))
+    for _ in range(64):
+        ref.append(nxt)
+        lg, _, state = orc.run(np.array([[nxt]]), state)
+        top2 = np.sort(lg[0, -1, :cfg.vocab_size])[-2:]
+        margins.append(top2[1] - top2[0])
+        nxt = int(np.argmax(lg[0, -1, :cfg.vocab_size]))
+    got = res.tokens[0].tolist()
+    assert got == ref, f"first divergence at {next(i for i in range(64) if got[i] != ref[i])}, margins {min(margins)}"
+
+
+def test_greedy_equals_prefill_recompute(tiny):
+    cfg, _, model = tiny
+    prompt = [1, 2, 3, 4, 5, 6, 7]
+    res = Generator(model, eos_id=None).generate([prompt], 24)
+    seq = list(prompt)
+    for _ in range(24):
+        lg, _ = model.prefill(jnp.asarray([seq]))
+        seq.append(int(jnp.argmax(lg[0, -1, :cfg.vocab_size])))
+    assert res.tokens[0].tolist() == seq[len(prompt):]
+
+
+def test_ragged_batch_equals_single_runs_and_compiles_are_bounded(tiny):
+    cfg, _, model = tiny
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(2, cfg.vocab_size, n).tolist() for n in (3, 20, 9, 33)]
+    g = Generator(model, eos_id=None)
+    batch = g.generate(prompts, 16)
+    sampling = SamplingConfig(greedy=False, temperature=0.9, top_k=20, top_p=0.95)
+    batch_s = g.generate(prompts, 16, sampling, seed=11)
+    for i, p in enumerate(prompts):
+        single = g.generate([p], 16)
+        np.testing.assert_array_equal(single.tokens[0], batch.tokens[i])
+    # also: the prefill logits themselves agree between batched (padded) and single runs
+    (tok_b, cache_b), _ = g.prefill(prompts)
+    for i, p in enumerate(prompts):
+        (tok_1, cache_1), _ = g.prefill([p])
+        np.testing.assert_allclose(np.asarray(cache_b.ssm[:, i]), np.asarray(cache_1.ssm[:, 0]), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(cache_b.conv[:, i]), np.asarray(cache_1.conv[:, 0]), rtol=1e-5, atol=1e-6)
+    assert batch_s.tokens.shape == (4, 16)
+    # prompt lengths 3 and 9 share bucket 16; 20 → 32; 33 → 64 for single runs
+    n_prefill = g.trace_counts["prefill"]
+    for n in (4, 5, 11, 16):  # all in bucket 16, batch 1: no new compiles
+        g.generate([rng.integers(2, cfg.vocab_size, n).tolist()], 16)
+    assert g.trace_counts["prefill"] == n_prefill
+    assert g.trace_counts["decode"] <= 4  # (batch 4, greedy), (batch 4, sampled), (batch 1, greedy)
+
+
+def test_sampling_reproducible_and_seed_dependent(tiny):
+    cfg = tiny[0]
+    model = model_from_state_dict(cfg, init_state_dict(cfg, 0))  # unsharpened: broad distributions
+    g = Generator(model, eos_id=None)
+    s = SamplingConfig(greedy=False, temperature=1.5, top_k=50, top_p=0.9)
+    a = g.generate([[1, 2, 3]], 32, s, seed=1).tokens
+    b = g.generate([[1, 2, 3]], 32, s, seed=1).tokens
+    c = g.generate([[1, 2, 3]], 32, s, seed=2).tokens
+    np.testing.assert_array_equal(a, b)
+    assert (a != c).any()
+    # top_k=1 is greedy
+    k1 = g.generate([[1, 2, 3]], 16, SamplingConfig(greedy=False, temperature=1.0, top_k=1), seed=5).tokens
+    np.testing.assert_array_equal(k1, g.generate([[1, 2, 3]], 16).tokens)
+
+
+def test_top_p_and_top_k_filter_on_device():
+    from mamba2_jax.generate import sample_logits
+
+    logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05, 0.0]]) + 1e-30)
+    keys = jax.random.split(jax.random.key(0), 400)
+    draw = lambda cfg: np.array([int(sample_logits(logits, k, cfg, 4)[0]) for k in keys[:200]])  # noqa: E731
+    assert set(draw(SamplingConfig(greedy=False, top_p=0.75))) <= {0, 1}
+    assert set(draw(SamplingConfig(greedy=False, top_k=3))) <= {0, 1, 2}
+    assert 4 not in set(draw(SamplingConfig(greedy=False, temperature=5.0)))  # padded vocab never drawn
+
+
+def test_eos_stops_each_row(tiny):
+    cfg, _, model = tiny
+    g = Generator(model, eos_id=None)
+    free = g.generate([[1, 2, 3], [9, 8, 7, 6]], 12).tokens
+    eos = int(free[0, 4])  # declare row 0's 5th token to be EOS
+    k0 = int(np.nonzero(free[0] == eos)[0][0]) + 1  # it may occur earlier
+    g2 = Generator(model, eos_id=eos)
+    res = g2.generate([[1, 2, 3], [9, 8, 7, 6]], 12)
+    assert res.tokens[0, :k0].tolist() == free[0, :k0].tolist()
+    assert (res.tokens[0, k0:] == eos).all() and res.num_generated[0] == k0
+    row1_hits = np.nonzero(free[1] == eos)[0]
+    n1 = row1_hits[0] + 1 if row1_hits.size else 12
+    assert res.num_generated[1] == n1
+    assert res.tokens[1, :n1].tolist() == free[1, :n1].tolist()
+
+
+def test_stream_equals_generate(tiny):
+    cfg, _, model = tiny
+    g = Generator(model, eos_id=None)
+    s = SamplingConfig(greedy=False, temperature=0.8, top_k=30)
+    chunks = list(g.stream([4, 5, 6], 21, chunk=5, sampling=s, seed=3))
+    assert sum(chunks, []) == g.generate([[4, 5, 6]], 21, s, seed=3).tokens[0].tolist()
+    assert [len(c) for c in chunks] == [1, 5, 5, 5, 5]
+
+
+@pytest.mark.parametrize("prompts,n,msg", [
+    ([[]], 4, "empty"),
+    ([], 4, "no prompts"),
+    ([[1, 2, 256]], 4, "outside"),
+    ([[1, -1]], 4, "outside"),
+    ([[1]], 0, "positive"),
+    ([[1]], -3, "positive"),
+])
+def test_bad_inputs(tiny, prompts, n, msg):
+    _, _, model = tiny
+    with pytest.raises(GenerationError, match=msg):
+        Generator(model).generate(prompts, n)
+
+
+def test_bucket_length():
+    assert [bucket_length(n) for n in (1, 16, 17, 100, 513)] == [16, 16, 32, 128, 1024]
