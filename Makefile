@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+test: install
 	$(PY) -m pytest -q
 
-test-slow: $(STAMP)
+test-slow: install
 	$(PY) -m pytest -q -m slow
 
 clean-venv:
