@@ -212,15 +212,25 @@ def load_jax_model(model_dir: Path, dtype: str, precision: str, plant_bug: str |
                    "plant_bug": plant_bug}
 
 
+_JIT: dict[str, Any] = {}
+
+
+def _jitted():
+    """Module-level jitted prefill/step, so that models of the same structure share compilations."""
+    if not _JIT:
+        from flax import nnx
+
+        _JIT["prefill"] = nnx.jit(lambda m, ids: m.prefill(ids, collect_hidden=True))
+        _JIT["step"] = nnx.jit(lambda m, tok, cache: m.step(tok, cache))
+    return _JIT["prefill"], _JIT["step"]
+
+
 class JaxRunner:
     """Plain prefill + greedy step loop (no dependence on mamba2_jax.generate)."""
 
     def __init__(self, model):
-        from flax import nnx
-
         self.model = model
-        self._prefill = nnx.jit(lambda m, ids: m.prefill(ids, collect_hidden=True))
-        self._step = nnx.jit(lambda m, tok, cache: m.step(tok, cache))
+        self._prefill, self._step = _jitted()
 
     def run(self, input_ids: list[int], n_new: int) -> dict[str, np.ndarray]:
         import jax.numpy as jnp
@@ -397,7 +407,7 @@ def run_parity(cfg) -> dict[str, Any]:
                   f"greedy {g['tokens_matching_total']}/{g['tokens_total']} "
                   f"({g['identical_64_of_64']}/{g['prompts']} identical, {g['divergences_below_noise_floor']} below "
                   f"noise floor) -> {'PASS' if rep['pass'] else 'FAIL'}", flush=True)
-    csv_name = "summary.csv" if not cfg.get("plant_bug") else f"summary__bug-{cfg.plant_bug}.csv"
+    csv_name = f"summary__{cfg.label}" + (f"__bug-{cfg.plant_bug}" if cfg.get("plant_bug") else "") + ".csv"
     write_csv(results_dir / csv_name, rows)
     total = time.time() - t_start
     print(f"[parity] wrote {results_dir / csv_name} ({len(rows)} rows) in {total:.0f}s", flush=True)

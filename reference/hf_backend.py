@@ -69,22 +69,23 @@ def _hf_dir(model_dir: Path, tmp: Path) -> tuple[Path, str]:
 
 
 def load(model_dir, device: str = "cpu"):
-    import transformers
-    from transformers import Mamba2ForCausalLM
+    import shutil
 
-    assert mamba_ssm_blocked()
     model_dir = Path(model_dir)
     tmp = Path(tempfile.mkdtemp(prefix="hf-mamba2-"))
-    hf_dir, src_fmt = _hf_dir(model_dir, tmp)
-    model = Mamba2ForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).to(device).eval()
-    import transformers.models.mamba2.modeling_mamba2 as mm
+    try:
+        hf_dir, src_fmt = _hf_dir(model_dir, tmp)
+        import transformers
+        import transformers.models.mamba2.modeling_mamba2 as mm
+        from transformers import Mamba2ForCausalLM
 
+        assert mamba_ssm_blocked()
+        model = Mamba2ForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).to(device).eval()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     meta = {"compute_dtype": "float32", "source_format": src_fmt, "transformers": transformers.__version__,
             "path": "Mamba2Mixer.forward torch path (no mamba_ssm / causal_conv1d kernels)",
             "mamba_ssm_blocked_in_process": mamba_ssm_blocked(),
             "gated_norm_group_size": int(model.backbone.layers[0].mixer.norm.group_size),
             "modeling_file": Path(mm.__file__).name}
-    for p in tmp.glob("*"):
-        p.unlink()
-    tmp.rmdir()
     return HFAdapter(model, model.config.num_hidden_layers), meta

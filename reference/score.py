@@ -30,6 +30,8 @@ from .golden import build_parser, load_backend, validate
 
 
 def read_windows(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not Path(path).is_file():
+        raise ReferenceError_(f"--windows {path}: no such file")
     with np.load(path, allow_pickle=False) as z:
         missing = {"input_ids", "lengths", "score_from"} - set(z.files)
         if missing:

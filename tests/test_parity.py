@@ -1,0 +1,113 @@
+"""The parity comparer (experiments/parity.py): metrics, divergence classification, an end-to-end
+run on a tiny ngroups=2 model against both CPU references, and a planted bug that must fail."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from parity_helpers import N_NEW, N_PROMPTS, compose, load_parity_module, tiny_parity_run
+
+parity = load_parity_module()
+
+
+def test_tensor_error_units():
+    ref = np.array([1.0, -2.0, 0.5], np.float32)
+    e = parity.tensor_error(ref, ref)
+    assert e == {"max_abs": 0.0, "max_rel": 0.0, "ulps": 0.0, "ref_absmax": 2.0}
+    x = ref.copy()
+    x[0] += np.spacing(np.float32(2.0)) * 3  # 3 ulps of the value scale (2.0)
+    e = parity.tensor_error(x, ref)
+    assert e["ulps"] == pytest.approx(3.0) and e["max_rel"] == pytest.approx(3 * 2.0 ** -22 / 2.0)
+    assert parity.tensor_error(np.array([np.nan, 0, 0]), ref)["max_rel"] == float("inf")
+    with pytest.raises(ValueError, match="shape"):
+        parity.tensor_error(ref[:2], ref)
+
+
+def _fake(n_steps=5, V=10, margin_at_div=1e-7, diverge_at=2, seed=0):
+    rng = np.random.default_rng(seed)
+    T, L, d = 4, 2, 3
+    hidden = rng.standard_normal((L, T, d)).astype(np.float32)
+    logits = rng.standard_normal((T, V)).astype(np.float32)
+    steps = rng.standard_normal((n_steps, V)).astype(np.float32) * 5
+    ref_tokens = steps.argmax(-1)
+    s = np.sort(steps, -1)
+    margins = s[:, -1] - s[:, -2]
+    absmax = np.abs(steps).max(-1)
+    top_ids = np.argsort(-steps, -1)[:, :4]
+    ref = {"input_ids": np.arange(T), "hidden": hidden, "logits_pos": np.arange(T), "logits": logits,
+           "greedy_tokens": ref_tokens, "greedy_margin": margins.astype(np.float32), "greedy_absmax": absmax,
+           "greedy_top_ids": top_ids, "greedy_top_vals": np.take_along_axis(steps, top_ids, -1)}
+    jtok = ref_tokens.copy()
+    if diverge_at is not None:
+        ref["greedy_margin"][diverge_at] = margin_at_div * absmax[diverge_at]
+        jtok[diverge_at] = (jtok[diverge_at] + 1) % V
+    jx = {"hidden": hidden.copy(), "logits": logits.copy(), "tokens": jtok, "step_logits": steps.copy(),
+          "margin": margins, "absmax": absmax}
+    return jx, ref
+
+
+def test_divergence_below_noise_floor_is_explained():
+    jx, ref = _fake(margin_at_div=1e-7)
+    r = parity.compare_prompt(jx, ref, 1e-5)
+    g = r["greedy"]
+    assert g["first_divergence"] == 2 and g["matched_prefix"] == 2 and g["below_noise_floor"]
+    assert "below the fp32 noise floor" in g["explanation"]
+    assert r["hidden_worst"]["max_rel"] == 0.0 and r["decode_topk_max_rel"] == 0.0
+
+
+def test_divergence_with_large_margin_is_unexplained():
+    jx, ref = _fake(margin_at_div=1e-2)
+    g = parity.compare_prompt(jx, ref, 1e-5)["greedy"]
+    assert not g["below_noise_floor"] and g["explanation"].startswith("UNEXPLAINED")
+
+
+def test_identical_greedy():
+    jx, ref = _fake(diverge_at=None)
+    g = parity.compare_prompt(jx, ref, 1e-5)["greedy"]
+    assert g["first_divergence"] is None and g["n_match_positions"] == g["n"] == 5
+
+
+def test_end_to_end_tiny_ngroups2_passes():
+    run = tiny_parity_run()
+    res = run["result"]
+    assert res["pass"], [r["checks"] for r in res["reports"]]
+    assert {r["reference"]["backend"] for r in res["reports"]} == {"mamba_ssm_ref_cpu", "transformers"}
+    for rep in res["reports"]:
+        assert rep["config"]["ngroups"] == 2 and rep["jax"]["stored_dtype"] == "float16"
+        assert len(rep["hidden_per_layer"]) == 2 and rep["hidden_worst"]["max_rel"] <= 1e-5
+        assert rep["greedy_summary"]["tokens_total"] == N_PROMPTS * N_NEW
+        assert rep["provenance"]["git"]["sha"] and rep["provenance"]["jax"]["default_matmul_precision"] == "highest"
+    out = run["root"] / "results"
+    rows = list(csv.DictReader(open(out / "summary__test.csv")))
+    assert [r["backend"] for r in rows] == ["mamba_ssm_ref_cpu", "transformers"]
+    assert all(r["pass"] == "True" and r["git_sha"] and r["mamba_ssm"] in ("2.2.2", "") for r in rows)
+    assert rows[0]["mamba_ssm"] == "2.2.2" and rows[1]["transformers"]
+    rep = json.loads((out / "tiny-g2-v50k__transformers.json").read_text())
+    assert rep["prompts"]["version"] == "v1" and rep["paper_tolerances"]["greedy"].startswith("64/64")
+
+
+def test_planted_bug_flip_D_is_detected():
+    run = tiny_parity_run()
+    cfg = compose([*run["base_overrides"], "plant_bug=flip_D"])
+    res = run["parity"].run_parity(cfg)  # golden files are reused: only the JAX side reruns
+    assert not res["pass"]
+    for rep in res["reports"]:
+        assert not rep["checks"]["hidden_max_rel_ok"] and not rep["checks"]["logits_max_rel_ok"]
+        assert rep["hidden_worst"]["max_rel"] > 1e-2 and rep["jax"]["plant_bug"] == "flip_D"
+    assert (run["root"] / "results" / "summary__test__bug-flip_D.csv").exists()
+
+
+def test_prompt_set_v1(data_dir):
+    from mamba2_jax.tokenizer import load_tokenizer
+    from parity_helpers import REPO
+
+    doc = json.loads((REPO / "experiments" / "parity_prompts_v1.json").read_text())
+    assert doc["version"] == "v1" and len(doc["prompts"]) >= 8
+    assert len({p["id"] for p in doc["prompts"]}) == len(doc["prompts"])
+    tok = load_tokenizer(data_dir / "gpt-neox-20b")
+    lengths = [len(tok.encode(p["text"])) for p in doc["prompts"]]
+    assert max(lengths) > 512 and min(lengths) < 16 and len(set(lengths)) == len(lengths)
