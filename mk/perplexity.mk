@@ -1,0 +1,32 @@
+# Issue 5: WikiText-103 perplexity, JAX vs reference backends (experiments/perplexity.py).
+#   make perplexity                                    default model (tiny-wikitext if present, else synthetic), full test set
+#   make perplexity MODELS="mamba2-130m mamba2-370m"   real checkpoints (state-spaces/<name>, or checkpoints/<name>)
+#   make perplexity PPL_LIMIT=3                        smoke run: first 3 documents / first 3 strided windows
+#   make perplexity-smoke                              offline smoke run (PPL_LIMIT defaults to 3)
+#   make perplexity-timing                             130m-shape CPU runtime, measured on a few windows, extrapolated
+#   make perplexity PPL_ARGS="protocol=strided strided.stride=1024 backends=[jax_fp32,transformers]"
+.PHONY: perplexity perplexity-smoke perplexity-timing perplexity-tables test-perplexity
+
+PPL_SCRIPT := experiments/perplexity.py
+PPL_LIMIT ?=
+PPL_ARGS ?=
+ppl_empty :=
+ppl_space := $(ppl_empty) $(ppl_empty)
+ppl_comma := ,
+ppl_models = $(if $(strip $(MODELS)),models=[$(subst $(ppl_space),$(ppl_comma),$(strip $(MODELS)))])
+ppl_limit = $(if $(strip $(PPL_LIMIT)),limit=$(strip $(PPL_LIMIT)))
+
+perplexity: $(STAMP)
+	$(PY) $(PPL_SCRIPT) $(ppl_models) $(ppl_limit) $(PPL_ARGS)
+
+perplexity-smoke: $(STAMP)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) $(PPL_SCRIPT) $(ppl_models) limit=$(or $(strip $(PPL_LIMIT)),3) $(PPL_ARGS)
+
+perplexity-timing: $(STAMP)
+	$(PY) $(PPL_SCRIPT) mode=timing $(PPL_ARGS)
+
+perplexity-tables: $(STAMP)
+	$(PY) -c "import sys; sys.argv=['x']; sys.path.insert(0, 'experiments'); import perplexity as p, pathlib; p.write_tables(pathlib.Path('results/perplexity'))"
+
+test-perplexity: $(STAMP)
+	$(PY) -m pytest -q tests/test_perplexity.py tests/test_data.py
