@@ -54,8 +54,14 @@ class Peer:
         self.sel.register(self.proc.stdout, selectors.EVENT_READ)
 
     def call(self, cmd: str, **args) -> dict:
+        self.send(cmd, **args)
+        return self.recv(cmd)
+
+    def send(self, cmd: str, **args) -> None:
         self.proc.stdin.write(json.dumps({"cmd": cmd, **args}) + "\n")
         self.proc.stdin.flush()
+
+    def recv(self, cmd: str) -> dict:
         deadline = time.monotonic() + self.timeout
         while True:
             left = deadline - time.monotonic()
@@ -92,10 +98,21 @@ def make_weights(mcfg, seed: int, work: Path) -> dict[str, Path]:
     out = {"state-spaces": d / "state-spaces", "hf": d / "hf"}
     if not (d / "done").exists():
         sd = init_state_dict(mcfg, seed=seed)
-        write_checkpoint(mcfg, sd, out["state-spaces"], fmt="state-spaces", dtype="float32")
+        # safetensors (not the .bin pickle): both JAX peers read it without importing torch
+        write_checkpoint(mcfg, sd, out["state-spaces"], fmt="state-spaces", dtype="float32", weights="safetensors")
         write_checkpoint(mcfg, sd, out["hf"], fmt="hf", dtype="float32")
         (d / "done").write_text(key + "\n")
     return out
+
+
+def _collect_setup(name, peers, setups, skipped, t0) -> None:
+    try:
+        setups[name] = peers[name].recv("setup")
+    except Exception as e:  # noqa: BLE001 - a failing peer is reported, not fatal
+        skipped[name] = f"setup failed: {e}"
+        peers.pop(name).close()
+        return
+    print(f"[peers] {name}: ready in {time.perf_counter() - t0:.1f} s", flush=True)
 
 
 def run(cfg) -> dict:
@@ -131,17 +148,18 @@ def run(cfg) -> dict:
                             "norm_epsilon": mcfg.norm_epsilon, "ngroups": mcfg.ngroups}}
     setups, times = {}, {}
     try:
+        # setup (load + compile) one after the other, or all at once with peers.parallel_setup (tests)
+        parallel = bool(P.get("parallel_setup", False))
+        t0 = time.perf_counter()
         for name, peer in list(peers.items()):
-            t0 = time.perf_counter()
-            try:
-                setups[name] = peer.call("setup", weights_dir=str(weights[PEERS[name]["weights"]]),
-                                         dump=str(work / f"{name}_logits.npy"), **common)
-            except Exception as e:  # noqa: BLE001 - a failing peer is reported, not fatal
-                skipped[name] = f"setup failed: {e}"
-                peer.close()
-                del peers[name]
-                continue
-            print(f"[peers] {name}: ready in {time.perf_counter() - t0:.1f} s", flush=True)
+            peer.send("setup", weights_dir=str(weights[PEERS[name]["weights"]]),
+                      dump=str(work / f"{name}_logits.npy"), **common)
+            if not parallel:
+                _collect_setup(name, peers, setups, skipped, t0)
+                t0 = time.perf_counter()
+        if parallel:
+            for name in list(peers):
+                _collect_setup(name, peers, setups, skipped, t0)
         tokens = {n: int(P.decode_tokens if PEERS[n]["decode"] == "fast" else P.decode_tokens_slow) for n in peers}
         tasks = {}
         for name, peer in peers.items():

@@ -1,0 +1,53 @@
+# Benchmarks (issues 3 and 6): throughput / sweep / cache_speedup / peers / the CPU benchmark.
+#   make throughput-smoke     CPU smoke suite: throughput + sweep + cache_speedup, 130m and 370m, short lengths
+#   make throughput | sweep | cache-speedup     one experiment (BENCH_PROFILE, default cpu_smoke)
+#   make bench                issue-3 CPU benchmark, 130m shape (results/bench/)
+#   make bench-peers          this project vs mamba2-jax 1.1.2 vs HF transformers, CPU, one alternating run
+#   make reproduce-tpu        the paper's TPU v6e runs (all five scales); refuses off-TPU unless FORCE=1
+#   BENCH_ARGS="models=[mamba2-130m] reps=3"   extra Hydra overrides for any of them
+# Results: results/<experiment>/<run>.json + .csv, run = <profile>-<hardware profile>[-on-<device>].
+
+.PHONY: throughput throughput-smoke bench-smoke sweep cache-speedup bench bench-peers reproduce-tpu anchor-install
+
+BENCH_PROFILE ?= cpu_smoke
+BENCH_ARGS ?=
+ANCHOR_DIR ?= .anchor
+ANCHOR_VERSION := 1.1.2
+bench_force = force=$(if $(filter 1 true yes,$(FORCE)),true,false)
+
+throughput: $(STAMP)
+	$(PY) experiments/throughput.py profile=$(BENCH_PROFILE) $(BENCH_ARGS)
+
+sweep: $(STAMP)
+	$(PY) experiments/sweep.py profile=$(BENCH_PROFILE) $(BENCH_ARGS)
+
+cache-speedup: $(STAMP)
+	$(PY) experiments/cache_speedup.py profile=$(BENCH_PROFILE) $(BENCH_ARGS)
+
+throughput-smoke: $(STAMP)
+	$(PY) experiments/throughput.py profile=cpu_smoke $(BENCH_ARGS)
+	$(PY) experiments/sweep.py profile=cpu_smoke $(BENCH_ARGS)
+	$(PY) experiments/cache_speedup.py profile=cpu_smoke $(BENCH_ARGS)
+
+bench-smoke: throughput-smoke
+
+bench: $(STAMP)
+	$(PY) experiments/bench.py profile=cpu_bench $(BENCH_ARGS)
+
+# mamba2-jax 1.1.2 has the same module name as this project, so it lives in its own --target dir and
+# its peer runs with PYTHONPATH=$(ANCHOR_DIR).  --no-deps: its requirements (jax, jaxlib, flax, optax)
+# are the project venv's, checked by check_anchor.py, so nothing in .venv is replaced.
+$(ANCHOR_DIR)/.installed: | $(STAMP)
+	$(PY) -m pip install -q --no-deps --upgrade --target $(ANCHOR_DIR) "mamba2-jax==$(ANCHOR_VERSION)"
+	$(PY) experiments/peers_runners/check_anchor.py $(ANCHOR_DIR)
+	touch $@
+
+anchor-install: $(ANCHOR_DIR)/.installed
+
+bench-peers: $(STAMP) $(ANCHOR_DIR)/.installed
+	$(PY) experiments/peers.py profile=cpu_bench peers.anchor_dir=$(ANCHOR_DIR) $(BENCH_ARGS)
+
+reproduce-tpu: $(STAMP)
+	$(PY) experiments/throughput.py profile=paper hardware=tpu_v6e $(bench_force) $(BENCH_ARGS)
+	$(PY) experiments/sweep.py profile=paper hardware=tpu_v6e $(bench_force) $(BENCH_ARGS)
+	$(PY) experiments/cache_speedup.py profile=paper hardware=tpu_v6e $(bench_force) $(BENCH_ARGS)

@@ -1,0 +1,130 @@
+"""Every benchmark experiment runs at tiny scale on CPU and writes schema-valid results; the
+paper (TPU) configuration refuses to run on CPU unless forced."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+from mamba2_jax import bench
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "experiments" / "conf"
+
+
+def load_experiment(name):
+    spec = importlib.util.spec_from_file_location(f"exp_{name}", REPO / "experiments" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def cfg_for(name, *overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=name, overrides=["profile=tiny", *overrides])
+
+
+def check_files(paths, experiment):
+    jp, cp = paths
+    doc = json.loads(Path(jp).read_text())
+    bench.validate_result(doc)
+    assert doc["experiment"] == experiment
+    assert doc["provenance"]["git"]["sha"]
+    assert doc["hardware"]["profile"]["name"] == "cpu" and doc["hardware"]["matches_device"]
+    assert "synthetic" in doc["label"] or "random" in doc["label"]
+    df = pd.read_csv(cp)
+    assert len(df) == len(doc["records"]) and {"run", "device"} <= set(df.columns)
+    for col in bench.REQUIRED_COLUMNS[experiment]:
+        assert col in df.columns
+    return doc, df
+
+
+def test_throughput_tiny(tmp_path):
+    out = load_experiment("throughput").run(cfg_for("throughput", f"out_dir={tmp_path}"))
+    doc, df = check_files(out["paths"], "throughput")
+    assert out["run"] == "tiny-cpu"
+    pre = df[df.kind == "prefill"]
+    assert sorted(pre.length) == [40]
+    assert (pre.tokens_per_s > 0).all() and (pre.mfu > 0).all() and (pre.compile_s > 0).all()
+    dec = df[df.kind == "decode"].iloc[0]
+    assert dec.ms_per_token > 0 and 0 < dec.hbu and dec.bytes_per_step == 331_456
+
+
+def test_sweep_tiny(tmp_path):
+    out = load_experiment("sweep").run(cfg_for("sweep", f"out_dir={tmp_path}"))
+    doc, df = check_files(out["paths"], "sweep")
+    assert sorted(df[df.kind == "decode"].context) == [16, 40]
+    assert sorted(df[df.kind == "prefill"].context) == [16, 40]
+    assert all(len(r["times_s"]) == 2 for r in doc["records"])
+
+
+def test_cache_speedup_tiny(tmp_path):
+    out = load_experiment("cache_speedup").run(cfg_for("cache_speedup", f"out_dir={tmp_path}"))
+    doc, df = check_files(out["paths"], "cache_speedup")
+    assert df.headline.sum() == 1 and (df.speedup > 0).all()
+
+
+def test_bench_tiny(tmp_path):
+    out = load_experiment("bench").run(cfg_for("bench", f"out_dir={tmp_path}", "bench.rounds=2"))
+    doc, df = check_files(out["paths"], "bench")
+    metrics = set(df.metric)
+    for m in ("prefill_tokens_per_s", "decode_ms_per_token", "bandwidth_fraction", "context_ratio",
+              "cached_over_recompute", "bfloat16_over_float32_decode_speed", "stream_bandwidth"):
+        assert m in metrics, m
+    assert set(doc["targets"]) == {"decode_tokens_per_s", "bandwidth_fraction", "context_ratio", "bf16_over_fp32",
+                                   "cached_over_recompute"}
+
+
+def test_peers_tiny(tmp_path):
+    anchor = REPO / ".anchor" / "mamba2_jax" / "__init__.py"
+    peers = ["ours", "mamba2_jax_1_1_2"] if anchor.exists() else ["ours"]
+    out = load_experiment("peers").run(cfg_for(
+        "peers", f"out_dir={tmp_path}", f"peers.work_dir={tmp_path / 'work'}", f"peers.list=[{','.join(peers)}]",
+        "peers.rounds=1"))
+    doc, df = check_files(out["paths"], "peers")
+    assert set(df.peer) >= set(peers)
+    assert not out["skipped"]
+    for name in peers:  # same weights, same ids: the same logits and greedy tokens
+        f = out["fidelity"][name]
+        assert f["max_abs_logit_diff_vs_ours"] < 1e-4 and f["check_tokens_equal"]
+    if len(peers) > 1:
+        assert "decode_vs_mamba2_jax_1_1_2" in out["targets"]
+
+
+def test_paper_profile_refuses_on_cpu(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    r = subprocess.run([sys.executable, str(REPO / "experiments" / "throughput.py"), "profile=paper",
+                        "hardware=tpu_v6e", f"out_dir={tmp_path}"], capture_output=True, text=True, env=env,
+                       cwd=REPO, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "REFUSING" in r.stderr and "FORCE=1" in r.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_forced_run_is_labelled_with_the_actual_device(tmp_path):
+    cfg = cfg_for("cache_speedup", f"out_dir={tmp_path}", "hardware=tpu_v6e", "require_platform=tpu", "force=true")
+    ctx = bench.setup_run(cfg, "cache_speedup")
+    assert ctx["run"] == "tiny-tpu_v6e-on-cpu"
+    assert "NOT the device" in ctx["label"] and ctx["hardware"]["forced"]
+    cfg = cfg_for("cache_speedup", "hardware=tpu_v6e", "require_platform=tpu")
+    with pytest.raises(SystemExit):
+        bench.setup_run(cfg, "cache_speedup")
+
+
+def test_make_reproduce_tpu_refuses_without_force():
+    stamp = REPO / ".venv" / ".installed"
+    q = subprocess.run(["make", "-q", str(stamp.relative_to(REPO))], cwd=REPO, capture_output=True)
+    if q.returncode != 0:
+        pytest.skip("venv stamp not up to date; `make` would reinstall first")
+    r = subprocess.run(["make", "-s", "reproduce-tpu", "FORCE="], cwd=REPO, capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert r.returncode != 0
+    assert "REFUSING" in r.stderr
+    dry = subprocess.run(["make", "-n", "reproduce-tpu", "FORCE=1"], cwd=REPO, capture_output=True, text=True)
+    assert dry.stdout.count("force=true") == 3 and "profile=paper" in dry.stdout

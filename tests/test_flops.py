@@ -1,0 +1,101 @@
+"""Analytic FLOP and byte counters (mamba2_jax/flops.py) against hand-computed values.
+
+Tiny preset: d=64, n_layer=2, vocab 250 (padded 256), d_state n=16, headdim p=16, chunk q=16,
+expand 2 → d_inner 128, h=8 heads, g=1, conv_dim 160, d_in_proj 296, d_conv 4.
+"""
+
+import pytest
+
+from mamba2_jax import flops
+from mamba2_jax.config import get_preset
+
+TINY = get_preset("tiny")
+
+
+def test_tiny_shapes_used_by_hand_counts():
+    c = TINY
+    assert (c.d_model, c.n_layer, c.padded_vocab_size, c.d_inner, c.nheads, c.conv_dim, c.d_in_proj) == \
+        (64, 2, 256, 128, 8, 160, 296)
+
+
+def test_prefill_flops_tiny_L40():
+    f = flops.prefill_flops(TINY, 40, batch=1, last_only=True)
+    # c = ceil(40/16) = 3 chunks
+    assert f["in_proj"] == 2 * 2 * 40 * 64 * 296 == 3_031_040
+    assert f["conv"] == 2 * 2 * 40 * 160 * 4 == 102_400
+    assert f["out_proj"] == 2 * 2 * 40 * 128 * 64 == 1_310_720
+    assert f["lm_head"] == 2 * 64 * 256 == 32_768
+    assert f["ssd_cb"] == 2 * 2 * 3 * 1 * 16 * 16 * 16 == 49_152
+    assert f["ssd_diag"] == 2 * 2 * 3 * 8 * 16 * 16 * 16 == 393_216
+    assert f["ssd_states"] == f["ssd_off"] == 393_216
+    assert f["ssd_inter"] == 2 * 2 * 8 * 4 ** 2 * 16 * 16 == 131_072
+    assert f["ssd"] == 1_359_872
+    assert f["matmul"] == 3_031_040 + 1_310_720 + 32_768
+    assert f["total"] == 5_836_800
+
+
+def test_prefill_flops_full_logits_and_batch():
+    one = flops.prefill_flops(TINY, 40, 1, last_only=False)
+    assert one["lm_head"] == 2 * 40 * 64 * 256
+    two = flops.prefill_flops(TINY, 40, 2, last_only=False)
+    assert two["total"] == 2 * one["total"]
+    # padding: 33..48 tokens all run 3 chunks of SSD
+    assert flops.prefill_flops(TINY, 33)["ssd"] == flops.prefill_flops(TINY, 48)["ssd"]
+
+
+def test_decode_flops_tiny():
+    f = flops.decode_flops(TINY, 1)
+    assert f["in_proj"] == 75_776
+    assert f["conv"] == 2_560
+    assert f["ssd_step"] == 2 * 5 * 8 * 16 * 16 == 20_480
+    assert f["out_proj"] == 32_768
+    assert f["lm_head"] == 32_768
+    assert f["total"] == 164_352
+    assert flops.decode_flops(TINY, 3)["total"] == 3 * 164_352
+
+
+def test_param_and_decode_bytes_fp32():
+    assert TINY.num_params() == 72_752
+    pb = flops.param_bytes(TINY, "float32")
+    assert pb["total"] == 72_752 * 4 == 291_008
+    sb = flops.state_bytes(TINY, 1, "float32")
+    assert sb["ssm"] == 2 * 8 * 16 * 16 * 4 == 16_384
+    assert sb["conv"] == 2 * 3 * 160 * 4 == 3_840
+    db = flops.decode_bytes(TINY, 1, "float32")
+    assert db["total"] == 291_008 + 2 * 20_224 == 331_456
+    assert db["logits_write"] == 256 * 4
+
+
+def test_param_and_decode_bytes_bf16():
+    # A_log, dt_bias, D (2 layers x 3 x 8 heads = 48 values) stay float32
+    pb = flops.param_bytes(TINY, "bfloat16")
+    assert pb["ssm_fp32"] == 48 * 4
+    assert pb["total"] == (72_752 - 48) * 2 + 48 * 4 == 145_600
+    db = flops.decode_bytes(TINY, 1, "bfloat16")
+    assert db["conv_state"] == 2 * 3 * 160 * 2
+    assert db["total"] == 145_600 + 2 * (16_384 + 1_920) == 182_208
+
+
+def test_param_bytes_match_the_model():
+    import numpy as np
+    import jax
+
+    from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
+    from flax import nnx
+
+    for dt in ("float32", "bfloat16"):
+        m = model_from_state_dict(TINY, init_state_dict(TINY, 0), dtype=dt)
+        _, state = nnx.split(m)
+        nbytes = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(state))
+        assert nbytes == flops.param_bytes(TINY, dt)["total"]
+        assert m.init_cache(1).nbytes() - 4 == flops.state_bytes(TINY, 1, dt)["total"]  # minus seqlen
+
+
+@pytest.mark.parametrize("name", ["mamba2-130m", "mamba2-2.7b"])
+def test_real_shapes_are_dominated_by_projections(name):
+    cfg = get_preset(name)
+    f = flops.prefill_flops(cfg, 4096)
+    # 2 x params x tokens is the textbook estimate for the projections (embedding gather excluded)
+    layer_params = cfg.n_layer * (cfg.d_model * cfg.d_in_proj + cfg.d_inner * cfg.d_model)
+    assert f["in_proj"] + f["out_proj"] == 2 * layer_params * 4096
+    assert 0 < f["ssd"] < f["matmul"]
