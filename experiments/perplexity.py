@@ -121,7 +121,7 @@ def resolve_model(name: str, cfg) -> dict[str, Any]:
             raise FileNotFoundError(f"tiny-wikitext: {tiny} does not exist yet (it is being trained); "
                                     f"use models=[synthetic] meanwhile")
         return {"name": "mamba2-tiny-wikitext", "label": "mamba2-tiny-wikitext", "dir": str(tiny),
-                "weights": "trained on WikiText-103 train (project checkpoint)", "synthetic": False,
+                "weights": "trained (project checkpoint, experiments/train_tiny.py)", "synthetic": False,
                 "source": str(tiny)}
     p = _abs(name)
     if p is not None and p.is_dir():
@@ -140,6 +140,19 @@ def resolve_model(name: str, cfg) -> dict[str, Any]:
     label = name.replace("/", "__")
     return {"name": name, "label": label, "dir": str(d), "weights": f"hub {name}", "synthetic": False,
             "source": f"hub:{name}"}
+
+
+def model_from_group(m) -> str:
+    """An entry of the shared Hydra group experiments/conf/model/ → a model name for resolve_model."""
+    if isinstance(m, str):
+        return m
+    if m.get("checkpoint"):
+        return str(m.checkpoint)
+    if m.get("hf_id"):
+        short = str(m.hf_id).removeprefix("state-spaces/")
+        return short if short in REAL_MODELS else str(m.hf_id)
+    raise ValueError(f"model group entry {m.get('name')!r} has neither `checkpoint` nor `hf_id`: it is a random-weight "
+                     f"test shape, not a model for the GPT-NeoX vocabulary; use models=[synthetic] instead")
 
 
 # ------------------------------------------------------------------------------ protocols
@@ -439,7 +452,7 @@ def evaluate(cfg) -> list[dict[str, Any]]:
     if problems:
         log("WARNING: WikiText rows differ from the known facts: " + "; ".join(problems))
     tok = load_tokenizer(_abs(cfg.tokenizer) if cfg.tokenizer else None)
-    models = [cfg.model] if cfg.model else list(cfg.models)
+    models = [model_from_group(cfg.model)] if cfg.get("model") else list(cfg.models)
     protocols = [cfg.protocol] if cfg.protocol else list(cfg.protocols)
     results_dir = _abs(cfg.paths.results_dir)
     jm = JaxModels(cfg)
@@ -536,11 +549,12 @@ def timing(cfg) -> dict[str, Any]:
     scorer.token_logprobs(w.input_ids[first], w.lengths[first], w.score_from[first])
     t_first = time.perf_counter() - t0
     timed = sel[B:]
-    t0 = time.perf_counter()
+    load_before = list(os.getloadavg())
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(0, len(timed), B):
         bt = timed[i: i + B]
         scorer.token_logprobs(w.input_ids[bt], w.lengths[bt], w.score_from[bt])
-    t_run = time.perf_counter() - t0
+    t_run, c_run = time.perf_counter() - t0, time.process_time() - c0
     per_window = t_run / len(timed)
     bucket = int(j.bucket)
     res: dict[str, Any] = {
@@ -548,10 +562,14 @@ def timing(cfg) -> dict[str, Any]:
         "batch_size": B, "bucket": bucket, "timed_windows": int(len(timed)), "window_tokens": int(w.lengths.max()),
         "seconds_model_init": t_load, "seconds_first_batch_compile_and_run": t_first,
         "seconds_per_full_window": per_window,
+        "cpu_seconds_per_full_window": c_run / len(timed),
+        "load_average_1_5_15min_before": load_before, "cpu_count": os.cpu_count(),
         "tokens_per_second": float(w.n_targets[timed].sum()) / t_run,
-        "note": ("EXTRAPOLATED: measured seconds per full-length window (after compile) times the number of "
-                 "windows, with shorter windows scaled by their bucketed length; compile time per extra bucket "
-                 "not included. CPU shared with other jobs."),
+        "note": ("EXTRAPOLATED: measured wall seconds per full-length window (after compile) times the number "
+                 "of windows, with shorter windows scaled by their bucketed length; compile time per extra bucket "
+                 "not included. Synthetic (random) weights of the preset's shape: runtime does not depend on the "
+                 "values. The CPU may be shared with other jobs: see the load averages and the process CPU "
+                 "seconds per window."),
         "extrapolated": {},
         "provenance": get_provenance(),
     }
@@ -563,10 +581,11 @@ def timing(cfg) -> dict[str, Any]:
                                   "full_window_equivalents": eq_full,
                                   "seconds": eq_full * per_window, "hours": eq_full * per_window / 3600}
     res["devices"] = [str(d) for d in jax.devices()]
+    res["load_average_1_5_15min_at_end"] = list(os.getloadavg())
     out = _abs(cfg.paths.results_dir) / "timing" / f"{t.preset}-{t.dtype}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(_jsonable(res), indent=2) + "\n")
-    log(f"{t.preset} {t.dtype}: {per_window:.2f} s per full window; "
+    log(f"{t.preset} {t.dtype}: {per_window:.2f} s wall ({c_run / len(timed):.2f} s CPU) per full window; "
         + ", ".join(f"{p}: {v['n_windows']} windows ≈ {v['hours']:.2f} h" for p, v in res["extrapolated"].items())
         + f"  → {out}")
     return res

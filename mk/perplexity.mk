@@ -15,12 +15,16 @@ ppl_space := $(ppl_empty) $(ppl_empty)
 ppl_comma := ,
 ppl_models = $(if $(strip $(MODELS)),models=[$(subst $(ppl_space),$(ppl_comma),$(strip $(MODELS)))])
 ppl_limit = $(if $(strip $(PPL_LIMIT)),limit=$(strip $(PPL_LIMIT)))
+# mamba_ssm_ref_cpu runs in .venv-ref (mk/parity.mk: make install-ref) when that fragment is present
+ppl_ref_deps = $(REF_STAMP)
+ppl_ref_py = $(if $(REF_PY),reference.python.mamba_ssm_ref_cpu=$(REF_PY))
 
-perplexity: $(STAMP)
-	$(PY) $(PPL_SCRIPT) $(ppl_models) $(ppl_limit) $(PPL_ARGS)
+perplexity: $(STAMP) $(ppl_ref_deps)
+	$(PY) $(PPL_SCRIPT) $(ppl_models) $(ppl_limit) $(ppl_ref_py) $(PPL_ARGS)
 
-perplexity-smoke: $(STAMP)
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) $(PPL_SCRIPT) $(ppl_models) limit=$(or $(strip $(PPL_LIMIT)),3) $(PPL_ARGS)
+perplexity-smoke: $(STAMP) $(ppl_ref_deps)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) $(PPL_SCRIPT) $(ppl_models) limit=$(or $(strip $(PPL_LIMIT)),3) \
+	  $(ppl_ref_py) $(PPL_ARGS)
 
 perplexity-timing: $(STAMP)
 	$(PY) $(PPL_SCRIPT) mode=timing $(PPL_ARGS)
