@@ -124,10 +124,18 @@ def test_aggregate_metrics_by_hand():
 
 
 # ------------------------------------------------------------------------------ JAX scorer
+def _tiny(seed=1):
+    """Random tiny model whose embedding is scaled ×50 so that its next-token distributions are far
+    from uniform (log-probabilities spread over tens of nats): a sharper check than near-uniform logits."""
+    cfg = get_preset("tiny")
+    sd = init_state_dict(cfg, seed=seed)
+    sd["backbone.embedding.weight"] = sd["lm_head.weight"] = sd["backbone.embedding.weight"] * 50.0
+    return model_from_state_dict(cfg, sd)
+
+
 @pytest.fixture(scope="module")
 def tiny_model():
-    cfg = get_preset("tiny")
-    return model_from_state_dict(cfg, init_state_dict(cfg, seed=1))
+    return _tiny()
 
 
 def _docs(seed=0, lens=(5, 40, 17, 0, 64, 3, 33)):  # with max_length 16: window lengths {4, 6, 17}
@@ -162,6 +170,8 @@ def test_pipeline_equals_direct_log_softmax(tiny_model):
     direct = _direct_loglik(tiny_model, w)
     np.testing.assert_allclose(sc.loglik, direct, rtol=1e-6, atol=1e-5)
     assert np.array_equal(sc.n_scored, w.n_targets)
+    lp = sc.loglik / np.maximum(w.n_targets, 1)
+    assert lp.max() < -2 * math.log(250)  # peaked distributions, far from uniform (random targets: tens of nats)
     m = P.aggregate(w, sc)
     assert m["token_perplexity"] == pytest.approx(math.exp(-direct.sum() / w.total_targets), rel=1e-6)
     # strided windows (overlapping: stride < max_length) through the same compiled shapes
@@ -219,7 +229,9 @@ _KILL_SCRIPT = textwrap.dedent("""
     from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
     from mamba2_jax.config import get_preset
     cfg = get_preset("tiny")
-    m = model_from_state_dict(cfg, init_state_dict(cfg, seed=1))
+    sd = init_state_dict(cfg, seed=1)
+    sd["backbone.embedding.weight"] = sd["lm_head.weight"] = sd["backbone.embedding.weight"] * 50.0
+    m = model_from_state_dict(cfg, sd)  # = _tiny() in the test module
     rng = np.random.default_rng(3)
     docs = [rng.integers(0, 250, n).tolist() for n in (5, 40, 17, 0, 64, 3, 33)]
     w = P.lm_eval_windows(docs, max_length=8)
