@@ -357,6 +357,8 @@ def table_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "jax_fp32": get("jax_fp32"), "jax_bf16": get("jax_bf16"), "reference": get(ref_name),
             "reference_name": ref_name, "transformers": get("transformers") if ref_name != "transformers" else None,
             "delta": cmp.get("delta"), "rel": cmp.get("rel"), "bf16_gap_rel": gap.get("rel"),
+            "within_tol": r["comparison"]["vs_reference"].get("jax_fp32", {}).get("within_tolerance"),
+            "tol": r["comparison"].get("tolerance_rel"),
             "tokens": any_ok.get("n_tokens"), "words": any_ok.get("n_words"),
         })
     return rows
@@ -369,12 +371,14 @@ def render_markdown(results: list[dict[str, Any]]) -> str:
              "Δ = JAX fp32 − reference (signed), rel = Δ / reference. Models marked *synthetic* have random "
              "weights: their perplexities test the pipeline, not a language model.", "",
              "| model | weights | protocol | metric | scope | JAX fp32 | JAX bf16 | reference | ref ppl | Δ (fp32−ref) "
-             "| rel Δ | bf16 rel gap | tokens |",
-             "|---|---|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+             "| rel Δ | within tol | bf16 rel gap | tokens |",
+             "|---|---|---|---|---|---:|---:|---|---:|---:|---:|---|---:|---:|"]
     for x in rows:
         lines.append(f"| {x['model']} | {x['weights']} | {x['protocol']} | {x['metric']} | {x['scope']} | "
                      f"{_fmt(x['jax_fp32'])} | {_fmt(x['jax_bf16'])} | {x['reference_name']} | {_fmt(x['reference'])} | "
-                     f"{_fmt_delta(x['delta'])} | {_fmt_delta(x['rel'])} | {_fmt_delta(x['bf16_gap_rel'])} | "
+                     f"{_fmt_delta(x['delta'])} | {_fmt_delta(x['rel'])} | "
+                     f"{'n/a' if x['within_tol'] is None else ('yes' if x['within_tol'] else 'NO')} (≤{x['tol']:g}) | "
+                     f"{_fmt_delta(x['bf16_gap_rel'])} | "
                      f"{x['tokens'] if x['tokens'] is not None else 'n/a'} |")
     lines += ["", "## All backends", "",
               "| model | protocol | scope | backend | status | word ppl | token ppl | bits/byte | Σ loglik | tokens "

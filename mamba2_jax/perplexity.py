@@ -90,6 +90,9 @@ def atomic_savez(path: str | Path, compress: bool = False, **arrays: Any) -> Non
             (np.savez_compressed if compress else np.savez)(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
