@@ -581,9 +581,12 @@ def timing(cfg) -> dict[str, Any]:
         in_len = np.maximum(wp.lengths - 1, 1)
         bucketed = -(-in_len // bucket) * bucket
         eq_full = float(np.sum(bucketed) / (w.lengths.max() - 1))
+        cpu_bound = c_run / len(timed) / (os.cpu_count() or 1)
         res["extrapolated"][p] = {"n_windows": len(wp), "n_targets": wp.total_targets,
                                   "full_window_equivalents": eq_full,
-                                  "seconds": eq_full * per_window, "hours": eq_full * per_window / 3600}
+                                  "seconds": eq_full * per_window, "hours": eq_full * per_window / 3600,
+                                  # if this process had every core to itself at 100% efficiency (lower bound)
+                                  "uncontended_lower_bound_hours": eq_full * cpu_bound / 3600}
     res["devices"] = [str(d) for d in jax.devices()]
     res["load_average_1_5_15min_at_end"] = list(os.getloadavg())
     out = _abs(cfg.paths.results_dir) / "timing" / f"{t.preset}-{t.dtype}.json"
