@@ -185,10 +185,12 @@ def run_golden(backend: str, python: str, model_dir: Path, prompts_json: Path, o
            "--prompts", str(prompts_json), "--out", str(out), "--n-new", str(n_new), *(extra or [])]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     t0 = time.time()
-    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    print(f"[parity] running {' '.join(cmd)}", flush=True)
+    # stderr (progress, errors) goes straight to ours; stdout (the output path) is captured
+    r = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
     if r.returncode != 0:
-        tail = "\n".join((r.stderr or "").strip().splitlines()[-15:])
-        raise RuntimeError(f"reference backend {backend} failed (exit {r.returncode}): {' '.join(cmd)}\n{tail}")
+        raise RuntimeError(f"reference backend {backend} failed (exit {r.returncode}; its stderr is above): "
+                           f"{' '.join(cmd)}")
     # stamp the expectations so a later run can reuse the file
     meta = json.loads(out.with_suffix(".json").read_text())
     meta.update(expect or {})
@@ -364,7 +366,8 @@ def run_parity(cfg) -> dict[str, Any]:
         fp = checkpoint_fingerprint(model_dir)
         goldens = {}
         for backend in cfg.backends:
-            extra = []
+            extra = [] if backend == "mamba_ssm_triton" or not cfg.get("ref_threads") else \
+                ["--threads", str(int(cfg.ref_threads))]
             if backend == "mamba_ssm_triton":
                 extra = ["--tf32", str(cfg.triton.tf32), "--triton-f32", str(cfg.triton.triton_f32),
                          "--cuda-graph", str(cfg.triton.cuda_graph)]
