@@ -14,6 +14,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -116,9 +117,11 @@ def train_stage(c: DictConfig, paths: dict, tok) -> tuple[dict, object]:
               + (f"  val {rec['val_loss']:.4f}" if "val_loss" in rec else ""), flush=True)
 
     trainer = Trainer(cfg, tc)
+    load0 = os.getloadavg()
     t0 = time.perf_counter()
     hist = trainer.fit(batcher, data.val_tokens, log=log)
     train_wall = time.perf_counter() - t0
+    load1 = os.getloadavg()
     curve_path = results / "loss_curve.csv"
     fields = ["step", "tokens", "lr", "loss", "grad_norm", "val_loss", "elapsed_s"]
     with open(curve_path, "w", newline="") as fh:
@@ -131,6 +134,7 @@ def train_stage(c: DictConfig, paths: dict, tok) -> tuple[dict, object]:
         "model": cfg.name, "config": cfg.to_state_spaces(), "num_params": cfg.num_params(),
         "train": tc.to_dict(), "data": {**data.summary(), "train_file_sha256": _sha256(paths["train_file"])},
         "train_wall_s": round(train_wall, 1),
+        "load_average_1m_start_end": [round(load0[0], 2), round(load1[0], 2)],
         "final_train_loss": final["loss"],
         "final_train_loss_mean_last10": float(np.mean([r["loss"] for r in hist[-10:]])),
         "final_val_loss": final.get("val_loss"),
@@ -174,6 +178,8 @@ def main(c: DictConfig) -> None:
     gen = greedy_generate(model, ids, c.eval.max_new_tokens)
     metrics["sample"] = {"prompt": c.eval.prompt, "greedy_continuation": tok.decode(gen), "token_ids": gen}
     print(f"greedy: {c.eval.prompt!r} -> {tok.decode(gen)!r}", flush=True)
+    if c.eval.get("card_note"):
+        metrics["card_note"] = str(c.eval.card_note)
     metrics[f"{c.stage}_stage_wall_s"] = round(time.perf_counter() - t_start, 1)
     metrics["provenance"] = _provenance(hydra_overrides=list(hydra.core.hydra_config.HydraConfig.get().overrides.task))
     (results / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
@@ -238,7 +244,7 @@ model = load_pretrained("checkpoints/mamba2-tiny-wikitext")
 * **Schedule**: {tc.steps} steps × {tc.batch_size} sequences × {tc.seq_len} tokens
   = {tc.steps * tc.batch_size * tc.seq_len:,} tokens (≈{tc.steps * tc.batch_size * tc.seq_len / max(d['train_tokens'], 1):.1f} epochs).
 * **Wall time**: {m['train_wall_s'] / 60:.1f} min of training (including compilation) on
-  {prov.get('cpu_count')} CPU cores ({prov.get('cpu_model')}), shared with other jobs.
+  {prov.get('cpu_count')} CPU cores ({prov.get('cpu_model')}), shared with other jobs.{(" " + m["card_note"]) if m.get("card_note") else ""}
 * Deterministic given the seed: `make train-tiny` reproduces this checkpoint
   (loss curve in `results/train_tiny/loss_curve.csv`, everything else in `results/train_tiny/metrics.json`).
 * Code version: `{sha}`.

@@ -220,7 +220,7 @@ def weight_decay_mask(params) -> Any:
     return jax.tree_util.tree_map_with_path(lambda p, _: any(n in _DECAY for n in _path_names(p)), params)
 
 
-def make_optimizer(tc: TrainConfig, params) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(tc: TrainConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """AdamW with linear warm-up then cosine decay to ``min_lr_ratio·lr``, after global-norm clipping."""
     sched = optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=tc.lr, warmup_steps=tc.warmup_steps,
@@ -228,12 +228,47 @@ def make_optimizer(tc: TrainConfig, params) -> tuple[optax.GradientTransformatio
     tx = optax.chain(
         optax.clip_by_global_norm(tc.grad_clip),
         optax.adamw(sched, b1=tc.b1, b2=tc.b2, eps=tc.eps, weight_decay=tc.weight_decay,
-                    mask=weight_decay_mask(params)),
+                    mask=weight_decay_mask),
     )
     return tx, sched
 
 
 # ------------------------------------------------------------------------------ trainer
+_STEPS: dict[tuple[Mamba2Config, TrainConfig], tuple[Callable, Callable]] = {}
+
+
+def _compiled_steps(cfg: Mamba2Config, graphdef, tc: TrainConfig):
+    """Jitted (train_step, eval_step) for one model config (float32 parameters, hence one graph
+    structure) and training config; cached so that trainers of the same shape share one compilation.
+    ``_STEPS.clear()`` forgets them."""
+    key = (cfg, tc)
+    if key not in _STEPS:
+        _STEPS[key] = _build_steps(graphdef, tc)
+    return _STEPS[key]
+
+
+def _build_steps(graphdef, tc: TrainConfig):
+    tx, _ = make_optimizer(tc)
+    chunk = tc.xent_chunk
+
+    def loss_of(params, rest, tokens, weights):
+        return lm_loss(nnx.merge(graphdef, params, rest), tokens, weights, chunk)
+
+    @partial(jax.jit, donate_argnums=(0, 1))
+    def train_step(params, opt_state, rest, tokens):
+        loss, grads = jax.value_and_grad(loss_of)(params, rest, tokens, None)
+        gnorm = optax.tree.norm(grads)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, loss, gnorm
+
+    @jax.jit
+    def eval_step(params, rest, tokens, weights):
+        return loss_of(params, rest, tokens, weights)
+
+    return train_step, eval_step
+
+
 class Trainer:
     """Holds (graphdef, params, opt_state) and a jitted, state-donating train step.
 
@@ -247,27 +282,10 @@ class Trainer:
         sd = init_sd if init_sd is not None else init_state_dict(cfg, seed=tc.seed)
         model = model_from_state_dict(cfg, sd, dtype="float32")
         self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
-        self.tx, self.schedule = make_optimizer(tc, self.params)
+        self.tx, self.schedule = make_optimizer(tc)
         self.opt_state = self.tx.init(self.params)
         self.n_steps = 0
-        graphdef, tx, chunk = self.graphdef, self.tx, tc.xent_chunk
-
-        def loss_of(params, rest, tokens, weights):
-            return lm_loss(nnx.merge(graphdef, params, rest), tokens, weights, chunk)
-
-        @partial(jax.jit, donate_argnums=(0, 1))
-        def train_step(params, opt_state, rest, tokens):
-            loss, grads = jax.value_and_grad(loss_of)(params, rest, tokens, None)
-            gnorm = optax.global_norm(grads)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            return params, opt_state, loss, gnorm
-
-        @jax.jit
-        def eval_step(params, rest, tokens, weights):
-            return loss_of(params, rest, tokens, weights)
-
-        self._train_step, self._eval_step = train_step, eval_step
+        self._train_step, self._eval_step = _compiled_steps(cfg, self.graphdef, tc)
 
     def step(self, tokens: np.ndarray) -> tuple[float, float]:
         """One optimiser step on ``tokens`` (b, seq_len+1).  Returns (loss, grad global norm) before the update."""

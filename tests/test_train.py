@@ -9,7 +9,7 @@ import pytest
 
 from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
 from mamba2_jax.config import Mamba2Config
-from mamba2_jax.train import (TokenBatcher, Trainer, TrainConfig, greedy_generate, lm_loss, split_articles,
+from mamba2_jax.train import (_STEPS, TokenBatcher, Trainer, TrainConfig, greedy_generate, lm_loss, split_articles,
                               strided_perplexity, weight_decay_mask)
 
 # small vocabulary, two groups (per-group B/C path), several chunks per sequence
@@ -29,6 +29,7 @@ def _synthetic_tokens(n=6000, seed=0):
 
 
 def _run():
+    _STEPS.clear()  # compile afresh: determinism across compilations, not just executions
     tr = Trainer(CFG, TC)
     hist = tr.fit(TokenBatcher(_synthetic_tokens(), TC.seq_len, TC.batch_size, seed=TC.seed))
     return tr, np.array([h["loss"] for h in hist])
