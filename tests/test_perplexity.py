@@ -53,6 +53,37 @@ def test_rolling_windows_score_every_token_once_with_bounded_context(max_length)
         assert sorted(seen) == list(range(n)) and len(seen) == len(set(seen))
 
 
+def _lm_eval_pairs(tokens, max_len, prefix):
+    """lm-eval's construction re-derived step by step (v0.4.x semantics, context_len=1): rolling
+    (input, pred) pairs, make_disjoint_window, then HFLM's ``(context + continuation)[-(max_len+1):][:-1]``.
+    Returns (model input, scored continuation) per window."""
+    out = []
+    if not tokens:
+        return out
+    first = min(max_len, len(tokens))
+    pairs = [([prefix] + tokens[: first - 1], tokens[:first])]
+    done = first
+    while done < len(tokens):
+        p = min(len(tokens) - done, max_len)  # pred_len = max_len - context_len + 1
+        end = done + p
+        pairs.append((tokens[end - max_len - 1: end - 1], tokens[end - p: end]))
+        done += p
+    for inp, pred in pairs:
+        ctx = inp[: len(inp) - (len(pred) - 1)]
+        full = (ctx + pred)[-(max_len + 1):]
+        out.append((full[:-1], pred))
+    return out
+
+
+@pytest.mark.parametrize("max_length", [1, 2, 4, 7])
+def test_rolling_windows_equal_lm_eval_construction(max_length):
+    for n in range(0, 40):
+        toks = list(range(100, 100 + n))
+        ours = P.rolling_windows(toks, max_length, EOT)
+        ref = _lm_eval_pairs(toks, max_length, EOT)
+        assert [(ids[:-1], ids[sf:]) for ids, sf in ours] == ref
+
+
 def test_lm_eval_windows_pack_and_doc_index():
     docs = [[5, 6, 7, 8, 9], [], [3]]
     w = P.lm_eval_windows(docs, max_length=3)
