@@ -214,35 +214,47 @@ def load_jax_model(model_dir: Path, dtype: str, precision: str, plant_bug: str |
                    "plant_bug": plant_bug}
 
 
-_JIT: dict[str, Any] = {}
+_JIT: dict[Any, Any] = {}
 
 
-def _jitted():
-    """Module-level jitted prefill/step, so that models of the same structure share compilations."""
-    if not _JIT:
+def _jitted(graphdef, key):
+    """Jitted prefill/step closed over ``graphdef``, cached by ``key`` (config, dtype, precision):
+    models of the same structure (e.g. the planted-bug rerun) share compilations, and no nnx graph
+    traversal happens per decode step."""
+    if key not in _JIT:
+        import jax
         from flax import nnx
 
-        _JIT["prefill"] = nnx.jit(lambda m, ids: m.prefill(ids, collect_hidden=True))
-        _JIT["step"] = nnx.jit(lambda m, tok, cache: m.step(tok, cache))
-    return _JIT["prefill"], _JIT["step"]
+        def prefill(state, ids):
+            return nnx.merge(graphdef, state).prefill(ids, collect_hidden=True)
+
+        def step(state, tok, cache):
+            return nnx.merge(graphdef, state).step(tok, cache)
+
+        _JIT[key] = (jax.jit(prefill), jax.jit(step, donate_argnums=2))
+    return _JIT[key]
 
 
 class JaxRunner:
     """Plain prefill + greedy step loop (no dependence on mamba2_jax.generate)."""
 
     def __init__(self, model):
+        from flax import nnx
+
         self.model = model
-        self._prefill, self._step = _jitted()
+        graphdef, self.state = nnx.split(model)
+        key = (model.cfg, str(model.dtype), str(getattr(model, "precision", None)))
+        self._prefill, self._step = _jitted(graphdef, key)
 
     def run(self, input_ids: list[int], n_new: int) -> dict[str, np.ndarray]:
         import jax.numpy as jnp
 
         ids = jnp.asarray(np.asarray([input_ids], np.int32))
-        logits, cache, hidden = self._prefill(self.model, ids)
+        logits, cache, hidden = self._prefill(self.state, ids)
         step_logits = [np.asarray(logits[0, -1])]
         tokens = [int(np.argmax(step_logits[-1]))]
         for _ in range(n_new - 1):
-            lg, cache = self._step(self.model, jnp.asarray([tokens[-1]], jnp.int32), cache)
+            lg, cache = self._step(self.state, jnp.asarray([tokens[-1]], jnp.int32), cache)
             step_logits.append(np.asarray(lg[0]))
             tokens.append(int(np.argmax(step_logits[-1])))
         sl = np.stack(step_logits)

@@ -33,5 +33,7 @@ parity: $(STAMP) $(REF_STAMP)
 	  $(if $(MODEL),'models=["$(MODEL)"]' optional_models=[]) \
 	  $(if $(BACKENDS),'backends=[$(BACKENDS)]') $(PARITY_ARGS)
 
+# `make clean-venv` removes .venv-ref too
+clean-venv: clean-venv-ref
 clean-venv-ref:
 	rm -rf $(REF_VENV)
