@@ -424,6 +424,7 @@ def run_parity(cfg) -> dict[str, Any]:
                   f"noise floor) -> {'PASS' if rep['pass'] else 'FAIL'}", flush=True)
     csv_name = f"summary__{cfg.label}" + (f"__bug-{cfg.plant_bug}" if cfg.get("plant_bug") else "") + ".csv"
     write_csv(results_dir / csv_name, rows)
+    write_markdown(results_dir / csv_name.replace(".csv", ".md"), reports, prov, str(cfg.label))
     total = time.time() - t_start
     print(f"[parity] wrote {results_dir / csv_name} ({len(rows)} rows) in {total:.0f}s", flush=True)
     return {"reports": reports, "rows": rows, "pass": all(r["pass"] for r in reports), "seconds": total}
@@ -484,6 +485,42 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         w.writeheader()
         for r in rows:
             w.writerow(r)
+
+
+def write_markdown(path: Path, reports: list[dict[str, Any]], prov: dict[str, Any], label: str) -> None:
+    """A human-readable table of the run (same numbers as the CSV/JSON), with the paper's tolerances."""
+    pk = prov["packages"]
+    lines = [f"# Parity results: {label}", "",
+             f"JAX {pk.get('jax')} / flax {pk.get('flax')} on {prov['jax'].get('backend')} ({prov.get('cpu_model')}), "
+             f"fp32 params, matmul precision {prov['jax'].get('default_matmul_precision')}; git {prov['git']['sha']}"
+             f"{' (dirty tree)' if prov['git']['dirty'] else ''}; {prov['date_utc']}.", "",
+             "max_rel = max|jax-ref| / max|ref| per tensor (worst over prompts and layers); ulps = max|jax-ref| in units "
+             "of the fp32 spacing at max|ref|; decode = JAX step logits at the reference's top-8 ids, relative to "
+             "max|logit|, over steps with identical context.", "",
+             "| model | reference | hidden max_rel | hidden ulps | logits max_rel | logits ulps | decode max_rel | "
+             "greedy identical | tokens | divergences (below noise floor / unexplained) | pass |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in reports:
+        g = r["greedy_summary"]
+        dec = r["decode_topk_max_rel"]
+        lines.append(
+            f"| {r['model']} | {r['reference']['backend']} | {r['hidden_worst']['max_rel']:.2e} | "
+            f"{r['hidden_worst']['ulps']:.1f} | {r['logits_worst']['max_rel']:.2e} | {r['logits_worst']['ulps']:.1f} | "
+            f"{'-' if dec is None else f'{dec:.2e}'} | {g['identical_64_of_64']}/{g['prompts']} | "
+            f"{g['tokens_matching_total']}/{g['tokens_total']} | {g['divergences_below_noise_floor']} / "
+            f"{len(g['divergences_unexplained'])} | {'PASS' if r['pass'] else 'FAIL'} |")
+    if reports:
+        r = reports[0]
+        lines += ["", f"Targets: max_rel <= {r['tolerance']['max_rel']:g} on every layer and the logits; greedy "
+                  f"{r['n_new']}/{r['n_new']} on every prompt, or each divergence at a reference margin < "
+                  f"{r['tolerance']['margin_rel']:g} x max|logit|.",
+                  f"Paper ({PAPER_TOLERANCES['source']}): hidden states {PAPER_TOLERANCES['hidden_states']}; greedy "
+                  f"{PAPER_TOLERANCES['greedy']}; perplexity {PAPER_TOLERANCES['perplexity']}.", "",
+                  "Per-layer worst max_rel (hidden states):", ""]
+        for r in reports:
+            lines.append(f"- {r['model']} vs {r['reference']['backend']}: "
+                         + " ".join(f"{e['max_rel']:.1e}" for e in r["hidden_per_layer"]))
+    path.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
