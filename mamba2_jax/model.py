@@ -208,8 +208,9 @@ class Mamba2Backbone(nnx.Module):
     which triples the weight traffic of the memory-bound decode step (measured: the copies
     show up as ``dynamic-slice`` fusions of every in_proj/out_proj in the compiled HLO).  So:
 
-    * ``step`` (decode) loops over layers in Python: no weight copies; the graph is small, so
-      compile time stays low even at 64 layers;
+    * ``step`` (decode) loops over layers in Python: no weight copies, and each layer's state is
+      its own cache buffer (see ``Mamba2Cache``); the price is a compile time that grows with
+      depth;
     * ``prefill`` stacks the per-layer parameters inside the jitted function and runs
       ``lax.scan`` over layers, so its compile time does not grow with depth; the one-off
       stacking copy is small next to prefill's matmul work.  ``scan_prefill=False`` unrolls.
@@ -238,25 +239,26 @@ class Mamba2Backbone(nnx.Module):
                 new, conv, ssm = blk.prefill(carry, conv, ssm, lengths)
                 return new, (conv, ssm, new if collect_hidden else None)
 
-            stream, (conv, ssm, hidden) = jax.lax.scan(body, stream, (stacked, cache.conv, cache.ssm))
+            conv0, ssm0 = cache.stacked()
+            stream, (conv, ssm, hidden) = jax.lax.scan(body, stream, (stacked, conv0, ssm0))
+            conv, ssm = tuple(conv[i] for i in range(len(self.layers))), tuple(ssm[i] for i in range(len(self.layers)))
         else:
-            convs, ssms, hid = [], [], []
+            conv, ssm, hid = [], [], []
             for i, blk in enumerate(self.layers):
                 stream, c, m = blk.prefill(stream, cache.conv[i], cache.ssm[i], lengths)
-                convs.append(c), ssms.append(m), hid.append(stream)
-            conv, ssm = jnp.stack(convs), jnp.stack(ssms)
+                conv.append(c), ssm.append(m), hid.append(stream)
+            conv, ssm = tuple(conv), tuple(ssm)
             hidden = jnp.stack(hid) if collect_hidden else None
         return rms_norm(stream, self.norm_f[...], self.cfg.norm_epsilon), conv, ssm, hidden
 
     def step(self, token, cache: Mamba2Cache, collect_hidden=False):
         stream = jnp.take(self.embedding[...], token, axis=0).astype(self._stream_dtype())
-        conv, ssm, hid = cache.conv, cache.ssm, []
+        conv, ssm, hid = [], [], []
         for i, blk in enumerate(self.layers):
-            stream, c, m = blk.step(stream, conv[i], ssm[i])
-            conv, ssm = conv.at[i].set(c), ssm.at[i].set(m)  # in place when the cache is donated
-            hid.append(stream)
+            stream, c, m = blk.step(stream, cache.conv[i], cache.ssm[i])
+            conv.append(c), ssm.append(m), hid.append(stream)
         hidden = jnp.stack(hid) if collect_hidden else None
-        return rms_norm(stream, self.norm_f[...], self.cfg.norm_epsilon), conv, ssm, hidden
+        return rms_norm(stream, self.norm_f[...], self.cfg.norm_epsilon), tuple(conv), tuple(ssm), hidden
 
 
 class Mamba2LMHeadModel(nnx.Module):

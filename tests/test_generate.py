@@ -67,8 +67,8 @@ def test_ragged_batch_equals_single_runs_and_compiles_are_bounded(tiny):
     (tok_b, cache_b), _ = g.prefill(prompts)
     for i, p in enumerate(prompts):
         (tok_1, cache_1), _ = g.prefill([p])
-        np.testing.assert_allclose(np.asarray(cache_b.ssm[:, i]), np.asarray(cache_1.ssm[:, 0]), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(np.asarray(cache_b.conv[:, i]), np.asarray(cache_1.conv[:, 0]), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.stack(cache_b.ssm)[:, i], np.stack(cache_1.ssm)[:, 0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.stack(cache_b.conv)[:, i], np.stack(cache_1.conv)[:, 0], rtol=1e-5, atol=1e-6)
     assert batch_s.tokens.shape == (4, 16)
     # prompt lengths 3 and 9 share bucket 16; 20 → 32; 33 → 64 for single runs
     n_prefill = g.trace_counts["prefill"]

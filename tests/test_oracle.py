@@ -61,8 +61,8 @@ def oracle_run(variant, with_init, L):
 def jax_cache_from_oracle(cfg, state):
     conv, ssm = state
     return Mamba2Cache(
-        conv=jnp.asarray(np.stack([c[:, :, 1:].transpose(0, 2, 1) for c in conv]), jnp.float32),
-        ssm=jnp.asarray(np.stack(ssm), jnp.float32),
+        conv=tuple(jnp.asarray(c[:, :, 1:].transpose(0, 2, 1), jnp.float32) for c in conv),
+        ssm=tuple(jnp.asarray(s, jnp.float32) for s in ssm),
         seqlen=jnp.zeros((conv[0].shape[0],), jnp.int32),
     )
 
