@@ -504,7 +504,8 @@ def write_markdown(path: Path, reports: list[dict[str, Any]], prov: dict[str, An
         g = r["greedy_summary"]
         dec = r["decode_topk_max_rel"]
         lines.append(
-            f"| {r['model']} | {r['reference']['backend']} | {r['hidden_worst']['max_rel']:.2e} | "
+            f"| {r['model']} ({r['checkpoint'].get('kind')}, stored {r['jax']['stored_dtype']}) | "
+            f"{r['reference']['backend']} | {r['hidden_worst']['max_rel']:.2e} | "
             f"{r['hidden_worst']['ulps']:.1f} | {r['logits_worst']['max_rel']:.2e} | {r['logits_worst']['ulps']:.1f} | "
             f"{'-' if dec is None else f'{dec:.2e}'} | {g['identical_64_of_64']}/{g['prompts']} | "
             f"{g['tokens_matching_total']}/{g['tokens_total']} | {g['divergences_below_noise_floor']} / "

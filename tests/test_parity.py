@@ -84,7 +84,7 @@ def test_end_to_end_tiny_ngroups2_passes():
     out = run["root"] / "results"
     rows = list(csv.DictReader(open(out / "summary__test.csv")))
     md = (out / "summary__test.md").read_text()
-    assert "| tiny-g2-v50k | mamba_ssm_ref_cpu |" in md and "arXiv 2603.09555" in md
+    assert "| tiny-g2-v50k (random-init, stored float16) | mamba_ssm_ref_cpu |" in md and "arXiv 2603.09555" in md
     assert [r["backend"] for r in rows] == ["mamba_ssm_ref_cpu", "transformers"]
     assert all(r["pass"] == "True" and r["git_sha"] and r["mamba_ssm"] in ("2.2.2", "") for r in rows)
     assert rows[0]["mamba_ssm"] == "2.2.2" and rows[1]["transformers"]
