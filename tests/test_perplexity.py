@@ -418,3 +418,27 @@ def test_experiment_end_to_end_smoke(tmp_path, data_dir, fake_ref, monkeypatch):
     assert res2[0]["backends"]["jax_fp32"]["run"]["resumed_windows"] == lm["windows"]["n_windows"]
     assert res2[0]["backends"]["jax_fp32"]["word_perplexity"] == b["jax_fp32"]["word_perplexity"]
     assert res2[0]["backends"]["mamba_ssm_ref_cpu"]["run"]["reused"]
+
+
+def test_default_model_switches_to_tiny_wikitext_when_present(tmp_path):
+    from omegaconf import OmegaConf
+
+    from mamba2_jax.checkpoint import write_checkpoint
+
+    exp = _load_experiment()
+    cfg = OmegaConf.create({"paths": {"tiny_wikitext": str(tmp_path / "tiny"), "work_dir": str(tmp_path / "w"),
+                                      "checkpoints_dir": str(tmp_path / "ck")},
+                            "synthetic": {"seed": 0, "d_model": 16, "n_layer": 1, "d_state": 8, "headdim": 8,
+                                          "chunk_size": 16}})
+    spec = exp.resolve_model("auto", cfg)
+    assert spec["synthetic"] and "synthetic weights" in spec["weights"]
+    assert (Path(spec["dir"]) / "SYNTHETIC_WEIGHTS.txt").exists()
+    mcfg = get_preset("tiny")
+    write_checkpoint(mcfg, init_state_dict(mcfg), tmp_path / "tiny")
+    spec = exp.resolve_model("auto", cfg)
+    assert spec["label"] == "mamba2-tiny-wikitext" and not spec["synthetic"]
+    assert spec["dir"] == str(tmp_path / "tiny")
+    assert exp.model_from_group(OmegaConf.create({"name": "x", "hf_id": "state-spaces/mamba2-370m",
+                                                 "checkpoint": None})) == "mamba2-370m"
+    with pytest.raises(ValueError, match="random-weight"):
+        exp.model_from_group(OmegaConf.create({"name": "tiny", "hf_id": None, "checkpoint": None}))
