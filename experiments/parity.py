@@ -351,6 +351,26 @@ def compare_golden(jax_results: list[dict], golden: Path, tol: dict[str, float])
     }
 
 
+def reference_spread(goldens: dict[str, Path]) -> dict[str, Any] | None:
+    """How far the references are from each other (first backend vs each other one): the scale of
+    fp32 reduction-order noise that JAX's own errors should be read against."""
+    names = list(goldens)
+    if len(names) < 2:
+        return None
+    _, base = read_golden(goldens[names[0]])
+    out = {}
+    for other in names[1:]:
+        _, o = read_golden(goldens[other])
+        out[f"{names[0]} vs {other}"] = {
+            "hidden": _worst([tensor_error(a["hidden"], b["hidden"]) for a, b in zip(o, base)]),
+            "logits": _worst([tensor_error(a["logits"], b["logits"]) for a, b in zip(o, base)]),
+            "greedy_identical_prompts": int(sum(np.array_equal(a["greedy_tokens"], b["greedy_tokens"])
+                                                for a, b in zip(o, base))),
+            "prompts": len(base),
+        }
+    return out
+
+
 # ------------------------------------------------------------------------------ driver
 def run_parity(cfg) -> dict[str, Any]:
     import jax
@@ -390,6 +410,7 @@ def run_parity(cfg) -> dict[str, Any]:
             goldens[backend] = run_golden(backend, backend_python(cfg, backend), model_dir, prompts_json, out,
                                           cfg.n_new, extra, bool(cfg.regenerate_golden), expect)
             print(f"[parity] {tag}: golden {backend} ready ({time.time() - t0:.1f}s)", flush=True)
+        spread = reference_spread(goldens)
         t0 = time.time()
         model, jmeta = load_jax_model(model_dir, cfg.jax.dtype, cfg.jax.matmul_precision, cfg.get("plant_bug"))
         runner = JaxRunner(model)
@@ -407,6 +428,7 @@ def run_parity(cfg) -> dict[str, Any]:
                 "config": {k: getattr(model.cfg, k) for k in ("d_model", "n_layer", "ngroups", "d_state", "headdim",
                                                               "chunk_size", "nheads", "vocab_size")},
                 "jax": jmeta, "jax_seconds": round(t_jax, 2), "tolerance": tol, "paper_tolerances": PAPER_TOLERANCES,
+                "reference_spread": spread,
                 "prompts": {"file": prompts_doc["source"], "version": prompts_doc["version"],
                             "sha256": prompts_doc["sha256"], "lengths": [len(p["input_ids"]) for p in prompts_doc["prompts"]],
                             "tokenizer": prompts_doc["tokenizer"]},
@@ -443,7 +465,7 @@ def _json_default(o):
 CSV_FIELDS = ["model", "backend", "pass", "hidden_max_abs", "hidden_max_rel", "hidden_ulps", "logits_max_abs",
               "logits_max_rel", "logits_ulps", "decode_topk_max_rel", "greedy_identical_prompts", "greedy_prompts",
               "greedy_tokens_matching", "greedy_tokens_total", "divergences_below_noise_floor",
-              "divergences_unexplained", "tol_max_rel", "tol_margin_rel", "label", "checkpoint_kind", "stored_dtype",
+              "divergences_unexplained", "ref_spread_hidden_max_rel", "ref_spread_logits_max_rel", "tol_max_rel", "tol_margin_rel", "label", "checkpoint_kind", "stored_dtype",
               "jax_param_dtype", "jax_matmul_precision", "ref_device", "ref_dtype", "ref_tf32", "plant_bug",
               "git_sha", "git_dirty", "jax", "jaxlib", "flax", "numpy", "torch", "transformers", "mamba_ssm", "triton",
               "ref_torch", "jax_backend", "cpu_model", "python", "date_utc"]
@@ -463,6 +485,7 @@ def summary_row(rep: dict[str, Any], backend: str) -> dict[str, Any]:
         "greedy_tokens_matching": g["tokens_matching_total"], "greedy_tokens_total": g["tokens_total"],
         "divergences_below_noise_floor": g["divergences_below_noise_floor"],
         "divergences_unexplained": len(g["divergences_unexplained"]),
+        **_spread_cols(rep.get("reference_spread")),
         "tol_max_rel": rep["tolerance"]["max_rel"], "tol_margin_rel": rep["tolerance"]["margin_rel"],
         "label": rep["label"], "checkpoint_kind": rep["checkpoint"].get("kind"),
         "stored_dtype": rep["jax"]["stored_dtype"], "jax_param_dtype": rep["jax"]["param_dtype"],
@@ -476,6 +499,13 @@ def summary_row(rep: dict[str, Any], backend: str) -> dict[str, Any]:
         "jax_backend": prov["jax"].get("backend"), "cpu_model": prov.get("cpu_model"), "python": prov.get("python"),
         "date_utc": prov.get("date_utc"),
     }
+
+
+def _spread_cols(spread: dict[str, Any] | None) -> dict[str, str]:
+    if not spread:
+        return {"ref_spread_hidden_max_rel": "", "ref_spread_logits_max_rel": ""}
+    return {"ref_spread_hidden_max_rel": f"{max(v['hidden']['max_rel'] for v in spread.values()):.3e}",
+            "ref_spread_logits_max_rel": f"{max(v['logits']['max_rel'] for v in spread.values()):.3e}"}
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -517,7 +547,17 @@ def write_markdown(path: Path, reports: list[dict[str, Any]], prov: dict[str, An
                   f"{r['tolerance']['margin_rel']:g} x max|logit|.",
                   f"Paper ({PAPER_TOLERANCES['source']}): hidden states {PAPER_TOLERANCES['hidden_states']}; greedy "
                   f"{PAPER_TOLERANCES['greedy']}; perplexity {PAPER_TOLERANCES['perplexity']}.", "",
-                  "Per-layer worst max_rel (hidden states):", ""]
+                  "Reference spread (the references against each other: the fp32 noise scale):", ""]
+        seen = set()
+        for r in reports:
+            for pair, v in (r.get("reference_spread") or {}).items():
+                if (r["model"], pair) in seen:
+                    continue
+                seen.add((r["model"], pair))
+                lines.append(f"- {r['model']}, {pair}: hidden max_rel {v['hidden']['max_rel']:.2e} "
+                             f"({v['hidden']['ulps']:.1f} ulp), logits max_rel {v['logits']['max_rel']:.2e}, "
+                             f"greedy identical {v['greedy_identical_prompts']}/{v['prompts']}")
+        lines += ["", "Per-layer worst max_rel (hidden states):", ""]
         for r in reports:
             lines.append(f"- {r['model']} vs {r['reference']['backend']}: "
                          + " ".join(f"{e['max_rel']:.1e}" for e in r["hidden_per_layer"]))

@@ -89,6 +89,9 @@ def test_end_to_end_tiny_ngroups2_passes():
     assert all(r["pass"] == "True" and r["git_sha"] and r["mamba_ssm"] in ("2.2.2", "") for r in rows)
     assert rows[0]["mamba_ssm"] == "2.2.2" and rows[1]["transformers"]
     rep = json.loads((out / "tiny-g2-v50k__transformers.json").read_text())
+    spread = rep["reference_spread"]["mamba_ssm_ref_cpu vs transformers"]
+    assert spread["hidden"]["max_rel"] < 1e-5 and spread["greedy_identical_prompts"] == N_PROMPTS
+    assert "Reference spread" in md and rows[0]["ref_spread_hidden_max_rel"]
     assert rep["prompts"]["version"] == "v1" and rep["paper_tolerances"]["greedy"].startswith("64/64")
 
 
