@@ -9,6 +9,8 @@
 REF_VENV ?= .venv-ref
 REF_PY := $(REF_VENV)/bin/python
 REF_STAMP := $(REF_VENV)/.installed
+# tests and experiments/parity.py find the reference interpreter through this variable
+export MAMBA2_JAX_REF_PYTHON ?= $(abspath $(REF_PY))
 MAMBA_SSM_VERSION := 2.2.2
 
 .PHONY: install-ref parity clean-venv-ref
