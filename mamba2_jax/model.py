@@ -163,8 +163,8 @@ class Mamba2Mixer(nnx.Module):
         b = u.shape[0]
         z0, x0, z, xBC, dt_raw = self._in_proj(u)
         window = jnp.concatenate([conv_state.astype(xBC.dtype), xBC[:, None, :]], axis=1)  # (b, k, cd)
-        acc = jnp.einsum("bkc,kc->bc", window.astype(F32), self.conv_w[...].astype(F32),
-                         precision=jax.lax.Precision.HIGHEST)
+        w = self.conv_w[...].astype(F32)
+        acc = sum(window[:, j].astype(F32) * w[j] for j in range(cfg.d_conv))  # one fused loop, no transpose
         if self.conv_b is not None:
             acc = acc + self.conv_b[...].astype(F32)
         xBC_act = jax.nn.silu(acc).astype(u.dtype)

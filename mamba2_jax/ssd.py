@@ -165,7 +165,10 @@ def ssd_step(
     Bf, Cf = B.astype(F32), C.astype(F32)
     s = state.reshape(b, g, r, p, n)
     s = s * dA[..., None, None] + (dtf[..., None] * xf)[..., None] * Bf[:, :, None, None, :]
-    y = jnp.einsum("bgrpn,bgn->bgrp", s, Cf, precision=precision).reshape(b, h, p)
+    # y = s·C as an elementwise product reduced over the contiguous n axis (not a dot): XLA then
+    # fuses the state update and the read-out into one pass over the state, instead of writing
+    # the new state twice (once per consumer) and copying the donated input.
+    y = jnp.sum(s * Cf[:, :, None, None, :], axis=-1).reshape(b, h, p)
     if D is not None:
         Df = D.astype(F32)
         Df = Df[:, None] if Df.ndim == 1 else Df
