@@ -234,16 +234,18 @@ def model_colors(names: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def add_footer(fig, text: str, y: float = -0.02) -> None:
+def add_footer(fig, text: str, y: float = -0.02) -> str:
     """Provenance printed under the axes (small, wrapped)."""
     import textwrap
 
     if not text:
-        return
+        return text
     lines = []
     for line in text.splitlines():
         lines += textwrap.wrap(line, width=160, subsequent_indent="    ")
     fig.text(0.01, y, "\n".join(lines), ha="left", va="top", fontsize=6.3, color="#444444")
+    fig._provenance_summary = text
+    return text
 
 
 def fmt_si(x: float) -> str:
@@ -285,10 +287,13 @@ class Figure:
     provenance: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
+    summary: str = ""          # footer_text(): Device / Precision / Weights lines, also drawn on the figure
 
 
 def caption_text(f: Figure) -> str:
     lines = [f"# {f.stem}: {f.title}", "", f.description, ""]
+    if f.summary:
+        lines += [f"{ln}  " for ln in f.summary.splitlines()] + [""]
     if f.provenance:
         lines += ["Produced by (device; precision; weights; code version; date):", ""] + f.provenance + [""]
     if f.notes:
@@ -377,6 +382,7 @@ def run_figure(name: str, build: Callable[[Path], Figure], argv: list[str] | Non
         print(f"[{name}] {'ERROR' if args.strict else 'SKIP'}: {e}", file=sys.stderr)
         return 1 if args.strict else 0
     f.sources = f.sources or [f"python figures/{name}.py"]
+    f.summary = f.summary or getattr(f.fig, "_provenance_summary", "")
     paths = save(f, args.out, [x for x in args.formats.split(",") if x])
     print(f"[{name}] wrote " + ", ".join(rel(p) for p in paths))
     return 0

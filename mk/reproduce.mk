@@ -1,0 +1,44 @@
+# Issue 8: figures, tables, the paper and the one-command reproduction.  Included by the Makefile.
+#   make reproduce            the whole chain at the scale this machine's JAX backend supports (paper/reproduce.py):
+#                             setup, parity, perplexity, throughput, sweep, cache speedup, figures + paper
+#   make figures              figures/out/*.{png,pdf,caption.md} from the results in results/ (no recomputation)
+#   make paper                paper/tables/*.{tex,md} from results/, then paper/main.pdf if LaTeX is installed
+#   make reproduce REPRO_PPL_LIMIT=         perplexity over the full test set instead of a 3-document smoke run
+#   make reproduce REPRO_PROFILE=cpu_bench  benchmark profile (auto: cpu_smoke on CPU, paper on TPU/GPU)
+#   make figures FIG_ARGS=--strict          a figure whose results are missing is an error, not a skip
+# Variables of the other fragments (MODEL, BACKENDS, MODELS, BENCH_ARGS, PARITY_ARGS, PPL_ARGS) pass through.
+
+.PHONY: reproduce figures paper paper-tables paper-pdf
+
+REPRO_PROFILE ?= auto
+REPRO_PPL_LIMIT ?= 3
+REPRO_ARGS ?=
+FIG_ARGS ?=
+FIGURE_SCRIPTS := $(sort $(wildcard figures/fig[0-9]*.py))
+LATEXMK := $(shell command -v latexmk 2>/dev/null)
+PDFLATEX := $(shell command -v pdflatex 2>/dev/null)
+
+reproduce: $(STAMP)
+	MAKE="$(MAKE)" $(PY) paper/reproduce.py --python $(PY) --profile "$(REPRO_PROFILE)" \
+	  --ppl-limit "$(REPRO_PPL_LIMIT)" $(REPRO_ARGS)
+
+figures: $(STAMP)
+	@rc=0; for f in $(FIGURE_SCRIPTS); do $(PY) $$f $(FIG_ARGS) || rc=1; done; exit $$rc
+
+paper-tables: $(STAMP)
+	$(PY) paper/make_tables.py
+
+paper: paper-tables
+	@if [ -n "$(LATEXMK)" ]; then \
+	  cd paper && latexmk -pdf -interaction=nonstopmode -halt-on-error main.tex >/dev/null \
+	    && echo "[paper] wrote paper/main.pdf" || { echo "[paper] LaTeX failed: see paper/main.log"; exit 1; }; \
+	elif [ -n "$(PDFLATEX)" ]; then \
+	  cd paper && for i in 1 2; do pdflatex -interaction=nonstopmode -halt-on-error main.tex >/dev/null \
+	    || { echo "[paper] LaTeX failed: see paper/main.log"; exit 1; }; done && echo "[paper] wrote paper/main.pdf"; \
+	else \
+	  echo "[paper] tables written to paper/tables/ (LaTeX and Markdown); no PDF: pdflatex/latexmk not found."; \
+	  echo "[paper] To build paper/main.pdf install a LaTeX toolchain, then run 'make paper' again:"; \
+	  echo "[paper]   Debian/Ubuntu: sudo apt-get install texlive-latex-base texlive-latex-recommended lmodern latexmk"; \
+	  echo "[paper]                  (texlive-latex-extra is not needed)"; \
+	  echo "[paper]   elsewhere:     any TeX Live / MiKTeX with booktabs, graphicx, array, float, hyperref and lmodern";\
+	fi
