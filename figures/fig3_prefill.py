@@ -56,7 +56,7 @@ def build(results: Path) -> style.Figure:
     ax0.legend(loc="upper right")
     ax1.legend(loc="upper right")
     for ax in (ax0, ax1):
-        ax.set_xlabel("model")
+        ax.set_xlabel("model (130m = mamba2-130m, ...)" if any(m.startswith("mamba2-") for m in models) else "model")
     fig.tight_layout()
     style.add_footer(fig, style.bench_footer(docs))
     return style.Figure(

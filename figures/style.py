@@ -224,6 +224,11 @@ def model_key(name: str) -> tuple[int, str]:
     return (MODEL_ORDER.index(name) if name in MODEL_ORDER else len(MODEL_ORDER), name)
 
 
+def short_model(name: str) -> str:
+    """'mamba2-130m' -> '130m' for crowded axes (other names unchanged)."""
+    return name[len("mamba2-"):] if name.startswith("mamba2-") and name != "mamba2-tiny-wikitext" else name
+
+
 def model_colors(names: Iterable[str]) -> dict[str, str]:
     """Known models keep a fixed colour in every figure; others take the unused colours in order."""
     names = sorted(set(names), key=model_key)
@@ -349,7 +354,7 @@ def grouped_bars(ax, models, series, values, colors=None, hatches=None, annotate
                 ax.annotate(t, (xx, hh), textcoords="offset points", xytext=(0, 2), ha="center", va="bottom",
                             fontsize=6.5, rotation=90 if n > 3 else 0)
     ax.set_xticks(x)
-    ax.set_xticklabels(models, rotation=0)
+    ax.set_xticklabels([short_model(m) for m in models], rotation=0 if len(models) <= 6 else 30)
     if log:
         ax.set_yscale("log")
     ax.grid(axis="x", visible=False)
