@@ -247,6 +247,15 @@ def test_never_pass_with_reasons(tmp_path):
         assert r.status in ("PASS", "FAIL") or r.status.startswith(("not comparable: ", "not run: "))
 
 
+def test_citation_cff():
+    d = yaml.safe_load((REPO / "CITATION.cff").read_text())
+    assert d["cff-version"] == "1.2.0" and d["type"] == "software" and d["authors"]
+    pc = d["preferred-citation"]
+    assert pc["title"] == REPORTED["paper"]["title"]
+    assert any(i["value"] == "arXiv:2603.09555" for i in pc["identifiers"])
+    assert [f"{a['given-names']} {a['family-names']}" for a in pc["authors"]] == REPORTED["paper"]["authors"]
+
+
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
 def test_main_tex_compiles(tables, tmp_path):
     (tmp_path / "paper").mkdir()
