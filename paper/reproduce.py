@@ -86,6 +86,9 @@ def main(argv=None) -> int:
     ap.add_argument("--stop-on-error", action="store_true")
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args(argv)
+    flags = (os.environ.get("MAKEFLAGS", "").split() or [""])[0]
+    if not flags.startswith("-") and "=" not in flags and "n" in flags:
+        args.dry_run = True          # `make -n reproduce`: show the plan, run nothing
 
     t_all = time.monotonic()
     backend = jax_backend(args.python) if Path(args.python).exists() else "unknown (venv not built yet)"
