@@ -131,6 +131,10 @@ def run(cfg) -> dict:
     skipped, peers = {}, {}
     base_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     base_env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"})
+    if P.get("omp_wait_policy"):
+        # torch's OpenMP threads spin-wait by default; on a shared machine a spinning thread whose
+        # partner core is busy stalls every op (measured: HF decode 0.1-2.5 s/token instead of 75 ms)
+        base_env["OMP_WAIT_POLICY"] = str(P.omp_wait_policy)
     for name in P.list:
         env = dict(base_env)
         if name == "mamba2_jax_1_1_2":
@@ -250,7 +254,7 @@ def run(cfg) -> dict:
              f"peers alternated round-robin in one run")
     extra = {"summary": summary, "ratios": ratios, "targets": targets, "fidelity": fidelity, "skipped": skipped,
              "setups": setups, "peers": {n: PEERS[n]["desc"] for n in P.list}, "times_s": times,
-             "decode_tokens": tokens}
+             "decode_tokens": tokens, "omp_wait_policy": P.get("omp_wait_policy")}
     paths = bench.write_results("peers", ctx["run"], recs, hardware=ctx["hardware"], config=bench.config_dict(cfg),
                                 label=label, out_dir=cfg.out_dir, extra=extra)
     print(f"[peers] wrote {paths[0]}")
