@@ -266,3 +266,25 @@ def test_main_tex_compiles(tables, tmp_path):
                          cwd=tmp_path / "paper", capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout[-3000:]
     assert (tmp_path / "paper" / "main.pdf").stat().st_size > 10_000
+
+
+def test_reproduce_plan(monkeypatch):
+    import argparse
+
+    import reproduce
+
+    monkeypatch.delenv("BENCH_ARGS", raising=False)
+    args = argparse.Namespace(make="make", profile="auto", ppl_limit="3")
+    steps = reproduce.plan(args, "cpu")
+    assert [s for s, _ in steps] == ["setup", "parity", "perplexity", "throughput", "sweep", "cache speedup",
+                                     "figures + paper"]
+    flat = {s: " ".join(" ".join(c) for c in cmds) for s, cmds in steps}
+    assert "perplexity-smoke PPL_LIMIT=3" in flat["perplexity"]
+    assert flat["throughput"].endswith("throughput BENCH_PROFILE=cpu_smoke")
+    assert "cache-speedup BENCH_PROFILE=cpu_smoke" in flat["cache speedup"]
+    gpu = {s: " ".join(" ".join(c) for c in cmds) for s, cmds in reproduce.plan(args, "gpu")}
+    assert "BENCH_PROFILE=paper BENCH_ARGS=require_platform=null" in gpu["sweep"]
+    tpu = {s: " ".join(" ".join(c) for c in cmds) for s, cmds in reproduce.plan(args, "tpu")}
+    assert tpu["sweep"].endswith("sweep BENCH_PROFILE=paper")
+    full = dict(reproduce.plan(argparse.Namespace(make="make", profile="auto", ppl_limit=""), "cpu"))
+    assert full["perplexity"] == [["make", "--no-print-directory", "perplexity"]]
