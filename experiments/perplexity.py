@@ -86,6 +86,22 @@ def _fingerprint(model_dir: Path) -> dict[str, Any]:
     return {"dir": str(model_dir.resolve()), "files": files}
 
 
+def _weights_digest(model_dir: Path) -> dict[str, Any]:
+    """sha256 and size of the checkpoint files, recorded with every result."""
+    import hashlib
+
+    out = {}
+    for name in ("config.json", "pytorch_model.bin", "model.safetensors"):
+        f = model_dir / name
+        if f.exists():
+            h = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 24), b""):
+                    h.update(block)
+            out[name] = {"bytes": f.stat().st_size, "sha256": h.hexdigest()}
+    return out
+
+
 def synthetic_checkpoint(cfg) -> Path:
     """A small random-init checkpoint (GPT-NeoX vocabulary) written once under the work dir."""
     from mamba2_jax.checkpoint import init_state_dict, write_checkpoint
@@ -471,6 +487,7 @@ def evaluate(cfg) -> list[dict[str, Any]]:
             log(f"model {name}: cannot be loaded: {type(e).__name__}: {e}")
             failures.append(str(name))
             continue
+        spec["weights_files"] = _weights_digest(Path(spec["dir"]))
         for protocol in protocols:
             if protocol not in windows_cache:
                 w, info = build_windows(protocol, rows, tok, cfg)
