@@ -27,7 +27,7 @@ def build(results: Path) -> style.Figure:
     models = sorted({r["model"] for _, d in docs for r in d["records"]}, key=style.model_key)
     colors = style.model_colors(models)
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9.0, 3.5))
-    contexts = set()
+    contexts, speedups = set(), []
     run_handles = []
     for i, (p, d) in enumerate(docs):
         ls, mk = style.LINESTYLES[i % len(style.LINESTYLES)], style.MARKERS[i % len(style.MARKERS)]
@@ -42,6 +42,7 @@ def build(results: Path) -> style.Figure:
             ax0.plot(x, [r["recompute_ms_per_token"] for r in recs], color=colors[m], ls="--", marker=mk, mfc="white")
             ax0.plot(x, [r["cached_ms_per_token"] for r in recs], color=colors[m], ls="-", marker=mk)
             ax1.plot(x, [r["speedup"] for r in recs], color=colors[m], ls=ls, marker=mk)
+            speedups += [r["speedup"] for r in recs]
             for r in recs:
                 if r.get("headline"):
                     ax1.annotate(f"{r['speedup']:.1f}x", (r["context"], r["speedup"]), textcoords="offset points",
@@ -58,6 +59,7 @@ def build(results: Path) -> style.Figure:
     ax0.set_ylabel("ms per generated token")
     ax0.set_title("(a) cost per token: cached decode vs recompute")
     ax1.set_yscale("log")
+    ax1.set_ylim(min(speedups + [PAPER_RANGE[0]]) / 2, max(speedups + [PAPER_RANGE[1]]) * 3)
     style.plain_log(ax1)
     ax1.set_ylabel("speedup (recompute / cached)")
     ax1.set_title("(b) cached-decode speedup")
@@ -66,7 +68,7 @@ def build(results: Path) -> style.Figure:
                     Line2D([], [], color="#555555", ls="--", marker="o", mfc="white", label="full recompute")]
     ax0.legend(handles=model_handles + kind_handles, loc="best")
     paper_h = Line2D([], [], color="#999999", lw=6, alpha=0.6, label="paper: 27-36x at 4096 (TPU v6e, reported)")
-    ax1.legend(handles=run_handles + [paper_h], loc="upper left")
+    ax1.legend(handles=run_handles + [paper_h], loc="best")
     fig.tight_layout()
     style.add_footer(fig, style.bench_footer(docs))
     return style.Figure(

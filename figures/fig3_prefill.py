@@ -42,15 +42,22 @@ def build(results: Path) -> style.Figure:
                 peak_notes.add(f"{dev}: {r['peak_note']} = {style.fmt_si(r.get('peak_flops'))}FLOP/s")
     colors = style.series_colors(series)
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9.0, 3.6))
-    style.grouped_bars(ax0, models, series, tps, colors=colors, annotate=ann_t, log=True)
-    style.plain_log(ax0)
-    ax0.set_ylabel("prefill tokens / s (batch 1)")
+    wide = max(tps.values()) / max(min(tps.values()), 1e-30) > 20      # log scale only for a wide range
+    style.grouped_bars(ax0, models, series, tps, colors=colors, annotate=ann_t, log=wide)
+    if wide:
+        style.plain_log(ax0)
+    else:
+        ax0.set_ylim(0, max(tps.values()) * 1.25)
+    ax0.set_ylabel("prefill tokens / s (batch 1)" + (" [log]" if wide else ""))
     ax0.set_title("(a) prefill throughput (label: achieved TFLOP/s)")
     ax0.margins(y=0.25)
     style.grouped_bars(ax1, models, series, mfu, colors=colors, annotate=ann_m)
     ax1.axhline(100 * PAPER_MFU, color="#999999", ls="--", lw=1.0, label="paper: 15% MFU (TPU v6e, reported)")
     ax1.set_ylabel("MFU (% of peak FLOP/s)")
     ax1.set_title("(b) model FLOP utilisation")
+    if not mfu:
+        ax1.text(0.5, 0.5, "no MFU in these results\n(no FLOP count recorded, e.g. make bench)", ha="center",
+                 va="center", transform=ax1.transAxes, fontsize=8, color="#555555")
     ymax = max(list(mfu.values()) + [100 * PAPER_MFU])
     ax1.set_ylim(0, ymax * 1.3)
     ax0.legend(loc="upper right")

@@ -82,16 +82,77 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def load_bench(results: Path, experiment: str) -> list[tuple[Path, dict[str, Any]]]:
+def load_bench(results: Path, experiment: str, include_bench: bool = True) -> list[tuple[Path, dict[str, Any]]]:
     """Benchmark documents (throughput, sweep, cache_speedup: mamba2_jax.bench.write_results) under
-    ``results/<experiment>/*.json``, sorted by run name."""
+    ``results/<experiment>/*.json``, sorted by run name; plus, for those three experiments, the
+    matching measurements of the issue-3 CPU benchmark (``results/bench/*.json``, make bench)
+    converted to the same record layout (``from_bench``)."""
     out = []
     for p in sorted((Path(results) / experiment).glob("*.json")):
         d = read_json(p)
         if not d or d.get("experiment") != experiment or not d.get("records"):
             continue
         out.append((p, d))
+    if include_bench and experiment in ("throughput", "sweep", "cache_speedup"):
+        for p in sorted((Path(results) / "bench").glob("*.json")):
+            d = read_json(p)
+            if d and d.get("experiment") == "bench" and d.get("records"):
+                c = from_bench(d, experiment)
+                if c["records"]:
+                    out.append((p, c))
     return out
+
+
+def from_bench(doc: dict[str, Any], experiment: str) -> dict[str, Any]:
+    """The records of a ``make bench`` document (one record per metric) as throughput / sweep /
+    cache_speedup records, for its first (base) dtype only."""
+    models = doc.get("models") or {}
+    dtypes = list(((doc.get("config") or {}).get("bench") or {}).get("dtypes") or models.keys())
+    base = dtypes[0] if dtypes else "float32"
+    info = models.get(base) or {}
+    common = {"dtype": base, "matmul_precision": (info.get("policy") or {}).get("matmul_precision"),
+              "batch": int((doc.get("config") or {}).get("batch") or 1), "weights": info.get("weights", "?")}
+    recs = [r for r in doc["records"] if r.get("dtype") in (base, None)]
+
+    def find(metric, **kw):
+        return next((r for r in recs if r.get("metric") == metric and all(r.get(k) == v for k, v in kw.items())),
+                    None)
+
+    out: list[dict[str, Any]] = []
+    if experiment == "sweep":
+        for r in recs:
+            if r.get("metric") == "decode_ms_per_token" and r.get("context") is not None:
+                bw = find("bandwidth_fraction_vs_start_best", context=r["context"])
+                out.append({**common, "model": r.get("model"), "kind": "decode", "context": int(r["context"]),
+                            "ms_per_token": r["value"], "tokens_per_s": common["batch"] * 1e3 / r["value"],
+                            "median_s": r.get("median_s"), "hbu": bw["value"] if bw else None,
+                            "compile_s": r.get("compile_s")})
+    elif experiment == "cache_speedup":
+        for r in recs:
+            if r.get("metric") == "cached_over_recompute":
+                out.append({**common, "model": r.get("model"), "context": int(r["context"]), "headline": True,
+                            "cached_ms_per_token": r.get("cached_ms"), "recompute_ms_per_token": r.get("recompute_ms"),
+                            "speedup": r["value"]})
+    elif experiment == "throughput":
+        for r in recs:
+            if r.get("metric") == "prefill_tokens_per_s":
+                out.append({**common, "model": r.get("model"), "kind": "prefill", "length": int(r["length"]),
+                            "context": int(r["length"]), "median_s": r.get("median_s"), "tokens_per_s": r["value"],
+                            "compile_s": r.get("compile_s"), "tflops": None, "mfu": None})
+        dec = sorted((r for r in recs if r.get("metric") == "decode_ms_per_token" and r.get("context") is not None),
+                     key=lambda r: r["context"])
+        if dec:
+            r = dec[0]
+            bw = find("bandwidth_fraction_vs_start_best", context=r["context"])
+            by = find("achieved_bytes_per_s", context=r["context"])
+            peak_bw = find("stream_bandwidth_start")
+            out.append({**common, "model": r.get("model"), "kind": "decode", "length": int(r.get("tokens") or 0),
+                        "context": int(r["context"]), "median_s": r.get("median_s"), "ms_per_token": r["value"],
+                        "tokens_per_s": common["batch"] * 1e3 / r["value"], "hbu": bw["value"] if bw else None,
+                        "bytes_per_step": by.get("bytes_per_step") if by else None, "compile_s": r.get("compile_s"),
+                        "bandwidth": peak_bw["value"] if peak_bw else None})
+    return {**{k: v for k, v in doc.items() if k != "records"}, "experiment": experiment, "source_experiment": "bench",
+            "run": f"{doc.get('run')} [make bench]", "records": out}
 
 
 def load_parity(results: Path) -> list[tuple[Path, dict[str, Any]]]:

@@ -118,6 +118,8 @@ def check(c: dict[str, Any], value: Any) -> bool:
 def status_of(c: dict[str, Any], value: Any, reasons: list[str]) -> str:
     if reasons:
         return "not comparable: " + "; ".join(reasons)
+    if value is None:
+        return "FAIL"          # comparable setting, but the result lacks the number
     return "PASS" if check(c, value) else "FAIL"
 
 
@@ -210,12 +212,15 @@ def eval_throughput(c: dict[str, Any], results: Path) -> list[Row]:
         if c["id"] == "prefill_tflops":
             best = max(recs, key=lambda r: r.get("tflops") or 0)
             value = best.get("tflops")
-            text = f"{value:.3g} TFLOPS ({best['model']}, L={best['length']}{scales_note([r['model'] for r in recs])})"
+            text = (f"{value:.3g} TFLOPS ({best['model']}, L={best['length']}{scales_note([r['model'] for r in recs])})"
+                    if value is not None else f"n/a: no FLOP count in this result ({best.get('tokens_per_s', 0):,.0f} "
+                    f"tokens/s, {best['model']}, L={best['length']})")
         elif c["id"] == "prefill_mfu":
             best = max(recs, key=lambda r: r.get("tflops") or 0)
             value = best.get("mfu_vs_bf16_peak", best.get("mfu"))
-            text = (f"{100 * value:.3g}% of bf16 peak ({100 * best['mfu']:.3g}% of the {best.get('dtype')} peak; "
-                    f"{best['model']}, L={best['length']})" if value is not None else "n/a (no peak for this device)")
+            text = (f"{100 * value:.3g}% of bf16 peak ({100 * (best.get('mfu') or 0):.3g}% of the {best.get('dtype')} "
+                    f"peak; {best['model']}, L={best['length']})" if value is not None
+                    else "n/a: no FLOP count or peak in this result")
         else:
             best = max(recs, key=lambda r: r.get("hbu") or 0)
             value = best.get("hbu")

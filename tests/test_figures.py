@@ -194,3 +194,49 @@ def test_multiple_devices_in_one_figure(results, tmp_path):
     assert load("fig2_decode_flatness").main(["--results", str(root), "--out", str(out)]) == 0
     cap = (out / "fig2_decode_flatness.caption.md").read_text()
     assert "TPU v6 lite" in cap and "CPU" in cap and "state-spaces/mamba2-130m" in cap
+
+
+def bench_metrics_doc():
+    """A `make bench` document (one record per metric, experiments/bench.py)."""
+    m = {"model": "mamba2-130m"}
+    recs = [{**m, "metric": "prefill_tokens_per_s", "value": 180.0, "unit": "tokens/s", "dtype": "float32",
+             "length": 1024, "median_s": 5.7, "compile_s": 2.0}]
+    for c, ms in ((128, 67.0), (1024, 66.0), (4096, 66.5)):
+        recs += [{**m, "metric": "decode_ms_per_token", "value": ms, "unit": "ms", "dtype": "float32", "context": c,
+                  "tokens": 64, "compile_s": 1.7},
+                 {**m, "metric": "bandwidth_fraction_vs_start_best", "value": 0.38, "unit": "fraction",
+                  "dtype": "float32", "context": c},
+                 {**m, "metric": "achieved_bytes_per_s", "value": 8e9, "unit": "B/s", "dtype": "float32", "context": c,
+                  "bytes_per_step": 5.5e8}]
+    recs += [{**m, "metric": "decode_ms_per_token", "value": 70.0, "unit": "ms", "dtype": "bfloat16", "context": 128},
+             {**m, "metric": "stream_bandwidth_start", "value": 2e10, "unit": "B/s"},
+             {**m, "metric": "cached_over_recompute", "value": 300.0, "unit": "ratio", "dtype": "float32",
+              "context": 4096, "recompute_ms": 19950.0, "cached_ms": 66.5}]
+    return {**bench_doc("bench", recs, run="cpu_bench-cpu"),
+            "models": {"float32": {"weights": "random-init", "policy": {"matmul_precision": "highest"}},
+                       "bfloat16": {"weights": "random-init", "policy": {"matmul_precision": "default"}}},
+            "config": {"dtype": "float32", "bench": {"dtypes": ["float32", "bfloat16"]}}}
+
+
+def test_make_bench_results_feed_figures(tmp_path):
+    """results/bench (make bench) is converted to sweep / cache_speedup / throughput records (base dtype only)."""
+    import sys
+
+    sys.path.insert(0, str(FIG_DIR))
+    import style
+
+    root = tmp_path / "r"
+    write_json(root / "bench" / "cpu_bench-cpu.json", bench_metrics_doc())
+    sweep = style.load_bench(root, "sweep")
+    assert [(r["context"], r["ms_per_token"], r["hbu"]) for r in sweep[0][1]["records"]] == [
+        (128, 67.0, 0.38), (1024, 66.0, 0.38), (4096, 66.5, 0.38)]
+    cs = style.load_bench(root, "cache_speedup")[0][1]["records"]
+    assert cs == [{"dtype": "float32", "matmul_precision": "highest", "batch": 1, "weights": "random-init",
+                   "model": "mamba2-130m", "context": 4096, "headline": True, "cached_ms_per_token": 66.5,
+                   "recompute_ms_per_token": 19950.0, "speedup": 300.0}]
+    tp = style.load_bench(root, "throughput")[0][1]["records"]
+    assert [r["kind"] for r in tp] == ["prefill", "decode"] and tp[1]["context"] == 128 and tp[1]["bandwidth"] == 2e10
+    for name in SCRIPTS[:4]:
+        out = tmp_path / "out"
+        assert load(name).main(["--results", str(root), "--out", str(out), "--strict"]) == 0
+        assert "make bench" in (out / f"{name}.caption.md").read_text()
