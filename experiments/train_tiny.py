@@ -117,6 +117,7 @@ def train_stage(c: DictConfig, paths: dict, tok) -> tuple[dict, object]:
               + (f"  val {rec['val_loss']:.4f}" if "val_loss" in rec else ""), flush=True)
 
     trainer = Trainer(cfg, tc)
+    prov = _provenance()  # at the start: the code version that trained
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     hist = trainer.fit(batcher, data.val_tokens, log=log)
@@ -141,7 +142,7 @@ def train_stage(c: DictConfig, paths: dict, tok) -> tuple[dict, object]:
         "final_val_ppl": math.exp(final["val_loss"]) if final.get("val_loss") is not None else None,
         "loss_curve": curve_path.name,
         "loss_curve_sha256": hashlib.sha256(np.asarray([r["loss"] for r in hist], np.float64).tobytes()).hexdigest(),
-        "train_provenance": _provenance(),
+        "train_provenance": prov,
     }
     model = trainer.model()
     if c.write_checkpoint:
@@ -245,6 +246,9 @@ model = load_pretrained("checkpoints/mamba2-tiny-wikitext")
   = {tc.steps * tc.batch_size * tc.seq_len:,} tokens (≈{tc.steps * tc.batch_size * tc.seq_len / max(d['train_tokens'], 1):.1f} epochs).
 * **Wall time**: {m['train_wall_s'] / 60:.1f} min of training (including compilation) on
   {prov.get('cpu_count')} CPU cores ({prov.get('cpu_model')}), shared with other jobs.{(" " + m["card_note"]) if m.get("card_note") else ""}
+* **Length**: a first run of 300 steps was stopped at step 210: its validation loss stopped improving
+  after step 100 (7.04 at step 100, 7.03 at 150, 7.06 at 200) while the training loss kept falling, i.e.
+  the small training split was being memorised (`results/train_tiny/aborted_run_300steps.log`).
 * Deterministic given the seed: `make train-tiny` reproduces this checkpoint
   (loss curve in `results/train_tiny/loss_curve.csv`, everything else in `results/train_tiny/metrics.json`).
 * Code version: `{sha}`.
@@ -258,6 +262,10 @@ model = load_pretrained("checkpoints/mamba2-tiny-wikitext")
 {st_line}
 {lr_line}
 | uniform over the 50,277 real tokens | perplexity 50,277 |
+
+The `lm_eval_rolling` numbers are much worse than the `strided` ones because that protocol scores the
+*detokenized* text (`wikitext_detokenizer`: `" @-@ "` → `"-"`, `" , "` → `", "`, ...), whereas this model
+only ever saw the raw WikiText tokenization; word perplexity also divides by words rather than tokens.
 
 Perplexities are of the fp16 checkpoint as shipped, loaded with `load_pretrained` (float32 compute),
 scored with {impl or "mamba2_jax.perplexity"}; protocol definitions are in `mamba2_jax/perplexity.py`.
