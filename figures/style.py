@@ -174,9 +174,15 @@ def load_perplexity(results: Path) -> list[tuple[Path, dict[str, Any]]]:
 
 
 def rel(p: Path) -> str:
+    """Repository-relative path; for a results tree elsewhere (--results DIR), from its 'results' folder."""
+    p = Path(p)
     try:
-        return str(Path(p).resolve().relative_to(REPO))
+        return str(p.resolve().relative_to(REPO))
     except ValueError:
+        parts = p.parts
+        if "results" in parts:
+            i = len(parts) - 1 - parts[::-1].index("results")
+            return str(Path(*parts[i:]))
         return str(p)
 
 
