@@ -33,8 +33,9 @@ def build(results: Path) -> style.Figure:
     rows = []   # (label, doc, metric, ref backend)
     for p, d in docs:
         ref = (d.get("comparison") or {}).get("reference_backend")
-        rows.append((f"{d['model']['label']}\n{d['protocol']}" + ("" if d.get("scope") == "full test set" else "*"),
-                     p, d, metric_of(d), ref))
+        proto = {"lm_eval_rolling": "rolling"}.get(d["protocol"], d["protocol"])
+        rows.append((f"{d['model']['label'].removeprefix('mamba2-')}\n{proto}" + ("" if d.get("scope") == "full test set"
+                                                                              else "*"), p, d, metric_of(d), ref))
     backends = list(dict.fromkeys(b for _, _, d, _, _ in rows for b, v in d["backends"].items()
                                   if v.get("status") == "ok"))
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9.5, 3.8))
@@ -57,23 +58,23 @@ def build(results: Path) -> style.Figure:
                      color=BACKEND_COLORS.get(b, style.PALETTE[k % len(style.PALETTE)]), label=b)
     if allv:
         lo, hi = min(allv) / 1.6, max(allv) * 1.6
-        ax0.plot([lo, hi], [lo, hi], color="#999999", lw=0.8, zorder=0, label="y = x")
+        ax0.plot([lo / 10, hi], [lo / 10, hi], color="#999999", lw=0.8, zorder=0, label="y = x")
+        lo = lo / 20      # room on the left for the labels
         ax0.set_xlim(lo, hi)
         ax0.set_ylim(lo, hi)
         for i, (label, _, d, metric, ref) in enumerate(rows):
             r = (d["backends"].get(ref) or {}).get(metric)
-            if r is not None:
-                right = np.log(r / lo) > 0.6 * np.log(hi / lo)
-                ax0.annotate(label.replace("\n", ", ") + f"\n{metric.replace('_perplexity', ' ppl')} {r:.6g}",
-                             (r, r), textcoords="offset points", xytext=(-8 if right else 8, -14), fontsize=6.5,
-                             color="#333333", ha="right" if right else "left", va="top")
+            if r is not None:   # label above-left of the y = x line: points sit on it, text does not
+                ax0.annotate(label.replace("\n", " ") + f": {r:.6g}",
+                             (r, r), textcoords="offset points", xytext=(-7, 5), fontsize=6.5,
+                             color="#333333", ha="right", va="bottom")
     ax0.set_xscale("log")
     ax0.set_yscale("log")
     refs = sorted({r[4] for r in rows if r[4]})
     ax0.set_xlabel(f"reference perplexity ({', '.join(refs) or 'reference'})")
-    ax0.set_ylabel("backend perplexity")
+    ax0.set_ylabel("backend perplexity (word ppl: rolling; token ppl: strided)")
     ax0.set_title("(a) perplexity: backend vs reference")
-    ax0.legend(loc="upper left")
+    ax0.legend(loc="lower right")
     # (b) |delta| vs the reference backend, log scale, with the paper's +-0.0005
     for k, b in enumerate(backends):
         xs, ys = [], []
@@ -91,7 +92,7 @@ def build(results: Path) -> style.Figure:
     ax1.axhline(PAPER_ABS_TOL, color="#D55E00", ls="--", lw=1.0, label="paper: +-0.0005")
     ax1.set_yscale("log")
     ax1.set_xticks(x)
-    ax1.set_xticklabels([r[0] for r in rows], fontsize=7)
+    ax1.set_xticklabels([r[0].replace("\n", " ") for r in rows], fontsize=7, rotation=20, ha="right")
     ax1.set_ylabel(f"|ppl - reference ppl|  (reference: {', '.join(refs) or '?'})")
     ax1.set_title("(b) absolute difference from the reference")
     ax1.legend(loc="best")
@@ -118,7 +119,8 @@ def build(results: Path) -> style.Figure:
                      "the reference backend's; every point on y = x is agreement at this scale. "
                      "(b) |perplexity - reference perplexity| per backend; dashed: the paper's +-0.0005 "
                      "(against mamba_ssm v2.2.2 with its Triton kernels, arXiv 2603.09555 v2 abstract, which "
-                     "names the validation split). * = a subset of the test set (smoke run)."),
+                     "names the validation split). Model names without 'mamba2-'; rolling = lm_eval_rolling; "
+                     "* = a subset of the test set (smoke run)."),
         provenance=prov_lines,
         notes=["Synthetic (random-init) models have perplexities near the vocabulary size: they check the "
                "pipeline and the agreement between backends, not a language model."])
