@@ -109,7 +109,8 @@ class TokenBatcher:
 
     @property
     def windows_per_epoch(self) -> int:
-        return (len(self.tokens) - self.seq_len) // (self.seq_len + 1)
+        """Windows in epoch 0 (later epochs differ by at most one, through their offset)."""
+        return len(self._epoch_windows(0))
 
     def batch(self, step: int) -> np.ndarray:
         """(batch_size, seq_len + 1) int32 for training step ``step``."""

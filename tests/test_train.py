@@ -5,7 +5,6 @@ import math
 
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
 from mamba2_jax.config import Mamba2Config
