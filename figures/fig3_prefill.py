@@ -47,10 +47,9 @@ def build(results: Path) -> style.Figure:
     if wide:
         style.plain_log(ax0)
     else:
-        ax0.set_ylim(0, max(tps.values()) * 1.25)
+        ax0.set_ylim(0, max(tps.values()) * (1.35 + 0.12 * len(series)))   # headroom for labels + legend
     ax0.set_ylabel("prefill tokens / s (batch 1)" + (" [log]" if wide else ""))
     ax0.set_title("(a) prefill throughput (label: achieved TFLOP/s)")
-    ax0.margins(y=0.25)
     style.grouped_bars(ax1, models, series, mfu, colors=colors, annotate=ann_m)
     ax1.axhline(100 * PAPER_MFU, color="#999999", ls="--", lw=1.0, label="paper: 15% MFU (TPU v6e, reported)")
     ax1.set_ylabel("MFU (% of peak FLOP/s)")
@@ -59,7 +58,7 @@ def build(results: Path) -> style.Figure:
         ax1.text(0.5, 0.5, "no MFU in these results\n(no FLOP count recorded, e.g. make bench)", ha="center",
                  va="center", transform=ax1.transAxes, fontsize=8, color="#555555")
     ymax = max(list(mfu.values()) + [100 * PAPER_MFU])
-    ax1.set_ylim(0, ymax * 1.3)
+    ax1.set_ylim(0, ymax * (1.35 + 0.12 * len(series)))
     ax0.legend(loc="upper right")
     ax1.legend(loc="upper right")
     for ax in (ax0, ax1):

@@ -46,12 +46,12 @@ def build(results: Path) -> style.Figure:
     style.grouped_bars(ax0, models, series, tps, colors=colors, annotate=ann_t)
     ax0.set_ylabel("decode tokens / s (batch 1)")
     ax0.set_title("(a) cached decode throughput (label: ms/token)")
-    ax0.set_ylim(0, max(tps.values()) * 1.25)
+    ax0.set_ylim(0, max(tps.values()) * (1.35 + 0.12 * len(series)))   # headroom for labels + legend
     style.grouped_bars(ax1, models, series, hbu, colors=colors, annotate=ann_h)
     ax1.axhline(100 * PAPER_HBU, color="#999999", ls="--", lw=1.0, label="paper: up to 64% HBU (TPU v6e, reported)")
     ax1.set_ylabel("HBU (% of memory bandwidth)")
     ax1.set_title("(b) bandwidth utilisation")
-    ax1.set_ylim(0, max(list(hbu.values()) + [100 * PAPER_HBU, 100]) * 1.15)
+    ax1.set_ylim(0, max(list(hbu.values()) + [100 * PAPER_HBU, 100]) * (1.1 + 0.1 * len(series)))
     ax0.legend(loc="upper right")
     ax1.legend(loc="upper right")
     for ax in (ax0, ax1):
