@@ -101,3 +101,18 @@ def test_discretize_dt_softplus_and_limit():
     np.testing.assert_allclose(got, want, rtol=1e-6)
     got = np.asarray(discretize_dt(raw, bias, (0.01, 2.0)))
     np.testing.assert_allclose(got, np.clip(want, 0.01, 2.0), rtol=1e-6)
+
+
+def test_segsum_accuracy_on_long_strongly_decaying_chunks():
+    """exp(segsum) to fp32 rounding even when |cumsum| is large (a plain cumsum difference is
+    off by ~1e-5 here)."""
+    rng = np.random.default_rng(0)
+    a = -rng.uniform(0, 8.0, (3, 256)).astype(np.float32)
+    a64 = a.astype(np.float64)
+    cs = np.concatenate([np.zeros((3, 1)), np.cumsum(a64, -1)], -1)
+    ref = cs[:, 1:, None] - cs[:, None, 1:]  # sum_{k=j+1}^{i} a_k, exact enough in float64
+    mask = np.tril(np.ones((256, 256), bool))
+    got = np.asarray(segsum(jnp.asarray(a)), np.float64)
+    assert np.all(got[:, ~mask] == -np.inf)
+    err = np.abs(np.exp(got) - np.exp(np.where(mask, ref, -np.inf)))[:, mask]
+    assert err.max() < 1e-7
