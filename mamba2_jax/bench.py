@@ -368,12 +368,16 @@ def write_results(experiment: str, run: str, records: list[dict[str, Any]], *, h
     prof = hw.get("profile")
     if hasattr(prof, "to_dict"):
         hw["profile"] = prof.to_dict()
+    try:
+        load = list(os.getloadavg())
+    except OSError:  # pragma: no cover - not on every platform
+        load = None
     doc = {
         "schema_version": SCHEMA_VERSION,
         "experiment": experiment,
         "run": run,
         "label": label,
-        "provenance": provenance(),
+        "provenance": provenance(load_avg_at_write=load),
         "hardware": hw,
         "config": config,
         "records": records,
@@ -437,7 +441,11 @@ def setup_run(cfg, experiment: str) -> dict[str, Any]:
     label = (f"{experiment}: device {desc['device_kind']} ({desc['platform']}); hardware profile {prof.name}"
              + ("" if hw["matches_device"] else f" (NOT the device this ran on{'; forced' if force else ''})")
              + f"; profile {pname}")
-    hw = {**hw, "forced": force and bool(req and desc["platform"] != req)}
+    try:
+        load = list(os.getloadavg())
+    except OSError:  # pragma: no cover
+        load = None
+    hw = {**hw, "forced": force and bool(req and desc["platform"] != req), "load_avg_at_start": load}
     return {"hardware": hw, "profile": prof, "run": run, "label": label, "device": desc}
 
 
