@@ -293,19 +293,22 @@ def precision_policy(dtype) -> dict[str, str]:
     raise ValueError(f"unsupported param dtype {name!r} (float32 | bfloat16 | float16)")
 
 
-def model_from_state_dict(cfg: Mamba2Config, sd: dict[str, np.ndarray], dtype="float32", precision=None):
+def model_from_state_dict(cfg: Mamba2Config, sd: dict[str, np.ndarray], dtype="float32", precision=None,
+                          scan_chunk_size=None):
     import jax.numpy as jnp
 
     from .model import Mamba2LMHeadModel, jax_params_from_state_dict
 
     pol = precision_policy(dtype)
     prec = precision if precision is not None else pol["matmul_precision"]
-    model = Mamba2LMHeadModel(cfg, jax_params_from_state_dict(cfg, sd, jnp.dtype(dtype)), precision=prec)
-    model.policy = {**pol, "matmul_precision": str(prec)}
+    model = Mamba2LMHeadModel(cfg, jax_params_from_state_dict(cfg, sd, jnp.dtype(dtype)), precision=prec,
+                              scan_chunk_size=scan_chunk_size)
+    model.policy = {**pol, "matmul_precision": str(prec), "scan_chunk_size": model.scan_chunk_size}
     return model
 
 
-def load_pretrained(path_or_hub_id: str | Path, dtype="float32", revision: str | None = None, precision=None):
+def load_pretrained(path_or_hub_id: str | Path, dtype="float32", revision: str | None = None, precision=None,
+                    scan_chunk_size=None):
     """Load a Mamba-2 checkpoint (local dir in either format, or a hub id) as a JAX model.
 
     dtype "float32" is the parity mode (matmul precision "highest"); "bfloat16"/"float16" is the
@@ -314,7 +317,7 @@ def load_pretrained(path_or_hub_id: str | Path, dtype="float32", revision: str |
     """
     model_dir = resolve_model_dir(path_or_hub_id, revision)
     cfg, sd, fmt = read_state_dict(model_dir)
-    model = model_from_state_dict(cfg, sd, dtype=dtype, precision=precision)
+    model = model_from_state_dict(cfg, sd, dtype=dtype, precision=precision, scan_chunk_size=scan_chunk_size)
     model.source = {"path": str(model_dir), "format": fmt,
                     "stored_dtype": str(np.asarray(sd["backbone.embedding.weight"]).dtype)}
     return model
