@@ -129,15 +129,22 @@ def ssd_chunked(
     dA_cs = jnp.cumsum(dA, axis=-1)  # (b c g r q)
     dt_q = jnp.moveaxis(dtc, 2, -1)  # (b c g r q)
 
+    # Operands are laid out once with the batch axes (b, c, g[, r]) leading, so that every einsum
+    # below is a plain batched matmul (no per-einsum transposes; ~4x faster y_diag on XLA:CPU).
+    Ct = jnp.swapaxes(Cc, 2, 3)  # (b c g q n)
+    Bt = jnp.swapaxes(Bc, 2, 3)  # (b c g q n)
+    xt = jnp.transpose(xc, (0, 1, 3, 4, 2, 5))  # (b c g r q p)
+
     # 1) intra-chunk (diagonal blocks): y = (C Bᵀ ∘ L) (dt x).  C·Bᵀ once per group.
-    CB = ein("bclgn,bcsgn->bcgls", Cc, Bc)  # (b c g q q)
+    CB = ein("bcgln,bcgsn->bcgls", Ct, Bt)  # (b c g q q)
     Lmat = jnp.exp(segsum(dA))  # (b c g r q q)
     M = CB[:, :, :, None] * Lmat * dt_q[..., None, :]  # (b c g r l s)
-    y_diag = ein("bcgrls,bcsgrp->bclgrp", M, xc)
+    y_diag = ein("bcgrls,bcgrsp->bcgrlp", M, xt)
 
     # 2) state contributed by each chunk, decayed to the chunk end.
     decay_states = jnp.exp(dA_cs[..., -1:] - dA_cs)  # (b c g r q)
-    states = ein("bcsgn,bcgrs,bcsgrp->bcgrpn", Bc, decay_states * dt_q, xc)
+    xw = xt * (decay_states * dt_q)[..., None]  # (b c g r q p)
+    states = ein("bcgrsp,bcgsn->bcgrpn", xw, Bt)
 
     # 3) inter-chunk recurrence (as one einsum over the chunk axis).
     if initial_state is None:
@@ -152,9 +159,10 @@ def ssd_chunked(
 
     # 4) contribution of the state entering each chunk to that chunk's outputs.
     state_decay_out = jnp.exp(dA_cs)  # (b c g r q)
-    y_off = ein("bclgn,bcgrpn,bcgrl->bclgrp", Cc, prev_states, state_decay_out)
+    y_off = ein("bcgln,bcgrpn->bcgrlp", Ct, prev_states) * state_decay_out[..., None]
 
-    y = (y_diag + y_off).reshape(b, L, h, p)[:, :l]
+    y = jnp.transpose(y_diag + y_off, (0, 1, 4, 2, 3, 5))  # (b c q g r p)
+    y = y.reshape(b, L, h, p)[:, :l]
     if D is not None:
         Df = D.astype(F32)
         Df = Df[:, None] if Df.ndim == 1 else Df
