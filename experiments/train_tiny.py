@@ -195,6 +195,13 @@ def _load(m: dict) -> str:
     return f" (1-min load average {la[0]:.1f} at the start, {la[1]:.1f} at the end)" if la else ""
 
 
+def _repro(m: dict) -> str:
+    r = m.get("reproduction")
+    if not r or not r.get("loss_curve_sha256_equal"):
+        return ""
+    return f" (checked: a second run at `{str(r['git_sha'])[:7]}` gave bitwise-equal losses)"
+
+
 def model_card(cfg: Mamba2Config, tc: TrainConfig, m: dict) -> str:
     d, p = m["data"], m.get("test_ppl") or {}
     prov = m.get("train_provenance") or m["provenance"]
@@ -257,7 +264,7 @@ model = load_pretrained("checkpoints/mamba2-tiny-wikitext")
   Two 150-step probes did no better on the validation loss at step 100 (this recipe: 7.065): peak lr 6e-3
   (7.085) and 1024-token sequences × 4 (7.090, on 1024-token windows).  For scale: a unigram model of the
   training tokens (add-0.5 smoothing) has strided test perplexity ≈2,250.
-* Deterministic given the seed: `make train-tiny` reproduces this checkpoint
+* Deterministic given the seed: `make train-tiny` reproduces this checkpoint{_repro(m)}
   (loss curve in `results/train_tiny/loss_curve.csv`, everything else in `results/train_tiny/metrics.json`).
 * Code version (training): `{sha}`.
 
