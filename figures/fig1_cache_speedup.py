@@ -45,8 +45,9 @@ def build(results: Path) -> style.Figure:
             speedups += [r["speedup"] for r in recs]
             for r in recs:
                 if r.get("headline"):
+                    k = models.index(m)          # stagger labels of models with similar speedups
                     ax1.annotate(f"{r['speedup']:.1f}x", (r["context"], r["speedup"]), textcoords="offset points",
-                                 xytext=(4, 4), fontsize=7, color=colors[m])
+                                 xytext=(5, 6 - 10 * k), fontsize=7, color=colors[m], va="center")
     # the paper's reported range, as a reference mark (a different device: see the caption)
     ax1.errorbar([PAPER_CONTEXT], [sum(PAPER_RANGE) / 2], yerr=[[sum(PAPER_RANGE) / 2 - PAPER_RANGE[0]],
                  [PAPER_RANGE[1] - sum(PAPER_RANGE) / 2]], fmt="none", ecolor="#999999", elinewidth=6, alpha=0.6)

@@ -37,7 +37,7 @@ DEVICE_NAMES = {"tpu_v6e": "TPU v6e", "l40s": "NVIDIA L40S", "h100_sxm": "NVIDIA
                 "unknown": "unknown device"}
 
 # Okabe-Ito colour-blind-safe palette; models keep their colour across every figure.
-PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#999933"]
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#000000", "#56B4E9", "#999933"]
 MODEL_ORDER = list(PAPER_MODELS) + ["mamba2-tiny-wikitext", "tiny"]
 LINESTYLES = ["-", "--", ":", "-."]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
