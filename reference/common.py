@@ -241,3 +241,22 @@ def torch_provenance(device: str, **extra: Any) -> dict[str, Any]:
         info["tf32"] = {"applicable": False, "note": "CPU: no TF32; fp32 matmuls are IEEE fp32"}
     info.update(extra)
     return info
+
+
+def run_cli(args, body) -> int:
+    """Run a reference entry point's ``body()`` and map failures to exit codes:
+    2 for a ReferenceError_ (bad arguments or checkpoint), 3 for the Triton backend without CUDA."""
+    import sys
+
+    try:
+        out = body()
+    except ReferenceError_ as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if args.backend == "mamba_ssm_triton" and "CUDA" in str(e):
+            print(f"error: {e}", file=sys.stderr)
+            return 3
+        raise
+    print(out)
+    return 0

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import BACKENDS, GoldenWriter, ReferenceError_, load_prompts, step_record, torch_provenance
+from .common import BACKENDS, GoldenWriter, ReferenceError_, load_prompts, run_cli, step_record, torch_provenance
 
 
 def build_parser(prog: str = "python -m reference.golden") -> argparse.ArgumentParser:
@@ -123,19 +123,12 @@ def run(args: argparse.Namespace) -> Path:
 def main(argv=None) -> int:
     ap = add_golden_args(build_parser())
     args = ap.parse_args(argv)
-    try:
+
+    def body():
         validate(args)
-        out = run(args)
-    except ReferenceError_ as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:
-        if args.backend == "mamba_ssm_triton" and "CUDA" in str(e):
-            print(f"error: {e}", file=sys.stderr)
-            return 3
-        raise
-    print(out)
-    return 0
+        return run(args)
+
+    return run_cli(args, body)
 
 
 if __name__ == "__main__":

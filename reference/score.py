@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import ReferenceError_, torch_provenance
+from .common import ReferenceError_, run_cli, torch_provenance
 from .golden import build_parser, load_backend, validate
 
 
@@ -110,21 +110,14 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="OUT.npz")
     ap.add_argument("--batch", type=int, default=None, help="rows per forward (default: ~1 GiB of logits)")
     args = ap.parse_args(argv)
-    try:
+
+    def body():
         validate(args)
         if args.batch is not None and args.batch < 1:
             raise ReferenceError_("--batch must be >= 1")
-        out = run(args)
-    except ReferenceError_ as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:
-        if args.backend == "mamba_ssm_triton" and "CUDA" in str(e):
-            print(f"error: {e}", file=sys.stderr)
-            return 3
-        raise
-    print(out)
-    return 0
+        return run(args)
+
+    return run_cli(args, body)
 
 
 if __name__ == "__main__":
