@@ -22,10 +22,9 @@ from pathlib import Path
 
 import hydra
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mamba2_jax import bench, flops  # noqa: E402
-from mamba2_jax.hardware import StreamBench  # noqa: E402
+from mamba2_jax.eval.results import write_results
+from mamba2_jax.eval import bench, flops
+from mamba2_jax.eval.hardware import StreamBench
 
 
 def run(cfg) -> dict:
@@ -136,7 +135,7 @@ def run(cfg) -> dict:
         r.setdefault("dtype", None)
         r["model"] = str(B.model)
     label = f"{ctx['label']}; {bench.weights_label(list(infos.values()))}"
-    paths = bench.write_results("bench", ctx["run"], recs, hardware=ctx["hardware"], config=bench.config_dict(cfg),
+    paths = write_results("bench", ctx["run"], recs, hardware=ctx["hardware"], config=bench.config_dict(cfg),
                                 label=label, out_dir=cfg.out_dir,
                                 extra={"targets": targets, "models": {dt: infos[dt] for dt in dtypes},
                                        "decode_bytes": by})
@@ -144,7 +143,7 @@ def run(cfg) -> dict:
     return {"records": recs, "targets": targets, "paths": paths, "run": ctx["run"]}
 
 
-@hydra.main(config_path="conf", config_name="bench", version_base="1.3")
+@hydra.main(config_path="pkg://mamba2_jax.eval.conf", config_name="bench", version_base="1.3")
 def main(cfg) -> None:
     run(cfg)
 

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import hydra
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mamba2_jax import bench, flops  # noqa: E402
+from mamba2_jax.eval.results import write_results
+from mamba2_jax.eval import bench, flops
 
 
 def run(cfg) -> dict:
@@ -53,13 +52,13 @@ def run(cfg) -> dict:
                   f"{rec * 1e3:.1f} ms/token, speedup {rec / cached:.1f}x", flush=True)
         del db, fns
     label = f"{ctx['label']}; {bench.weights_label(infos)}"
-    paths = bench.write_results("cache_speedup", ctx["run"], records, hardware=ctx["hardware"],
+    paths = write_results("cache_speedup", ctx["run"], records, hardware=ctx["hardware"],
                                 config=bench.config_dict(cfg), label=label, out_dir=cfg.out_dir)
     print(f"[cache_speedup] wrote {paths[0]}")
     return {"records": records, "paths": paths, "run": ctx["run"]}
 
 
-@hydra.main(config_path="conf", config_name="cache_speedup", version_base="1.3")
+@hydra.main(config_path="pkg://mamba2_jax.eval.conf", config_name="cache_speedup", version_base="1.3")
 def main(cfg) -> None:
     run(cfg)
 

@@ -18,7 +18,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 import numpy as np  # noqa: E402
 
 from mamba2_jax.checkpoint import model_from_state_dict  # noqa: E402
-from mamba2_jax.provenance import provenance  # noqa: E402
+from mamba2_jax.eval.provenance import provenance  # noqa: E402
 from test_oracle import CHUNKS, VARIANTS, jax_cache_from_oracle, oracle_run  # noqa: E402
 
 

@@ -375,7 +375,7 @@ def reference_spread(goldens: dict[str, Path]) -> dict[str, Any] | None:
 def run_parity(cfg) -> dict[str, Any]:
     import jax
 
-    from mamba2_jax.provenance import provenance
+    from mamba2_jax.eval.provenance import provenance
 
     jax.config.update("jax_default_matmul_precision", cfg.jax.matmul_precision)
     t_start = time.time()
@@ -567,7 +567,7 @@ def write_markdown(path: Path, reports: list[dict[str, Any]], prov: dict[str, An
 def main() -> None:
     import hydra
 
-    @hydra.main(config_path="conf", config_name="parity", version_base=None)
+    @hydra.main(config_path="pkg://mamba2_jax.eval.conf", config_name="parity", version_base=None)
     def _main(cfg) -> None:
         res = run_parity(cfg)
         if not res["pass"]:

@@ -30,7 +30,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mamba2_jax import bench  # noqa: E402
+from mamba2_jax.eval.results import write_results  # noqa: E402
+from mamba2_jax.eval import bench  # noqa: E402
 
 RUNNERS = REPO / "experiments" / "peers_runners"
 MARK = "@@PEER "
@@ -255,14 +256,14 @@ def run(cfg) -> dict:
     extra = {"summary": summary, "ratios": ratios, "targets": targets, "fidelity": fidelity, "skipped": skipped,
              "setups": setups, "peers": {n: PEERS[n]["desc"] for n in P.list}, "times_s": times,
              "decode_tokens": tokens, "omp_wait_policy": P.get("omp_wait_policy")}
-    paths = bench.write_results("peers", ctx["run"], recs, hardware=ctx["hardware"], config=bench.config_dict(cfg),
+    paths = write_results("peers", ctx["run"], recs, hardware=ctx["hardware"], config=bench.config_dict(cfg),
                                 label=label, out_dir=cfg.out_dir, extra=extra)
     print(f"[peers] wrote {paths[0]}")
     return {"records": recs, "summary": summary, "ratios": ratios, "fidelity": fidelity, "skipped": skipped,
             "targets": targets, "paths": paths, "run": ctx["run"]}
 
 
-@hydra.main(config_path="conf", config_name="peers", version_base="1.3")
+@hydra.main(config_path="pkg://mamba2_jax.eval.conf", config_name="peers", version_base="1.3")
 def main(cfg) -> None:
     run(cfg)
 

@@ -5,7 +5,7 @@ score them with every backend (JAX fp32/bf16 in process, references through
 ``python -m reference.score``), and write ``results/perplexity/<model>/<protocol>[...].json``
 (+ per-window log-likelihoods ``.scores.npz``) and the summary tables
 ``results/perplexity/summary.{md,tex}``.  ``mode=timing`` times the 130m shape on a few windows
-and extrapolates to the full test set.  Protocol rules: ``mamba2_jax/perplexity.py``.
+and extrapolates to the full test set.  Protocol rules: ``mamba2_jax/eval/perplexity.py``.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from mamba2_jax import perplexity as ppl  # noqa: E402
-from mamba2_jax.data import (check_rows, count_bytes, count_words, load_wikitext_rows,  # noqa: E402
+from mamba2_jax.fileio import atomic_savez
+from mamba2_jax.eval import perplexity as ppl  # noqa: E402
+from mamba2_jax.eval.data import (check_rows, count_bytes, count_words, load_wikitext_rows,  # noqa: E402
                              wikitext_detokenizer)
 
 JAX_BACKENDS = {"jax_fp32": "float32", "jax_bf16": "bfloat16"}
@@ -55,10 +56,10 @@ def data_dir(cfg) -> Path:
 
 def get_provenance(**extra: Any) -> dict[str, Any]:
     try:
-        from mamba2_jax.provenance import provenance
+        from mamba2_jax.eval.provenance import provenance
 
         return provenance(**extra)
-    except ImportError:  # fallback while mamba2_jax.provenance is not there
+    except ImportError:  # fallback while mamba2_jax.eval.provenance is not there
         import platform
         import subprocess
 
@@ -515,16 +516,16 @@ def evaluate(cfg) -> list[dict[str, Any]]:
                 "provenance": prov,
             }
             if protocol == "lm_eval_rolling":
-                res["semantics"] = f"lm-evaluation-harness v{ppl.LM_EVAL_VERSION} wikitext (see mamba2_jax/perplexity.py)"
+                res["semantics"] = f"lm-evaluation-harness v{ppl.LM_EVAL_VERSION} wikitext (see mamba2_jax/eval/perplexity.py)"
             else:
-                res["semantics"] = "HF perplexity guide, text='\\n\\n'.join(rows) (see mamba2_jax/perplexity.py)"
+                res["semantics"] = "HF perplexity guide, text='\\n\\n'.join(rows) (see mamba2_jax/eval/perplexity.py)"
             tag = f"-{cfg.tag}" if cfg.tag else ""
             suffix = "" if info["scope"] == "full test set" else f"-limit{cfg.limit}"
             stem = results_dir / spec["label"] / f"{protocol}{suffix}{tag}"
             stem.parent.mkdir(parents=True, exist_ok=True)
             stem.with_suffix(".json").write_text(json.dumps(_jsonable(res), indent=2) + "\n")
             if r["per_window"]:
-                ppl.atomic_savez(stem.with_suffix(".scores.npz"), compress=True,
+                atomic_savez(stem.with_suffix(".scores.npz"), compress=True,
                                  windows_sha256=np.array(w.sha256()),
                                  **{f"loglik_{k}": v for k, v in r["per_window"].items()})
             log(f"wrote {stem.with_suffix('.json')}")
@@ -615,7 +616,7 @@ def timing(cfg) -> dict[str, Any]:
     return res
 
 
-@hydra.main(config_path="conf", config_name="perplexity", version_base="1.3")
+@hydra.main(config_path="pkg://mamba2_jax.eval.conf", config_name="perplexity", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     if cfg.mode == "timing":
         timing(cfg)

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import hydra
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mamba2_jax import bench, flops  # noqa: E402
+from mamba2_jax.eval.results import write_results
+from mamba2_jax.eval import bench, flops
 
 
 def run(cfg) -> dict:
@@ -59,13 +58,13 @@ def run(cfg) -> dict:
             print(f"[sweep] {name} ctx {c}: decode {med * 1e3:.2f} ms/token, prefill {pm * 1e3:.1f} ms", flush=True)
         del db, fns
     label = f"{ctx['label']}; {bench.weights_label(infos)}"
-    paths = bench.write_results("sweep", ctx["run"], records, hardware=ctx["hardware"],
+    paths = write_results("sweep", ctx["run"], records, hardware=ctx["hardware"],
                                 config=bench.config_dict(cfg), label=label, out_dir=cfg.out_dir)
     print(f"[sweep] wrote {paths[0]}")
     return {"records": records, "paths": paths, "run": ctx["run"]}
 
 
-@hydra.main(config_path="conf", config_name="sweep", version_base="1.3")
+@hydra.main(config_path="pkg://mamba2_jax.eval.conf", config_name="sweep", version_base="1.3")
 def main(cfg) -> None:
     run(cfg)
 

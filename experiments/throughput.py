@@ -3,8 +3,8 @@
     python experiments/throughput.py                          # CPU smoke profile
     python experiments/throughput.py profile=paper hardware=tpu_v6e
 
-Writes results/throughput/<run>.json (+ .csv).  FLOPs and bytes: mamba2_jax/flops.py; timing:
-mamba2_jax/bench.py; peaks: mamba2_jax/hardware.py.
+Writes results/throughput/<run>.json (+ .csv).  FLOPs and bytes: mamba2_jax/eval/flops.py; timing:
+mamba2_jax/eval/bench.py; peaks: mamba2_jax/eval/hardware.py.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from pathlib import Path
 
 import hydra
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mamba2_jax import bench, flops  # noqa: E402
+from mamba2_jax.eval.results import write_results
+from mamba2_jax.eval import bench, flops
 
 
 def run(cfg) -> dict:
@@ -73,13 +72,13 @@ def run(cfg) -> dict:
               f"HBU {records[-1]['hbu']} (compile {db.compile_s:.1f} s)", flush=True)
         del db
     label = f"{ctx['label']}; {bench.weights_label(infos)}"
-    paths = bench.write_results("throughput", ctx["run"], records, hardware=ctx["hardware"],
+    paths = write_results("throughput", ctx["run"], records, hardware=ctx["hardware"],
                                 config=bench.config_dict(cfg), label=label, out_dir=cfg.out_dir)
     print(f"[throughput] wrote {paths[0]}")
     return {"records": records, "paths": paths, "run": ctx["run"]}
 
 
-@hydra.main(config_path="conf", config_name="throughput", version_base="1.3")
+@hydra.main(config_path="pkg://mamba2_jax.eval.conf", config_name="throughput", version_base="1.3")
 def main(cfg) -> None:
     run(cfg)
 

@@ -30,9 +30,9 @@ import numpy as np  # noqa: E402
 
 from mamba2_jax.checkpoint import load_pretrained, write_checkpoint  # noqa: E402
 from mamba2_jax.config import Mamba2Config  # noqa: E402
-from mamba2_jax.model import state_dict_from_model  # noqa: E402
+from mamba2_jax.params import state_dict_from_model  # noqa: E402
 from mamba2_jax.tokenizer import load_tokenizer  # noqa: E402
-from mamba2_jax.train import (TokenBatcher, Trainer, TrainConfig, greedy_generate, read_wikitext_rows,  # noqa: E402
+from mamba2_jax.eval.train import (TokenBatcher, Trainer, TrainConfig, greedy_generate, read_wikitext_rows,  # noqa: E402
                               strided_perplexity, wikitext_train_val)
 
 
@@ -47,7 +47,7 @@ def _sha256(path: Path) -> str:
 
 def _provenance(**extra):
     try:
-        from mamba2_jax.provenance import provenance
+        from mamba2_jax.eval.provenance import provenance
         return provenance(**extra)
     except ImportError:  # pragma: no cover - fallback when the provenance module is absent
         import platform
@@ -62,20 +62,20 @@ def _strided_fallback(model, tok, rows, max_length: int, stride: int) -> dict:
     ids = np.asarray(tok.encode("\n\n".join(rows)), np.int32)
     r = strided_perplexity(model, ids, max_length=max_length, stride=stride)
     return {"token_perplexity": r["ppl"], "nll_per_token": r["nll"], "n_tokens": r["n_tokens"],
-            "implementation": "mamba2_jax.train.strided_perplexity"}
+            "implementation": "mamba2_jax.eval.train.strided_perplexity"}
 
 
 def test_perplexities(model, tok, test_file: Path, e: DictConfig) -> dict:
-    """WikiText-103 test perplexity of ``model`` under the project's protocols (mamba2_jax.perplexity):
+    """WikiText-103 test perplexity of ``model`` under the project's protocols (mamba2_jax.eval.perplexity):
     ``strided`` (HF guide, "\\n\\n".join(rows)) and ``lm_eval_rolling`` (lm-evaluation-harness
-    ``wikitext``).  Falls back to this module's strided scorer when mamba2_jax.perplexity is absent."""
+    ``wikitext``).  Falls back to this module's strided scorer when mamba2_jax.eval.perplexity is absent."""
     rows = read_wikitext_rows(test_file)
     out: dict = {"test_file_sha256": _sha256(test_file)}
     try:
-        from mamba2_jax import perplexity as P
-        from mamba2_jax.data import count_bytes, count_words, raw_text_from_rows, split_documents, wikitext_detokenizer
+        from mamba2_jax.eval import perplexity as P
+        from mamba2_jax.eval.data import count_bytes, count_words, raw_text_from_rows, split_documents, wikitext_detokenizer
     except ImportError as err:
-        print(f"mamba2_jax.perplexity unavailable ({err}); strided fallback only", flush=True)
+        print(f"mamba2_jax.eval.perplexity unavailable ({err}); strided fallback only", flush=True)
         t0 = time.perf_counter()
         out["strided"] = {"max_length": e.max_length, "stride": e.stride,
                           **_strided_fallback(model, tok, rows, e.max_length, e.stride),
@@ -87,7 +87,7 @@ def test_perplexities(model, tok, test_file: Path, e: DictConfig) -> dict:
     w = P.strided_windows(tok.encode("\n\n".join(rows)), int(e.max_length), int(e.stride))
     m = P.aggregate(w, scorer.score(w, progress=False))
     out["strided"] = {"max_length": e.max_length, "stride": e.stride, **m,
-                      "implementation": "mamba2_jax.perplexity (JaxScorer, strided_windows)",
+                      "implementation": "mamba2_jax.eval.perplexity (JaxScorer, strided_windows)",
                       "wall_s": round(time.perf_counter() - t0, 1)}
     print(f"strided: {out['strided']}", flush=True)
     t0 = time.perf_counter()
@@ -96,7 +96,7 @@ def test_perplexities(model, tok, test_file: Path, e: DictConfig) -> dict:
     w = P.lm_eval_windows(toks, int(e.max_length), 0)
     m = P.aggregate(w, scorer.score(w, progress=False), [count_words(d) for d in docs], [count_bytes(d) for d in docs])
     out["lm_eval_rolling"] = {"max_length": e.max_length, "lm_eval_version": getattr(P, "LM_EVAL_VERSION", None), **m,
-                              "implementation": "mamba2_jax.perplexity (JaxScorer, lm_eval_windows)",
+                              "implementation": "mamba2_jax.eval.perplexity (JaxScorer, lm_eval_windows)",
                               "wall_s": round(time.perf_counter() - t0, 1)}
     print(f"lm_eval_rolling: {out['lm_eval_rolling']}", flush=True)
     return out
@@ -150,7 +150,7 @@ def train_stage(c: DictConfig, paths: dict, tok) -> tuple[dict, object]:
     return metrics, model
 
 
-@hydra.main(config_path="conf", config_name="train_tiny", version_base=None)
+@hydra.main(config_path="pkg://mamba2_jax.eval.conf", config_name="train_tiny", version_base=None)
 def main(c: DictConfig) -> None:
     """stage=all: train, write the checkpoint, evaluate it, write results and the model card.
     stage=eval: re-evaluate the written checkpoint (test perplexities, sample) and rewrite them."""
@@ -214,7 +214,7 @@ def model_card(cfg: Mamba2Config, tc: TrainConfig, m: dict) -> str:
                f"| word perplexity **{lr['word_perplexity']:.1f}**, byte perplexity {lr['byte_perplexity']:.3f}, "
                f"bits/byte {lr['bits_per_byte']:.3f}, token perplexity {lr['token_perplexity']:.1f} |"
                if lr else "| WikiText-103 test, `lm_eval_rolling` | TODO: word perplexity under the lm-eval-harness "
-                          "rolling protocol (needs mamba2_jax/perplexity.py; rerun `make train-tiny TRAIN_ARGS=stage=eval`) |")
+                          "rolling protocol (needs mamba2_jax/eval/perplexity.py; rerun `make train-tiny TRAIN_ARGS=stage=eval`) |")
     impl = (st or {}).get("implementation", "")
     sha = m.get("train_code_commit") or (prov.get("git") or {}).get("sha")
     return f"""# mamba2-tiny-wikitext
@@ -283,7 +283,7 @@ The `lm_eval_rolling` numbers are much worse than the `strided` ones because tha
 only ever saw the raw WikiText tokenization; word perplexity also divides by words rather than tokens.
 
 Perplexities are of the fp16 checkpoint as shipped, loaded with `load_pretrained` (float32 compute),
-scored with {impl or "mamba2_jax.perplexity"}; protocol definitions are in `mamba2_jax/perplexity.py`.
+scored with {impl or "mamba2_jax.eval.perplexity"}; protocol definitions are in `mamba2_jax/eval/perplexity.py`.
 
 Greedy continuation of `{m['sample']['prompt']!r}` ({len(m['sample']['token_ids'])} tokens):
 

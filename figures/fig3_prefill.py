@@ -69,7 +69,7 @@ def build(results: Path) -> style.Figure:
         fig=fig, stem=NAME, title="prefill throughput and MFU",
         description=("Batch-1 prefill of L tokens (last-position logits), median over repetitions after a "
                      "warm-up compile. (a) tokens/s (log scale when the values span more than 20x), bars labelled with achieved TFLOP/s "
-                     "(analytic FLOPs, mamba2_jax/flops.py). (b) MFU = achieved FLOP/s / the device's peak for "
+                     "(analytic FLOPs, mamba2_jax/eval/flops.py). (b) MFU = achieved FLOP/s / the device's peak for "
                      "the precision used. Dashed: the paper's ~15% MFU (about 140 TFLOPS) on TPU v6e, a "
                      "reference mark only."),
         provenance=style.bench_provenance_lines(docs),

@@ -62,7 +62,7 @@ def build(results: Path) -> style.Figure:
         fig=fig, stem=NAME, title="decode throughput and bandwidth utilisation",
         description=("Cached decode at batch 1: a compiled loop of N steps started from a cache prefilled to the "
                      "given context, median over repetitions. (a) tokens/s, bars labelled with ms/token. "
-                     "(b) HBU = (bytes read and written per step: weights + state, mamba2_jax/flops.py) / "
+                     "(b) HBU = (bytes read and written per step: weights + state, mamba2_jax/eval/flops.py) / "
                      "(s per token) / the device's bandwidth. Dashed: the paper's up-to-64% on TPU v6e, a "
                      "reference mark only."),
         provenance=style.bench_provenance_lines(docs),

@@ -83,7 +83,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def load_bench(results: Path, experiment: str, include_bench: bool = True) -> list[tuple[Path, dict[str, Any]]]:
-    """Benchmark documents (throughput, sweep, cache_speedup: mamba2_jax.bench.write_results) under
+    """Benchmark documents (throughput, sweep, cache_speedup: mamba2_jax.eval.bench.write_results) under
     ``results/<experiment>/*.json``, sorted by run name; plus, for those three experiments, the
     matching measurements of the issue-3 CPU benchmark (``results/bench/*.json``, make bench)
     converted to the same record layout (``from_bench``)."""

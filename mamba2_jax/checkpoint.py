@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from .config import ConfigError, Mamba2Config, get_preset
+from .fileio import atomic_write, atomic_write_text
+from .params import expected_shapes, init_state_dict
 
 __all__ = [
     "CheckpointError", "init_state_dict", "expected_shapes", "validate_state_dict", "read_state_dict",
@@ -38,72 +40,6 @@ WEIGHT_FILES = ("pytorch_model.bin", "model.safetensors")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read: missing files, bad keys or shapes, unsafe pickles."""
-
-
-# ------------------------------------------------------------------------------ shapes / init
-def expected_shapes(cfg: Mamba2Config) -> dict[str, tuple[int, ...]]:
-    """Tensor names and shapes of a state-spaces checkpoint for ``cfg`` (torch layout)."""
-    V, d = cfg.padded_vocab_size, cfg.d_model
-    out: dict[str, tuple[int, ...]] = {"backbone.embedding.weight": (V, d)}
-    for i in range(cfg.n_layer):
-        p = f"backbone.layers.{i}."
-        out[p + "norm.weight"] = (d,)
-        out[p + "mixer.in_proj.weight"] = (cfg.d_in_proj, d)
-        if cfg.bias:
-            out[p + "mixer.in_proj.bias"] = (cfg.d_in_proj,)
-        out[p + "mixer.conv1d.weight"] = (cfg.conv_dim, 1, cfg.d_conv)
-        if cfg.conv_bias:
-            out[p + "mixer.conv1d.bias"] = (cfg.conv_dim,)
-        out[p + "mixer.dt_bias"] = (cfg.nheads,)
-        out[p + "mixer.A_log"] = (cfg.nheads,)
-        out[p + "mixer.D"] = (cfg.ssm_dim,) if cfg.D_has_hdim else (cfg.nheads,)
-        out[p + "mixer.norm.weight"] = (cfg.ssm_dim,)
-        out[p + "mixer.out_proj.weight"] = (d, cfg.d_inner)
-        if cfg.bias:
-            out[p + "mixer.out_proj.bias"] = (d,)
-    out["backbone.norm_f.weight"] = (d,)
-    out["lm_head.weight"] = (V, d)
-    return out
-
-
-def init_state_dict(cfg: Mamba2Config, seed: int = 0, dtype: str = "float32") -> dict[str, np.ndarray]:
-    """Random weights initialised as mamba_ssm v2.2.2 does (``Mamba2.__init__`` + ``_init_weights``).
-
-    * in_proj / out_proj: nn.Linear's kaiming-uniform, U(±1/sqrt(fan_in)); out_proj additionally
-      rescaled by 1/sqrt(n_layer) (``rescale_prenorm_residual``); linear biases zero.
-    * conv1d: U(±1/sqrt(d_conv)) for weight and bias (depthwise: fan_in = d_conv).
-    * dt_bias = inverse-softplus(dt), dt = exp(U[log dt_min, log dt_max]) floored at dt_init_floor.
-    * A_log = log(U[A_init_range]),  D = 1,  norms = 1,  embedding ~ N(0, 0.02), tied LM head.
-    """
-    rng = np.random.default_rng(seed)
-    d, h = cfg.d_model, cfg.nheads
-    sd: dict[str, np.ndarray] = {}
-    sd["backbone.embedding.weight"] = rng.normal(0.0, 0.02, (cfg.padded_vocab_size, d))
-    for i in range(cfg.n_layer):
-        p = f"backbone.layers.{i}."
-        sd[p + "norm.weight"] = np.ones(d)
-        b_in = 1.0 / math.sqrt(d)
-        sd[p + "mixer.in_proj.weight"] = rng.uniform(-b_in, b_in, (cfg.d_in_proj, d))
-        if cfg.bias:
-            sd[p + "mixer.in_proj.bias"] = np.zeros(cfg.d_in_proj)
-        b_conv = 1.0 / math.sqrt(cfg.d_conv)
-        sd[p + "mixer.conv1d.weight"] = rng.uniform(-b_conv, b_conv, (cfg.conv_dim, 1, cfg.d_conv))
-        if cfg.conv_bias:
-            sd[p + "mixer.conv1d.bias"] = rng.uniform(-b_conv, b_conv, (cfg.conv_dim,))
-        dt = np.exp(rng.uniform(0, 1, h) * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min))
-        dt = np.maximum(dt, cfg.dt_init_floor)
-        sd[p + "mixer.dt_bias"] = dt + np.log(-np.expm1(-dt))
-        sd[p + "mixer.A_log"] = np.log(rng.uniform(*cfg.A_init_range, h))
-        sd[p + "mixer.D"] = np.ones(cfg.ssm_dim if cfg.D_has_hdim else h)
-        sd[p + "mixer.norm.weight"] = np.ones(cfg.ssm_dim)
-        b_out = 1.0 / math.sqrt(cfg.d_inner)
-        sd[p + "mixer.out_proj.weight"] = rng.uniform(-b_out, b_out, (d, cfg.d_inner)) / math.sqrt(cfg.n_layer)
-        if cfg.bias:
-            sd[p + "mixer.out_proj.bias"] = np.zeros(d)
-    sd["backbone.norm_f.weight"] = np.ones(d)
-    sd = {k: v.astype(dtype) for k, v in sd.items()}
-    sd["lm_head.weight"] = sd["backbone.embedding.weight"]
-    return sd
 
 
 def validate_state_dict(cfg: Mamba2Config, sd: dict[str, Any], source: str = "checkpoint") -> None:
@@ -215,10 +151,12 @@ def write_checkpoint(cfg: Mamba2Config, sd: dict[str, np.ndarray], out_dir: str 
     validate_state_dict(cfg, sd, source="state dict to write")
     arrs = {k: (np.asarray(v).astype(dtype) if dtype else np.asarray(v)) for k, v in sd.items()}
     if fmt == "state-spaces":
-        (out_dir / "config.json").write_text(json.dumps(cfg.to_state_spaces(), indent=4))
+        # json.dumps, not the strict results encoder: a finite-lower, infinite-upper dt_limit is
+        # written as mamba_ssm itself writes it (Python's JSON ``Infinity``)
+        atomic_write_text(out_dir / "config.json", json.dumps(cfg.to_state_spaces(), indent=4))
         weights = weights or "bin"
     elif fmt == "hf":
-        (out_dir / "config.json").write_text(json.dumps(cfg.to_hf(), indent=2))
+        atomic_write_text(out_dir / "config.json", json.dumps(cfg.to_hf(), indent=2))
         arrs = {("backbone.embeddings.weight" if k == "backbone.embedding.weight" else k): v for k, v in arrs.items()}
         weights = "safetensors"
     else:
@@ -229,26 +167,20 @@ def write_checkpoint(cfg: Mamba2Config, sd: dict[str, np.ndarray], out_dir: str 
         tensors = {k: torch.from_numpy(np.array(v, copy=True, order="C")) for k, v in arrs.items()}
         if cfg.tie_embeddings:
             tensors["lm_head.weight"] = tensors["backbone.embedding.weight"]
-        _atomic(out_dir / "pytorch_model.bin", lambda p: torch.save(tensors, p))
+        atomic_write(out_dir / "pytorch_model.bin", lambda f: torch.save(tensors, f))
         stale = out_dir / "model.safetensors"
     else:
         from safetensors.numpy import save_file
 
         if cfg.tie_embeddings:
             arrs.pop("lm_head.weight", None)  # safetensors cannot alias; tied head is implied
-        _atomic(out_dir / "model.safetensors",
-                lambda p: save_file({k: np.ascontiguousarray(v) for k, v in arrs.items()}, p,
-                                    metadata={"format": "pt"}))
+        atomic_write(out_dir / "model.safetensors",
+                     lambda p: save_file({k: np.ascontiguousarray(v) for k, v in arrs.items()}, p,
+                                         metadata={"format": "pt"}), binary=None)
         stale = out_dir / "pytorch_model.bin"
     if stale.exists():
         stale.unlink()
     return out_dir
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(str(tmp))
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------ hub
@@ -297,7 +229,8 @@ def model_from_state_dict(cfg: Mamba2Config, sd: dict[str, np.ndarray], dtype="f
                           scan_chunk_size=None):
     import jax.numpy as jnp
 
-    from .model import Mamba2LMHeadModel, jax_params_from_state_dict
+    from .model import Mamba2LMHeadModel
+    from .params import jax_params_from_state_dict
 
     pol = precision_policy(dtype)
     prec = precision if precision is not None else pol["matmul_precision"]
@@ -325,7 +258,7 @@ def load_pretrained(path_or_hub_id: str | Path, dtype="float32", revision: str |
 
 def save_pretrained(model, out_dir: str | Path, format: str = "state-spaces", dtype: str | None = None,
                     weights: str | None = None) -> Path:
-    from .model import state_dict_from_model
+    from .params import state_dict_from_model
 
     sd = state_dict_from_model(model)
     return write_checkpoint(model.cfg, sd, out_dir, fmt=format, dtype=dtype, weights=weights)

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from mamba2_jax.fileio import atomic_savez, atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 BACKENDS = ("mamba_ssm_ref_cpu", "transformers", "mamba_ssm_triton")
 TOPK = 8
@@ -176,10 +178,8 @@ class GoldenWriter:
         out.parent.mkdir(parents=True, exist_ok=True)
         meta = {**meta, "prompt_ids": self.prompt_ids, "n_prompts": len(self.prompt_ids), "format": "golden-v1"}
         text = json.dumps(meta, indent=2, default=str)
-        tmp = out.with_name(out.name + ".tmp.npz")
-        np.savez(tmp, meta_json=np.array(text), **self.arrays)
-        os.replace(tmp, out)
-        out.with_suffix(".json").write_text(text)
+        atomic_savez(out, meta_json=np.array(text), **self.arrays)
+        atomic_write_text(out.with_suffix(".json"), text)
         return out
 
 

@@ -9,7 +9,7 @@ import torch
 from mamba2_jax.checkpoint import (CheckpointError, init_state_dict, load_pretrained, read_state_dict,
                                    resolve_model_dir, save_pretrained, write_checkpoint)
 from mamba2_jax.config import get_preset
-from mamba2_jax.model import state_dict_from_model
+from mamba2_jax.params import state_dict_from_model
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
-"""WikiText loading, document splitting and the lm-eval detokenizer (mamba2_jax.data)."""
+"""WikiText loading, document splitting and the lm-eval detokenizer (mamba2_jax.eval.data)."""
 
 import hashlib
 import os
 
 import pytest
 
-from mamba2_jax import data as D
+from mamba2_jax.eval import data as D
 
 
 # ------------------------------------------------------------------------------ detokenizer

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from mamba2_jax import bench
+from mamba2_jax.eval import bench
+from mamba2_jax.eval.results import validate_result
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "experiments" / "conf"
@@ -33,7 +34,7 @@ def cfg_for(name, *overrides):
 def check_files(paths, experiment):
     jp, cp = paths
     doc = json.loads(Path(jp).read_text())
-    bench.validate_result(doc)
+    validate_result(doc)
     assert doc["experiment"] == experiment
     assert doc["provenance"]["git"]["sha"]
     assert doc["hardware"]["profile"]["name"] == "cpu" and doc["hardware"]["matches_device"]

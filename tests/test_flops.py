@@ -1,4 +1,4 @@
-"""Analytic FLOP and byte counters (mamba2_jax/flops.py) against hand-computed values.
+"""Analytic FLOP and byte counters (mamba2_jax/eval/flops.py) against hand-computed values.
 
 Tiny preset: d=64, n_layer=2, vocab 250 (padded 256), d_state n=16, headdim p=16, chunk q=16,
 expand 2 → d_inner 128, h=8 heads, g=1, conv_dim 160, d_in_proj 296, d_conv 4.
@@ -6,7 +6,7 @@ expand 2 → d_inner 128, h=8 heads, g=1, conv_dim 160, d_in_proj 296, d_conv 4.
 
 import pytest
 
-from mamba2_jax import flops
+from mamba2_jax.eval import flops
 from mamba2_jax.config import get_preset
 
 TINY = get_preset("tiny")

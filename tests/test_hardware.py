@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from mamba2_jax import hardware as hw
+from mamba2_jax.eval import hardware as hw
 
 SMALL = dict(matmul_n=64, bandwidth_bytes=1 << 20, reps=2, measure_bf16=False)
 
@@ -73,6 +73,6 @@ def test_resolve_override_records_mismatch():
 def test_unknown_accelerator_has_no_peaks():
     r = hw.resolve_profile("auto", desc={"platform": "gpu", "device_kind": "NVIDIA A100"})
     assert r["profile"].name == "unknown" and math.isnan(r["profile"].peak_flops("float32")[0])
-    from mamba2_jax.bench import utilisation
+    from mamba2_jax.eval.bench import utilisation
 
     assert utilisation(1e9, 1.0, r["profile"].peak_flops("float32")[0]) is None

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mamba2_jax import perplexity as P
+from mamba2_jax.eval import perplexity as P
 from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
 from mamba2_jax.config import get_preset
 
@@ -256,7 +256,7 @@ def test_resume_after_interruption_equals_uninterrupted(tiny_model, tmp_path):
 _KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     import numpy as np
-    from mamba2_jax import perplexity as P
+    from mamba2_jax.eval import perplexity as P
     from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
     from mamba2_jax.config import get_preset
     cfg = get_preset("tiny")
@@ -295,7 +295,7 @@ def test_sharded_over_two_devices_matches_one(tmp_path):
     script = textwrap.dedent("""
         import sys, jax, numpy as np
         jax.config.update("jax_default_matmul_precision", "highest")
-        from mamba2_jax import perplexity as P
+        from mamba2_jax.eval import perplexity as P
         from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
         from mamba2_jax.config import get_preset
         assert len(jax.devices()) == 2

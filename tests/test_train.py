@@ -1,4 +1,4 @@
-"""Training library (mamba2_jax.train): loss decreases, runs are bitwise deterministic, batching
+"""Training library (mamba2_jax.eval.train): loss decreases, runs are bitwise deterministic, batching
 and evaluation helpers behave."""
 
 import math
@@ -8,7 +8,7 @@ import numpy as np
 
 from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
 from mamba2_jax.config import Mamba2Config
-from mamba2_jax.train import (_STEPS, TokenBatcher, Trainer, TrainConfig, greedy_generate, lm_loss, split_articles,
+from mamba2_jax.eval.train import (_STEPS, TokenBatcher, Trainer, TrainConfig, greedy_generate, lm_loss, split_articles,
                               strided_perplexity, weight_decay_mask)
 
 # small vocabulary, two groups (per-group B/C path), several chunks per sequence

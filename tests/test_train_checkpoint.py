@@ -10,7 +10,7 @@ import pytest
 from mamba2_jax import load_pretrained
 from mamba2_jax.checkpoint import expected_shapes
 from mamba2_jax.config import Mamba2Config
-from mamba2_jax.train import greedy_generate
+from mamba2_jax.eval.train import greedy_generate
 
 REPO = Path(__file__).resolve().parents[1]
 CKPT = REPO / "checkpoints" / "mamba2-tiny-wikitext"

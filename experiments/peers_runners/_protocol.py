@@ -22,7 +22,7 @@ MARK = "@@PEER "
 
 
 def random_ids(batch: int, length: int, vocab: int, seed: int = 0) -> np.ndarray:
-    """Same ids as ``mamba2_jax.bench.random_ids`` (duplicated: see module docstring)."""
+    """Same ids as ``mamba2_jax.eval.bench.random_ids`` (duplicated: see module docstring)."""
     rng = np.random.default_rng(seed)
     return rng.integers(2, vocab, size=(batch, length), dtype=np.int32)
 

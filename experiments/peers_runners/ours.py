@@ -28,7 +28,7 @@ def setup(weights_dir, prefill_length, decode_prompt, decode_tokens, recompute_c
     import numpy as np
     from flax import nnx
 
-    from mamba2_jax import bench
+    from mamba2_jax.eval import bench
     from mamba2_jax.checkpoint import load_pretrained
 
     t0 = time.perf_counter()

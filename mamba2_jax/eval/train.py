@@ -29,9 +29,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from .checkpoint import init_state_dict, model_from_state_dict
-from .config import Mamba2Config
-from .model import Mamba2LMHeadModel
+from ..checkpoint import init_state_dict, model_from_state_dict
+from ..config import Mamba2Config
+from ..model import Mamba2LMHeadModel
 
 __all__ = [
     "TrainConfig", "read_wikitext_rows", "split_articles", "tokenize_documents", "TokenBatcher",
@@ -360,7 +360,7 @@ def strided_perplexity(model: Mamba2LMHeadModel, tokens: np.ndarray, max_length:
     never scored).  With stride == max_length the windows are disjoint and each window's first
     token is context only.  Returns {"nll", "ppl", "n_tokens"}.
 
-    A fallback for the project's ``mamba2_jax.perplexity`` module; it runs the same model path as
+    A fallback for the project's ``mamba2_jax.eval.perplexity`` module; it runs the same model path as
     training (``lm_loss``).
     """
     tokens = np.asarray(tokens, np.int32)

@@ -18,7 +18,7 @@ returns ``loglik`` (n,) float64, the sum over those targets, and ``n_scored`` (n
 
 Protocol ``lm_eval_rolling`` (lm-evaluation-harness ``wikitext``, semantics of v0.4.9)
 --------------------------------------------------------------------------------------
-1. Documents: the EleutherAI/wikitext_document_level articles (:func:`mamba2_jax.data.split_documents`).
+1. Documents: the EleutherAI/wikitext_document_level articles (:func:`mamba2_jax.eval.data.split_documents`).
 2. Text scored: ``wikitext_detokenizer(page)``, tokenized without special tokens.
 3. Windows: ``get_rolling_token_windows(tokens, prefix_token=EOT(0), max_seq_len=max_length,
    context_len=1)`` followed by ``make_disjoint_window`` and HFLM's ``(context + continuation)
@@ -65,39 +65,19 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..fileio import atomic_savez, atomic_write_json, atomic_write_text
+from ..paths import checkout_root
+
 __all__ = [
     "PROTOCOLS", "LM_EVAL_VERSION", "Windows", "WindowScores", "pack_windows", "rolling_windows",
     "lm_eval_windows", "strided_windows", "aggregate", "JaxScorer", "ReferenceUnavailable", "ReferenceFailed",
-    "REFERENCE_BACKENDS", "reference_available", "run_reference", "atomic_savez", "relative_diff",
+    "REFERENCE_BACKENDS", "reference_available", "run_reference", "relative_diff",
 ]
 
 PROTOCOLS = ("lm_eval_rolling", "strided")
 LM_EVAL_VERSION = "0.4.9"
 REFERENCE_MODULE = "reference.score"
 REFERENCE_BACKENDS = ("mamba_ssm_ref_cpu", "transformers", "mamba_ssm_triton")
-REPO = Path(__file__).resolve().parents[1]
-
-
-# ------------------------------------------------------------------------------ file helpers
-def atomic_savez(path: str | Path, compress: bool = False, **arrays: Any) -> None:
-    """``np.savez`` (or ``savez_compressed``) to a temporary file in the same directory, fsync, then
-    ``os.replace``: a reader never sees a half-written file, even if the writer is killed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            (np.savez_compressed if compress else np.savez)(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _json_array(d: dict[str, Any]) -> np.ndarray:
@@ -478,13 +458,14 @@ class ReferenceFailed(RuntimeError):
     """The reference scorer ran but failed or returned something that breaks the contract."""
 
 
-def reference_available(module: str = REFERENCE_MODULE, cwd: str | Path = REPO, python: str = sys.executable,
+def reference_available(module: str = REFERENCE_MODULE, cwd: str | Path | None = None, python: str = sys.executable,
                         env: dict[str, str] | None = None) -> str | None:
-    """None if ``python -m module`` can be found from ``cwd``, else the reason why not."""
+    """None if ``python -m module`` can be found from ``cwd`` (default: the checkout), else the reason why not."""
+    cwd = cwd if cwd is not None else checkout_root()
     code = ("import importlib.util, sys\n"
             "try:\n    s = importlib.util.find_spec(sys.argv[1])\nexcept Exception:\n    s = None\n"
             "sys.exit(0 if s is not None else 3)")
-    r = subprocess.run([python, "-c", code, module], cwd=str(cwd), capture_output=True, text=True,
+    r = subprocess.run([python, "-c", code, module], cwd=None if cwd is None else str(cwd), capture_output=True, text=True,
                        env=env)
     if r.returncode == 0:
         return None
@@ -496,7 +477,7 @@ def reference_available(module: str = REFERENCE_MODULE, cwd: str | Path = REPO, 
 
 def run_reference(backend: str, model_dir: str | Path, windows_path: str | Path, out_path: str | Path,
                   windows: Windows | None = None, *, module: str = REFERENCE_MODULE, python: str = sys.executable,
-                  cwd: str | Path = REPO, env: dict[str, str] | None = None, timeout: float | None = None,
+                  cwd: str | Path | None = None, env: dict[str, str] | None = None, timeout: float | None = None,
                   log_path: str | Path | None = None, extra_args: Sequence[str] = (),
                   reuse: bool = True) -> WindowScores:
     """Run one reference backend on a windows file and read back its scores.
@@ -517,6 +498,7 @@ def run_reference(backend: str, model_dir: str | Path, windows_path: str | Path,
                 return sc
         except (ReferenceFailed, ValueError, OSError):
             pass
+    cwd = cwd if cwd is not None else checkout_root()
     why = reference_available(module, cwd, python, env)
     if why is not None:
         raise ReferenceUnavailable(why)
@@ -526,19 +508,18 @@ def run_reference(backend: str, model_dir: str | Path, windows_path: str | Path,
            "--out", str(tmp_out), *map(str, extra_args)]
     t0 = time.perf_counter()
     try:
-        r = subprocess.run(cmd, cwd=str(cwd), capture_output=True, text=True, env=env, timeout=timeout)
+        r = subprocess.run(cmd, cwd=None if cwd is None else str(cwd), capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise ReferenceFailed(f"{' '.join(cmd)} timed out after {timeout} s") from None
     wall = time.perf_counter() - t0
     if log_path is not None:
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(log_path).write_text(f"$ {' '.join(cmd)}\n# rc={r.returncode}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}")
+        atomic_write_text(log_path, f"$ {' '.join(cmd)}\n# rc={r.returncode}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}")
     if r.returncode != 0:
         tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-15:])
         raise ReferenceFailed(f"reference backend {backend!r} failed (exit {r.returncode}):\n{tail}")
     sc = _read_reference_out(tmp_out, windows, backend)
     os.replace(tmp_out, out_path)
-    sidecar.write_text(json.dumps(want))
+    atomic_write_json(sidecar, want, indent=None)
     sc.info.update({"wall_seconds": wall, "command": cmd, "reused": False})
     return sc
 

@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .config import Mamba2Config
+from ..config import Mamba2Config
 
 __all__ = ["itemsize", "param_bytes", "state_bytes", "prefill_flops", "decode_flops", "decode_bytes",
            "prefill_bytes", "recompute_flops"]

@@ -11,15 +11,13 @@ separately:
   independent of the context length, so caches built at several contexts share one executable.
   ms/token = loop seconds / n_tokens; results quote the median over repetitions.
 * full-prefix recompute: producing one token without a cache costs one prefill over the whole
-  prefix (last-position logits only); :func:`recompute_bench` compiles it once for the context
-  length and times it like a prefill.  (Growth of the prefix over successive tokens is ignored,
+  prefix (last-position logits only); it is a :class:`PrefillBench` with ``last_only=True``,
+  compiled once for the context length and timed like a prefill.  (Growth of the prefix over successive tokens is ignored,
   which slightly favours recompute.)
 * :func:`alternate` runs several timed callables round-robin (rotating the starting one each
   round), so things that are compared are measured side by side under the same machine load.
 
-:func:`write_results` writes ``results/<experiment>/<run>.json`` (records + provenance + hardware
-profile + config) and a tidy CSV of the records next to it; :func:`validate_result` checks the
-schema.
+Results are written through :mod:`mamba2_jax.eval.results` (one schema, strict JSON).
 """
 
 from __future__ import annotations
@@ -35,28 +33,28 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["REPO", "data_dir", "load_model_spec", "build_model", "PrefillBench", "DecodeBench",
-           "recompute_bench", "alternate", "median", "write_results", "validate_result", "provenance",
-           "SCHEMA_VERSION", "random_ids", "utilisation"]
+from ..paths import CONF_DIR
+from ..paths import data_dir as _data_dir
+from .results import write_results
 
-REPO = Path(__file__).resolve().parents[1]
-SCHEMA_VERSION = 1
+__all__ = ["data_dir", "load_model_spec", "build_model", "PrefillBench", "DecodeBench",
+           "alternate", "median", "random_ids", "utilisation"]
+
+
+def data_dir(override: str | os.PathLike | None = None) -> Path:
+    """The shared data directory (:func:`mamba2_jax.paths.data_dir`); an error if there is none."""
+    d = _data_dir(override)
+    if d is None:
+        raise FileNotFoundError("no data directory: pass paths.data_dir=DIR or set MAMBA2_JAX_DATA "
+                                "(a directory holding mamba2-configs/, gpt-neox-20b/, wikitext-103-raw-v1/)")
+    return d
 
 
 # ------------------------------------------------------------------------------ paths / models
-def data_dir(override: str | os.PathLike | None = None) -> Path:
-    """Shared data directory: ``override``, else $MAMBA2_JAX_DATA, else ../shared/data of the repo."""
-    if override:
-        p = Path(override)
-        return (p if p.is_absolute() else REPO / p).resolve()
-    env = os.environ.get("MAMBA2_JAX_DATA")
-    return Path(env).resolve() if env else (REPO.parent / "shared" / "data").resolve()
-
-
 def load_model_spec(name: str, conf_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """The Hydra ``model`` group entry ``experiments/conf/model/<name>.yaml`` as a plain dict
     (falls back to a bare preset name if there is no such file)."""
-    conf_dir = Path(conf_dir) if conf_dir else REPO / "experiments" / "conf"
+    conf_dir = Path(conf_dir) if conf_dir else CONF_DIR
     p = conf_dir / "model" / f"{name}.yaml"
     if not p.exists():
         return {"name": name, "preset": name}
@@ -69,7 +67,7 @@ def load_model_spec(name: str, conf_dir: str | os.PathLike | None = None) -> dic
 
 def model_config(spec: dict[str, Any], data: Path | None = None):
     """Mamba2Config for a model spec: ``config_json`` (relative to the data dir) else ``preset``."""
-    from .config import Mamba2Config, get_preset
+    from ..config import Mamba2Config, get_preset
 
     cj = spec.get("config_json")
     if cj:
@@ -86,7 +84,7 @@ def build_model(spec: dict[str, Any] | str, dtype: str = "float32", checkpoint: 
                 seed: int = 0, precision: str | None = None, data: Path | None = None):
     """(model, info): weights from ``checkpoint`` (or ``spec['checkpoint']``) if given, else the
     mamba_ssm-style random init of the spec's shape."""
-    from .checkpoint import init_state_dict, load_pretrained, model_from_state_dict
+    from ..checkpoint import init_state_dict, load_pretrained, model_from_state_dict
 
     spec = load_model_spec(spec) if isinstance(spec, str) else dict(spec)
     ckpt = checkpoint or spec.get("checkpoint")
@@ -192,11 +190,6 @@ class PrefillBench:
         return [self.run() for _ in range(reps)]
 
 
-def recompute_bench(model, context: int, batch: int = 1, seed: int = 0) -> PrefillBench:
-    """Full-prefix recompute for one new token = one last-only prefill over ``context`` tokens."""
-    return PrefillBench(model, context, batch, last_only=True, seed=seed)
-
-
 # ------------------------------------------------------------------------------ decode
 @dataclass
 class DecodeBench:
@@ -285,116 +278,6 @@ class DecodeBench:
 
     def times(self, name: str, reps: int) -> list[float]:
         return [self.run(name) for _ in range(reps)]
-
-
-# ------------------------------------------------------------------------------ provenance / results
-def provenance(**extra) -> dict[str, Any]:
-    """``mamba2_jax.provenance.provenance()``; a minimal fallback if that module is missing."""
-    try:
-        from .provenance import provenance as _prov
-
-        return _prov(**extra)
-    except ImportError:  # pragma: no cover - only before provenance.py existed
-        import platform
-        import subprocess
-        import sys
-
-        try:
-            sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        except OSError:
-            sha = None
-        return {"git": {"sha": sha}, "python": sys.version.split()[0], "platform": platform.platform(),
-                "fallback": True, **extra}
-
-
-_REQUIRED_TOP = ("schema_version", "experiment", "run", "label", "provenance", "hardware", "config", "records")
-# columns every record of an experiment must carry
-REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
-    "throughput": ("model", "dtype", "kind", "length", "batch", "median_s"),
-    "sweep": ("model", "dtype", "kind", "context", "median_s"),
-    "cache_speedup": ("model", "dtype", "context", "cached_ms_per_token", "recompute_ms_per_token", "speedup"),
-    "peers": ("peer", "metric", "value", "unit"),
-    "bench": ("metric", "value", "unit"),
-}
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        x = float(x)
-        return None if math.isnan(x) or math.isinf(x) else x
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, (str, int, bool)) or x is None:
-        return x
-    return str(x)
-
-
-def validate_result(doc: dict[str, Any]) -> None:
-    """Raise ValueError if ``doc`` is not a valid results document."""
-    missing = [k for k in _REQUIRED_TOP if k not in doc]
-    if missing:
-        raise ValueError(f"results document lacks {missing}")
-    if doc["schema_version"] != SCHEMA_VERSION:
-        raise ValueError(f"schema_version {doc['schema_version']} != {SCHEMA_VERSION}")
-    recs = doc["records"]
-    if not isinstance(recs, list) or not recs:
-        raise ValueError("records must be a non-empty list")
-    cols = REQUIRED_COLUMNS.get(doc["experiment"], ())
-    for i, r in enumerate(recs):
-        lack = [c for c in cols if c not in r]
-        if lack:
-            raise ValueError(f"record {i} lacks {lack}")
-    hw = doc["hardware"]
-    for k in ("profile", "device", "matches_device"):
-        if k not in hw:
-            raise ValueError(f"hardware section lacks {k!r}")
-
-
-def write_results(experiment: str, run: str, records: list[dict[str, Any]], *, hardware: dict[str, Any],
-                  config: dict[str, Any], label: str, out_dir: str | os.PathLike | None = None,
-                  extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
-    """Write ``<out_dir>/<run>.json`` and ``<out_dir>/<run>.csv``; returns both paths."""
-    import pandas as pd
-
-    out = Path(out_dir) if out_dir else REPO / "results" / experiment
-    if not out.is_absolute():
-        out = REPO / out
-    out.mkdir(parents=True, exist_ok=True)
-    hw = dict(hardware)
-    prof = hw.get("profile")
-    if hasattr(prof, "to_dict"):
-        hw["profile"] = prof.to_dict()
-    try:
-        load = list(os.getloadavg())
-    except OSError:  # pragma: no cover - not on every platform
-        load = None
-    doc = {
-        "schema_version": SCHEMA_VERSION,
-        "experiment": experiment,
-        "run": run,
-        "label": label,
-        "provenance": provenance(load_avg_at_write=load),
-        "hardware": hw,
-        "config": config,
-        "records": records,
-        **(extra or {}),
-    }
-    doc = _jsonable(doc)
-    validate_result(doc)
-    jp, cp = out / f"{run}.json", out / f"{run}.csv"
-    tmp = jp.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, jp)
-    flat = [{k: v for k, v in r.items() if not isinstance(v, (list, dict))} for r in doc["records"]]
-    df = pd.DataFrame(flat)
-    df.insert(0, "run", run)
-    df.insert(1, "device", hw.get("profile", {}).get("name") if isinstance(hw.get("profile"), dict) else None)
-    df.to_csv(cp, index=False)
-    return jp, cp
 
 
 # ------------------------------------------------------------------------------ experiment plumbing

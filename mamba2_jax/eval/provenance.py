@@ -19,7 +19,8 @@ from typing import Any
 
 __all__ = ["provenance", "git_info", "package_versions", "cpu_model", "utc_now"]
 
-REPO = Path(__file__).resolve().parents[1]
+from ..paths import checkout_root
+
 DEFAULT_PACKAGES = ("jax", "jaxlib", "flax", "numpy", "torch", "transformers", "tokenizers", "safetensors",
                     "mamba-ssm", "triton", "einops", "hydra-core", "mamba2-jax-artifact")
 
@@ -28,7 +29,7 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def _git(*args: str, cwd: Path = REPO) -> str | None:
+def _git(*args: str, cwd: Path) -> str | None:
     try:
         out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
@@ -36,9 +37,12 @@ def _git(*args: str, cwd: Path = REPO) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def git_info(cwd: str | Path = REPO) -> dict[str, Any]:
-    """{"sha": full sha or None, "dirty": bool or None, "branch": name or None}."""
-    cwd = Path(cwd)
+def git_info(cwd: str | Path | None = None) -> dict[str, Any]:
+    """{"sha": full sha or None, "dirty": bool or None, "branch": name or None} of the checkout the
+    package runs from (or of ``cwd``); all None from an installed wheel."""
+    cwd = Path(cwd) if cwd is not None else checkout_root()
+    if cwd is None:
+        return {"sha": None, "dirty": None, "branch": None}
     sha = _git("rev-parse", "HEAD", cwd=cwd)
     status = _git("status", "--porcelain", "--untracked-files=no", cwd=cwd)
     branch = _git("rev-parse", "--abbrev-ref", "HEAD", cwd=cwd)
