@@ -25,6 +25,7 @@ import hydra
 from mamba2_jax.eval.results import write_results
 from mamba2_jax.eval import bench, flops
 from mamba2_jax.eval.hardware import StreamBench
+from mamba2_jax.paths import require_data_dir
 
 
 def run(cfg) -> dict:
@@ -37,7 +38,7 @@ def run(cfg) -> dict:
     dtypes = [str(d) for d in B.dtypes]
     base = dtypes[0]
     spec = bench.load_model_spec(str(B.model))
-    dd = bench.data_dir(cfg.paths.data_dir)
+    dd = require_data_dir(cfg.paths.data_dir)
     ckpt = (dict(cfg.checkpoints or {})).get(str(B.model))
 
     models, infos, dbs = {}, {}, {}

@@ -34,7 +34,7 @@ def run(cfg) -> dict:
         fns = {}
         for c in contexts:
             db.add_context(f"c{c}", c)
-            fns[f"cached:{c}"] = (lambda c=c: db.run(f"c{c}") / n)
+            fns[f"cached:{c}"] = (lambda c=c, db=db: db.run(f"c{c}") / n)
             fns[f"recompute:{c}"] = db.prefill_bench(c).run   # last-only prefill of the whole prefix
         times = bench.alternate(fns, reps)
         for c in contexts:

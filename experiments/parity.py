@@ -214,52 +214,20 @@ def load_jax_model(model_dir: Path, dtype: str, precision: str, plant_bug: str |
                    "plant_bug": plant_bug}
 
 
-_JIT: dict[Any, Any] = {}
-
-
-def _jitted(graphdef, key):
-    """Jitted prefill/step closed over ``graphdef``, cached by ``key`` (config, dtype, precision):
-    models of the same structure (e.g. the planted-bug rerun) share compilations, and no nnx graph
-    traversal happens per decode step."""
-    if key not in _JIT:
-        import jax
-        from flax import nnx
-
-        def prefill(state, ids):
-            return nnx.merge(graphdef, state).prefill(ids, collect_hidden=True)
-
-        def step(state, tok, cache):
-            return nnx.merge(graphdef, state).step(tok, cache)
-
-        _JIT[key] = (jax.jit(prefill), jax.jit(step, donate_argnums=2))
-    return _JIT[key]
-
-
 class JaxRunner:
-    """Plain prefill + greedy step loop (no dependence on mamba2_jax.generate)."""
+    """Greedy continuation with per-step logits: :func:`mamba2_jax.generate.stepwise_greedy`, the
+    host-driven prefill + step loop (argmax over the padded vocabulary, as the references)."""
 
     def __init__(self, model):
-        from flax import nnx
-
         self.model = model
-        graphdef, self.state = nnx.split(model)
-        key = (model.cfg, str(model.dtype), str(getattr(model, "precision", None)))
-        self._prefill, self._step = _jitted(graphdef, key)
 
     def run(self, input_ids: list[int], n_new: int) -> dict[str, np.ndarray]:
-        import jax.numpy as jnp
+        from mamba2_jax.generate import stepwise_greedy
 
-        ids = jnp.asarray(np.asarray([input_ids], np.int32))
-        logits, cache, hidden = self._prefill(self.state, ids)
-        step_logits = [np.asarray(logits[0, -1])]
-        tokens = [int(np.argmax(step_logits[-1]))]
-        for _ in range(n_new - 1):
-            lg, cache = self._step(self.state, jnp.asarray([tokens[-1]], jnp.int32), cache)
-            step_logits.append(np.asarray(lg[0]))
-            tokens.append(int(np.argmax(step_logits[-1])))
-        sl = np.stack(step_logits)
+        r = stepwise_greedy(self.model, input_ids, n_new, mask_padded_vocab=False)
+        sl = r["step_logits"]
         top2 = -np.sort(-sl, axis=-1)[:, :2]
-        return {"hidden": np.asarray(hidden[:, 0]), "logits": np.asarray(logits[0]), "tokens": np.array(tokens),
+        return {"hidden": r["hidden"], "logits": r["logits"], "tokens": r["tokens"],
                 "step_logits": sl, "margin": top2[:, 0] - top2[:, 1], "absmax": np.abs(sl).max(-1)}
 
 

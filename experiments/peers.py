@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from mamba2_jax.eval.results import write_results  # noqa: E402
 from mamba2_jax.eval import bench  # noqa: E402
+from mamba2_jax.paths import require_data_dir  # noqa: E402
 
 RUNNERS = REPO / "experiments" / "peers_runners"
 MARK = "@@PEER "
@@ -124,7 +125,7 @@ def run(cfg) -> dict:
     work = (work if work.is_absolute() else REPO / work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     spec = bench.load_model_spec(str(P.model))
-    mcfg = bench.model_config(spec, bench.data_dir(cfg.paths.data_dir))
+    mcfg = bench.model_config(spec, require_data_dir(cfg.paths.data_dir))
     weights = make_weights(mcfg, seed, work)
     anchor = Path(P.anchor_dir)
     anchor = (anchor if anchor.is_absolute() else REPO / anchor).resolve()

@@ -27,7 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from mamba2_jax.fileio import atomic_savez
+from mamba2_jax.fileio import atomic_savez, atomic_write_json, atomic_write_text, sha256_files, to_jsonable
+from mamba2_jax.eval.provenance import provenance
+from mamba2_jax.paths import require_data_dir
 from mamba2_jax.eval import perplexity as ppl  # noqa: E402
 from mamba2_jax.eval.data import (check_rows, count_bytes, count_words, load_wikitext_rows,  # noqa: E402
                              wikitext_detokenizer)
@@ -50,30 +52,7 @@ def _abs(p: str | Path | None) -> Path | None:
 
 
 def data_dir(cfg) -> Path:
-    d = cfg.paths.data_dir
-    return _abs(d) if d else (REPO.parent / "shared" / "data")
-
-
-def get_provenance(**extra: Any) -> dict[str, Any]:
-    try:
-        from mamba2_jax.eval.provenance import provenance
-
-        return provenance(**extra)
-    except ImportError:  # fallback while mamba2_jax.eval.provenance is not there
-        import platform
-        import subprocess
-
-        def git(*a):
-            r = subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True)
-            return r.stdout.strip() if r.returncode == 0 else None
-
-        import jax
-
-        return {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "git": {"sha": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain",
-                                                                            "--untracked-files=no"))},
-                "python": sys.version.split()[0], "platform": platform.platform(),
-                "jax": {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]}, **extra}
+    return require_data_dir(cfg.paths.data_dir)
 
 
 # ------------------------------------------------------------------------------ models
@@ -85,22 +64,6 @@ def _fingerprint(model_dir: Path) -> dict[str, Any]:
             st = f.stat()
             files[name] = [st.st_size, st.st_mtime_ns]
     return {"dir": str(model_dir.resolve()), "files": files}
-
-
-def _weights_digest(model_dir: Path) -> dict[str, Any]:
-    """sha256 and size of the checkpoint files, recorded with every result."""
-    import hashlib
-
-    out = {}
-    for name in ("config.json", "pytorch_model.bin", "model.safetensors"):
-        f = model_dir / name
-        if f.exists():
-            h = hashlib.sha256()
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 24), b""):
-                    h.update(block)
-            out[name] = {"bytes": f.stat().st_size, "sha256": h.hexdigest()}
-    return out
 
 
 def synthetic_checkpoint(cfg) -> Path:
@@ -255,7 +218,7 @@ def evaluate_one(spec: dict[str, Any], protocol: str, windows: ppl.Windows, winf
             else:
                 raise ValueError(f"unknown backend {b!r} (jax_fp32 | jax_bf16 | {' | '.join(ppl.REFERENCE_BACKENDS)})")
             m = ppl.aggregate(windows, sc, words, nbytes)
-            backends[b] = {"status": "ok", **m, "seconds": time.perf_counter() - t0, "run": _jsonable(sc.info)}
+            backends[b] = {"status": "ok", **m, "seconds": time.perf_counter() - t0, "run": to_jsonable(sc.info)}
             per_window[b] = sc.loglik
             log(f"{spec['label']}/{protocol}/{b}: " + _headline(protocol, m))
         except ppl.ReferenceUnavailable as e:
@@ -326,22 +289,7 @@ def compare(backends: dict[str, dict[str, Any]], protocol: str, ref_name: str, t
     return out
 
 
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, set)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    if isinstance(x, (str, int, float, bool)) or x is None:
-        return x
-    return str(x)
+
 
 
 # ------------------------------------------------------------------------------ tables
@@ -456,8 +404,8 @@ def load_all_results(results_dir: Path) -> list[dict[str, Any]]:
 
 def write_tables(results_dir: Path) -> None:
     res = load_all_results(results_dir)
-    (results_dir / "summary.md").write_text(render_markdown(res))
-    (results_dir / "summary.tex").write_text(render_latex(res))
+    atomic_write_text(results_dir / "summary.md", render_markdown(res))
+    atomic_write_text(results_dir / "summary.tex", render_latex(res))
     log(f"wrote {results_dir / 'summary.md'} and summary.tex ({len(res)} result files)")
 
 
@@ -477,7 +425,7 @@ def evaluate(cfg) -> list[dict[str, Any]]:
     protocols = [cfg.protocol] if cfg.protocol else list(cfg.protocols)
     results_dir = _abs(cfg.paths.results_dir)
     jm = JaxModels(cfg)
-    prov = get_provenance()
+    prov = provenance()
     out = []
     failures = []
     windows_cache: dict[str, tuple[ppl.Windows, dict, Path]] = {}
@@ -488,7 +436,7 @@ def evaluate(cfg) -> list[dict[str, Any]]:
             log(f"model {name}: cannot be loaded: {type(e).__name__}: {e}")
             failures.append(str(name))
             continue
-        spec["weights_files"] = _weights_digest(Path(spec["dir"]))
+        spec["weights_files"] = sha256_files(Path(spec["dir"]))
         for protocol in protocols:
             if protocol not in windows_cache:
                 w, info = build_windows(protocol, rows, tok, cfg)
@@ -523,7 +471,7 @@ def evaluate(cfg) -> list[dict[str, Any]]:
             suffix = "" if info["scope"] == "full test set" else f"-limit{cfg.limit}"
             stem = results_dir / spec["label"] / f"{protocol}{suffix}{tag}"
             stem.parent.mkdir(parents=True, exist_ok=True)
-            stem.with_suffix(".json").write_text(json.dumps(_jsonable(res), indent=2) + "\n")
+            atomic_write_json(stem.with_suffix(".json"), res, indent=2)
             if r["per_window"]:
                 atomic_savez(stem.with_suffix(".scores.npz"), compress=True,
                                  windows_sha256=np.array(w.sha256()),
@@ -593,7 +541,7 @@ def timing(cfg) -> dict[str, Any]:
                  "values. The CPU may be shared with other jobs: see the load averages and the process CPU "
                  "seconds per window."),
         "extrapolated": {},
-        "provenance": get_provenance(),
+        "provenance": provenance(),
     }
     for p, wp in windows.items():
         in_len = np.maximum(wp.lengths - 1, 1)
@@ -609,7 +557,7 @@ def timing(cfg) -> dict[str, Any]:
     res["load_average_1_5_15min_at_end"] = list(os.getloadavg())
     out = _abs(cfg.paths.results_dir) / "timing" / f"{t.preset}-{t.dtype}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_jsonable(res), indent=2) + "\n")
+    atomic_write_json(out, res, indent=2)
     log(f"{t.preset} {t.dtype}: {per_window:.2f} s wall ({c_run / len(timed):.2f} s CPU) per full window; "
         + ", ".join(f"{p}: {v['n_windows']} windows ≈ {v['hours']:.2f} h" for p, v in res["extrapolated"].items())
         + f"  → {out}")

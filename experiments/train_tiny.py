@@ -22,18 +22,23 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+from mamba2_jax.checkpoint import load_pretrained, write_checkpoint
+from mamba2_jax.config import Mamba2Config
+from mamba2_jax.params import state_dict_from_model
+from mamba2_jax.tokenizer import load_tokenizer
+from mamba2_jax.eval import perplexity as P
+from mamba2_jax.eval.data import (count_bytes, count_words, raw_text_from_rows, rows_from_raw_file, split_documents,
+                                  wikitext_detokenizer)
+from mamba2_jax.eval.provenance import provenance
+from mamba2_jax.eval.train import TokenBatcher, Trainer, TrainConfig, wikitext_train_val
+from mamba2_jax.fileio import atomic_write_json, atomic_write_text, sha256_file
+from mamba2_jax.generate import stepwise_greedy
+from mamba2_jax.paths import checkout_root
 
-from mamba2_jax.checkpoint import load_pretrained, write_checkpoint  # noqa: E402
-from mamba2_jax.config import Mamba2Config  # noqa: E402
-from mamba2_jax.params import state_dict_from_model  # noqa: E402
-from mamba2_jax.tokenizer import load_tokenizer  # noqa: E402
-from mamba2_jax.eval.train import (TokenBatcher, Trainer, TrainConfig, greedy_generate, read_wikitext_rows,  # noqa: E402
-                              strided_perplexity, wikitext_train_val)
+REPO = checkout_root() or Path.cwd()
 
 
 def _path(p: str) -> Path:
@@ -41,47 +46,12 @@ def _path(p: str) -> Path:
     return p if p.is_absolute() else (REPO / p).resolve()
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _provenance(**extra):
-    try:
-        from mamba2_jax.eval.provenance import provenance
-        return provenance(**extra)
-    except ImportError:  # pragma: no cover - fallback when the provenance module is absent
-        import platform
-        import subprocess
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        return {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git": {"sha": sha},
-                "platform": platform.platform(), "jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
-                **extra}
-
-
-def _strided_fallback(model, tok, rows, max_length: int, stride: int) -> dict:
-    ids = np.asarray(tok.encode("\n\n".join(rows)), np.int32)
-    r = strided_perplexity(model, ids, max_length=max_length, stride=stride)
-    return {"token_perplexity": r["ppl"], "nll_per_token": r["nll"], "n_tokens": r["n_tokens"],
-            "implementation": "mamba2_jax.eval.train.strided_perplexity"}
-
-
 def test_perplexities(model, tok, test_file: Path, e: DictConfig) -> dict:
     """WikiText-103 test perplexity of ``model`` under the project's protocols (mamba2_jax.eval.perplexity):
     ``strided`` (HF guide, "\\n\\n".join(rows)) and ``lm_eval_rolling`` (lm-evaluation-harness
-    ``wikitext``).  Falls back to this module's strided scorer when mamba2_jax.eval.perplexity is absent."""
-    rows = read_wikitext_rows(test_file)
-    out: dict = {"test_file_sha256": _sha256(test_file)}
-    try:
-        from mamba2_jax.eval import perplexity as P
-        from mamba2_jax.eval.data import count_bytes, count_words, raw_text_from_rows, split_documents, wikitext_detokenizer
-    except ImportError as err:
-        print(f"mamba2_jax.eval.perplexity unavailable ({err}); strided fallback only", flush=True)
-        t0 = time.perf_counter()
-        out["strided"] = {"max_length": e.max_length, "stride": e.stride,
-                          **_strided_fallback(model, tok, rows, e.max_length, e.stride),
-                          "wall_s": round(time.perf_counter() - t0, 1)}
-        out["lm_eval_rolling"] = None
-        return out
+    ``wikitext``)."""
+    rows = rows_from_raw_file(test_file)
+    out: dict = {"test_file_sha256": sha256_file(test_file)}
     scorer = P.JaxScorer(model, batch_size=int(e.batch_size), bucket=int(e.bucket), logits_chunk=int(e.logits_chunk))
     t0 = time.perf_counter()
     w = P.strided_windows(tok.encode("\n\n".join(rows)), int(e.max_length), int(e.stride))
@@ -117,7 +87,7 @@ def train_stage(c: DictConfig, paths: dict, tok) -> tuple[dict, object]:
               + (f"  val {rec['val_loss']:.4f}" if "val_loss" in rec else ""), flush=True)
 
     trainer = Trainer(cfg, tc)
-    prov = _provenance()  # at the start: the code version that trained
+    prov = provenance()  # at the start: the code version that trained
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     hist = trainer.fit(batcher, data.val_tokens, log=log)
@@ -133,7 +103,7 @@ def train_stage(c: DictConfig, paths: dict, tok) -> tuple[dict, object]:
     final = hist[-1]
     metrics = {
         "model": cfg.name, "config": cfg.to_state_spaces(), "num_params": cfg.num_params(),
-        "train": tc.to_dict(), "data": {**data.summary(), "train_file_sha256": _sha256(paths["train_file"])},
+        "train": tc.to_dict(), "data": {**data.summary(), "train_file_sha256": sha256_file(paths["train_file"])},
         "train_wall_s": round(train_wall, 1),
         "load_average_1m_start_end": [round(load0[0], 2), round(load1[0], 2)],
         "final_train_loss": final["loss"],
@@ -172,21 +142,21 @@ def main(c: DictConfig) -> None:
         cfg = model.cfg
         metrics["checkpoint"] = {"dir": str(out.relative_to(REPO)) if out.is_relative_to(REPO) else str(out),
                                  "pytorch_model.bin_bytes": (out / "pytorch_model.bin").stat().st_size,
-                                 "pytorch_model.bin_sha256": _sha256(out / "pytorch_model.bin")}
+                                 "pytorch_model.bin_sha256": sha256_file(out / "pytorch_model.bin")}
     if c.eval.test_ppl:
         metrics["test_ppl"] = test_perplexities(model, tok, paths["test_file"], c.eval)
     ids = tok.encode(c.eval.prompt)
-    gen = greedy_generate(model, ids, c.eval.max_new_tokens)
+    gen = stepwise_greedy(model, ids, c.eval.max_new_tokens)["tokens"].tolist()
     metrics["sample"] = {"prompt": c.eval.prompt, "greedy_continuation": tok.decode(gen), "token_ids": gen}
     print(f"greedy: {c.eval.prompt!r} -> {tok.decode(gen)!r}", flush=True)
     if c.eval.get("card_note"):
         metrics["card_note"] = str(c.eval.card_note)
     metrics[f"{c.stage}_stage_wall_s"] = round(time.perf_counter() - t_start, 1)
-    metrics["provenance"] = _provenance(hydra_overrides=list(hydra.core.hydra_config.HydraConfig.get().overrides.task))
-    (results / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    metrics["provenance"] = provenance(hydra_overrides=list(hydra.core.hydra_config.HydraConfig.get().overrides.task))
+    atomic_write_json(results / "metrics.json", metrics, indent=2)
     if c.write_checkpoint:
         tc = TrainConfig(**metrics["train"])
-        (out / "README.md").write_text(model_card(cfg, tc, metrics))
+        atomic_write_text(out / "README.md", model_card(cfg, tc, metrics))
     print(f"wrote {results}/metrics.json", flush=True)
 
 
@@ -209,12 +179,12 @@ def model_card(cfg: Mamba2Config, tc: TrainConfig, m: dict) -> str:
     st_line = (f"| WikiText-103 test, `strided` ({st['max_length']}/{st['stride']}, `\"\\n\\n\".join(rows)`) "
                f"| token perplexity **{st['token_perplexity']:.1f}** (NLL {st['nll_per_token']:.4f} nats/token "
                f"over {st['n_tokens']:,} tokens) |"
-               if st else "| WikiText-103 test, `strided` | TODO: not computed |")
+               if st else "| WikiText-103 test, `strided` | not computed in this run |")
     lr_line = (f"| WikiText-103 test, `lm_eval_rolling` (lm-eval-harness `wikitext`, {lr['max_length']}) "
                f"| word perplexity **{lr['word_perplexity']:.1f}**, byte perplexity {lr['byte_perplexity']:.3f}, "
                f"bits/byte {lr['bits_per_byte']:.3f}, token perplexity {lr['token_perplexity']:.1f} |"
-               if lr else "| WikiText-103 test, `lm_eval_rolling` | TODO: word perplexity under the lm-eval-harness "
-                          "rolling protocol (needs mamba2_jax/eval/perplexity.py; rerun `make train-tiny TRAIN_ARGS=stage=eval`) |")
+               if lr else "| WikiText-103 test, `lm_eval_rolling` | not computed in this run "
+                          "(`make train-tiny TRAIN_ARGS=stage=eval` computes it) |")
     impl = (st or {}).get("implementation", "")
     sha = m.get("train_code_commit") or (prov.get("git") or {}).get("sha")
     return f"""# mamba2-tiny-wikitext

@@ -42,11 +42,6 @@ class Mamba2Cache:
             seqlen=jnp.zeros((batch,), jnp.int32),
         )
 
-    @classmethod
-    def from_stacked(cls, conv, ssm, seqlen) -> "Mamba2Cache":
-        return cls(conv=tuple(conv[i] for i in range(conv.shape[0])),
-                   ssm=tuple(ssm[i] for i in range(ssm.shape[0])), seqlen=seqlen)
-
     def stacked(self) -> tuple[jax.Array, jax.Array]:
         """(conv, ssm) as (n_layer, ...) arrays."""
         return jnp.stack(self.conv), jnp.stack(self.ssm)
@@ -54,9 +49,6 @@ class Mamba2Cache:
     @property
     def batch(self) -> int:
         return self.ssm[0].shape[0]
-
-    def nbytes(self) -> int:
-        return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(self))
 
     def replace(self, **kw) -> "Mamba2Cache":
         return Mamba2Cache(**{**{"conv": self.conv, "ssm": self.ssm, "seqlen": self.seqlen}, **kw})

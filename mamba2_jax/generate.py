@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +24,8 @@ from flax import nnx
 
 from .cache import Mamba2Cache
 
-__all__ = ["SamplingConfig", "GenerationResult", "Generator", "generate", "sample_logits", "bucket_length"]
+__all__ = ["SamplingConfig", "GenerationResult", "Generator", "generate", "sample_logits", "bucket_length",
+           "stepwise_greedy"]
 
 
 class GenerationError(ValueError):
@@ -260,3 +261,49 @@ def generate(model, prompts, max_new_tokens: int, sampling: SamplingConfig = Sam
              eos_id: int | None = 0) -> GenerationResult:
     """One-shot convenience wrapper (compiles on first use; keep a ``Generator`` to reuse)."""
     return Generator(model, eos_id=eos_id).generate(prompts, max_new_tokens, sampling, seed)
+
+
+# ------------------------------------------------------------------------------ host-driven reference loop
+_STEPWISE_JIT: dict[Any, Any] = {}
+
+
+def _stepwise_programs(graphdef, key):
+    """Jitted prefill (with per-layer hidden states) and step closed over ``graphdef``, cached by
+    ``key``: models of one structure share compilations."""
+    if key not in _STEPWISE_JIT:
+        def prefill(state, ids):
+            return nnx.merge(graphdef, state).prefill(ids, collect_hidden=True)
+
+        def step(state, tok, cache):
+            return nnx.merge(graphdef, state).step(tok, cache)
+
+        _STEPWISE_JIT[key] = (jax.jit(prefill), jax.jit(step, donate_argnums=2))
+    return _STEPWISE_JIT[key]
+
+
+def stepwise_greedy(model, prompt_ids: Sequence[int], max_new_tokens: int, *, eos_id: int | None = None,
+                    mask_padded_vocab: bool = True) -> dict[str, np.ndarray]:
+    """Greedy decoding driven from the host: one jitted prefill of the exact prompt (no buckets),
+    then one jitted ``step`` per token.  Slower than :class:`Generator`; it returns what a check
+    needs: ``tokens``, ``step_logits`` (one row per emitted token), the prompt's ``logits`` and
+    per-layer ``hidden`` states (layer, position, d).  It is the independent path that parity and
+    the tests compare :class:`Generator` and the references against.
+
+    ``mask_padded_vocab=False`` takes the argmax over the padded vocabulary too (as mamba_ssm's
+    ``generate`` does when it is not given ``vocab_size``)."""
+    graphdef, state = nnx.split(model)
+    prefill, step = _stepwise_programs(graphdef, (model.cfg, str(model.dtype), str(getattr(model, "precision", None))))
+    V = model.cfg.vocab_size if mask_padded_vocab else model.cfg.padded_vocab_size
+
+    def pick(lg: np.ndarray) -> int:
+        return int(np.argmax(lg[:V]))
+
+    logits, cache, hidden = prefill(state, jnp.asarray(np.asarray([list(prompt_ids)], np.int32)))
+    step_logits = [np.asarray(logits[0, -1])]
+    tokens = [pick(step_logits[-1])] if max_new_tokens > 0 else []
+    while 0 < len(tokens) < max_new_tokens and not (eos_id is not None and tokens[-1] == eos_id):
+        lg, cache = step(state, jnp.asarray([tokens[-1]], jnp.int32), cache)
+        step_logits.append(np.asarray(lg[0]))
+        tokens.append(pick(step_logits[-1]))
+    return {"tokens": np.asarray(tokens, np.int64), "step_logits": np.stack(step_logits[:max(len(tokens), 1)]),
+            "logits": np.asarray(logits[0]), "hidden": np.asarray(hidden[:, 0])}

@@ -227,7 +227,7 @@ class Mamba2Backbone(nnx.Module):
       depth;
     * ``prefill`` stacks the per-layer parameters inside the jitted function and runs
       ``lax.scan`` over layers, so its compile time does not grow with depth; the one-off
-      stacking copy is small next to prefill's matmul work.  ``scan_prefill=False`` unrolls.
+      stacking copy is small next to prefill's matmul work.
     """
 
     def __init__(self, cfg: Mamba2Config, params: dict[str, Any], precision=None, scan_chunk_size=None):
@@ -235,34 +235,25 @@ class Mamba2Backbone(nnx.Module):
         self.embedding = nnx.Param(params["embedding"])
         self.layers = nnx.List([Mamba2Block(cfg, lp, precision, scan_chunk_size) for lp in params["layers"]])
         self.norm_f = nnx.Param(params["norm_f"])
-        self.scan_prefill = True
 
     def _stream_dtype(self):
         return F32 if self.cfg.residual_in_fp32 else self.embedding.dtype
 
     def prefill(self, input_ids, cache: Mamba2Cache, lengths=None, collect_hidden=False):
         stream = jnp.take(self.embedding[...], input_ids, axis=0).astype(self._stream_dtype())
-        if self.scan_prefill:
-            graphdef, _ = nnx.split(self.layers[0])
-            states = [nnx.state(blk) for blk in self.layers]
-            stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+        graphdef, _ = nnx.split(self.layers[0])
+        states = [nnx.state(blk) for blk in self.layers]
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
-            def body(carry, xs):
-                layer_state, conv, ssm = xs
-                blk = nnx.merge(graphdef, layer_state)
-                new, conv, ssm = blk.prefill(carry, conv, ssm, lengths)
-                return new, (conv, ssm, new if collect_hidden else None)
+        def body(carry, xs):
+            layer_state, conv, ssm = xs
+            blk = nnx.merge(graphdef, layer_state)
+            new, conv, ssm = blk.prefill(carry, conv, ssm, lengths)
+            return new, (conv, ssm, new if collect_hidden else None)
 
-            conv0, ssm0 = cache.stacked()
-            stream, (conv, ssm, hidden) = jax.lax.scan(body, stream, (stacked, conv0, ssm0))
-            conv, ssm = tuple(conv[i] for i in range(len(self.layers))), tuple(ssm[i] for i in range(len(self.layers)))
-        else:
-            conv, ssm, hid = [], [], []
-            for i, blk in enumerate(self.layers):
-                stream, c, m = blk.prefill(stream, cache.conv[i], cache.ssm[i], lengths)
-                conv.append(c), ssm.append(m), hid.append(stream)
-            conv, ssm = tuple(conv), tuple(ssm)
-            hidden = jnp.stack(hid) if collect_hidden else None
+        conv0, ssm0 = cache.stacked()
+        stream, (conv, ssm, hidden) = jax.lax.scan(body, stream, (stacked, conv0, ssm0))
+        conv, ssm = tuple(conv[i] for i in range(len(self.layers))), tuple(ssm[i] for i in range(len(self.layers)))
         return rms_norm(stream, self.norm_f[...], self.cfg.norm_epsilon), conv, ssm, hidden
 
     def step(self, token, cache: Mamba2Cache, collect_hidden=False):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["PACKAGE_DIR", "CONF_DIR", "checkout_root", "data_dir", "results_dir", "default_model_dir"]
+__all__ = ["PACKAGE_DIR", "CONF_DIR", "checkout_root", "data_dir", "require_data_dir", "results_dir", "default_model_dir"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONF_DIR = PACKAGE_DIR / "eval" / "conf"
@@ -39,6 +39,15 @@ def data_dir(override: str | os.PathLike | None = None) -> Path | None:
     if root is not None and (root.parent / "shared" / "data").is_dir():
         return (root.parent / "shared" / "data").resolve()
     return None
+
+
+def require_data_dir(override: str | os.PathLike | None = None) -> Path:
+    """:func:`data_dir`, or a clear error saying how to supply one."""
+    d = data_dir(override)
+    if d is None:
+        raise FileNotFoundError("no data directory: pass paths.data_dir=DIR or set MAMBA2_JAX_DATA "
+                                "(a directory holding mamba2-configs/, gpt-neox-20b/, wikitext-103-raw-v1/)")
+    return d
 
 
 def results_dir(override: str | os.PathLike | None = None) -> Path:

@@ -8,8 +8,8 @@ import pytest
 from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
 from mamba2_jax.config import get_preset
 from mamba2_jax.generate import GenerationError, Generator, SamplingConfig, bucket_length
-from oracle import OracleModel
-from test_oracle import perturbed_sd
+from mamba2_jax.eval.oracle import OracleModel
+from mamba2_jax.eval.oracle import perturbed_sd
 
 
 @pytest.fixture(scope="module")

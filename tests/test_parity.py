@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from parity_helpers import N_NEW, N_PROMPTS, compose, load_parity_module, tiny_parity_run
+from helpers import N_NEW, N_PROMPTS, compose, load_parity_module, tiny_parity_run
 
 parity = load_parity_module()
 
@@ -108,7 +108,7 @@ def test_planted_bug_flip_D_is_detected():
 
 def test_prompt_set_v1(data_dir):
     from mamba2_jax.tokenizer import load_tokenizer
-    from parity_helpers import REPO
+    from helpers import REPO
 
     doc = json.loads((REPO / "experiments" / "parity_prompts_v1.json").read_text())
     assert doc["version"] == "v1" and len(doc["prompts"]) >= 8

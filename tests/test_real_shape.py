@@ -6,8 +6,8 @@ import jax.numpy as jnp
 
 from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
 from mamba2_jax.config import get_preset
-from oracle import OracleModel
-from test_oracle import perturbed_sd, rel_err
+from mamba2_jax.eval.oracle import OracleModel
+from mamba2_jax.eval.oracle import perturbed_sd, rel_err
 
 pytestmark = pytest.mark.slow
 

@@ -20,8 +20,8 @@ pytest.importorskip("torch", reason="torch is not installed: the reference runne
 
 from mamba2_jax.checkpoint import init_state_dict, read_state_dict, write_checkpoint  # noqa: E402
 from mamba2_jax.config import get_preset  # noqa: E402
-from oracle import OracleModel  # noqa: E402
-from parity_helpers import REPO, ref_python, tiny_parity_run  # noqa: E402
+from mamba2_jax.eval.oracle import OracleModel  # noqa: E402
+from helpers import REPO, ref_python, tiny_parity_run  # noqa: E402
 from reference.common import read_golden  # noqa: E402
 
 TOL = 1e-5

@@ -8,8 +8,9 @@ import numpy as np
 
 from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
 from mamba2_jax.config import Mamba2Config
-from mamba2_jax.eval.train import (_STEPS, TokenBatcher, Trainer, TrainConfig, greedy_generate, lm_loss, split_articles,
-                              strided_perplexity, weight_decay_mask)
+from mamba2_jax.eval.data import split_articles
+from mamba2_jax.eval.train import _STEPS, TokenBatcher, Trainer, TrainConfig, lm_loss, weight_decay_mask
+from mamba2_jax.generate import stepwise_greedy
 
 # small vocabulary, two groups (per-group B/C path), several chunks per sequence
 CFG = Mamba2Config(name="train-test", d_model=32, n_layer=2, vocab_size=61, pad_vocab_size_multiple=16,
@@ -43,8 +44,8 @@ def test_training_decreases_loss_and_is_deterministic():
     np.testing.assert_array_equal(l1, l2)  # bitwise equal across runs
     # the trained weights are an ordinary inference model (prefill/step path)
     model = tr1.model()
-    out1 = greedy_generate(model, [3, 4, 5], 6)
-    assert out1 == greedy_generate(model, [3, 4, 5], 6) and len(out1) == 6
+    out1 = stepwise_greedy(model, [3, 4, 5], 6)["tokens"].tolist()
+    assert out1 == stepwise_greedy(model, [3, 4, 5], 6)["tokens"].tolist() and len(out1) == 6
 
 
 def test_lm_loss_matches_full_logits():
@@ -60,21 +61,6 @@ def test_lm_loss_matches_full_logits():
     w[0, :10] = 1
     ref_w = -jnp.mean(jnp.take_along_axis(lp, toks[:, 1:, None], -1)[0, :10])
     np.testing.assert_allclose(float(lm_loss(model, toks, jnp.asarray(w), xent_chunk=16)), float(ref_w), rtol=1e-5)
-
-
-def test_strided_perplexity_single_window_equals_loss():
-    model = model_from_state_dict(CFG, init_state_dict(CFG, seed=2))
-    toks = np.random.default_rng(2).integers(0, CFG.vocab_size, 90).astype(np.int32)
-    full = float(lm_loss(model, jnp.asarray(toks[None])))
-    r = strided_perplexity(model, toks, max_length=128, stride=128)
-    assert r["n_tokens"] == 89
-    np.testing.assert_allclose(r["nll"], full, rtol=1e-5)
-    # disjoint windows: every window's first token is context only
-    r2 = strided_perplexity(model, toks, max_length=32, stride=32, batch_size=2)
-    assert r2["n_tokens"] == 89 - 2  # windows of 32, 32, 26 tokens -> 31 + 31 + 25
-    # overlapping windows score each target once
-    r3 = strided_perplexity(model, toks, max_length=32, stride=16)
-    assert r3["n_tokens"] == 89
 
 
 def test_batcher_deterministic_and_covers_epochs():

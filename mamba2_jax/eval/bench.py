@@ -34,23 +34,13 @@ from typing import Any, Callable
 import numpy as np
 
 from ..paths import CONF_DIR
-from ..paths import data_dir as _data_dir
+from ..paths import require_data_dir
 from .results import write_results
 
-__all__ = ["data_dir", "load_model_spec", "build_model", "PrefillBench", "DecodeBench",
+__all__ = ["load_model_spec", "build_model", "PrefillBench", "DecodeBench",
            "alternate", "median", "random_ids", "utilisation"]
 
 
-def data_dir(override: str | os.PathLike | None = None) -> Path:
-    """The shared data directory (:func:`mamba2_jax.paths.data_dir`); an error if there is none."""
-    d = _data_dir(override)
-    if d is None:
-        raise FileNotFoundError("no data directory: pass paths.data_dir=DIR or set MAMBA2_JAX_DATA "
-                                "(a directory holding mamba2-configs/, gpt-neox-20b/, wikitext-103-raw-v1/)")
-    return d
-
-
-# ------------------------------------------------------------------------------ paths / models
 def load_model_spec(name: str, conf_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """The Hydra ``model`` group entry ``experiments/conf/model/<name>.yaml`` as a plain dict
     (falls back to a bare preset name if there is no such file)."""
@@ -73,7 +63,7 @@ def model_config(spec: dict[str, Any], data: Path | None = None):
     if cj:
         p = Path(cj)
         if not p.is_absolute():
-            p = (data or data_dir()) / p
+            p = (data or require_data_dir()) / p
         if p.exists():
             cfg = Mamba2Config.from_json(p)
             return cfg.replace(name=spec.get("name", cfg.name))
@@ -340,7 +330,7 @@ def iter_models(cfg):
     import jax
 
     ckpts = dict(_get(cfg, "checkpoints", {}) or {})
-    dd = data_dir(_get(_get(cfg, "paths", {}), "data_dir", None))
+    dd = require_data_dir(_get(_get(cfg, "paths", {}), "data_dir", None))
     for name in _get(cfg, "models", []):
         spec = load_model_spec(str(name))
         model, info = build_model(spec, dtype=str(_get(cfg, "dtype", "float32")), checkpoint=ckpts.get(name),

@@ -214,19 +214,33 @@ def _is_top_heading(line: str) -> bool:
     return r.startswith("= ") and r.endswith(" =")
 
 
+def _group_at_headings(lines: list[str]) -> list[list[str]]:
+    """Cut ``lines`` before every top-level heading; a heading that follows only blank lines
+    does not cut (so blank lines before the first heading stay with it)."""
+    groups: list[list[str]] = [[]]
+    for line in lines:
+        if _is_top_heading(line) and any(x.strip() for x in groups[-1]):
+            groups.append([])
+        groups[-1].append(line)
+    return groups
+
+
 def split_documents(raw_text: str) -> list[str]:
-    """Articles of a raw WikiText text (EleutherAI/wikitext_document_level rule, see module doc)."""
-    docs: list[str] = []
-    cur: list[str] = []
-    for line in raw_text.split("\n"):
-        if _is_top_heading(line):
-            page = "\n".join(cur)
-            if page.strip():
-                docs.append(page)
-            cur = []
-        cur.append(line)
-    docs.append("\n".join(cur))
-    return docs
+    """Articles of a raw WikiText text (EleutherAI/wikitext_document_level rule, see module doc):
+    the text before the first heading is dropped when it is blank."""
+    groups = _group_at_headings(raw_text.split("\n"))
+    first = groups[0]
+    heads = [i for i, x in enumerate(first) if _is_top_heading(x)]
+    if heads and not "".join(first[:heads[0]]).strip():
+        groups[0] = first[heads[0]:]
+    return ["\n".join(g) for g in groups]
+
+
+def split_articles(rows: list[str]) -> list[str]:
+    """Articles of a list of HF rows (``rows_from_raw_file``), each the concatenation of its rows;
+    the same heading rule as :func:`split_documents`, with blank rows before the first heading kept
+    in the first article (the form training uses)."""
+    return ["".join(g) for g in _group_at_headings(rows) if g]
 
 
 # ------------------------------------------------------------------------------ lm-eval rules

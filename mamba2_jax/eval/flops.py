@@ -46,7 +46,7 @@ from typing import Any
 from ..config import Mamba2Config
 
 __all__ = ["itemsize", "param_bytes", "state_bytes", "prefill_flops", "decode_flops", "decode_bytes",
-           "prefill_bytes", "recompute_flops"]
+           "recompute_flops"]
 
 
 def itemsize(dtype) -> int:
@@ -151,25 +151,6 @@ def decode_bytes(cfg: Mamba2Config, batch: int = 1, dtype="float32") -> dict[str
     return out
 
 
-def prefill_bytes(cfg: Mamba2Config, length: int, batch: int = 1, dtype="float32") -> dict[str, int]:
-    """A lower bound on prefill traffic: params once, token ids read, final state written."""
-    pb = param_bytes(cfg, dtype)["total"]
-    sb = state_bytes(cfg, batch, dtype)["total"]
-    ids = batch * length * 4
-    return {"params": pb, "ids": ids, "state_write": sb, "total": pb + ids + sb}
-
-
 def recompute_flops(cfg: Mamba2Config, context: int, batch: int = 1) -> int:
     """FLOPs to produce one token by re-running the full prefix (last-position logits only)."""
     return prefill_flops(cfg, context, batch, last_only=True)["total"]
-
-
-def summary(cfg: Mamba2Config, length: int, batch: int = 1, dtype="float32") -> dict[str, Any]:
-    """Totals used by the experiments (one dict, JSON friendly)."""
-    return {
-        "prefill_flops": prefill_flops(cfg, length, batch)["total"],
-        "decode_flops": decode_flops(cfg, batch)["total"],
-        "decode_bytes": decode_bytes(cfg, batch, dtype)["total"],
-        "param_bytes": param_bytes(cfg, dtype)["total"],
-        "num_params": cfg.num_params(),
-    }

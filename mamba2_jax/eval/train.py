@@ -32,46 +32,17 @@ from flax import nnx
 from ..checkpoint import init_state_dict, model_from_state_dict
 from ..config import Mamba2Config
 from ..model import Mamba2LMHeadModel
+from .data import rows_from_raw_file, split_articles
 
 __all__ = [
-    "TrainConfig", "read_wikitext_rows", "split_articles", "tokenize_documents", "TokenBatcher",
-    "lm_loss", "make_optimizer", "wikitext_train_val", "greedy_generate", "weight_decay_mask", "Trainer", "eval_loss", "strided_perplexity",
+    "TrainConfig", "tokenize_documents", "TokenBatcher", "lm_loss", "make_optimizer", "wikitext_train_val",
+    "weight_decay_mask", "Trainer", "eval_loss",
 ]
 
 F32 = jnp.float32
 
 
 # ------------------------------------------------------------------------------ data
-def read_wikitext_rows(path: str | Path) -> list[str]:
-    """The rows of a raw WikiText file as the HF ``datasets`` version has them.
-
-    One row per line, newline kept; a line holding only whitespace becomes ``""``.
-    """
-    text = Path(path).read_text(encoding="utf-8")
-    rows = text.splitlines(keepends=True)
-    return [r if r.strip() else "" for r in rows]
-
-
-_TITLE = re.compile(r"^ = [^=].* = \n?$")
-
-
-def split_articles(rows: list[str]) -> list[str]:
-    """Group rows into articles, each starting at a top-level `` = Title = `` heading.
-
-    Rows before the first heading (WikiText files start with one blank line) are attached to the
-    first article.  Returns the article texts (rows joined with "").
-    """
-    arts: list[list[str]] = [[]]
-    titled = False  # does the current article have its heading yet?
-    for r in rows:
-        if _TITLE.match(r):
-            if titled:
-                arts.append([])
-            titled = True
-        arts[-1].append(r)
-    return ["".join(a) for a in arts if a]
-
-
 def tokenize_documents(tokenizer, docs: list[str], eos_id: int | None = 0) -> np.ndarray:
     """Tokenize each document and concatenate them, separated by ``eos_id`` (None: no separator)."""
     out: list[np.ndarray] = []
@@ -352,74 +323,6 @@ def eval_loss(eval_step, params, rest, tokens: np.ndarray, seq_len: int, batch_s
     return total / max(count, 1.0)
 
 
-# ------------------------------------------------------------------------------ perplexity
-def strided_perplexity(model: Mamba2LMHeadModel, tokens: np.ndarray, max_length: int = 2048,
-                       stride: int = 2048, batch_size: int = 1, xent_chunk: int = 1024) -> dict[str, float]:
-    """HF-style strided token perplexity: windows of ``max_length`` tokens every ``stride`` tokens,
-    each scoring only the targets not scored by an earlier window (the first token of the text is
-    never scored).  With stride == max_length the windows are disjoint and each window's first
-    token is context only.  Returns {"nll", "ppl", "n_tokens"}.
-
-    A fallback for the project's ``mamba2_jax.eval.perplexity`` module; it runs the same model path as
-    training (``lm_loss``).
-    """
-    tokens = np.asarray(tokens, np.int32)
-    n = len(tokens)
-
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def _score(state, toks, w):
-        return lm_loss(nnx.merge(graphdef, state), toks, w, xent_chunk) * jnp.sum(w)
-
-    score = partial(_score, state)
-
-    jobs = []  # (window tokens, weights)
-    prev_end = 0
-    for begin in range(0, n, stride):
-        end = min(begin + max_length, n)
-        trg = end - prev_end
-        win = tokens[begin:end]
-        w = np.zeros(len(win) - 1, np.float32)
-        w[max(len(win) - 1 - trg, 0):] = 1.0  # targets are win[1:]; score the last trg of them
-        jobs.append((win, w))
-        prev_end = end
-        if end == n:
-            break
-    total, count = 0.0, 0.0
-    for i in range(0, len(jobs), batch_size):
-        grp = jobs[i:i + batch_size]
-        toks = np.zeros((batch_size, max_length), np.int32)
-        w = np.zeros((batch_size, max_length - 1), np.float32)
-        for j, (win, wj) in enumerate(grp):
-            toks[j, :len(win)] = win
-            w[j, :len(wj)] = wj
-        total += float(score(jnp.asarray(toks), jnp.asarray(w)))
-        count += float(w.sum())
-    nll = total / count
-    return {"nll": nll, "ppl": math.exp(nll), "n_tokens": int(count)}
-
-
-def greedy_generate(model: Mamba2LMHeadModel, prompt_ids: Iterable[int], max_new_tokens: int,
-                    eos_id: int | None = None) -> list[int]:
-    """Greedy continuation with the cached prefill / step path (a small helper for checks)."""
-    ids = jnp.asarray([list(prompt_ids)], jnp.int32)
-    logits, cache = model.prefill(ids, last_only=True)
-    graphdef, state = nnx.split(model)
-    _step = jax.jit(lambda st, tok, c: nnx.merge(graphdef, st).step(tok, c))
-    step = partial(_step, state)
-    out: list[int] = []
-    tok = jnp.argmax(logits[:, :model.cfg.vocab_size], axis=-1).astype(jnp.int32)
-    for _ in range(max_new_tokens):
-        t = int(tok[0])
-        out.append(t)
-        if eos_id is not None and t == eos_id:
-            break
-        logits, cache = step(tok, cache)
-        tok = jnp.argmax(logits[:, :model.cfg.vocab_size], axis=-1).astype(jnp.int32)
-    return out
-
-
 # ------------------------------------------------------------------------------ WikiText
 @dataclass
 class WikiTextSplit:
@@ -441,7 +344,7 @@ def wikitext_train_val(path: str | Path, tokenizer, val_articles: int = 3, eos_b
                        ) -> WikiTextSplit:
     """Split a raw WikiText file into articles; the last ``val_articles`` articles are the
     validation set, the rest the training set.  Each is tokenized and concatenated."""
-    arts = split_articles(read_wikitext_rows(path))
+    arts = split_articles(rows_from_raw_file(path))
     if not 0 < val_articles < len(arts):
         raise ValueError(f"val_articles={val_articles} must be in (0, {len(arts)})")
     eos = 0 if eos_between_docs else None
