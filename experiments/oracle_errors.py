@@ -12,7 +12,8 @@ import pandas as pd
 from mamba2_jax.checkpoint import model_from_state_dict
 from mamba2_jax.eval.oracle import CHUNKS, VARIANTS, jax_cache_from_oracle, oracle_run
 from mamba2_jax.eval.provenance import provenance
-from mamba2_jax.fileio import atomic_write, atomic_write_json
+from mamba2_jax.eval.results import write_document
+from mamba2_jax.fileio import atomic_write
 from mamba2_jax.paths import results_dir
 
 
@@ -44,7 +45,7 @@ def main() -> None:
                                                         "matmul_precision": "highest"},
            "weights": "synthetic (mamba_ssm init, norms/D/dt_bias perturbed)", "summary": summary, "rows": rows,
            "provenance": provenance()}
-    atomic_write_json(out / "errors.json", doc, indent=2)
+    write_document(out / "errors.json", doc, experiment="oracle", run="errors", records=rows)
     atomic_write(out / "errors.csv", lambda f: pd.DataFrame(rows).to_csv(f, index=False), binary=False)
     print(summary)
 

@@ -36,6 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from mamba2_jax.eval.oracle import perturb_state_dict  # noqa: E402
+from mamba2_jax.eval.results import write_document  # noqa: E402
+from mamba2_jax.fileio import atomic_write, atomic_write_json, atomic_write_text, sha256_file  # noqa: E402
 from reference.common import read_golden  # noqa: E402  (numpy-only module)
 
 PAPER_TOLERANCES = {
@@ -52,14 +55,6 @@ def _abs(p: str | Path) -> Path:
     return p if p.is_absolute() else (REPO / p)
 
 
-def _sha256_file(p: Path, limit: int | None = None) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def checkpoint_fingerprint(model_dir: Path) -> str:
     """sha256 over config.json and the weights file (identifies the checkpoint a golden was made from)."""
     h = hashlib.sha256()
@@ -67,7 +62,7 @@ def checkpoint_fingerprint(model_dir: Path) -> str:
         p = model_dir / name
         if p.exists():
             h.update(name.encode())
-            h.update(_sha256_file(p).encode())
+            h.update(sha256_file(p).encode())
     return h.hexdigest()[:16]
 
 
@@ -89,24 +84,6 @@ def _worst(errs: list[dict[str, float]]) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------ checkpoints
-def perturb_state_dict(sd: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
-    """Move norms, D, dt_bias and conv bias away from their init values (1, 1, ...) so that bugs
-    that only show with non-trivial values (e.g. a flipped D, a wrong norm group) are visible."""
-    rng = np.random.default_rng(seed + 100)
-    out = dict(sd)
-    for k, v in sd.items():
-        if k.endswith("norm.weight") or k.endswith("norm_f.weight"):
-            out[k] = (1.0 + 0.5 * rng.standard_normal(v.shape)).astype(v.dtype)
-        elif k.endswith("mixer.D"):
-            out[k] = (1.0 + rng.standard_normal(v.shape)).astype(v.dtype)
-        elif k.endswith("dt_bias"):
-            out[k] = (v + rng.uniform(-1, 2, v.shape)).astype(v.dtype)
-        elif k.endswith("conv1d.bias"):
-            out[k] = (v + 0.3 * rng.standard_normal(v.shape)).astype(v.dtype)
-    out["lm_head.weight"] = out["backbone.embedding.weight"]
-    return out
-
-
 def model_tag(spec: Any) -> str:
     if isinstance(spec, dict) or hasattr(spec, "keys"):
         return str(spec["name"])
@@ -136,7 +113,7 @@ def ensure_checkpoint(spec: Any, work_dir: Path) -> tuple[Path, dict[str, Any]]:
         if desc["perturb"]:
             sd = perturb_state_dict(sd, desc["seed"])
         write_checkpoint(cfg, sd, out, fmt="state-spaces", dtype=desc["stored_dtype"])
-        stamp.write_text(json.dumps(desc))
+        atomic_write_text(stamp, json.dumps(desc))
     return out, desc
 
 
@@ -153,9 +130,8 @@ def tokenize_prompts(prompts_file: Path, tokenizer: str, out: Path, max_prompts:
            "tokenizer": tok.source, "prompts": prompts}
     text = json.dumps(doc)
     doc["sha256"] = hashlib.sha256(text.encode()).hexdigest()[:16]
-    out.parent.mkdir(parents=True, exist_ok=True)
     if not out.exists() or json.loads(out.read_text()).get("sha256") != doc["sha256"]:
-        out.write_text(json.dumps(doc))
+        atomic_write_text(out, json.dumps(doc))
     return doc
 
 
@@ -195,7 +171,7 @@ def run_golden(backend: str, python: str, model_dir: Path, prompts_json: Path, o
     meta = json.loads(out.with_suffix(".json").read_text())
     meta.update(expect or {})
     meta["wall_seconds_subprocess"] = round(time.time() - t0, 2)
-    out.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=str))
+    atomic_write_json(out.with_suffix(".json"), meta, indent=2)
     return out
 
 
@@ -403,9 +379,10 @@ def run_parity(cfg) -> dict[str, Any]:
                 "n_new": cfg.n_new, "label": cfg.label, "provenance": prov,
             })
             name = f"{tag}__{backend}" + (f"__bug-{cfg.plant_bug}" if cfg.get("plant_bug") else "")
-            (results_dir / f"{name}.json").write_text(json.dumps(rep, indent=1, default=_json_default))
+            row = summary_row(rep, backend)
+            write_document(results_dir / f"{name}.json", rep, experiment="parity", run=name, records=[row])
             reports.append(rep)
-            rows.append(summary_row(rep, backend))
+            rows.append(row)
             g = rep["greedy_summary"]
             print(f"[parity] {tag} vs {backend}: hidden max_rel {rep['hidden_worst']['max_rel']:.2e} "
                   f"({rep['hidden_worst']['ulps']:.1f} ulp), logits max_rel {rep['logits_worst']['max_rel']:.2e}, "
@@ -418,16 +395,6 @@ def run_parity(cfg) -> dict[str, Any]:
     total = time.time() - t_start
     print(f"[parity] wrote {results_dir / csv_name} ({len(rows)} rows) in {total:.0f}s", flush=True)
     return {"reports": reports, "rows": rows, "pass": all(r["pass"] for r in reports), "seconds": total}
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 CSV_FIELDS = ["model", "backend", "pass", "hidden_max_abs", "hidden_max_rel", "hidden_ulps", "logits_max_abs",
@@ -477,12 +444,12 @@ def _spread_cols(spread: dict[str, Any] | None) -> dict[str, str]:
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+    def write(f):
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, lineterminator="\r\n")
         w.writeheader()
-        for r in rows:
-            w.writerow(r)
+        w.writerows(rows)
+
+    atomic_write(path, write, binary=False)
 
 
 def write_markdown(path: Path, reports: list[dict[str, Any]], prov: dict[str, Any], label: str) -> None:
@@ -529,7 +496,7 @@ def write_markdown(path: Path, reports: list[dict[str, Any]], prov: dict[str, An
         for r in reports:
             lines.append(f"- {r['model']} vs {r['reference']['backend']}: "
                          + " ".join(f"{e['max_rel']:.1e}" for e in r["hidden_per_layer"]))
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def main() -> None:

@@ -27,8 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from mamba2_jax.fileio import atomic_savez, atomic_write_json, atomic_write_text, sha256_files, to_jsonable
+from mamba2_jax.fileio import atomic_savez, atomic_write_text, sha256_files, to_jsonable
 from mamba2_jax.eval.provenance import provenance
+from mamba2_jax.eval.results import write_document
 from mamba2_jax.paths import require_data_dir
 from mamba2_jax.eval import perplexity as ppl  # noqa: E402
 from mamba2_jax.eval.data import (check_rows, count_bytes, count_words, load_wikitext_rows,  # noqa: E402
@@ -471,7 +472,8 @@ def evaluate(cfg) -> list[dict[str, Any]]:
             suffix = "" if info["scope"] == "full test set" else f"-limit{cfg.limit}"
             stem = results_dir / spec["label"] / f"{protocol}{suffix}{tag}"
             stem.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(stem.with_suffix(".json"), res, indent=2)
+            write_document(stem.with_suffix(".json"), res, experiment="perplexity",
+                           run=f"{spec['label']}/{stem.name}", records=table_rows([res]))
             if r["per_window"]:
                 atomic_savez(stem.with_suffix(".scores.npz"), compress=True,
                                  windows_sha256=np.array(w.sha256()),
@@ -556,8 +558,8 @@ def timing(cfg) -> dict[str, Any]:
     res["devices"] = [str(d) for d in jax.devices()]
     res["load_average_1_5_15min_at_end"] = list(os.getloadavg())
     out = _abs(cfg.paths.results_dir) / "timing" / f"{t.preset}-{t.dtype}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, res, indent=2)
+    write_document(out, res, experiment="perplexity_timing", run=out.stem,
+                   records=[{"protocol": k, **v} for k, v in res["extrapolated"].items()])
     log(f"{t.preset} {t.dtype}: {per_window:.2f} s wall ({c_run / len(timed):.2f} s CPU) per full window; "
         + ", ".join(f"{p}: {v['n_windows']} windows ≈ {v['hours']:.2f} h" for p, v in res["extrapolated"].items())
         + f"  → {out}")

@@ -33,8 +33,9 @@ from mamba2_jax.eval import perplexity as P
 from mamba2_jax.eval.data import (count_bytes, count_words, raw_text_from_rows, rows_from_raw_file, split_documents,
                                   wikitext_detokenizer)
 from mamba2_jax.eval.provenance import provenance
+from mamba2_jax.eval.results import write_document
 from mamba2_jax.eval.train import TokenBatcher, Trainer, TrainConfig, wikitext_train_val
-from mamba2_jax.fileio import atomic_write_json, atomic_write_text, sha256_file
+from mamba2_jax.fileio import atomic_write_text, sha256_file
 from mamba2_jax.generate import stepwise_greedy
 from mamba2_jax.paths import checkout_root
 
@@ -153,7 +154,11 @@ def main(c: DictConfig) -> None:
         metrics["card_note"] = str(c.eval.card_note)
     metrics[f"{c.stage}_stage_wall_s"] = round(time.perf_counter() - t_start, 1)
     metrics["provenance"] = provenance(hydra_overrides=list(hydra.core.hydra_config.HydraConfig.get().overrides.task))
-    atomic_write_json(results / "metrics.json", metrics, indent=2)
+    records = [{"split": "train", "loss": metrics.get("final_train_loss")},
+               {"split": "validation", "loss": metrics.get("final_val_loss"), "ppl": metrics.get("final_val_ppl")}]
+    records += [{"split": "test", "protocol": k, **{m: v.get(m) for m in ("token_perplexity", "word_perplexity")}}
+                for k, v in (metrics.get("test_ppl") or {}).items() if isinstance(v, dict)]
+    write_document(results / "metrics.json", metrics, experiment="train_tiny", run="metrics", records=records)
     if c.write_checkpoint:
         tc = TrainConfig(**metrics["train"])
         atomic_write_text(out / "README.md", model_card(cfg, tc, metrics))

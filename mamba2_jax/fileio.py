@@ -42,7 +42,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
         else:
-            with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as f:
                 write(f)
                 f.flush()
                 os.fsync(f.fileno())

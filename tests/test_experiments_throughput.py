@@ -98,6 +98,7 @@ def test_peers_tiny(tmp_path):
         assert "decode_vs_mamba2_jax_1_1_2" in out["targets"]
 
 
+@pytest.mark.integration
 def test_paper_profile_refuses_on_cpu(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     r = subprocess.run([sys.executable, str(REPO / "experiments" / "throughput.py"), "profile=paper",
@@ -118,6 +119,7 @@ def test_forced_run_is_labelled_with_the_actual_device(tmp_path):
         bench.setup_run(cfg, "cache_speedup")
 
 
+@pytest.mark.integration
 def test_make_reproduce_tpu_refuses_without_force():
     stamp = REPO / ".venv" / ".installed"
     q = subprocess.run(["make", "-q", str(stamp.relative_to(REPO))], cwd=REPO, capture_output=True)

@@ -257,6 +257,7 @@ def test_citation_cff():
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
+@pytest.mark.integration
 def test_main_tex_compiles(tables, tmp_path):
     (tmp_path / "paper").mkdir()
     shutil.copy(PAPER / "main.tex", tmp_path / "paper" / "main.tex")

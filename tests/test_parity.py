@@ -71,6 +71,7 @@ def test_identical_greedy():
     assert g["first_divergence"] is None and g["n_match_positions"] == g["n"] == 5
 
 
+@pytest.mark.integration
 def test_end_to_end_tiny_ngroups2_passes():
     run = tiny_parity_run()
     res = run["result"]
@@ -95,6 +96,7 @@ def test_end_to_end_tiny_ngroups2_passes():
     assert rep["prompts"]["version"] == "v1" and rep["paper_tolerances"]["greedy"].startswith("64/64")
 
 
+@pytest.mark.integration
 def test_planted_bug_flip_D_is_detected():
     run = tiny_parity_run()
     cfg = compose([*run["base_overrides"], "plant_bug=flip_D"])

@@ -274,6 +274,7 @@ _KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.integration
 def test_resume_after_sigkill(tiny_model, tmp_path):
     """A real kill -9 after 6 windows: the atomic checkpoint survives and the resumed run equals
     the uninterrupted one, without recomputing the checkpointed windows."""
@@ -291,6 +292,7 @@ def test_resume_after_sigkill(tiny_model, tmp_path):
     np.testing.assert_array_equal(res.loglik, full.loglik)
 
 
+@pytest.mark.integration
 def test_sharded_over_two_devices_matches_one(tmp_path):
     script = textwrap.dedent("""
         import sys, jax, numpy as np
@@ -344,6 +346,7 @@ def fake_ref(tmp_path, monkeypatch):
     return model_dir
 
 
+@pytest.mark.integration
 def test_reference_subprocess_contract(tmp_path, fake_ref):
     w = P.lm_eval_windows(_docs(), max_length=16)
     wp = w.save(tmp_path / "w.npz")
@@ -376,6 +379,7 @@ def _load_experiment():
     return mod
 
 
+@pytest.mark.integration
 def test_experiment_end_to_end_smoke(tmp_path, data_dir, fake_ref, monkeypatch):
     from omegaconf import OmegaConf
 

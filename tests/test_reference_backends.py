@@ -81,6 +81,7 @@ def _oracle_check(model_dir, golden):
             assert toks[s] == np.argmax(row) or tie(s)
 
 
+@pytest.mark.integration
 def test_ref_cpu_golden_matches_oracle_mlp_branch(mlp_ckpt):
     out = mlp_ckpt / "g.npz"
     _run(ref_python(), "-m", "reference.golden", "--backend", "mamba_ssm_ref_cpu", "--model", str(mlp_ckpt / "tiny-mlp"),
@@ -95,6 +96,7 @@ def test_ref_cpu_golden_matches_oracle_mlp_branch(mlp_ckpt):
     _oracle_check(mlp_ckpt / "tiny-mlp", golden)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("backend", ["mamba_ssm_ref_cpu", "transformers"])
 def test_golden_matches_oracle_ngroups2(backend):
     """Both CPU references on the tiny ngroups=2 model (GPT-NeoX vocabulary, real prompts).
@@ -108,6 +110,7 @@ def test_golden_matches_oracle_ngroups2(backend):
     _oracle_check(run["model_dir"], golden)
 
 
+@pytest.mark.integration
 def test_cpu_backends_agree():
     run = tiny_parity_run()
     _, a = read_golden(run["golden"]["mamba_ssm_ref_cpu"])
@@ -117,6 +120,7 @@ def test_cpu_backends_agree():
         np.testing.assert_array_equal(x["greedy_tokens"], y["greedy_tokens"])
 
 
+@pytest.mark.integration
 def test_transformers_rejects_mlp_branch(mlp_ckpt, tmp_path):
     r = _run(sys.executable, "-m", "reference.golden", "--backend", "transformers", "--model",
              str(mlp_ckpt / "tiny-mlp"), "--prompts", str(mlp_ckpt / "prompts.json"), "--out", str(tmp_path / "x.npz"),
@@ -137,6 +141,7 @@ def windows(tmp_path_factory):
     return p, ids, lengths, score_from
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("backend", ["mamba_ssm_ref_cpu", "transformers"])
 def test_score_matches_oracle(windows, backend, tmp_path):
     p, ids, lengths, score_from = windows

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["OracleModel", "VARIANTS", "CHUNKS", "rel_err", "perturbed_sd", "oracle_run", "jax_cache_from_oracle"]
+__all__ = ["OracleModel", "VARIANTS", "CHUNKS", "rel_err", "perturb_state_dict", "perturbed_sd", "oracle_run", "jax_cache_from_oracle"]
 
 
 def _silu(v):
@@ -129,23 +129,29 @@ def rel_err(a, ref):
     return float(np.max(np.abs(a - ref)) / np.max(np.abs(ref)))
 
 
-def perturbed_sd(cfg, seed):
-    """Random init, with norms, D and dt_bias moved away from their init values so bugs show."""
+def perturb_state_dict(sd: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    """Move norms, D, dt_bias and conv bias away from their init values (1, 1, ...) so that bugs
+    that only show with non-trivial values (e.g. a flipped D, a wrong norm group) are visible."""
     rng = np.random.default_rng(seed + 100)
+    out = dict(sd)
+    for k, v in sd.items():
+        if k.endswith("norm.weight") or k.endswith("norm_f.weight"):
+            out[k] = (1.0 + 0.5 * rng.standard_normal(v.shape)).astype(v.dtype)
+        elif k.endswith("mixer.D"):
+            out[k] = (1.0 + rng.standard_normal(v.shape)).astype(v.dtype)
+        elif k.endswith("dt_bias"):
+            out[k] = (v + rng.uniform(-1, 2, v.shape)).astype(v.dtype)
+        elif k.endswith("conv1d.bias"):
+            out[k] = (v + 0.3 * rng.standard_normal(v.shape)).astype(v.dtype)
+    out["lm_head.weight"] = out["backbone.embedding.weight"]
+    return out
+
+
+def perturbed_sd(cfg, seed):
+    """Random init (:func:`mamba2_jax.params.init_state_dict`), then :func:`perturb_state_dict`."""
     from ..params import init_state_dict
 
-    sd = init_state_dict(cfg, seed)
-    for k in list(sd):
-        if k.endswith("norm.weight") or k.endswith("norm_f.weight"):
-            sd[k] = (1.0 + 0.5 * rng.standard_normal(sd[k].shape)).astype(np.float32)
-        elif k.endswith("mixer.D"):
-            sd[k] = (1.0 + rng.standard_normal(sd[k].shape)).astype(np.float32)
-        elif k.endswith("dt_bias"):
-            sd[k] = (sd[k] + rng.uniform(-1, 2, sd[k].shape)).astype(np.float32)
-        elif k.endswith("conv1d.bias"):
-            sd[k] = (sd[k] + 0.3 * rng.standard_normal(sd[k].shape)).astype(np.float32)
-    sd["lm_head.weight"] = sd["backbone.embedding.weight"]
-    return sd
+    return perturb_state_dict(init_state_dict(cfg, seed), seed)
 
 
 _ORACLE_CACHE = {}

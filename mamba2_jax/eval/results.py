@@ -23,7 +23,7 @@ from ..fileio import atomic_write, atomic_write_json, to_jsonable
 from ..paths import results_dir
 
 __all__ = ["SCHEMA_VERSION", "REQUIRED_COLUMNS", "validate_result", "write_results", "read_result",
-           "load_results", "iter_results"]
+           "load_results", "iter_results", "write_document", "device_hardware"]
 
 SCHEMA_VERSION = 1
 _REQUIRED_TOP = ("schema_version", "experiment", "run", "label", "provenance", "hardware", "config", "records")
@@ -98,6 +98,32 @@ def write_results(experiment: str, run: str, records: list[dict[str, Any]], *, h
     df.insert(1, "device", hw.get("profile", {}).get("name") if isinstance(hw.get("profile"), dict) else None)
     atomic_write(cp, lambda f: df.to_csv(f, index=False), binary=False)
     return jp, cp
+
+
+def device_hardware() -> dict[str, Any]:
+    """The ``hardware`` section for experiments that compare numbers rather than time them
+    (parity, perplexity): the device this process runs on, with no peak profile."""
+    from .hardware import detect_profile_name, device_description
+
+    desc = device_description()
+    return {"profile": {"name": detect_profile_name(desc)}, "device": desc, "matches_device": True}
+
+
+def write_document(path: str | os.PathLike, doc: dict[str, Any], *, experiment: str, run: str,
+                   records: list[dict[str, Any]], hardware: dict[str, Any] | None = None) -> Path:
+    """Write an experiment's own rich document (parity report, perplexity result) in the one schema:
+    the schema keys are added (``label``, ``config`` and ``provenance`` are kept when the document
+    already has them), the result is validated, and written as strict JSON, atomically."""
+    from .provenance import provenance
+
+    full = {**doc, "schema_version": SCHEMA_VERSION, "experiment": experiment, "run": run, "records": records,
+            "hardware": hardware if hardware is not None else device_hardware()}
+    full.setdefault("label", run)
+    full.setdefault("config", {})
+    full.setdefault("provenance", provenance())
+    full = to_jsonable(full)
+    validate_result(full)
+    return atomic_write_json(path, full, indent=1)
 
 
 def read_result(path: str | os.PathLike) -> dict[str, Any] | None:
