@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export MAMBA2_JAX_DATA ?= $(abspath ../shared/data)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test test-slow clean-venv
+.PHONY: install lint test test-fast test-slow clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
@@ -18,8 +18,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: install
+lint: install
+	$(VENV)/bin/ruff check .
+
+# everything, integration tests included (CI)
+test: install lint
 	$(PY) -m pytest -q
+
+# the fast tests only: no make, subprocess venvs or LaTeX
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not integration"
 
 test-slow: install
 	$(PY) -m pytest -q -m slow

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from mamba2_jax.paths import CONF_DIR
+
 REPO = Path(__file__).resolve().parents[1]
 REF_PY = Path(os.environ.get("MAMBA2_JAX_REF_PYTHON", REPO / ".venv-ref" / "bin" / "python"))
 TINY_SPEC = ("{name: tiny-g2-v50k, preset: tiny-g2, init: random, seed: 3, stored_dtype: float16, perturb: true, "
@@ -49,7 +51,7 @@ def compose(overrides: list[str]):
     from hydra import compose as hcompose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(REPO / "experiments" / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         return hcompose("parity", overrides=overrides)
 
 

@@ -13,10 +13,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from mamba2_jax.eval import bench
+from mamba2_jax.paths import CONF_DIR
 from mamba2_jax.eval.results import validate_result
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "experiments" / "conf"
+CONF = CONF_DIR
 
 
 def load_experiment(name):

@@ -17,6 +17,7 @@ import pytest
 from mamba2_jax.eval import perplexity as P
 from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
 from mamba2_jax.config import get_preset
+from mamba2_jax.paths import CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 EOT = 0
@@ -384,7 +385,7 @@ def test_experiment_end_to_end_smoke(tmp_path, data_dir, fake_ref, monkeypatch):
     from omegaconf import OmegaConf
 
     exp = _load_experiment()
-    cfg = OmegaConf.load(REPO / "experiments" / "conf" / "perplexity.yaml")
+    cfg = OmegaConf.load(CONF_DIR / "perplexity.yaml")
     cfg.pop("hydra")
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([
         "limit=1", f"paths.data_dir={data_dir}", f"paths.work_dir={tmp_path / 'work'}",
