@@ -8,30 +8,31 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mamba2_jax.eval import report, reported
 
-import style  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
+from . import style
 
 NAME = "fig2_decode_flatness"
-FLAT_BAND = 0.10   # the +-10% band drawn in panel (b); the comparison table uses the same threshold
+TITLE = "decode ms/token vs context length"
+DESCRIPTION = """
+    (a) median ms per generated token of the compiled decode loop, started from a cache prefilled to each context
+    length, per model (colour) and device/run (line style). (b) the same normalised to the shortest context: a flat
+    line is sequence-length-independent decode (the O(1) cache). The paper reports sequence-length-independent
+    decode on {device} across all model scales ({cite})."""
 
 
 def build(results: Path) -> style.Figure:
     import matplotlib.pyplot as plt
 
-    docs = [(p, d) for p, d in style.load_bench(results, "sweep")
-            if any(r.get("kind") == "decode" for r in d["records"])]
-    if not docs:
-        raise style.MissingInput(f"no decode records in results/sweep/*.json under {results} (run `make sweep`)")
-    models = sorted({r["model"] for _, d in docs for r in d["records"]}, key=style.model_key)
+    claim = reported.claim("decode_flat_l40s")
+    flat_band = float(claim["tolerance"]["value"]) - 1.0   # max/min within 1 + band counts as flat
+    docs = style.need(results, "sweep", "decode")
+    models = style.models_of(docs)
     colors = style.model_colors(models)
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9.0, 3.5))
     contexts, run_handles, spreads, ally = set(), [], [], []
-    for i, (p, d) in enumerate(docs):
-        ls, mk = style.LINESTYLES[i % len(style.LINESTYLES)], style.MARKERS[i % len(style.MARKERS)]
-        run_handles.append(Line2D([], [], color="#555555", ls=ls, marker=mk,
-                                  label=f"{style.bench_device_short(d)} ({d.get('run')})"))
+    for i, (_, d) in enumerate(docs):
+        ls, mk = style.run_legend(docs, i, run_handles)
         for m in models:
             recs = sorted((r for r in d["records"] if r["model"] == m and r.get("kind") == "decode"),
                           key=lambda r: r["context"])
@@ -43,7 +44,7 @@ def build(results: Path) -> style.Figure:
             ally += y
             ax0.plot(x, y, color=colors[m], ls=ls, marker=mk, label=None)
             ax1.plot(x, [v / y[0] for v in y], color=colors[m], ls=ls, marker=mk)
-            spreads.append(f"{m} on {style.bench_device_short(d)}: max/min ms/token = {max(y) / min(y):.3f} over "
+            spreads.append(f"{m} on {report.bench_device_short(d)}: max/min ms/token = {max(y) / min(y):.3f} over "
                            f"contexts {x[0]}..{x[-1]}")
     for ax in (ax0, ax1):
         style.pow2_axis(ax, contexts)
@@ -53,29 +54,20 @@ def build(results: Path) -> style.Figure:
     style.plain_log(ax0)
     ax0.set_ylabel("decode ms per token")
     ax0.set_title("(a) cached decode latency")
-    ax1.axhspan(1 - FLAT_BAND, 1 + FLAT_BAND, color="#999999", alpha=0.15, lw=0)
+    ax1.axhspan(1 - flat_band, 1 + flat_band, color=style.REFERENCE_GREY, alpha=0.15, lw=0)
     ax1.axhline(1.0, color="#777777", lw=0.8)
     ax1.set_ylabel("ms/token relative to shortest context")
-    ax1.set_title(f"(b) flatness (grey: +-{FLAT_BAND:.0%})")
+    ax1.set_title(f"(b) flatness (grey: +-{flat_band:.0%})")
     lo, hi = ax1.get_ylim()
     ax1.set_ylim(min(lo, 0.5), max(hi, 1.5))
-    model_handles = [Line2D([], [], color=colors[m], lw=2, label=m) for m in models]
-    ax0.legend(handles=model_handles, loc="best")
+    ax0.legend(handles=style.model_handles(models, colors), loc="best")
     ax1.legend(handles=run_handles, loc="upper left")
-    fig.tight_layout()
-    style.add_footer(fig, style.bench_footer(docs))
-    return style.Figure(
-        fig=fig, stem=NAME, title="decode ms/token vs context length",
-        description=("(a) median ms per generated token of the compiled decode loop, started from a cache "
-                     "prefilled to each context length, per model (colour) and device/run (line style). "
-                     "(b) the same normalised to the shortest context: a flat line is sequence-length-independent "
-                     "decode (the O(1) cache). The paper reports sequence-length-independent decode on NVIDIA "
-                     "L40S across all model scales (arXiv 2603.09555 v2 abstract)."),
-        provenance=style.bench_provenance_lines(docs), notes=spreads)
+    description = style.prose(DESCRIPTION, device=reported.device_name(claim), cite=reported.cite(claim))
+    return style.Figure(fig, NAME, TITLE, description, style.bench_provenance_lines(docs), spreads,
+                        style.bench_footer(docs))
 
 
-def main(argv=None) -> int:
-    return style.run_figure(NAME, build, argv, __doc__)
+main = style.figure_main(NAME, build, __doc__)
 
 
 if __name__ == "__main__":

@@ -8,28 +8,27 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mamba2_jax.eval import report, reported
 
-import style  # noqa: E402
+from . import style
 
 NAME = "fig5_parity"
+TITLE = "parity with mamba_ssm v2.2.2 / HF transformers"
+DESCRIPTION = """
+    (a) per layer, the worst over prompts of max|JAX - reference| / max|reference| for the residual-stream hidden
+    states (star: final logits), per model (colour) and reference backend (line style). Dashed: the project's
+    tolerance; dotted: float32 unit roundoff. (b) for every prompt, how many of the greedy continuation tokens are
+    identical before the first divergence (the paper: {steps}/{steps} identical against the PyTorch/CUDA
+    reference)."""
+NOTE = "Results from synthetic (random-init) weights test the implementation, not the paper's checkpoints."
 FP32_EPS = 2.0 ** -23     # float32 unit roundoff (spacing at 1.0 is 2^-23)
 BACKEND_STYLE = {"mamba_ssm_ref_cpu": ("-", "o"), "transformers": ("--", "s"), "mamba_ssm_triton": (":", "^")}
 
 
-def weights_of(d) -> str:
-    kind = (d.get("checkpoint") or {}).get("kind")
-    if kind == "random-init":
-        return "synthetic weights (random init)"
-    return f"checkpoint {(d.get('checkpoint') or {}).get('source', d.get('model'))}"
-
-
 def device_of(d) -> str:
-    prov = d.get("provenance") or {}
-    be = (prov.get("jax") or {}).get("backend") or "?"
-    jd = style.cpu_desc(prov) if be == "cpu" else ", ".join((prov.get("jax") or {}).get("device_kinds") or [be])
     ref = d.get("reference") or {}
-    return f"JAX on {jd}; reference {ref.get('backend')} on {ref.get('device')} ({ref.get('dtype')})"
+    return (f"JAX on {report.jax_device(d.get('provenance'), kinds=True)}; reference {ref.get('backend')} on "
+            f"{ref.get('device')} ({ref.get('dtype')})")
 
 
 def precision_of(d) -> str:
@@ -48,14 +47,13 @@ def build(results: Path) -> style.Figure:
     import numpy as np
     from matplotlib.lines import Line2D
 
-    docs = style.load_parity(results)
-    if not docs:
-        raise style.MissingInput(f"no results/parity/*.json under {results} (run `make parity`)")
-    models = sorted({name_of(d) for _, d in docs}, key=style.model_key)
+    steps = int(reported.claim("greedy_64")["comparable_when"]["steps"])   # the paper's greedy steps
+    docs = style.need(results, "parity")
+    models = sorted({name_of(d) for _, d in docs}, key=report.model_key)
     colors = style.model_colors(models)
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9.5, 3.8), gridspec_kw={"width_ratios": [1.25, 1]})
     tol = None
-    for p, d in docs:
+    for _, d in docs:
         be = d["reference"]["backend"]
         ls, mk = BACKEND_STYLE.get(be, ("-.", "D"))
         y = [x["max_rel"] for x in d["hidden_per_layer"]]
@@ -85,7 +83,7 @@ def build(results: Path) -> style.Figure:
     # (b) greedy: matched prefix per prompt, per (model, backend)
     pairs = [(name_of(d), d["reference"]["backend"], d) for _, d in docs]
     prompts = list(dict.fromkeys(k for _, _, d in pairs for k in d.get("per_prompt", {})))
-    n_new = max(int(d.get("n_new") or 64) for _, _, d in pairs)
+    n_new = max(int(d.get("n_new") or steps) for _, _, d in pairs)
     grid = np.full((len(pairs), len(prompts)), np.nan)
     for i, (_, _, d) in enumerate(pairs):
         for j, k in enumerate(prompts):
@@ -105,29 +103,19 @@ def build(results: Path) -> style.Figure:
     ax1.set_title(f"(b) greedy tokens identical before first divergence (of {n_new})")
     cb = fig.colorbar(im, ax=ax1, fraction=0.04, pad=0.02)
     cb.set_label("matched prefix (tokens)")
-    fig.tight_layout()
-    style.add_footer(fig, style.footer_text((device_of(d), precision_of(d), weights_of(d)) for _, d in docs))
     prov_lines = []
     for p, d in docs:
         g = d["greedy_summary"]
         prov_lines.append(
-            f"- `{style.rel(p)}`: {d['model']} vs {d['reference']['backend']}; {device_of(d)}; {precision_of(d)}; "
-            f"{weights_of(d)}; label {d.get('label')}; git {style.short_sha(d.get('provenance'))}; "
+            f"- `{report.rel(p)}`: {d['model']} vs {d['reference']['backend']}; {device_of(d)}; {precision_of(d)}; "
+            f"{report.parity_weights(d)}; label {d.get('label')}; git {report.short_sha(d.get('provenance'))}; "
             f"{(d.get('provenance') or {}).get('date_utc')}; hidden max_rel {d['hidden_worst']['max_rel']:.2e}, "
             f"greedy {g['tokens_matching_total']}/{g['tokens_total']} tokens, pass={d.get('pass')}")
-    return style.Figure(
-        fig=fig, stem=NAME, title="parity with mamba_ssm v2.2.2 / HF transformers",
-        description=("(a) per layer, the worst over prompts of max|JAX - reference| / max|reference| for the "
-                     "residual-stream hidden states (star: final logits), per model (colour) and reference backend "
-                     "(line style). Dashed: the project's tolerance; dotted: float32 unit roundoff. (b) for every "
-                     "prompt, how many of the greedy continuation tokens are identical before the first divergence "
-                     "(the paper: 64/64 identical against the PyTorch/CUDA reference)."),
-        provenance=prov_lines,
-        notes=["Results from synthetic (random-init) weights test the implementation, not the paper's checkpoints."])
+    summary = style.footer_text((device_of(d), precision_of(d), report.parity_weights(d)) for _, d in docs)
+    return style.Figure(fig, NAME, TITLE, style.prose(DESCRIPTION, steps=steps), prov_lines, [NOTE], summary)
 
 
-def main(argv=None) -> int:
-    return style.run_figure(NAME, build, argv, __doc__)
+main = style.figure_main(NAME, build, __doc__)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,20 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mamba2_jax.eval import report, reported
 
-import style  # noqa: E402
+from . import style
 
 NAME = "fig6_perplexity"
-PAPER_ABS_TOL = 5e-4      # arXiv 2603.09555 v2: within +-0.0005 of mamba_ssm v2.2.2 (Triton)
+TITLE = "WikiText-103 perplexity, JAX vs reference"
+DESCRIPTION = """
+    (a) perplexity of every backend on identical scoring windows (word perplexity for the lm-evaluation-harness
+    rolling protocol, token perplexity for the strided protocol) against the reference backend's; every point on
+    y = x is agreement at this scale. (b) |perplexity - reference perplexity| per backend; dashed: the paper's
+    +-{tol:g} (against mamba_ssm v2.2.2 with its Triton kernels, {cite}, which names the validation split). Model
+    names without 'mamba2-'; rolling = lm_eval_rolling; * = a subset of the test set (smoke run)."""
+NOTE = ("Synthetic (random-init) models have perplexities near the vocabulary size: they check the pipeline and the "
+        "agreement between backends, not a language model.")
 BACKEND_COLORS = {"jax_fp32": "#0072B2", "jax_bf16": "#56B4E9", "transformers": "#009E73",
                   "mamba_ssm_ref_cpu": "#000000", "mamba_ssm_triton": "#D55E00"}
 
@@ -27,15 +35,15 @@ def build(results: Path) -> style.Figure:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    docs = style.load_perplexity(results)
-    if not docs:
-        raise style.MissingInput(f"no results/perplexity/<model>/*.json under {results} (run `make perplexity`)")
+    claim = reported.claim("perplexity_delta")
+    paper_tol = float(claim["tolerance"]["value"])      # the paper's +- around the reference perplexity
+    docs = style.need(results, "perplexity")
     rows = []   # (label, doc, metric, ref backend)
     for p, d in docs:
         ref = (d.get("comparison") or {}).get("reference_backend")
         proto = {"lm_eval_rolling": "rolling"}.get(d["protocol"], d["protocol"])
-        rows.append((f"{d['model']['label'].removeprefix('mamba2-')}\n{proto}" + ("" if d.get("scope") == "full test set"
-                                                                              else "*"), p, d, metric_of(d), ref))
+        star = "" if d.get("scope") == "full test set" else "*"
+        rows.append((f"{d['model']['label'].removeprefix('mamba2-')}\n{proto}{star}", p, d, metric_of(d), ref))
     backends = list(dict.fromkeys(b for _, _, d, _, _ in rows for b, v in d["backends"].items()
                                   if v.get("status") == "ok"))
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9.5, 3.8))
@@ -44,7 +52,7 @@ def build(results: Path) -> style.Figure:
     allv = []
     for k, b in enumerate(backends):
         xs, ys = [], []
-        for i, (_, _, d, metric, ref) in enumerate(rows):
+        for _, _, d, metric, ref in rows:
             v, r = d["backends"].get(b) or {}, d["backends"].get(ref) or {}
             if b == ref or v.get("status") != "ok" or r.get("status") != "ok":
                 continue
@@ -58,11 +66,11 @@ def build(results: Path) -> style.Figure:
                      color=BACKEND_COLORS.get(b, style.PALETTE[k % len(style.PALETTE)]), label=b)
     if allv:
         lo, hi = min(allv) / 1.6, max(allv) * 1.6
-        ax0.plot([lo / 10, hi], [lo / 10, hi], color="#999999", lw=0.8, zorder=0, label="y = x")
+        ax0.plot([lo / 10, hi], [lo / 10, hi], color=style.REFERENCE_GREY, lw=0.8, zorder=0, label="y = x")
         lo = lo / 20      # room on the left for the labels
         ax0.set_xlim(lo, hi)
         ax0.set_ylim(lo, hi)
-        for i, (label, _, d, metric, ref) in enumerate(rows):
+        for label, _, d, metric, ref in rows:
             r = (d["backends"].get(ref) or {}).get(metric)
             if r is not None:   # label above-left of the y = x line: points sit on it, text does not
                 ax0.annotate(label.replace("\n", " ") + f": {r:.6g}",
@@ -75,7 +83,7 @@ def build(results: Path) -> style.Figure:
     ax0.set_ylabel("backend perplexity (word ppl: rolling; token ppl: strided)")
     ax0.set_title("(a) perplexity: backend vs reference")
     ax0.legend(loc="lower right")
-    # (b) |delta| vs the reference backend, log scale, with the paper's +-0.0005
+    # (b) |delta| vs the reference backend, log scale, with the paper's +- (reported.yaml)
     for k, b in enumerate(backends):
         xs, ys = [], []
         for i, (_, _, d, metric, ref) in enumerate(rows):
@@ -89,7 +97,7 @@ def build(results: Path) -> style.Figure:
         if xs:
             ax1.plot(xs, ys, ls="none", marker=style.MARKERS[k % len(style.MARKERS)], ms=6,
                      color=BACKEND_COLORS.get(b, style.PALETTE[k % len(style.PALETTE)]), label=b)
-    ax1.axhline(PAPER_ABS_TOL, color="#D55E00", ls="--", lw=1.0, label="paper: +-0.0005")
+    ax1.axhline(paper_tol, color="#D55E00", ls="--", lw=1.0, label=f"paper: +-{paper_tol:g}")
     ax1.set_yscale("log")
     ax1.set_xticks(x)
     ax1.set_xticklabels([r[0].replace("\n", " ") for r in rows], fontsize=7, rotation=20, ha="right")
@@ -97,37 +105,23 @@ def build(results: Path) -> style.Figure:
     ax1.set_title("(b) absolute difference from the reference")
     ax1.legend(loc="best")
     ax1.margins(x=0.15)
-    fig.tight_layout()
     prov_lines, foot = [], []
-    for label, p, d, metric, ref in rows:
+    for _, p, d, metric, ref in rows:
         prov = d.get("provenance") or {}
-        be = (prov.get("jax") or {}).get("backend") or "?"
-        dev = style.cpu_desc(prov) if be == "cpu" else be
+        dev = report.jax_device(prov)
         pol = ((d["backends"].get("jax_fp32") or {}).get("run") or {}).get("policy") or {}
         prec = f"JAX fp32 (matmul {pol.get('matmul_precision', '?')}) and bf16 params"
         w = d["model"].get("weights")
         split = (d.get("data") or {}).get("split")
         foot.append((f"JAX on {dev}; reference {ref}", prec, w))
-        prov_lines.append(f"- `{style.rel(p)}`: {d['model']['label']}, {d['protocol']}, {metric}, WikiText-103 "
+        prov_lines.append(f"- `{report.rel(p)}`: {d['model']['label']}, {d['protocol']}, {metric}, WikiText-103 "
                           f"{split} split, {d.get('scope')}; JAX on {dev}; {prec}; weights: {w}; reference "
-                          f"{ref}; git {style.short_sha(prov)}; {prov.get('date_utc')}")
-    style.add_footer(fig, style.footer_text(foot))
-    return style.Figure(
-        fig=fig, stem=NAME, title="WikiText-103 perplexity, JAX vs reference",
-        description=("(a) perplexity of every backend on identical scoring windows (word perplexity for the "
-                     "lm-evaluation-harness rolling protocol, token perplexity for the strided protocol) against "
-                     "the reference backend's; every point on y = x is agreement at this scale. "
-                     "(b) |perplexity - reference perplexity| per backend; dashed: the paper's +-0.0005 "
-                     "(against mamba_ssm v2.2.2 with its Triton kernels, arXiv 2603.09555 v2 abstract, which "
-                     "names the validation split). Model names without 'mamba2-'; rolling = lm_eval_rolling; "
-                     "* = a subset of the test set (smoke run)."),
-        provenance=prov_lines,
-        notes=["Synthetic (random-init) models have perplexities near the vocabulary size: they check the "
-               "pipeline and the agreement between backends, not a language model."])
+                          f"{ref}; git {report.short_sha(prov)}; {prov.get('date_utc')}")
+    description = style.prose(DESCRIPTION, tol=paper_tol, cite=reported.cite(claim))
+    return style.Figure(fig, NAME, TITLE, description, prov_lines, [NOTE], style.footer_text(foot))
 
 
-def main(argv=None) -> int:
-    return style.run_figure(NAME, build, argv, __doc__)
+main = style.figure_main(NAME, build, __doc__)
 
 
 if __name__ == "__main__":

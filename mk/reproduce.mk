@@ -1,8 +1,10 @@
 # Issue 8: figures, tables, the paper and the one-command reproduction.  Included by the Makefile.
 #   make reproduce            the whole chain at the scale this machine's JAX backend supports (paper/reproduce.py):
 #                             setup, parity, perplexity, throughput, sweep, cache speedup, figures + paper
-#   make figures              figures/out/*.{png,pdf,caption.md} from the results in results/ (no recomputation)
-#   make paper                paper/tables/*.{tex,md} from results/, then paper/main.pdf if LaTeX is installed
+#   make figures              figures/out/*.{png,pdf,caption.md} from the results in results/ (no recomputation;
+#                             each figure is python -m figures.figN_... from the repository root)
+#   make paper                paper/tables/*.{tex,md} from results/ (python -m paper.make_tables), then
+#                             paper/main.pdf if LaTeX is installed
 #   make reproduce REPRO_PPL_LIMIT=         perplexity over the full test set instead of a 3-document smoke run
 #   make reproduce REPRO_PROFILE=cpu_bench  benchmark profile (auto: cpu_smoke on CPU, paper on TPU/GPU)
 #   make figures FIG_ARGS=--strict          a figure whose results are missing is an error, not a skip
@@ -14,19 +16,19 @@ REPRO_PROFILE ?= auto
 REPRO_PPL_LIMIT ?= 3
 REPRO_ARGS ?=
 FIG_ARGS ?=
-FIGURE_SCRIPTS := $(sort $(wildcard figures/fig[0-9]*.py))
+FIGURE_MODULES := $(basename $(notdir $(sort $(wildcard figures/fig[0-9]*.py))))
 LATEXMK := $(shell command -v latexmk 2>/dev/null)
 PDFLATEX := $(shell command -v pdflatex 2>/dev/null)
 
 reproduce: $(STAMP)
-	MAKE="$(MAKE)" $(PY) paper/reproduce.py --python $(PY) --profile "$(REPRO_PROFILE)" \
+	MAKE="$(MAKE)" $(PY) -m paper.reproduce --python $(PY) --profile "$(REPRO_PROFILE)" \
 	  --ppl-limit "$(REPRO_PPL_LIMIT)" $(REPRO_ARGS)
 
 figures: $(STAMP)
-	@rc=0; for f in $(FIGURE_SCRIPTS); do $(PY) $$f $(FIG_ARGS) || rc=1; done; exit $$rc
+	@rc=0; for f in $(FIGURE_MODULES); do $(PY) -m figures.$$f $(FIG_ARGS) || rc=1; done; exit $$rc
 
 paper-tables: $(STAMP)
-	$(PY) paper/make_tables.py
+	$(PY) -m paper.make_tables
 
 paper: paper-tables
 	@if [ -n "$(LATEXMK)" ]; then \

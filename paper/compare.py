@@ -1,12 +1,12 @@
 """Reported vs reproduced: the paper's claims (paper/reported.yaml) against the results in results/.
 
-    python paper/compare.py [--results results] [--reported paper/reported.yaml]   # prints the table
+    python -m paper.compare [--results results] [--reported paper/reported.yaml]   # prints the table
 
 Every claim is evaluated once per result group (one benchmark run, one parity reference backend and
 label, one perplexity model x protocol).  A group that does not meet the claim's ``comparable_when``
 (device, paper checkpoint weights, full split, reference backend, sequence length) gets the status
 ``not comparable: <reasons>`` and is never called a match; only comparable groups get PASS / FAIL
-against the claim's tolerance.  ``paper/make_tables.py`` renders the rows as LaTeX and Markdown.
+against the claim's tolerance.  ``python -m paper.make_tables`` renders the rows as LaTeX and Markdown.
 """
 
 from __future__ import annotations
@@ -18,22 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from mamba2_jax.eval import report, reported
+from mamba2_jax.eval.report import MAKE_TARGET
+from mamba2_jax.eval.results import load_results
+from mamba2_jax.paths import results_dir
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(REPO / "figures"))
-
-import style  # noqa: E402  (figures/style.py: result loaders and provenance helpers)
-
-REPORTED = HERE / "reported.yaml"
-DEVICE_NAMES = style.DEVICE_NAMES
-PAPER_MODEL_RE = re.compile(r"(?:^|[_/-])(mamba2-(?:130m|370m|780m|1\.3b|2\.7b))$")
 REFERENCE_NAMES = {"mamba_ssm_triton": "mamba_ssm Triton/CUDA kernels",
                    "mamba_ssm_ref_cpu": "mamba_ssm PyTorch reference functions on CPU",
                    "transformers": "HF transformers (torch path)"}
-MAKE_TARGET = {"throughput": "make throughput", "sweep": "make sweep", "cache_speedup": "make cache-speedup",
-               "perplexity": "make perplexity", "parity": "make parity"}
 
 
 @dataclass
@@ -52,10 +44,6 @@ class Row:
     @property
     def comparable(self) -> bool:
         return not self.reasons and self.status in ("PASS", "FAIL")
-
-
-def load_reported(path: Path = REPORTED) -> dict[str, Any]:
-    return yaml.safe_load(Path(path).read_text())
 
 
 # ------------------------------------------------------------------------------ formatting
@@ -132,7 +120,7 @@ def bench_device_reason(doc: dict[str, Any], want: str | None) -> str | None:
     pname = prof.get("name") if isinstance(prof, dict) else None
     dev = hw.get("device") or {}
     actual = "CPU" if dev.get("platform") == "cpu" else str(dev.get("device_kind") or dev.get("platform") or "?")
-    target = DEVICE_NAMES.get(want, want)
+    target = reported.DEVICE_NAMES.get(want, want)
     if pname == want and hw.get("matches_device"):
         return None
     if pname == want:
@@ -140,36 +128,28 @@ def bench_device_reason(doc: dict[str, Any], want: str | None) -> str | None:
     return f"{actual} vs {target}"
 
 
-def paper_model(name: str | None) -> str | None:
-    m = PAPER_MODEL_RE.search(str(name or ""))
+def paper_model(name: str | None, paper: tuple[str, ...]) -> str | None:
+    """The paper checkpoint ``name`` stands for ('state-spaces__mamba2-130m' -> 'mamba2-130m'), or None."""
+    m = re.search(r"(?:^|[_/-])(" + "|".join(map(re.escape, paper)) + r")$", str(name or ""))
     return m.group(1) if m else None
 
 
-def bench_weights_reasons(doc: dict[str, Any], recs: list[dict[str, Any]]) -> list[str]:
+def bench_weights_reasons(recs: list[dict[str, Any]], paper: tuple[str, ...]) -> list[str]:
     out = []
     if any(r.get("weights") == "random-init" for r in recs):
         out.append("synthetic weights")
-    others = sorted({r["model"] for r in recs if r.get("weights") != "random-init" and not paper_model(r["model"])})
+    others = sorted({r["model"] for r in recs if r.get("weights") != "random-init"
+                     and not paper_model(r["model"], paper)})
     if others:
         out.append(f"{', '.join(others)} not among the paper's checkpoints")
     return out
 
 
-def weights_reasons_parity(d: dict[str, Any]) -> list[str]:
-    kind = (d.get("checkpoint") or {}).get("kind")
-    if kind == "random-init":
+def model_weights_reasons(name: str | None, synthetic: bool, paper: tuple[str, ...]) -> list[str]:
+    if synthetic:
         return ["synthetic weights"]
-    if not paper_model(d.get("model")):
-        return [f"{d.get('model')} not among the paper's checkpoints"]
-    return []
-
-
-def weights_reasons_ppl(d: dict[str, Any]) -> list[str]:
-    m = d.get("model") or {}
-    if m.get("synthetic"):
-        return ["synthetic weights"]
-    if not paper_model(m.get("name")):
-        return [f"{m.get('name')} not among the paper's checkpoints"]
+    if not paper_model(name, paper):
+        return [f"{name} not among the paper's checkpoints"]
     return []
 
 
@@ -180,28 +160,38 @@ def reference_reason(backend: str | None, allowed: list[str] | None) -> str | No
     return f"reference {backend} vs the paper's {want}"
 
 
-def bench_setup(p: Path, doc: dict[str, Any], recs: list[dict[str, Any]]) -> str:
-    w = "; ".join(sorted({style.record_weights(r, doc) for r in recs}))
-    prec = "; ".join(sorted({style.record_precision(r, doc) for r in recs}))
-    return f"{style.bench_device(doc)}; {prec}; {w}; run {doc.get('run')}"
+def scales_note(models: list[str], paper: tuple[str, ...]) -> str:
+    n = len({paper_model(m, paper) for m in models if paper_model(m, paper)})
+    return f"; {n} of {len(paper)} paper scales" if n and n < len(paper) else ""
 
 
-def scales_note(models: list[str]) -> str:
-    n = len({paper_model(m) for m in models if paper_model(m)})
-    return f"; {n} of 5 paper scales" if n and n < 5 else ""
+def row(c: dict[str, Any], text: str, setup: str, value: Any, reasons: list[str], sources: list[Path]) -> Row:
+    return Row(c["id"], c["claim"], paper_value(c), tolerance_text(c), text, setup, status_of(c, value, reasons),
+               reasons, value, [report.rel(p) for p in sources])
 
 
 # ------------------------------------------------------------------------------ per-experiment evaluation
-def eval_throughput(c: dict[str, Any], results: Path) -> list[Row]:
-    cw = c.get("comparable_when") or {}
+def bench_groups(c: dict[str, Any], results: Path, experiment: str, kind: str | None, paper: tuple[str, ...]):
+    """``(path, doc, records, reasons, setup)`` per benchmark run holding ``kind`` records: the device
+    and weights reasons the run is not comparable with the claim, and its setup text."""
+    want = (c.get("comparable_when") or {}).get("device")
+    for p, d in load_results(experiment, results, include_bench=True):
+        recs = [r for r in d["records"] if kind is None or r.get("kind") == kind]
+        if recs:
+            reasons = [x for x in [bench_device_reason(d, want)] if x] + bench_weights_reasons(recs, paper)
+            yield p, d, recs, reasons
+
+
+def bench_setup(p: Path, doc: dict[str, Any], recs: list[dict[str, Any]]) -> str:
+    f = report.run_facts(p, doc, recs)
+    return f"{f['device']}; {f['precision']}; {f['weights']}; run {f['run']}"
+
+
+def eval_throughput(c: dict[str, Any], results: Path, paper: tuple[str, ...]) -> list[Row]:
     kind = "decode" if c["id"] == "decode_hbu" else "prefill"
+    want_len = (c.get("comparable_when") or {}).get("length")
     rows = []
-    for p, d in style.load_bench(results, "throughput"):
-        recs = [r for r in d["records"] if r.get("kind") == kind]
-        if not recs:
-            continue
-        reasons = [x for x in [bench_device_reason(d, cw.get("device"))] if x] + bench_weights_reasons(d, recs)
-        want_len = cw.get("length")
+    for p, d, recs, reasons in bench_groups(c, results, "throughput", kind, paper):
         if want_len and kind == "prefill":
             at = [r for r in recs if int(r.get("length", -1)) == int(want_len)]
             if at:
@@ -209,10 +199,11 @@ def eval_throughput(c: dict[str, Any], results: Path) -> list[Row]:
             else:
                 reasons.append(f"prefill length {', '.join(str(x) for x in sorted({r['length'] for r in recs}))}"
                                f" vs {want_len}")
+        note = scales_note([r["model"] for r in recs], paper)
         if c["id"] == "prefill_tflops":
             best = max(recs, key=lambda r: r.get("tflops") or 0)
             value = best.get("tflops")
-            text = (f"{value:.3g} TFLOPS ({best['model']}, L={best['length']}{scales_note([r['model'] for r in recs])})"
+            text = (f"{value:.3g} TFLOPS ({best['model']}, L={best['length']}{note})"
                     if value is not None else f"n/a: no FLOP count in this result ({best.get('tokens_per_s', 0):,.0f} "
                     f"tokens/s, {best['model']}, L={best['length']})")
         elif c["id"] == "prefill_mfu":
@@ -224,20 +215,16 @@ def eval_throughput(c: dict[str, Any], results: Path) -> list[Row]:
         else:
             best = max(recs, key=lambda r: r.get("hbu") or 0)
             value = best.get("hbu")
-            text = (f"{100 * value:.3g}% ({best['model']}, {best.get('ms_per_token', 0):.3g} ms/token"
-                    f"{scales_note([r['model'] for r in recs])})" if value is not None else "n/a (no bandwidth)")
-        rows.append(Row(c["id"], c["claim"], paper_value(c), tolerance_text(c), text, bench_setup(p, d, recs),
-                        status_of(c, value, reasons), reasons, value, [style.rel(p)]))
+            text = (f"{100 * value:.3g}% ({best['model']}, {best.get('ms_per_token', 0):.3g} ms/token{note})"
+                    if value is not None else "n/a (no bandwidth)")
+        rows.append(row(c, text, bench_setup(p, d, recs), value, reasons, [p]))
     return rows
 
 
-def eval_cache_speedup(c: dict[str, Any], results: Path) -> list[Row]:
-    cw = c.get("comparable_when") or {}
+def eval_cache_speedup(c: dict[str, Any], results: Path, paper: tuple[str, ...]) -> list[Row]:
+    want = (c.get("comparable_when") or {}).get("context")
     rows = []
-    for p, d in style.load_bench(results, "cache_speedup"):
-        recs = d["records"]
-        reasons = [x for x in [bench_device_reason(d, cw.get("device"))] if x] + bench_weights_reasons(d, recs)
-        want = cw.get("context")
+    for p, d, recs, reasons in bench_groups(c, results, "cache_speedup", None, paper):
         at = [r for r in recs if want and int(r["context"]) == int(want)]
         if not at:
             head = [r for r in recs if r.get("headline")] or recs
@@ -248,87 +235,78 @@ def eval_cache_speedup(c: dict[str, Any], results: Path) -> list[Row]:
         vals = [r["speedup"] for r in at]
         rng = f"{min(vals):.3g}x" if len(vals) == 1 else f"{min(vals):.3g}x-{max(vals):.3g}x"
         text = (f"{rng} at context {at[0]['context']} "
-                f"({', '.join(sorted({r['model'] for r in at}, key=style.model_key))}"
-                f"{scales_note([r['model'] for r in at])})")
-        rows.append(Row(c["id"], c["claim"], paper_value(c), tolerance_text(c), text, bench_setup(p, d, at),
-                        status_of(c, vals, reasons), reasons, vals, [style.rel(p)]))
+                f"({', '.join(sorted({r['model'] for r in at}, key=report.model_key))}"
+                f"{scales_note([r['model'] for r in at], paper)})")
+        rows.append(row(c, text, bench_setup(p, d, at), vals, reasons, [p]))
     return rows
 
 
-def eval_sweep(c: dict[str, Any], results: Path) -> list[Row]:
-    cw = c.get("comparable_when") or {}
+def eval_sweep(c: dict[str, Any], results: Path, paper: tuple[str, ...]) -> list[Row]:
     rows = []
-    for p, d in style.load_bench(results, "sweep"):
-        recs = [r for r in d["records"] if r.get("kind") == "decode"]
-        if not recs:
-            continue
-        reasons = [x for x in [bench_device_reason(d, cw.get("device"))] if x] + bench_weights_reasons(d, recs)
+    for p, d, recs, reasons in bench_groups(c, results, "sweep", "decode", paper):
         worst, worst_m, ctxs = 0.0, None, sorted({r["context"] for r in recs})
-        for m in sorted({r["model"] for r in recs}, key=style.model_key):
+        for m in sorted({r["model"] for r in recs}, key=report.model_key):
             ys = [r["ms_per_token"] for r in recs if r["model"] == m]
             ratio = max(ys) / min(ys)
             if ratio >= worst:
                 worst, worst_m = ratio, m
-        text = f"max/min = {worst:.3f} ({worst_m}, contexts {ctxs[0]}-{ctxs[-1]}{scales_note([r['model'] for r in recs])})"
-        rows.append(Row(c["id"], c["claim"], paper_value(c), tolerance_text(c), text, bench_setup(p, d, recs),
-                        status_of(c, worst, reasons), reasons, worst, [style.rel(p)]))
+        text = (f"max/min = {worst:.3f} ({worst_m}, contexts {ctxs[0]}-{ctxs[-1]}"
+                f"{scales_note([r['model'] for r in recs], paper)})")
+        rows.append(row(c, text, bench_setup(p, d, recs), worst, reasons, [p]))
     return rows
 
 
 def parity_setup(d: dict[str, Any]) -> str:
-    prov = d.get("provenance") or {}
-    be = (prov.get("jax") or {}).get("backend") or "?"
-    dev = style.cpu_desc(prov) if be == "cpu" else be
     ref = d.get("reference") or {}
-    kind = (d.get("checkpoint") or {}).get("kind")
-    w = "synthetic weights (random init)" if kind == "random-init" else f"checkpoint {(d.get('checkpoint') or {}).get('source')}"
-    return f"JAX on {dev} vs {ref.get('backend')} on {ref.get('device')}; {w}"
+    return (f"JAX on {report.jax_device(d.get('provenance'))} vs {ref.get('backend')} on {ref.get('device')}; "
+            f"{report.parity_weights(d)}")
 
 
-def eval_parity(c: dict[str, Any], results: Path) -> list[Row]:
+def eval_parity(c: dict[str, Any], results: Path, paper: tuple[str, ...]) -> list[Row]:
     cw = c.get("comparable_when") or {}
     # one row per (label, reference backend, comparability): models with the same reasons are pooled
     groups: dict[tuple, list[tuple[Path, dict[str, Any]]]] = {}
-    for p, d in style.load_parity(results):
+    for p, d in load_results("parity", results):
         be = (d.get("reference") or {}).get("backend")
-        reasons = weights_reasons_parity(d)
+        reasons = model_weights_reasons(d.get("model"), (d.get("checkpoint") or {}).get("kind") == "random-init",
+                                        paper)
         r = reference_reason(be, cw.get("reference_backends"))
         if r:
             reasons.append(r)
         groups.setdefault((d.get("label"), be, tuple(reasons)), []).append((p, d))
     rows = []
-    for (label, be, reasons), items in groups.items():
+    for (label, _, reasons), items in groups.items():
         models = ", ".join(d["model"] for _, d in items)
         setup = "; ".join(dict.fromkeys(parity_setup(d) for _, d in items)) + f"; label {label}"
         if c["id"] == "greedy_64":
-            match = sum(d["greedy_summary"]["tokens_matching_total"] for _, d in items)
-            total = sum(d["greedy_summary"]["tokens_total"] for _, d in items)
-            ident = sum(d["greedy_summary"]["identical_64_of_64"] for _, d in items)
-            prompts = sum(d["greedy_summary"]["prompts"] for _, d in items)
+            gs = [d["greedy_summary"] for _, d in items]
+            match, total = sum(g["tokens_matching_total"] for g in gs), sum(g["tokens_total"] for g in gs)
+            ident, prompts = sum(g["identical_64_of_64"] for g in gs), sum(g["prompts"] for g in gs)
             n_new = sorted({int(d.get("n_new") or 0) for _, d in items})
             value = match / total if total else None
             text = (f"{match}/{total} tokens identical, {ident}/{prompts} prompts x {'/'.join(map(str, n_new))} "
                     f"steps ({models})")
-            rs = list(reasons) + ([f"{n_new} steps vs 64"] if n_new != [64] else [])
+            steps = cw.get("steps")
+            rs = list(reasons) + ([f"{n_new} steps vs {steps}"] if steps and n_new != [int(steps)] else [])
         else:
             worst = max(items, key=lambda x: x[1]["hidden_worst"]["max_rel"])[1]
             value = worst["hidden_worst"]["max_rel"]
             text = (f"max_rel {value:.2e} ({worst['hidden_worst'].get('ulps', float('nan')):.0f} ulps; "
                     f"{worst['model']}); models: {models}")
             rs = list(reasons)
-        rows.append(Row(c["id"], c["claim"], paper_value(c), tolerance_text(c), text, setup,
-                        status_of(c, value, rs), rs, value, [style.rel(p) for p, _ in items]))
+        rows.append(row(c, text, setup, value, rs, [p for p, _ in items]))
     return rows
 
 
-def eval_perplexity(c: dict[str, Any], results: Path) -> list[Row]:
+def eval_perplexity(c: dict[str, Any], results: Path, paper: tuple[str, ...]) -> list[Row]:
     cw = c.get("comparable_when") or {}
     rows = []
-    for p, d in style.load_perplexity(results):
+    for p, d in load_results("perplexity", results):
         comp = d.get("comparison") or {}
         ref = comp.get("reference_backend")
         metric = comp.get("primary_metric") or "word_perplexity"
-        reasons = weights_reasons_ppl(d)
+        m = d.get("model") or {}
+        reasons = model_weights_reasons(m.get("name"), bool(m.get("synthetic")), paper)
         if cw.get("full_split") and d.get("scope") != "full test set":
             reasons.append(f"subset ({d.get('scope')})")
         r = reference_reason(ref, cw.get("reference_backends"))
@@ -344,13 +322,9 @@ def eval_perplexity(c: dict[str, Any], results: Path) -> list[Row]:
         else:
             value = abs(delta)
             text = (f"|delta| = {value:.2e} ({metric.replace('_perplexity', ' ppl')} {jb[metric]:.6g} vs "
-                    f"{rb[metric]:.6g}; {d['model']['label']}, {d['protocol']}, {(d.get('data') or {}).get('split')} split)")
-        prov = d.get("provenance") or {}
-        be = (prov.get("jax") or {}).get("backend") or "?"
-        dev = style.cpu_desc(prov) if be == "cpu" else be
-        setup = f"JAX on {dev} vs {ref}; {d['model'].get('weights')}; {d.get('scope')}"
-        rows.append(Row(c["id"], c["claim"], paper_value(c), tolerance_text(c), text, setup,
-                        status_of(c, value, reasons), reasons, value, [style.rel(p)]))
+                    f"{rb[metric]:.6g}; {m['label']}, {d['protocol']}, {(d.get('data') or {}).get('split')} split)")
+        setup = f"JAX on {report.jax_device(d.get('provenance'))} vs {ref}; {m.get('weights')}; {d.get('scope')}"
+        rows.append(row(c, text, setup, value, reasons, [p]))
     return rows
 
 
@@ -358,11 +332,15 @@ EVALUATORS = {"throughput": eval_throughput, "cache_speedup": eval_cache_speedup
               "parity": eval_parity, "perplexity": eval_perplexity}
 
 
-def compare(results: Path = style.RESULTS, reported: dict[str, Any] | Path | None = None) -> list[Row]:
-    rep = reported if isinstance(reported, dict) else load_reported(reported or REPORTED)
+def compare(results: Path | None = None, reported_claims: dict[str, Any] | Path | None = None) -> list[Row]:
+    """One row per claim and result group (see the module docstring); ``reported_claims`` defaults to
+    paper/reported.yaml (mamba2_jax.eval.reported)."""
+    rep = reported.load_reported(reported_claims)
+    paper = reported.paper_models(rep)
+    results = Path(results) if results is not None else results_dir()
     out = []
     for c in rep["claims"]:
-        rows = EVALUATORS[c["experiment"]](c, Path(results))
+        rows = EVALUATORS[c["experiment"]](c, results, paper)
         if not rows:
             rows = [Row(c["id"], c["claim"], paper_value(c), tolerance_text(c), "-",
                         f"no results/{c['experiment']}/ yet", f"not run: {MAKE_TARGET[c['experiment']]}")]
@@ -372,8 +350,8 @@ def compare(results: Path = style.RESULTS, reported: dict[str, Any] | Path | Non
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="reported vs reproduced")
-    ap.add_argument("--results", type=Path, default=style.RESULTS)
-    ap.add_argument("--reported", type=Path, default=REPORTED)
+    ap.add_argument("--results", type=Path, default=None, help="results directory (default: results/)")
+    ap.add_argument("--reported", type=Path, default=None, help="claims file (default: paper/reported.yaml)")
     a = ap.parse_args(argv)
     for r in compare(a.results, a.reported):
         print(f"{r.claim_id:20s} {r.status}\n    paper {r.paper}; reproduced {r.reproduced}\n    {r.setup}")

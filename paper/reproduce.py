@@ -1,13 +1,13 @@
 """`make reproduce`: the whole chain, at the scale the available JAX backend supports.
 
     make reproduce                               # what this script runs (MAKE is passed in by mk/reproduce.mk)
-    python paper/reproduce.py --dry-run          # print the plan only
+    python -m paper.reproduce --dry-run          # print the plan only
 
 Steps (each one is an existing make target of another fragment, run as a sub-make):
 
   [1/7] setup          make install install-ref; JAX backend, shared data, which model
   [2/7] parity         make parity
-  [3/7] perplexity     make perplexity-smoke PPL_LIMIT=N   (REPRO_PPL_LIMIT=, i.e. empty: make perplexity, full test set)
+  [3/7] perplexity     make perplexity-smoke PPL_LIMIT=N   (REPRO_PPL_LIMIT= empty: make perplexity, full test set)
   [4/7] throughput     make throughput    BENCH_PROFILE=P
   [5/7] sweep          make sweep         BENCH_PROFILE=P
   [6/7] cache speedup  make cache-speedup BENCH_PROFILE=P

@@ -7,24 +7,29 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from synthetic_results import (
+    bench_doc,
+    cache_records,
+    hardware,
+    parity_doc,
+    perplexity_doc,
+    sweep_records,
+    throughput_records,
+    write_json,
+    write_synthetic_results,
+)
 
-from test_figures import (bench_doc, cache_records, hardware, parity_doc, perplexity_doc, sweep_records,
-                          throughput_records, write_json, write_synthetic_results)
+from mamba2_jax.eval import reported
+from paper import compare as cmp
+from paper import make_tables as mt
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "paper"
-
-
-sys.path.insert(0, str(PAPER))
-import compare as cmp  # noqa: E402  (paper/compare.py)
-import make_tables as mt  # noqa: E402  (paper/make_tables.py)
-
-REPORTED = yaml.safe_load((PAPER / "reported.yaml").read_text())
+REPORTED = reported.load_reported(PAPER / "reported.yaml")
 TPU = hardware("tpu_v6e", "tpu", "TPU v6 lite")
 CKPT_CFG = {"dtype": "float32", "checkpoints": {m: f"state-spaces/{m}" for m in
                                                 ("mamba2-130m", "mamba2-370m", "mamba2-780m", "mamba2-1.3b",
@@ -175,7 +180,7 @@ def test_tpu_with_paper_checkpoints_pass_and_fail(tmp_path):
     write_json(res / "throughput" / "paper-tpu_v6e.json",
                bench_doc("throughput", throughput_records(FIVE, "checkpoint", 4096, tflops=135.0, mfu_bf16=0.147,
                                                           hbu=0.62), run="paper-tpu_v6e", hw=TPU, config=CKPT_CFG))
-    speed = {(m, 4096): s for m, s in zip(FIVE, (27.5, 29, 31, 33, 35.9))}
+    speed = {(m, 4096): s for m, s in zip(FIVE, (27.5, 29, 31, 33, 35.9), strict=True)}
     write_json(res / "cache_speedup" / "paper-tpu_v6e.json",
                bench_doc("cache_speedup", cache_records(FIVE, (1024, 4096), "checkpoint", speed), run="paper-tpu_v6e",
                          hw=TPU, config=CKPT_CFG))
@@ -272,7 +277,7 @@ def test_main_tex_compiles(tables, tmp_path):
 def test_reproduce_plan(monkeypatch):
     import argparse
 
-    import reproduce
+    from paper import reproduce
 
     monkeypatch.delenv("BENCH_ARGS", raising=False)
     args = argparse.Namespace(make="make", profile="auto", ppl_limit="3")
@@ -289,3 +294,45 @@ def test_reproduce_plan(monkeypatch):
     assert tpu["sweep"].endswith("sweep BENCH_PROFILE=paper")
     full = dict(reproduce.plan(argparse.Namespace(make="make", profile="auto", ppl_limit=""), "cpu"))
     assert full["perplexity"] == [["make", "--no-print-directory", "perplexity"]]
+
+
+# ------------------------------------------------------------------------------ one source for the paper's numbers
+def test_paper_numbers_come_from_reported_yaml(tmp_path, monkeypatch):
+    """Figures and tables take the paper's numbers from reported.yaml only: edit the file, and the
+    caption, the table caption and the comparison follow."""
+    from figures import fig6_perplexity
+
+    doc = yaml.safe_load((PAPER / "reported.yaml").read_text())
+    c = next(c for c in doc["claims"] if c["id"] == "perplexity_delta")
+    c["tolerance"]["value"] = c["value"] = 0.0375
+    edited = tmp_path / "reported.yaml"
+    edited.write_text(yaml.safe_dump(doc))
+    monkeypatch.setattr(reported, "default_path", lambda: edited)
+    res = tmp_path / "r"
+    write_json(res / "perplexity" / "mamba2-130m" / "lm_eval_rolling.json",
+               perplexity_doc("mamba2-130m", False, "full test set", "mamba_ssm_triton", delta=0.03))
+    assert fig6_perplexity.main(["--results", str(res), "--out", str(tmp_path / "fig"), "--formats", "png"]) == 0
+    assert "the paper's +-0.0375 (against" in (tmp_path / "fig" / "fig6_perplexity.caption.md").read_text()
+    mt.build_all(res, tmp_path / "t", None, fig_dir=tmp_path / "fig")
+    assert "agreement within +-0.0375 with" in (tmp_path / "t" / "perplexity.md").read_text()
+    assert [r.status for r in cmp.compare(res) if r.claim_id == "perplexity_delta"] == ["PASS"]   # 0.03 <= 0.0375
+    assert [r.status for r in cmp.compare(res, PAPER / "reported.yaml")
+            if r.claim_id == "perplexity_delta"] == ["FAIL"]                                       # 0.03 > 0.0005
+
+
+def test_reported_loader_errors(tmp_path):
+    with pytest.raises(KeyError, match="no claim 'nope'"):
+        reported.claim("nope", REPORTED)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("claims: not-a-list\n")
+    with pytest.raises(ValueError, match="not a reported-claims file"):
+        reported.load_reported(bad)
+
+
+def test_peer_targets_are_in_reported_yaml():
+    """experiments/peers.py checks the project's peer targets read from reported.yaml (targets:)."""
+    ts = reported.targets("peers", REPORTED)
+    assert {t["peer"] for t in ts} == {"mamba2_jax_1_1_2", "hf_transformers"}
+    for t in ts:
+        assert t["ratio"] in ("decode", "prefill", "recompute", "decode_stepwise") and t["min"] > 1 and t["source"]
+    assert not {t["id"] for t in ts} & {c["id"] for c in REPORTED["claims"]}   # targets are not paper claims

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..fileio import atomic_write, atomic_write_json, to_jsonable
 from ..paths import results_dir
 
 __all__ = ["SCHEMA_VERSION", "REQUIRED_COLUMNS", "validate_result", "write_results", "read_result",
-           "load_results", "iter_results", "write_document", "device_hardware"]
+           "load_results", "iter_results", "write_document", "device_hardware", "bench_to_tidy", "BENCH_VIEWS"]
 
 SCHEMA_VERSION = 1
 _REQUIRED_TOP = ("schema_version", "experiment", "run", "label", "provenance", "hardware", "config", "records")
@@ -142,9 +144,86 @@ def iter_results(experiment: str, results: str | os.PathLike | None = None,
         doc = read_result(p)
         if isinstance(doc, dict):
             yield p, doc
+        else:
+            print(f"[results] WARNING: skipping {p}: not a readable JSON object", file=sys.stderr)
 
 
-def load_results(experiment: str, results: str | os.PathLike | None = None,
-                 pattern: str = "*.json") -> list[tuple[Path, dict[str, Any]]]:
-    """The one loader used by figures and paper tables: every document of ``experiment``."""
-    return list(iter_results(experiment, results, pattern))
+# What each experiment's documents look like when read back.  Experiments that write the one schema
+# above are accepted when the document names the experiment and has records; parity and perplexity
+# write their own layouts (one file per model x reference backend / per model x protocol).
+_LAYOUTS: dict[str, tuple[str, Callable[[dict[str, Any]], bool]]] = {
+    "parity": ("*.json", lambda d: "hidden_per_layer" in d and "greedy_summary" in d),
+    "perplexity": ("*/*.json", lambda d: d.get("kind") == "perplexity" and bool(d.get("backends"))),
+}
+# experiments whose records `make bench` (experiment "bench") also measures: see bench_to_tidy
+BENCH_VIEWS = ("throughput", "sweep", "cache_speedup")
+
+
+def load_results(experiment: str, results: str | os.PathLike | None = None, pattern: str | None = None, *,
+                 include_bench: bool = False) -> list[tuple[Path, dict[str, Any]]]:
+    """The one loader used by figures and paper tables: ``(path, document)`` for every document of
+    ``experiment`` under ``<results>/<experiment>`` (sorted by file name) that has the experiment's
+    layout.  With ``include_bench``, the ``make bench`` documents (``<results>/bench``) follow, converted
+    to this experiment's records by :func:`bench_to_tidy` (those with no such record are left out)."""
+    default_pattern, accept = _LAYOUTS.get(experiment, ("*.json", None))
+    if accept is None and experiment in REQUIRED_COLUMNS:
+        def accept(d):
+            return d.get("experiment") == experiment and bool(d.get("records"))
+    docs = [(p, d) for p, d in iter_results(experiment, results, pattern or default_pattern)
+            if accept is None or accept(d)]
+    if include_bench and experiment in BENCH_VIEWS:
+        for p, d in load_results("bench", results):
+            view = bench_to_tidy(d, experiment)
+            if view["records"]:
+                docs.append((p, view))
+    return docs
+
+
+def bench_to_tidy(doc: dict[str, Any], experiment: str) -> dict[str, Any]:
+    """A ``make bench`` document (one record per metric) as a throughput / sweep / cache_speedup
+    document (the tidy records those experiments write), for its first (base) dtype only.
+
+    The document keeps its provenance and hardware; ``source_experiment`` is "bench" and the run is
+    ``"<run> [make bench]"``."""
+    if experiment not in BENCH_VIEWS:
+        raise ValueError(f"make bench has no {experiment!r} view (one of {BENCH_VIEWS})")
+    models = doc.get("models") or {}
+    dtypes = list(((doc.get("config") or {}).get("bench") or {}).get("dtypes") or models.keys())
+    base = dtypes[0] if dtypes else "float32"
+    info = models.get(base) or {}
+    common = {"dtype": base, "matmul_precision": (info.get("policy") or {}).get("matmul_precision"),
+              "batch": int((doc.get("config") or {}).get("batch") or 1), "weights": info.get("weights", "?")}
+    recs = [r for r in doc.get("records") or [] if r.get("dtype") in (base, None)]
+
+    def find(metric, **kw):
+        return next((r for r in recs if r.get("metric") == metric and all(r.get(k) == v for k, v in kw.items())),
+                    None)
+
+    def decode(r, **kw):
+        bw = find("bandwidth_fraction_vs_start_best", context=r["context"])
+        return {**common, "model": r.get("model"), "kind": "decode", **kw, "context": int(r["context"]),
+                "median_s": r.get("median_s"), "ms_per_token": r["value"],
+                "tokens_per_s": common["batch"] * 1e3 / r["value"], "hbu": bw["value"] if bw else None}
+
+    dec = [r for r in recs if r.get("metric") == "decode_ms_per_token" and r.get("context") is not None]
+    out: list[dict[str, Any]] = []
+    if experiment == "sweep":
+        out = [{**decode(r), "compile_s": r.get("compile_s")} for r in dec]
+    elif experiment == "cache_speedup":
+        out = [{**common, "model": r.get("model"), "context": int(r["context"]), "headline": True,
+                "cached_ms_per_token": r.get("cached_ms"), "recompute_ms_per_token": r.get("recompute_ms"),
+                "speedup": r["value"]} for r in recs if r.get("metric") == "cached_over_recompute"]
+    else:  # throughput: every prefill length, and decode at the shortest context
+        out = [{**common, "model": r.get("model"), "kind": "prefill", "length": int(r["length"]),
+                "context": int(r["length"]), "median_s": r.get("median_s"), "tokens_per_s": r["value"],
+                "compile_s": r.get("compile_s"), "tflops": None, "mfu": None}
+               for r in recs if r.get("metric") == "prefill_tokens_per_s"]
+        if dec:
+            r = min(dec, key=lambda r: r["context"])
+            by = find("achieved_bytes_per_s", context=r["context"])
+            peak_bw = find("stream_bandwidth_start")
+            out.append({**decode(r, length=int(r.get("tokens") or 0)),
+                        "bytes_per_step": by.get("bytes_per_step") if by else None, "compile_s": r.get("compile_s"),
+                        "bandwidth": peak_bw["value"] if peak_bw else None})
+    return {**{k: v for k, v in doc.items() if k != "records"}, "experiment": experiment, "source_experiment": "bench",
+            "run": f"{doc.get('run')} [make bench]", "records": out}

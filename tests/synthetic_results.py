@@ -1,0 +1,142 @@
+"""Tiny synthetic results trees in the experiments' formats, for the figure and paper-table tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+PROV = {"date_utc": "2026-01-01T00:00:00+00:00", "git": {"sha": "0123456789abcdef", "dirty": False},
+        "cpu_model": "Test CPU", "cpu_count": 2, "jax": {"backend": "cpu", "device_kinds": ["cpu"]}}
+
+
+# ------------------------------------------------------------------------------ synthetic results
+def hardware(profile="cpu", platform="cpu", kind="cpu", matches=True):
+    return {"profile": {"name": profile, "kind": platform, "peak": {"float32": 1e11}, "bandwidth": 1e10},
+            "requested": "auto", "detected": profile if matches else platform,
+            "device": {"platform": platform, "device_kind": kind, "count": 1, "backend": platform},
+            "matches_device": matches, "forced": not matches}
+
+
+def bench_doc(experiment, records, run="cpu_smoke-cpu", hw=None, config=None):
+    return {"schema_version": 1, "experiment": experiment, "run": run, "label": f"{experiment}: test",
+            "provenance": PROV, "hardware": hw or hardware(), "config": config or {"dtype": "float32"},
+            "records": records}
+
+
+def throughput_records(models=("mamba2-130m", "mamba2-370m"), weights="random-init", length=1024, tflops=0.05,
+                       mfu_bf16=0.01, hbu=0.3):
+    out = []
+    for k, m in enumerate(models):
+        common = {"model": m, "dtype": "float32", "matmul_precision": "highest", "batch": 1, "weights": weights,
+                  "num_params": 1e8}
+        out.append({**common, "kind": "prefill", "length": length, "context": length, "compile_s": 3.0,
+                    "median_s": 0.5 * (k + 1), "tokens_per_s": length / (0.5 * (k + 1)), "tflops": tflops / (k + 1),
+                    "mfu": 0.2 / (k + 1), "mfu_vs_bf16_peak": mfu_bf16 / (k + 1), "peak_flops": 1e11,
+                    "peak_note": "test peak"})
+        out.append({**common, "kind": "decode", "length": 32, "context": 128, "compile_s": 2.0, "median_s": 0.3,
+                    "ms_per_token": 10.0 * (k + 1), "tokens_per_s": 100.0 / (k + 1), "bytes_per_step": 5e8,
+                    "bandwidth": 1e10, "hbu": hbu / (k + 1), "mfu": 0.01, "peak_flops": 1e11})
+    return out
+
+
+def sweep_records(models=("mamba2-130m", "mamba2-370m"), contexts=(128, 512, 2048), weights="random-init", slope=0.0):
+    out = []
+    for k, m in enumerate(models):
+        common = {"model": m, "dtype": "float32", "matmul_precision": "highest", "batch": 1, "weights": weights}
+        for c in contexts:
+            ms = 10.0 * (k + 1) * (1 + slope * c / contexts[-1])
+            out.append({**common, "kind": "decode", "context": c, "median_s": ms * 32 / 1e3, "tokens": 32,
+                        "ms_per_token": ms, "tokens_per_s": 1e3 / ms, "hbu": 0.3, "compile_s": 2.0})
+            out.append({**common, "kind": "prefill", "context": c, "median_s": c / 2000, "tokens": c,
+                        "tokens_per_s": 2000.0, "tflops": 0.04, "mfu": 0.2, "compile_s": 3.0})
+    return out
+
+
+def cache_records(models=("mamba2-130m", "mamba2-370m"), contexts=(512, 1024), weights="random-init", speedups=None):
+    out = []
+    for k, m in enumerate(models):
+        for j, c in enumerate(contexts):
+            s = (speedups or {}).get((m, c), 5.0 * (j + 1) + k)
+            out.append({"model": m, "dtype": "float32", "batch": 1, "weights": weights, "context": c,
+                        "headline": c == contexts[-1], "cached_ms_per_token": 10.0,
+                        "recompute_ms_per_token": 10.0 * s, "speedup": s})
+    return out
+
+
+def parity_doc(model="random-tiny", backend="mamba_ssm_ref_cpu", kind="random-init", n_layer=3, max_rel=2e-6,
+               matched=64, label="cpu-synthetic", ref_device="cpu"):
+    layers = [{"max_abs": 1e-7, "max_rel": max_rel * (i + 1) / n_layer, "ulps": 4.0 * (i + 1)} for i in range(n_layer)]
+    prompts = {p: {"T": 5, "greedy": {"n": 64, "n_match_positions": matched, "matched_prefix": matched,
+                                      "first_divergence": None if matched == 64 else matched}}
+               for p in ("capital", "recipe")}
+    return {"model": model, "reference": {"backend": backend, "device": ref_device, "dtype": "float32"},
+            "checkpoint": {"kind": kind, "source": model if kind == "checkpoint" else "random init of preset tiny"},
+            "jax": {"param_dtype": "float32", "stored_dtype": "float32", "matmul_precision": "highest",
+                    "plant_bug": None},
+            "hidden_per_layer": layers, "hidden_worst": {"max_abs": 1e-6, "max_rel": max_rel, "ulps": 40.0},
+            "logits_worst": {"max_abs": 1e-6, "max_rel": max_rel * 0.9, "ulps": 30.0}, "decode_topk_max_rel": 1e-6,
+            "greedy_summary": {"prompts": 2, "identical_64_of_64": 2 if matched == 64 else 0,
+                               "tokens_matching_total": 2 * matched, "tokens_total": 128,
+                               "divergences_below_noise_floor": 0, "divergences_unexplained": []},
+            "per_prompt": prompts, "pass": matched == 64, "tolerance": {"max_rel": 1e-5, "margin_rel": 1e-5},
+            "n_new": 64, "label": label, "provenance": PROV}
+
+
+def perplexity_doc(name="synthetic-d64", synthetic=True, scope="first 3 of 62 documents", ref="mamba_ssm_ref_cpu",
+                   delta=1.5e-4, protocol="lm_eval_rolling", ppl=1000.0):
+    metric = "word_perplexity" if protocol == "lm_eval_rolling" else "token_perplexity"
+    be = {"jax_fp32": {"status": "ok", metric: ppl + delta, "n_tokens": 9000,
+                       "run": {"policy": {"matmul_precision": "highest"}}},
+          "jax_bf16": {"status": "ok", metric: ppl + 1.0, "n_tokens": 9000},
+          ref: {"status": "ok", metric: ppl, "n_tokens": 9000},
+          "transformers": {"status": "ok", metric: ppl + 1e-5, "n_tokens": 9000}}
+    return {"kind": "perplexity", "protocol": protocol, "scope": scope,
+            "model": {"name": name, "label": name, "synthetic": synthetic,
+                      "weights": "synthetic weights (random init, untrained)" if synthetic else f"pretrained {name}"},
+            "data": {"split": "test"}, "backends": be,
+            "comparison": {"reference_backend": ref, "primary_metric": metric, "tolerance_rel": 1e-4,
+                           "vs_reference": {"jax_fp32": {metric: {"delta": delta, "rel": delta / ppl}},
+                                            "jax_bf16": {metric: {"delta": 1.0, "rel": 1.0 / ppl}},
+                                            "transformers": {metric: {"delta": 1e-5, "rel": 1e-8}}}},
+            "provenance": PROV}
+
+
+def write_json(path: Path, doc) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def write_synthetic_results(root: Path) -> Path:
+    """A small CPU results tree in the experiments' formats (synthetic weights)."""
+    write_json(root / "throughput" / "cpu_smoke-cpu.json", bench_doc("throughput", throughput_records()))
+    write_json(root / "sweep" / "cpu_smoke-cpu.json", bench_doc("sweep", sweep_records()))
+    write_json(root / "cache_speedup" / "cpu_smoke-cpu.json", bench_doc("cache_speedup", cache_records()))
+    write_json(root / "parity" / "random-tiny__mamba_ssm_ref_cpu.json", parity_doc())
+    write_json(root / "parity" / "random-tiny__transformers.json", parity_doc(backend="transformers", matched=40))
+    write_json(root / "perplexity" / "synthetic-d64" / "lm_eval_rolling-limit3.json", perplexity_doc())
+    write_json(root / "perplexity" / "synthetic-d64" / "strided-limit3.json",
+               perplexity_doc(protocol="strided", scope="first 3 of 141 windows", delta=-3e-4, ppl=800.0))
+    return root
+
+
+def bench_metrics_doc():
+    """A `make bench` document (one record per metric, experiments/bench.py)."""
+    m = {"model": "mamba2-130m"}
+    recs = [{**m, "metric": "prefill_tokens_per_s", "value": 180.0, "unit": "tokens/s", "dtype": "float32",
+             "length": 1024, "median_s": 5.7, "compile_s": 2.0}]
+    for c, ms in ((128, 67.0), (1024, 66.0), (4096, 66.5)):
+        recs += [{**m, "metric": "decode_ms_per_token", "value": ms, "unit": "ms", "dtype": "float32", "context": c,
+                  "tokens": 64, "compile_s": 1.7},
+                 {**m, "metric": "bandwidth_fraction_vs_start_best", "value": 0.38, "unit": "fraction",
+                  "dtype": "float32", "context": c},
+                 {**m, "metric": "achieved_bytes_per_s", "value": 8e9, "unit": "B/s", "dtype": "float32", "context": c,
+                  "bytes_per_step": 5.5e8}]
+    recs += [{**m, "metric": "decode_ms_per_token", "value": 70.0, "unit": "ms", "dtype": "bfloat16", "context": 128},
+             {**m, "metric": "stream_bandwidth_start", "value": 2e10, "unit": "B/s"},
+             {**m, "metric": "cached_over_recompute", "value": 300.0, "unit": "ratio", "dtype": "float32",
+              "context": 4096, "recompute_ms": 19950.0, "cached_ms": 66.5}]
+    return {**bench_doc("bench", recs, run="cpu_bench-cpu"),
+            "models": {"float32": {"weights": "random-init", "policy": {"matmul_precision": "highest"}},
+                       "bfloat16": {"weights": "random-init", "policy": {"matmul_precision": "default"}}},
+            "config": {"dtype": "float32", "bench": {"dtypes": ["float32", "bfloat16"]}}}
