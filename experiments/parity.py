@@ -41,12 +41,13 @@ from mamba2_jax.eval.results import write_document  # noqa: E402
 from mamba2_jax.fileio import atomic_write, atomic_write_json, atomic_write_text, sha256_file  # noqa: E402
 from reference.common import read_golden  # noqa: E402  (numpy-only module)
 
-PAPER_TOLERANCES = {
-    "source": "arXiv 2603.09555",
-    "hidden_states": "within float32 rounding",
-    "greedy": "64/64 identical tokens",
-    "perplexity": "+-0.0005 (measured by the perplexity experiment, not here)",
-}
+def paper_tolerances() -> dict[str, str]:
+    """The paper's fidelity claims, from paper/reported.yaml (the only place they are written)."""
+    from mamba2_jax.eval import reported
+
+    h, g, p = (reported.claim(c) for c in ("hidden_fp32", "greedy_64", "perplexity_delta"))
+    return {"source": reported.cite(h), "hidden_states": h["display"], "greedy": g["display"],
+            "perplexity": f"{p['display']} (measured by the perplexity experiment, not here)"}
 
 
 # ------------------------------------------------------------------------------ small helpers
@@ -371,7 +372,7 @@ def run_parity(cfg) -> dict[str, Any]:
                 "model": tag, "model_dir": str(model_dir), "checkpoint": desc, "checkpoint_fingerprint": fp,
                 "config": {k: getattr(model.cfg, k) for k in ("d_model", "n_layer", "ngroups", "d_state", "headdim",
                                                               "chunk_size", "nheads", "vocab_size")},
-                "jax": jmeta, "jax_seconds": round(t_jax, 2), "tolerance": tol, "paper_tolerances": PAPER_TOLERANCES,
+                "jax": jmeta, "jax_seconds": round(t_jax, 2), "tolerance": tol, "paper_tolerances": paper_tolerances(),
                 "reference_spread": spread,
                 "prompts": {"file": prompts_doc["source"], "version": prompts_doc["version"],
                             "sha256": prompts_doc["sha256"], "lengths": [len(p["input_ids"]) for p in prompts_doc["prompts"]],
@@ -476,12 +477,12 @@ def write_markdown(path: Path, reports: list[dict[str, Any]], prov: dict[str, An
             f"{g['tokens_matching_total']}/{g['tokens_total']} | {g['divergences_below_noise_floor']} / "
             f"{len(g['divergences_unexplained'])} | {'PASS' if r['pass'] else 'FAIL'} |")
     if reports:
-        r = reports[0]
+        r, pt = reports[0], reports[0]["paper_tolerances"]
         lines += ["", f"Targets: max_rel <= {r['tolerance']['max_rel']:g} on every layer and the logits; greedy "
                   f"{r['n_new']}/{r['n_new']} on every prompt, or each divergence at a reference margin < "
                   f"{r['tolerance']['margin_rel']:g} x max|logit|.",
-                  f"Paper ({PAPER_TOLERANCES['source']}): hidden states {PAPER_TOLERANCES['hidden_states']}; greedy "
-                  f"{PAPER_TOLERANCES['greedy']}; perplexity {PAPER_TOLERANCES['perplexity']}.", "",
+                  f"Paper ({pt['source']}): hidden states {pt['hidden_states']}; greedy "
+                  f"{pt['greedy']}; perplexity {pt['perplexity']}.", "",
                   "Reference spread (the references against each other: the fp32 noise scale):", ""]
         seen = set()
         for r in reports:

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from mamba2_jax.eval import bench
 from mamba2_jax.paths import CONF_DIR
-from mamba2_jax.eval.results import validate_result
+from mamba2_jax.eval.results import REQUIRED_COLUMNS, validate_result
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = CONF_DIR
@@ -42,7 +42,7 @@ def check_files(paths, experiment):
     assert "synthetic" in doc["label"] or "random" in doc["label"]
     df = pd.read_csv(cp)
     assert len(df) == len(doc["records"]) and {"run", "device"} <= set(df.columns)
-    for col in bench.REQUIRED_COLUMNS[experiment]:
+    for col in REQUIRED_COLUMNS[experiment]:
         assert col in df.columns
     return doc, df
 
