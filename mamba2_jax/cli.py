@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 __all__ = ["main", "default_model_dir"]
 
@@ -88,6 +89,10 @@ def _cmd_generate(a) -> int:
         jax.config.update("jax_default_matmul_precision", a.precision)
     if a.model is None:
         a.model = default_model_dir()
+        if not Path(a.model).is_dir():
+            print(f"error: no --model given and the embedded model is not at {a.model} (it ships with a source "
+                  f"checkout, not with the wheel); pass --model DIR or a hub id", file=sys.stderr)
+            return 2
     model_dir = resolve_model_dir(a.model)
     tok = None
     if a.prompt is not None or (a.tokenizer is not None and not a.no_decode):
