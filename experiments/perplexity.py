@@ -160,7 +160,7 @@ def resolve_model(name: str, cfg) -> dict[str, Any]:
 
 
 def model_from_group(m) -> str:
-    """An entry of the shared Hydra group experiments/conf/model/ → a model name for resolve_model."""
+    """An entry of the shared Hydra group mamba2_jax/eval/conf/model/ → a model name for resolve_model."""
     if isinstance(m, str):
         return m
     if m.get("checkpoint"):

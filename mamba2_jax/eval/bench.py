@@ -52,7 +52,7 @@ def data_dir(override: str | os.PathLike | None = None) -> Path:
 
 # ------------------------------------------------------------------------------ paths / models
 def load_model_spec(name: str, conf_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The Hydra ``model`` group entry ``experiments/conf/model/<name>.yaml`` as a plain dict
+    """The Hydra ``model`` group entry ``mamba2_jax/eval/conf/model/<name>.yaml`` as a plain dict
     (falls back to a bare preset name if there is no such file)."""
     conf_dir = Path(conf_dir) if conf_dir else CONF_DIR
     p = conf_dir / "model" / f"{name}.yaml"
