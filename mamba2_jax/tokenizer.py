@@ -60,16 +60,17 @@ def resolve_tokenizer(path_or_id: str | Path | None = None, model_dir: str | Pat
                       ) -> tuple[str, Path | str]:
     """``(origin, location)``: the first local ``tokenizer.json`` in the resolution order, else
     ``("hub", hub_id)``.  Nothing is loaded and the network is not touched."""
-    from .paths import checkout_root, data_dir
+    from .paths import checkout_root
 
     if path_or_id is not None:
         f = _local_file(Path(path_or_id).expanduser())
         return ("explicit", f) if f is not None else ("hub", str(path_or_id))
     if model_dir is not None and (f := _local_file(Path(model_dir).expanduser() / "tokenizer.json")):
         return "model", f
-    if os.environ.get("MAMBA2_JAX_DATA") and (f := _local_file(data_dir() / "gpt-neox-20b")):
+    env = os.environ.get("MAMBA2_JAX_DATA")  # as given, not resolved: results record this path
+    if env and (f := _local_file(Path(env).expanduser() / "gpt-neox-20b")):
         return "MAMBA2_JAX_DATA", f
-    root = checkout_root()  # data_dir()'s own fallback, tried even when $MAMBA2_JAX_DATA lacks the tokenizer
+    root = checkout_root()  # paths.data_dir()'s fallback, tried even when $MAMBA2_JAX_DATA lacks the tokenizer
     if root is not None and (f := _local_file(root.parent / "shared" / "data" / "gpt-neox-20b")):
         return "checkout", f
     return "hub", DEFAULT_TOKENIZER
