@@ -35,7 +35,7 @@ from mamba2_jax.eval.data import (count_bytes, count_words, raw_text_from_rows, 
 from mamba2_jax.eval.provenance import provenance
 from mamba2_jax.eval.results import write_document
 from mamba2_jax.eval.train import TokenBatcher, Trainer, TrainConfig, wikitext_train_val
-from mamba2_jax.fileio import atomic_write_text, sha256_file
+from mamba2_jax.fileio import atomic_write_bytes, atomic_write_text, sha256_file
 from mamba2_jax.generate import stepwise_greedy
 from mamba2_jax.paths import checkout_root
 
@@ -162,6 +162,8 @@ def main(c: DictConfig) -> None:
     if c.write_checkpoint:
         tc = TrainConfig(**metrics["train"])
         atomic_write_text(out / "README.md", model_card(cfg, tc, metrics))
+        if Path(tok.source).is_file():  # ship the tokenizer beside the weights (Apache-2.0, see the card)
+            atomic_write_bytes(out / "tokenizer.json", Path(tok.source).read_bytes())
     print(f"wrote {results}/metrics.json", flush=True)
 
 
@@ -271,7 +273,9 @@ Greedy continuation of `{m['sample']['prompt']!r}` ({len(m['sample']['token_ids'
 * Training data: WikiText-103 (Merity et al. 2016, "Pointer Sentinel Mixture Models"), Creative Commons
   Attribution-ShareAlike 3.0 (CC BY-SA 3.0) and GFDL.  A model trained on it may be considered an
   adaptation; if so, CC BY-SA 3.0 share-alike terms apply to it.
-* Tokenizer: GPT-NeoX-20B tokenizer (EleutherAI), Apache-2.0.  Not redistributed here.
+* Tokenizer: `tokenizer.json` is an unmodified copy of the GPT-NeoX-20B tokenizer (EleutherAI,
+  `EleutherAI/gpt-neox-20b` on the Hugging Face hub), licensed Apache-2.0; it ships here so that
+  `mamba2-jax generate --prompt ...` works offline from any directory.
 """
 
 

@@ -188,24 +188,32 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def resolve_model_dir(path_or_hub_id: str | Path, revision: str | None = None) -> Path:
-    """A local directory as is; otherwise a hub id downloaded with huggingface_hub."""
+    """A local directory as is; otherwise a hub id downloaded with huggingface_hub.
+
+    Offline (``HF_HUB_OFFLINE``, or the hub does not answer within ``hub.PROBE_TIMEOUT_S``), only
+    the local HF cache is consulted and a miss fails at once, without huggingface_hub's retries."""
     p = Path(path_or_hub_id).expanduser()
     if p.is_dir():
         return p
     s = str(path_or_hub_id)
     if not _HUB_ID.match(s) or p.exists():
         raise CheckpointError(f"{s}: no such local checkpoint directory, and not a hub id (owner/name)")
-    try:
-        from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download
 
-        local = snapshot_download(repo_id=s, revision=revision,
+    from .hub import offline_reason
+
+    offline = offline_reason()
+    try:
+        local = snapshot_download(repo_id=s, revision=revision, local_files_only=offline is not None,
                                   allow_patterns=["config.json", "*.bin", "*.safetensors"])
     except Exception as e:  # noqa: BLE001 - offline / unreachable / missing repo all end here
+        why = (f"offline: {offline}, and it is not in the local HF cache" if offline
+               else f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
         raise CheckpointError(
-            f"could not fetch {s!r} from the Hugging Face hub ({type(e).__name__}: {str(e).splitlines()[0][:200]}).\n"
-            f"If you are offline, download it elsewhere (e.g. `huggingface-cli download {s} --local-dir DIR`) "
-            f"and pass the local directory instead: load_pretrained('DIR') or --model DIR. "
-            f"Set HF_HUB_OFFLINE=1 to skip network attempts."
+            f"could not fetch {s!r} from the Hugging Face hub ({why}).\n"
+            f"Download it elsewhere (`huggingface-cli download {s} --local-dir DIR`) and pass the local directory "
+            f"instead: --model DIR or load_pretrained('DIR'), where DIR holds config.json and pytorch_model.bin "
+            f"or model.safetensors."
         ) from None
     return Path(local)
 

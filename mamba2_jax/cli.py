@@ -10,13 +10,12 @@ from pathlib import Path
 
 __all__ = ["main", "default_model_dir"]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO_ROOT / "checkpoints" / "mamba2-tiny-wikitext"
-
 
 def default_model_dir() -> str:
-    """The project's embedded tiny model, if present in this checkout."""
-    return str(DEFAULT_MODEL)
+    """The project's embedded tiny model (``paths.default_model_dir``), whatever the cwd."""
+    from .paths import default_model_dir as _default
+
+    return str(_default())
 
 
 def _cmd_init_random(a) -> int:
@@ -82,20 +81,32 @@ def _parse_ids(s: str) -> list[int]:
 def _cmd_generate(a) -> int:
     import jax
 
-    from .checkpoint import load_pretrained
+    from .checkpoint import load_pretrained, resolve_model_dir
     from .generate import Generator, SamplingConfig
-    from .tokenizer import load_tokenizer
+    from .tokenizer import TokenizerError, load_tokenizer
 
     if a.precision:
         jax.config.update("jax_default_matmul_precision", a.precision)
+    if a.model is None:
+        a.model = default_model_dir()
+        if not Path(a.model).is_dir():
+            print(f"error: no --model given and the embedded model is not at {a.model} (it ships with a source "
+                  f"checkout, not with the wheel); pass --model DIR or a hub id", file=sys.stderr)
+            return 2
+    model_dir = resolve_model_dir(a.model)
     tok = None
-    if a.prompt is not None or not a.no_decode:
-        tok = load_tokenizer(a.tokenizer)
+    if a.prompt is not None or (a.tokenizer is not None and not a.no_decode):
+        tok = load_tokenizer(a.tokenizer, model_dir=model_dir)
+    elif not a.no_decode:  # --prompt-ids: decode only if a tokenizer is found locally; never wait for the hub
+        try:
+            tok = load_tokenizer(None, model_dir=model_dir, allow_hub=False)
+        except TokenizerError:
+            tok = None
     if a.prompt is not None:
         ids = tok.encode(a.prompt)
     else:
         ids = _parse_ids(a.prompt_ids)
-    model = load_pretrained(a.model, dtype=a.dtype)
+    model = load_pretrained(model_dir, dtype=a.dtype)
     sampling = SamplingConfig(greedy=True) if a.temperature is None and a.top_k is None and a.top_p is None \
         else SamplingConfig(greedy=False, temperature=a.temperature or 1.0, top_k=a.top_k or 0, top_p=a.top_p or 1.0)
     gen = Generator(model, eos_id=None if a.ignore_eos else 0)
@@ -117,7 +128,8 @@ def _cmd_generate(a) -> int:
         print(json.dumps({"ids": new, "text": text, "prompt_ids": ids, "prefill_s": res.prefill_s,
                           "decode_tok_s": res.decode_tok_s, "decode_s": res.decode_s,
                           "compile_s": compile_s, "decode_steps": res.decode_steps,
-                          "policy": model.policy, "model": str(a.model)}))
+                          "policy": model.policy, "model": str(a.model),
+                          "tokenizer": None if tok is None else {"origin": tok.origin, "source": tok.source}}))
     else:
         print((a.prompt if a.prompt is not None else (tok.decode(ids) if tok else ids)), end="")
         print(text if text is not None else new)
@@ -149,8 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_convert)
 
     s = sub.add_parser("generate", help="generate text (compiled on-device decode loop)")
-    s.add_argument("--model", default=default_model_dir(), help="checkpoint dir or hub id (default: embedded tiny model)")
-    s.add_argument("--tokenizer", default=None, help="dir with tokenizer.json or hub id (default: $MAMBA2_JAX_DATA/gpt-neox-20b, else the hub)")
+    s.add_argument("--model", default=None,
+                   help="checkpoint dir or hub id (default: the embedded tiny model, checkpoints/mamba2-tiny-wikitext)")
+    s.add_argument("--tokenizer", default=None,
+                   help="dir with tokenizer.json or hub id (default: the model dir's tokenizer.json, then "
+                        "$MAMBA2_JAX_DATA/gpt-neox-20b, then the checkout's ../shared/data, then the hub; "
+                        "with --prompt-ids only local files are tried)")
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--prompt")
     g.add_argument("--prompt-ids")
@@ -163,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     s.add_argument("--precision", default=None, choices=[None, "highest", "default", "high"])
     s.add_argument("--ignore-eos", action="store_true")
-    s.add_argument("--no-decode", action="store_true", help="with --prompt-ids: print ids, no tokenizer needed")
+    s.add_argument("--no-decode", action="store_true", help="with --prompt-ids: print ids, do not look for a tokenizer")
     s.add_argument("--stream", action="store_true")
     s.add_argument("--stream-chunk", type=int, default=8)
     s.add_argument("--json", action="store_true")

@@ -1,6 +1,10 @@
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-import numpy as np
 import pytest
 
 from mamba2_jax.cli import main
@@ -62,3 +66,123 @@ def test_generate_bad_input(ckpt, capsys, args, msg):
 def test_offline_hub_model(capsys):
     assert main(["info", "state-spaces/mamba2-130m"]) == 2
     assert "local directory" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ offline, from any directory (issue 11)
+REPO = Path(__file__).resolve().parents[1]
+EMBEDDED = REPO / "checkpoints" / "mamba2-tiny-wikitext"
+
+
+def _offline_env(**extra) -> dict:
+    """The environment of a new user outside the repo: no MAMBA2_JAX_DATA, hub offline."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAMBA2_JAX_DATA", "HF_ENDPOINT")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env.update({"HF_HUB_OFFLINE": "1", **extra})
+    return env
+
+
+def _cli(cwd, *args) -> dict:
+    r = subprocess.run([sys.executable, "-m", "mamba2_jax.cli", *args], cwd=cwd, env=_offline_env(),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.splitlines()[-1])
+
+
+def test_embedded_model_ships_the_shared_tokenizer(data_dir):
+    shipped, shared = EMBEDDED / "tokenizer.json", data_dir / "gpt-neox-20b" / "tokenizer.json"
+    assert shipped.read_bytes() == shared.read_bytes()
+    assert "Apache-2.0" in (EMBEDDED / "README.md").read_text()
+
+
+@pytest.mark.integration
+def test_generate_offline_from_any_directory(tmp_path):
+    # no --model: the embedded model; no --tokenizer, no MAMBA2_JAX_DATA: the model dir's own tokenizer
+    common = ["generate", "--max-new-tokens", "4", "--ignore-eos", "--json"]
+    by_ids = _cli(tmp_path, *common, "--prompt-ids", "510,2892,273")
+    by_text = _cli(tmp_path, *common, "--prompt", "The history of")
+    assert by_ids["model"] == by_text["model"] == str(EMBEDDED)
+    assert by_text["tokenizer"] == by_ids["tokenizer"] == {"origin": "model", "source": str(EMBEDDED / "tokenizer.json")}
+    from tokenizers import Tokenizer as HFTokenizer  # the tokenizers library itself, not our wrapper
+
+    ref = HFTokenizer.from_file(str(EMBEDDED / "tokenizer.json"))
+    assert by_text["prompt_ids"] == ref.encode("The history of", add_special_tokens=False).ids
+    assert by_ids["prompt_ids"] == [510, 2892, 273] and by_text["prompt_ids"] == by_ids["prompt_ids"]
+    assert by_text["ids"] == by_ids["ids"] and len(by_ids["ids"]) == 4
+    assert by_ids["text"] == by_text["text"] == ref.decode(by_ids["ids"])
+
+
+def test_prompt_ids_need_no_tokenizer(ckpt, monkeypatch, capsys):
+    # nothing to find anywhere: no tokenizer.json in the model dir, no data dir, no checkout, hub offline
+    import mamba2_jax.paths
+
+    monkeypatch.delenv("MAMBA2_JAX_DATA", raising=False)
+    monkeypatch.setattr(mamba2_jax.paths, "checkout_root", lambda: None)
+    from mamba2_jax.tokenizer import resolve_tokenizer
+
+    assert resolve_tokenizer(None, model_dir=ckpt) == ("hub", "EleutherAI/gpt-neox-20b")
+    t = time.perf_counter()
+    assert main(["generate", "--model", str(ckpt), "--prompt-ids", "3,4,5", "--max-new-tokens", "2",
+                 "--ignore-eos", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["tokenizer"] is None and out["text"] is None and len(out["ids"]) == 2
+    assert time.perf_counter() - t < 120  # far below huggingface_hub's retry loop plus compile; no hub wait
+    # --prompt, by contrast, needs one: a clear error naming the local options
+    assert main(["generate", "--model", str(ckpt), "--prompt", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert "--tokenizer DIR" in err and "MAMBA2_JAX_DATA" in err
+
+
+def test_tokenizer_resolution_order(tmp_path, monkeypatch):
+    import mamba2_jax.paths
+    from mamba2_jax.tokenizer import resolve_tokenizer
+
+    def tok_dir(name):
+        d = tmp_path / name
+        d.mkdir(parents=True)
+        (d / "tokenizer.json").write_text("{}")
+        return d
+
+    explicit, model = tok_dir("explicit"), tok_dir("model")
+    env_data, checkout = tok_dir("env/gpt-neox-20b").parent, tok_dir("shared/data/gpt-neox-20b")
+    fake_root = tmp_path / "repo"
+    monkeypatch.setattr(mamba2_jax.paths, "checkout_root", lambda: fake_root)
+    monkeypatch.setenv("MAMBA2_JAX_DATA", str(env_data))
+    assert resolve_tokenizer(explicit, model) == ("explicit", explicit / "tokenizer.json")
+    assert resolve_tokenizer(None, model) == ("model", model / "tokenizer.json")
+    assert resolve_tokenizer(None, tmp_path / "none") == ("MAMBA2_JAX_DATA", env_data / "gpt-neox-20b" / "tokenizer.json")
+    monkeypatch.setenv("MAMBA2_JAX_DATA", str(tmp_path / "empty"))
+    assert resolve_tokenizer(None, None) == ("checkout", checkout / "tokenizer.json")
+    monkeypatch.setattr(mamba2_jax.paths, "checkout_root", lambda: None)
+    assert resolve_tokenizer(None, None) == ("hub", "EleutherAI/gpt-neox-20b")
+    assert resolve_tokenizer("someone/tok", model) == ("hub", "someone/tok")
+
+
+_FAIL_FAST = """
+import json, sys, time
+from mamba2_jax.checkpoint import CheckpointError, resolve_model_dir
+from mamba2_jax.tokenizer import TokenizerError, load_tokenizer
+out = {}
+for name, fn, err in (("model", resolve_model_dir, CheckpointError), ("tokenizer", load_tokenizer, TokenizerError)):
+    t = time.perf_counter()
+    try:
+        fn("nobody-xyz/no-such-model")
+        out[name] = None
+    except err as e:
+        out[name] = [time.perf_counter() - t, str(e)]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"},  # told: offline
+                                 {"HF_HUB_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9"}],  # hub unreachable
+                         ids=["HF_HUB_OFFLINE", "unreachable"])
+def test_unknown_hub_id_fails_fast_offline(tmp_path, env):
+    r = subprocess.run([sys.executable, "-c", _FAIL_FAST], cwd=tmp_path, env=_offline_env(**env),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.splitlines()[-1])
+    (t_model, msg_model), (t_tok, msg_tok) = out["model"], out["tokenizer"]
+    assert t_model < 2 and t_tok < 2, out  # no retry loop (huggingface_hub alone retries for ~25 s)
+    assert "--model DIR" in msg_model and "offline" in msg_model
+    assert "--tokenizer DIR" in msg_tok and "--model DIR" in msg_tok and "MAMBA2_JAX_DATA" in msg_tok
