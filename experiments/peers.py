@@ -30,8 +30,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mamba2_jax.eval.results import write_results  # noqa: E402
 from mamba2_jax.eval import bench, reported  # noqa: E402
+from mamba2_jax.eval.results import write_results  # noqa: E402
 from mamba2_jax.paths import require_data_dir  # noqa: E402
 
 RUNNERS = REPO / "experiments" / "peers_runners"
@@ -49,7 +49,7 @@ PEERS = {
 class Peer:
     def __init__(self, name: str, python: str, env: dict, log: Path, timeout: float):
         self.name, self.timeout = name, timeout
-        self.log = open(log, "w")
+        self.log = open(log, "w")  # noqa: SIM115 - held for the peer process's lifetime, closed in close()
         self.proc = subprocess.Popen([python, str(RUNNERS / PEERS[name]["script"])], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.log, text=True, env=env, cwd=str(REPO))
         self.sel = selectors.DefaultSelector()
@@ -75,14 +75,15 @@ class Peer:
             if line.startswith(MARK):
                 res = json.loads(line[len(MARK):])
                 if not res.get("ok"):
-                    raise RuntimeError(f"peer {self.name}: {cmd} failed: {res.get('error')}\n{res.get('traceback', '')}")
+                    raise RuntimeError(f"peer {self.name}: {cmd} failed: {res.get('error')}\n"
+                                       f"{res.get('traceback', '')}")
                 return res
 
     def close(self) -> None:
         try:
             if self.proc.poll() is None:
                 self.call("quit")
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         try:
             self.proc.wait(timeout=30)
@@ -110,7 +111,7 @@ def make_weights(mcfg, seed: int, work: Path) -> dict[str, Path]:
 def _collect_setup(name, peers, setups, skipped, t0) -> None:
     try:
         setups[name] = peers[name].recv("setup")
-    except Exception as e:  # noqa: BLE001 - a failing peer is reported, not fatal
+    except Exception as e:
         skipped[name] = f"setup failed: {e}"
         peers.pop(name).close()
         return
@@ -174,7 +175,8 @@ def run(cfg) -> dict:
             tasks[f"{name}:recompute"] = (lambda p=peer: p.call("recompute")["seconds"])
             if name == "ours":
                 tasks["ours:decode_stepwise"] = (
-                    lambda p=peer: p.call("decode_stepwise", tokens=int(P.decode_tokens))["seconds"] / int(P.decode_tokens))
+                    lambda p=peer: p.call("decode_stepwise", tokens=int(P.decode_tokens))["seconds"]
+                    / int(P.decode_tokens))
         # round-robin over peers (rotating), each peer's tasks back to back
         names = list(peers)
         times = {k: [] for k in tasks}

@@ -15,29 +15,32 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
-
-import jax
 import numpy as np
+from omegaconf import DictConfig, OmegaConf
 
 from mamba2_jax.checkpoint import load_pretrained, write_checkpoint
 from mamba2_jax.config import Mamba2Config
-from mamba2_jax.params import state_dict_from_model
-from mamba2_jax.tokenizer import load_tokenizer
 from mamba2_jax.eval import perplexity as P
-from mamba2_jax.eval.data import (count_bytes, count_words, raw_text_from_rows, rows_from_raw_file, split_documents,
-                                  wikitext_detokenizer)
+from mamba2_jax.eval.data import (
+    count_bytes,
+    count_words,
+    raw_text_from_rows,
+    rows_from_raw_file,
+    split_documents,
+    wikitext_detokenizer,
+)
 from mamba2_jax.eval.provenance import provenance
 from mamba2_jax.eval.results import write_document
-from mamba2_jax.eval.train import TokenBatcher, Trainer, TrainConfig, wikitext_train_val
+from mamba2_jax.eval.train import TokenBatcher, TrainConfig, Trainer, wikitext_train_val
 from mamba2_jax.fileio import atomic_write_bytes, atomic_write_text, sha256_file
 from mamba2_jax.generate import stepwise_greedy
+from mamba2_jax.params import state_dict_from_model
 from mamba2_jax.paths import checkout_root
+from mamba2_jax.tokenizer import load_tokenizer
 
 REPO = checkout_root() or Path.cwd()
 

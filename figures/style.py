@@ -174,7 +174,7 @@ def fmt_si(x: float) -> str:
 
 def pow2_axis(ax, values: Iterable[int]) -> None:
     """log2 x axis labelled with the actual context lengths."""
-    vals = sorted(set(int(v) for v in values))
+    vals = sorted({int(v) for v in values})
     ax.set_xscale("log", base=2)
     if vals:
         ax.set_xticks(vals)

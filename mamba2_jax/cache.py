@@ -34,7 +34,7 @@ class Mamba2Cache:
     seqlen: jax.Array  # (b,) int32
 
     @classmethod
-    def zeros(cls, cfg: Mamba2Config, batch: int, dtype=jnp.float32) -> "Mamba2Cache":
+    def zeros(cls, cfg: Mamba2Config, batch: int, dtype=jnp.float32) -> Mamba2Cache:
         return cls(
             conv=tuple(jnp.zeros((batch, cfg.d_conv - 1, cfg.conv_dim), dtype) for _ in range(cfg.n_layer)),
             ssm=tuple(jnp.zeros((batch, cfg.nheads, cfg.headdim, cfg.d_state), jnp.float32)
@@ -50,5 +50,5 @@ class Mamba2Cache:
     def batch(self) -> int:
         return self.ssm[0].shape[0]
 
-    def replace(self, **kw) -> "Mamba2Cache":
+    def replace(self, **kw) -> Mamba2Cache:
         return Mamba2Cache(**{**{"conv": self.conv, "ssm": self.ssm, "seqlen": self.seqlen}, **kw})

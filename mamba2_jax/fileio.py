@@ -18,8 +18,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +43,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
         else:
-            with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as f:
+            text_kw = {} if binary else {"encoding": "utf-8", "newline": ""}
+            with os.fdopen(fd, "wb" if binary else "w", **text_kw) as f:
                 write(f)
                 f.flush()
                 os.fsync(f.fileno())

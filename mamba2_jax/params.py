@@ -13,8 +13,9 @@ draws from one generator in that order, so reordering rows changes ``init_state_
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

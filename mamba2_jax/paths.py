@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["PACKAGE_DIR", "CONF_DIR", "checkout_root", "data_dir", "require_data_dir", "results_dir", "default_model_dir"]
+__all__ = ["PACKAGE_DIR", "CONF_DIR", "checkout_root", "data_dir", "require_data_dir", "results_dir",
+           "default_model_dir"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONF_DIR = PACKAGE_DIR / "eval" / "conf"

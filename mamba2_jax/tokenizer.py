@@ -96,7 +96,7 @@ def load_tokenizer(path_or_id: str | Path | None = None, model_dir: str | Path |
     if origin != "hub":
         try:
             return Tokenizer(HFTokenizer.from_file(str(where)), str(where), origin)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise TokenizerError(f"{where}: cannot load tokenizer: {e}") from None
     hub_id = str(where)
     p = Path(hub_id).expanduser()
@@ -111,7 +111,7 @@ def load_tokenizer(path_or_id: str | Path | None = None, model_dir: str | Path |
     offline = offline_reason()
     try:
         f = hf_hub_download(repo_id=hub_id, filename="tokenizer.json", local_files_only=offline is not None)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         why = (f"offline: {offline}, and it is not in the local HF cache" if offline
                else f"the hub download failed: {type(e).__name__}")
         raise TokenizerError(f"could not load tokenizer {hub_id!r} ({why}). " + _how_to_point_locally()) from None

@@ -25,7 +25,7 @@ _BLOCKED = ("mamba_ssm", "causal_conv1d", "causal_conv1d_cuda", "selective_scan_
 class _MissingExtension(types.ModuleType):
     """Stands in for a CUDA extension module that was not built; any attribute access fails."""
 
-    def __getattr__(self, name):  # noqa: D401
+    def __getattr__(self, name):
         if name.startswith("__"):
             raise AttributeError(name)
         raise RuntimeError(

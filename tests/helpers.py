@@ -23,7 +23,7 @@ N_PROMPTS = 4   # 5, 12, 18, 24 tokens: up to 3 chunks of 8
 N_NEW = 10
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ref_python_or_reason() -> tuple[str | None, str]:
     if not REF_PY.exists():
         return None, (f"mamba_ssm reference venv not found at {REF_PY}: run `make install-ref` "
@@ -63,7 +63,7 @@ def load_parity_module():
     return sys.modules["parity_experiment"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tiny_parity_run(ref_py: str):
     parity = load_parity_module()
     root = Path(tempfile.mkdtemp(prefix="parity-test-"))

@@ -101,7 +101,8 @@ def test_generate_offline_from_any_directory(tmp_path):
     by_ids = _cli(tmp_path, *common, "--prompt-ids", "510,2892,273")
     by_text = _cli(tmp_path, *common, "--prompt", "The history of")
     assert by_ids["model"] == by_text["model"] == str(EMBEDDED)
-    assert by_text["tokenizer"] == by_ids["tokenizer"] == {"origin": "model", "source": str(EMBEDDED / "tokenizer.json")}
+    want = {"origin": "model", "source": str(EMBEDDED / "tokenizer.json")}
+    assert by_text["tokenizer"] == by_ids["tokenizer"] == want
     from tokenizers import Tokenizer as HFTokenizer  # the tokenizers library itself, not our wrapper
 
     ref = HFTokenizer.from_file(str(EMBEDDED / "tokenizer.json"))
@@ -149,7 +150,8 @@ def test_tokenizer_resolution_order(tmp_path, monkeypatch):
     monkeypatch.setenv("MAMBA2_JAX_DATA", str(env_data))
     assert resolve_tokenizer(explicit, model) == ("explicit", explicit / "tokenizer.json")
     assert resolve_tokenizer(None, model) == ("model", model / "tokenizer.json")
-    assert resolve_tokenizer(None, tmp_path / "none") == ("MAMBA2_JAX_DATA", env_data / "gpt-neox-20b" / "tokenizer.json")
+    from_env = ("MAMBA2_JAX_DATA", env_data / "gpt-neox-20b" / "tokenizer.json")
+    assert resolve_tokenizer(None, tmp_path / "none") == from_env
     monkeypatch.setenv("MAMBA2_JAX_DATA", str(tmp_path / "empty"))
     assert resolve_tokenizer(None, None) == ("checkout", checkout / "tokenizer.json")
     monkeypatch.setattr(mamba2_jax.paths, "checkout_root", lambda: None)

@@ -1,9 +1,9 @@
 """environment.yml must pin exactly what pyproject.toml pins (core + test extras)."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]

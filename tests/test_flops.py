@@ -6,8 +6,8 @@ expand 2 → d_inner 128, h=8 heads, g=1, conv_dim 160, d_in_proj 296, d_conv 4.
 
 import pytest
 
-from mamba2_jax.eval import flops
 from mamba2_jax.config import get_preset
+from mamba2_jax.eval import flops
 
 TINY = get_preset("tiny")
 
@@ -77,11 +77,11 @@ def test_param_and_decode_bytes_bf16():
 
 
 def test_param_bytes_match_the_model():
-    import numpy as np
     import jax
+    import numpy as np
+    from flax import nnx
 
     from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
-    from flax import nnx
 
     for dt in ("float32", "bfloat16"):
         m = model_from_state_dict(TINY, init_state_dict(TINY, 0), dtype=dt)

@@ -1,8 +1,6 @@
 """Chunked JAX prefill and recurrent step vs an independent float64 sequential oracle."""
 
-import numpy as np
 import pytest
-import jax.numpy as jnp
 
 from mamba2_jax.checkpoint import model_from_state_dict
 from mamba2_jax.eval.oracle import CHUNKS, VARIANTS, jax_cache_from_oracle, oracle_run, rel_err

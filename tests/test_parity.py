@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-
 from helpers import N_NEW, N_PROMPTS, compose, load_parity_module, tiny_parity_run
 
 parity = load_parity_module()
@@ -83,7 +82,8 @@ def test_end_to_end_tiny_ngroups2_passes():
         assert rep["greedy_summary"]["tokens_total"] == N_PROMPTS * N_NEW
         assert rep["provenance"]["git"]["sha"] and rep["provenance"]["jax"]["default_matmul_precision"] == "highest"
     out = run["root"] / "results"
-    rows = list(csv.DictReader(open(out / "summary__test.csv")))
+    with open(out / "summary__test.csv") as f:
+        rows = list(csv.DictReader(f))
     md = (out / "summary__test.md").read_text()
     assert "| tiny-g2-v50k (random-init, stored float16) | mamba_ssm_ref_cpu |" in md and "arXiv 2603.09555" in md
     assert [r["backend"] for r in rows] == ["mamba_ssm_ref_cpu", "transformers"]
@@ -109,8 +109,9 @@ def test_planted_bug_flip_D_is_detected():
 
 
 def test_prompt_set_v1(data_dir):
-    from mamba2_jax.tokenizer import load_tokenizer
     from helpers import REPO
+
+    from mamba2_jax.tokenizer import load_tokenizer
 
     doc = json.loads((REPO / "experiments" / "parity_prompts_v1.json").read_text())
     assert doc["version"] == "v1" and len(doc["prompts"]) >= 8

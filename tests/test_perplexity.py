@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mamba2_jax.eval import perplexity as P
 from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
 from mamba2_jax.config import get_preset
+from mamba2_jax.eval import perplexity as P
 from mamba2_jax.paths import CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -307,7 +307,8 @@ def test_sharded_over_two_devices_matches_one(tmp_path):
         rng = np.random.default_rng(0)
         w = P.lm_eval_windows([rng.integers(0, 250, n).tolist() for n in (5, 40, 17, 64, 3)], max_length=16)
         two = P.JaxScorer(m, batch_size=3, bucket=16, logits_chunk=8).score(w, progress=False)
-        one = P.JaxScorer(m, batch_size=3, bucket=16, logits_chunk=8, devices=jax.devices()[:1]).score(w, progress=False)
+        one = P.JaxScorer(m, batch_size=3, bucket=16, logits_chunk=8, devices=jax.devices()[:1])
+        one = one.score(w, progress=False)
         assert two.info["n_devices"] == 2 and two.info["batch_size"] == 4
         np.testing.assert_allclose(two.loglik, one.loglik, rtol=1e-6)
         print("OK")

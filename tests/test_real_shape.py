@@ -1,13 +1,12 @@
 """Real-shape checks (mamba2-130m width and depth, random weights).  Marked slow: `make test-slow`."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
-import jax.numpy as jnp
 
-from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
+from mamba2_jax.checkpoint import model_from_state_dict
 from mamba2_jax.config import get_preset
-from mamba2_jax.eval.oracle import OracleModel
-from mamba2_jax.eval.oracle import perturbed_sd, rel_err
+from mamba2_jax.eval.oracle import OracleModel, perturbed_sd, rel_err
 
 pytestmark = pytest.mark.slow
 

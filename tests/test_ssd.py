@@ -1,8 +1,8 @@
 """Pure SSD functions vs a float64 sequential scan on raw tensors."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
-import jax.numpy as jnp
 
 from mamba2_jax.ssd import discretize_dt, segsum, ssd_chunked, ssd_step
 
@@ -43,7 +43,7 @@ def rel(a, b):
 def test_chunked_matches_sequential(l, q, with_init):
     x, dt, A, B, C, D, init = make(l, seed=l)
     y_ref, s_ref = seq_scan64(x, dt, A, B, C, D, init if with_init else None)
-    f = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    f = lambda a: jnp.asarray(a, jnp.float32)
     y, s = ssd_chunked(f(x), f(dt), f(A), f(B), f(C), q, D=f(D), initial_state=f(init) if with_init else None,
                        precision="highest")
     assert rel(y, y_ref) < 1e-5
@@ -54,7 +54,7 @@ def test_large_decay_is_stable():
     """Large dt·|A| (decays to ~0 inside a chunk): no NaN/inf, still matches float64."""
     x, dt, A, B, C, D, _ = make(64, seed=3, big_dt=True)
     y_ref, s_ref = seq_scan64(x, dt, A, B, C, D)
-    f = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    f = lambda a: jnp.asarray(a, jnp.float32)
     y, s = ssd_chunked(f(x), f(dt), f(A), f(B), f(C), 64, D=f(D), precision="highest")
     assert np.isfinite(np.asarray(y)).all()
     assert rel(y, y_ref) < 1e-5 and rel(s, s_ref) < 1e-5
@@ -74,7 +74,7 @@ def test_segsum_definition():
 def test_step_matches_sequential():
     x, dt, A, B, C, D, init = make(5, seed=9)
     y_ref, _ = seq_scan64(x, dt, A, B, C, D, init)
-    f = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    f = lambda a: jnp.asarray(a, jnp.float32)
     st = f(init)
     for t in range(5):
         y, st = ssd_step(st, f(x[:, t]), f(dt[:, t]), f(A), f(B[:, t]), f(C[:, t]), D=f(D), precision="highest")
@@ -83,7 +83,7 @@ def test_step_matches_sequential():
 
 def test_padding_is_exact_and_chunk_invariant():
     x, dt, A, B, C, D, init = make(37, seed=5)
-    f = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    f = lambda a: jnp.asarray(a, jnp.float32)
     outs = [ssd_chunked(f(x), f(dt), f(A), f(B), f(C), q, D=f(D), initial_state=f(init), precision="highest")
             for q in (8, 16, 37, 64)]
     for y, s in outs[1:]:

@@ -9,7 +9,7 @@ import numpy as np
 from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
 from mamba2_jax.config import Mamba2Config
 from mamba2_jax.eval.data import split_articles
-from mamba2_jax.eval.train import _STEPS, TokenBatcher, Trainer, TrainConfig, lm_loss, weight_decay_mask
+from mamba2_jax.eval.train import _STEPS, TokenBatcher, TrainConfig, Trainer, lm_loss, weight_decay_mask
 from mamba2_jax.generate import stepwise_greedy
 
 # small vocabulary, two groups (per-group B/C path), several chunks per sequence

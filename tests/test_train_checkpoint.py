@@ -47,7 +47,8 @@ def test_weights_are_fp16_and_keyed_like_state_spaces():
         assert v.dtype == torch.float16, k
         assert tuple(v.shape) == exp[k], k
     # tied head: one storage, as torch.save of a tied mamba_ssm model writes it
-    assert sd["lm_head.weight"].untyped_storage().data_ptr() == sd["backbone.embedding.weight"].untyped_storage().data_ptr()
+    ptr = lambda k: sd[k].untyped_storage().data_ptr()
+    assert ptr("lm_head.weight") == ptr("backbone.embedding.weight")
     for k, v in sd.items():
         assert torch.isfinite(v.float()).all(), k
 

@@ -49,7 +49,7 @@ def serve(handlers: dict) -> None:
             break
         try:
             res = {"ok": True, **(handlers[cmd](**msg) or {})}
-        except Exception as e:  # noqa: BLE001 - reported to the orchestrator
+        except Exception as e:
             res = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         chan.write(MARK + json.dumps(res) + "\n")
         chan.flush()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _protocol as P  # noqa: E402
+import _protocol as P
 
 BLOCKED = ("mamba_ssm", "causal_conv1d")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import _protocol as P  # noqa: E402
+import _protocol as P
 
 S: dict = {}
 
@@ -28,8 +28,8 @@ def setup(weights_dir, prefill_length, decode_prompt, decode_tokens, recompute_c
     import numpy as np
     from flax import nnx
 
-    from mamba2_jax.eval import bench
     from mamba2_jax.checkpoint import load_pretrained
+    from mamba2_jax.eval import bench
 
     t0 = time.perf_counter()
     model = load_pretrained(weights_dir, dtype="float32")

@@ -174,7 +174,7 @@ def _how_to_supply(split: str, tried: list[Path]) -> str:
 
 
 def _load_hub(split: str, hub_path: str, hub_name: str) -> list[str]:
-    import datasets  # noqa: PLC0415 - heavy, optional at import time
+    import datasets
 
     ds = datasets.load_dataset(hub_path, hub_name, split=split)
     return list(ds["text"])
@@ -200,7 +200,7 @@ def load_wikitext_rows(split: str = "test", source: str = "auto", local_dir: str
                 f"and no local copy was found).\n  " + _how_to_supply(split, tried))
     try:
         rows = _load_hub(split, hub_path, hub_name)
-    except Exception as e:  # noqa: BLE001 - network, missing package, missing config all end here
+    except Exception as e:
         raise WikiTextUnavailable(
             f"could not load {hub_path}/{hub_name} ({split}) with `datasets` "
             f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}).\n  "

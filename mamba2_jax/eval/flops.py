@@ -41,7 +41,6 @@ included in ``total``.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from ..config import Mamba2Config
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["OracleModel", "VARIANTS", "CHUNKS", "rel_err", "perturb_state_dict", "perturbed_sd", "oracle_run", "jax_cache_from_oracle"]
+__all__ = ["OracleModel", "VARIANTS", "CHUNKS", "rel_err", "perturb_state_dict", "perturbed_sd", "oracle_run",
+           "jax_cache_from_oracle"]
 
 
 def _silu(v):

@@ -73,7 +73,7 @@ def cpu_model() -> str | None:
 def _jax_info() -> dict[str, Any]:
     try:
         import jax
-    except Exception:  # noqa: BLE001
+    except Exception:
         return {"available": False}
     info: dict[str, Any] = {"available": True}
     try:
@@ -81,12 +81,12 @@ def _jax_info() -> dict[str, Any]:
         devs = jax.devices()
         info["devices"] = [str(d) for d in devs]
         info["device_kinds"] = sorted({getattr(d, "device_kind", "?") for d in devs})
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         info["error"] = f"{type(e).__name__}: {e}"
     try:
         info["default_matmul_precision"] = jax.config.jax_default_matmul_precision
         info["enable_x64"] = bool(jax.config.jax_enable_x64)
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     return info
 

@@ -16,12 +16,12 @@ Everything here is deterministic given the seed: initial weights come from
 from __future__ import annotations
 
 import math
-import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -293,9 +293,8 @@ class Trainer:
             if val_tokens is not None and (last or (tc.eval_every and (s + 1) % tc.eval_every == 0)):
                 rec["val_loss"] = self.evaluate(val_tokens)
                 rec["elapsed_s"] = time.perf_counter() - t0
-            if last or (s + 1) % max(tc.log_every, 1) == 0 or s == 0 or "val_loss" in rec:
-                if log:
-                    log(rec)
+            if log and (last or (s + 1) % max(tc.log_every, 1) == 0 or s == 0 or "val_loss" in rec):
+                log(rec)
             hist.append(rec)
         return hist
 
