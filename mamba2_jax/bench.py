@@ -315,6 +315,8 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "cache_speedup": ("model", "dtype", "context", "cached_ms_per_token", "recompute_ms_per_token", "speedup"),
     "peers": ("peer", "metric", "value", "unit"),
     "bench": ("metric", "value", "unit"),
+    "sharding_memory": ("model", "dtype", "batch", "mesh_data", "mesh_model", "params_bytes_per_device",
+                        "cache_bytes_per_device"),
 }
 
 

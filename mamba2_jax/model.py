@@ -27,6 +27,7 @@ from flax import nnx
 
 from .cache import Mamba2Cache
 from .config import Mamba2Config
+from .sharding import constrain_cache, fused_in_proj, in_proj_parts, to_host
 from .ssd import discretize_dt, ssd_chunked, ssd_step
 
 __all__ = ["Mamba2Mixer", "Mamba2Block", "Mamba2Backbone", "Mamba2LMHeadModel", "rms_norm", "gated_rms_norm"]
@@ -74,7 +75,11 @@ class Mamba2Mixer(nnx.Module):
         # The chunk size is an execution choice, not part of the math (outputs are chunk-size
         # invariant to fp32 rounding; tested).  See ``default_scan_chunk_size``.
         self.scan_chunk_size = int(scan_chunk_size or cfg.chunk_size)
-        self.in_proj = nnx.Param(params["in_proj"])
+        if "in_proj_parts" in params:  # split into its output parts for a mesh (see sharding.py)
+            self.in_proj = None
+            self.in_proj_parts = nnx.Dict({k: nnx.Param(v) for k, v in params["in_proj_parts"].items()})
+        else:
+            self.in_proj = nnx.Param(params["in_proj"])
         self.in_proj_bias = nnx.Param(params["in_proj_bias"]) if "in_proj_bias" in params else None
         self.conv_w = nnx.Param(params["conv_w"])
         self.conv_b = nnx.Param(params["conv_b"]) if "conv_b" in params else None
@@ -88,6 +93,8 @@ class Mamba2Mixer(nnx.Module):
     # -- shared pieces ---------------------------------------------------------------------
     def _in_proj(self, u):
         cfg = self.cfg
+        if self.in_proj is None:
+            return in_proj_parts(self, u)
         zxbcdt = _dot(u, self.in_proj[...], self.precision, out_dtype=F32)
         if self.in_proj_bias is not None:
             zxbcdt = zxbcdt + self.in_proj_bias[...].astype(F32)
@@ -202,7 +209,7 @@ class Mamba2Block(nnx.Module):
         self.mixer = Mamba2Mixer(cfg, params, precision, scan_chunk_size)
 
     def _normed(self, stream):
-        return rms_norm(stream, self.norm[...], self.cfg.norm_epsilon).astype(self.mixer.in_proj.dtype)
+        return rms_norm(stream, self.norm[...], self.cfg.norm_epsilon).astype(self.mixer.out_proj.dtype)
 
     def prefill(self, stream, conv_state, ssm_state, lengths=None):
         out, conv, ssm = self.mixer.prefill(self._normed(stream), conv_state, ssm_state, lengths)
@@ -279,8 +286,11 @@ class Mamba2LMHeadModel(nnx.Module):
     """``model(input_ids) → (logits, cache)``; ``prefill`` / ``step`` for cached generation.
 
     Logits have shape (batch, length, padded_vocab) and are float32.  The LM head is tied to the
-    embedding unless the config says otherwise.
+    embedding unless the config says otherwise.  ``mesh`` is set when the parameters are sharded
+    (``load_pretrained(..., mesh=...)``); the cache is then sharded too.
     """
+
+    mesh = None
 
     def __init__(self, cfg: Mamba2Config, params: dict[str, Any], precision=None, scan_chunk_size=None):
         self.cfg = cfg
@@ -304,7 +314,10 @@ class Mamba2LMHeadModel(nnx.Module):
                                    preferred_element_type=F32)
 
     def init_cache(self, batch: int) -> Mamba2Cache:
-        return Mamba2Cache.zeros(self.cfg, batch, dtype=self.dtype)
+        return self._sharded(Mamba2Cache.zeros(self.cfg, batch, dtype=self.dtype))
+
+    def _sharded(self, cache: Mamba2Cache) -> Mamba2Cache:
+        return cache if self.mesh is None else constrain_cache(cache, self.mesh)
 
     def prefill(self, input_ids, cache: Mamba2Cache | None = None, lengths=None, *, collect_hidden=False,
                 last_only=False):
@@ -320,7 +333,7 @@ class Mamba2LMHeadModel(nnx.Module):
             cache = self.init_cache(b)
         h, conv, ssm, hidden = self.backbone.prefill(input_ids, cache, lengths, collect_hidden)
         n_new = jnp.full((b,), l, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
-        new_cache = Mamba2Cache(conv=conv, ssm=ssm, seqlen=cache.seqlen + n_new)
+        new_cache = self._sharded(Mamba2Cache(conv=conv, ssm=ssm, seqlen=cache.seqlen + n_new))
         if last_only:
             idx = (n_new - 1)[:, None, None]
             h = jnp.take_along_axis(h, jnp.broadcast_to(idx, (b, 1, h.shape[-1])), axis=1)[:, 0]
@@ -330,7 +343,7 @@ class Mamba2LMHeadModel(nnx.Module):
     def step(self, token, cache: Mamba2Cache, *, collect_hidden=False):
         """token (b,) → (logits (b, V), cache[, hidden])."""
         h, conv, ssm, hidden = self.backbone.step(jnp.asarray(token), cache, collect_hidden)
-        new_cache = Mamba2Cache(conv=conv, ssm=ssm, seqlen=cache.seqlen + 1)
+        new_cache = self._sharded(Mamba2Cache(conv=conv, ssm=ssm, seqlen=cache.seqlen + 1))
         logits = self.logits(h)
         return (logits, new_cache, hidden) if collect_hidden else (logits, new_cache)
 
@@ -374,15 +387,19 @@ def jax_params_from_state_dict(cfg: Mamba2Config, sd: dict[str, np.ndarray], dty
 
 def state_dict_from_model(model: Mamba2LMHeadModel) -> dict[str, np.ndarray]:
     """The inverse of :func:`jax_params_from_state_dict` (torch layout, numpy, model dtype)."""
-    g = lambda p: np.asarray(p[...])  # noqa: E731
+    g = lambda p: to_host(p[...])  # noqa: E731
     sd: dict[str, np.ndarray] = {"backbone.embedding.weight": g(model.backbone.embedding)}
     for i, blk in enumerate(model.backbone.layers):
         mx = blk.mixer
         pre = f"backbone.layers.{i}."
         sd[pre + "norm.weight"] = g(blk.norm)
-        sd[pre + "mixer.in_proj.weight"] = g(mx.in_proj).T
-        if mx.in_proj_bias is not None:
-            sd[pre + "mixer.in_proj.bias"] = g(mx.in_proj_bias)
+        if mx.in_proj is not None:
+            w_in, b_in = g(mx.in_proj), (None if mx.in_proj_bias is None else g(mx.in_proj_bias))
+        else:
+            w_in, b_in = fused_in_proj(mx)
+        sd[pre + "mixer.in_proj.weight"] = w_in.T
+        if b_in is not None:
+            sd[pre + "mixer.in_proj.bias"] = b_in
         sd[pre + "mixer.conv1d.weight"] = g(mx.conv_w).T[:, None, :]
         if mx.conv_b is not None:
             sd[pre + "mixer.conv1d.bias"] = g(mx.conv_b)
