@@ -25,18 +25,15 @@ N_NEW = 12
 BATCH = 8  # logits check batch (divides by every data axis tested)
 
 
-def build(preset: str, sharpen: bool = True):
-    """Tiny weights; ``sharpen`` scales the tied embedding so that greedy choices are not near-ties
-    (perplexity uses the plain weights: a few hundred, like a fresh language model)."""
+def build(preset: str):
+    """Tiny random weights (tests/test_oracle.perturbed_sd).  Their greedy continuations of PROMPTS
+    are diverse and no step is a near-tie: the top-2 logit gap is >= 1.6e-3 of the largest logit
+    (measured), far above the ~1e-6 that sharding changes in the logits."""
     from mamba2_jax.config import get_preset
     from test_oracle import perturbed_sd
 
     cfg = get_preset(preset)
-    sd = perturbed_sd(cfg, seed=4)
-    if sharpen:
-        sd["backbone.embedding.weight"] = sd["backbone.embedding.weight"] * 25
-        sd["lm_head.weight"] = sd["backbone.embedding.weight"]
-    return cfg, sd
+    return cfg, perturbed_sd(cfg, seed=4)
 
 
 def windows(cfg):
@@ -54,8 +51,7 @@ def ids_batch(cfg):
 
 
 def run_all(cfg, sd, mesh, logits=True):
-    """(logits of a prefill, greedy tokens, per-window log-likelihoods) for ``mesh`` (None: one device);
-    ``sd`` has sharpened weights, perplexity uses the plain ones."""
+    """(logits of a prefill, greedy tokens, per-window log-likelihoods) for ``mesh`` (None: one device)."""
     import jax
 
     from mamba2_jax import perplexity as ppl
@@ -77,8 +73,7 @@ def run_all(cfg, sd, mesh, logits=True):
                               "seqlen": _spec(cache.seqlen)} if mesh is not None else None
     out["tokens"] = Generator(model, eos_id=None).generate(PROMPTS, N_NEW).tokens
     w = windows(cfg)
-    plain = model_from_state_dict(cfg, build(cfg.name, sharpen=False)[1], mesh=mesh)
-    sc = ppl.JaxScorer(plain, batch_size=4, bucket=32, logits_chunk=16).score(w, progress=False)
+    sc = ppl.JaxScorer(model, batch_size=4, bucket=32, logits_chunk=16).score(w, progress=False)
     out["loglik"] = sc.loglik
     out["ppl"] = ppl.aggregate(w, sc)["token_perplexity"]
     return out, model
@@ -123,6 +118,7 @@ def cmd_meshes() -> dict:
             r = {"preset": preset, "ngroups": cfg.ngroups, "mesh": shape,
                  "logits_rel": _rel(got["logits"], ref["logits"]),
                  "tokens_equal": bool(np.array_equal(got["tokens"], ref["tokens"])),
+                 "distinct_tokens_per_row": [len(set(t)) for t in ref["tokens"].tolist()],
                  "ppl": got["ppl"], "ppl_ref": ref["ppl"], "ppl_rel": abs(got["ppl"] - ref["ppl"]) / ref["ppl"],
                  "loglik_rel": _rel(got["loglik"], ref["loglik"]), "cache_specs": got["cache_specs"],
                  "specs": {k: _spec(v[...]) for k, v in {
