@@ -165,7 +165,6 @@ class PrefillBench:
 
     def __post_init__(self):
         import jax
-        import jax.numpy as jnp
         from flax import nnx
 
         graphdef, self._state = nnx.split(self.model)

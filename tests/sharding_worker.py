@@ -97,6 +97,27 @@ def _rel(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64) - b)) / np.max(np.abs(b)))
 
 
+def _cli_tokens(cfg, sd, mesh: str) -> list[int]:
+    """``mamba2-jax generate --mesh ...`` on a checkpoint of these weights (greedy, EOS ignored)."""
+    import contextlib
+    import io
+    import tempfile
+
+    from mamba2_jax.checkpoint import write_checkpoint
+    from mamba2_jax.cli import main
+
+    with tempfile.TemporaryDirectory() as d:
+        write_checkpoint(cfg, sd, d)
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            rc = main(["generate", "--model", d, "--prompt-ids", ",".join(map(str, PROMPTS[0])), "--no-decode",
+                       "--ignore-eos", "--json", "--max-new-tokens", str(N_NEW), "--mesh", mesh])
+    assert rc == 0
+    out = json.loads(buf.getvalue().strip().splitlines()[-1])
+    assert out["mesh"]["data"] * out["mesh"]["model"] == 8
+    return out["ids"]
+
+
 def cmd_meshes() -> dict:
     import jax
 
@@ -137,6 +158,7 @@ def cmd_meshes() -> dict:
                 r["generator_mesh_tokens_equal"] = bool(np.array_equal(g.generate(PROMPTS, N_NEW).tokens,
                                                                        ref["tokens"]))
                 r["stream_equal"] = sum(g.stream(PROMPTS[0], N_NEW, chunk=5), []) == ref["tokens"][0].tolist()
+                r["cli_tokens_equal"] = _cli_tokens(cfg, sd, "data=2,model=4") == ref["tokens"][0].tolist()
             res["runs"].append(r)
     cfg, sd = build("tiny")  # nheads = 8
 

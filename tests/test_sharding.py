@@ -151,6 +151,7 @@ def test_mesh_extras(meshes):
     assert r["state_dict_roundtrip"]  # save_pretrained of a sharded model writes the fused checkpoint
     assert r["generator_mesh_tokens_equal"]  # Generator(model, mesh=...) shards a single-device model
     assert r["stream_equal"]
+    assert r["cli_tokens_equal"]  # mamba2-jax generate --mesh data=2,model=4
 
 
 @pytest.mark.integration
@@ -240,3 +241,24 @@ def test_no_mesh_compiles_the_unsharded_program():
     a, _ = plain.prefill(jnp.asarray(ids))
     b, _ = meshed.prefill(put_batch(ids, meshed.mesh))
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(a))))
+
+
+def test_memory_experiment_counts_match_the_config():
+    """experiments/sharding_memory.py on one device: parameter and cache bytes of the compiled decode
+    step equal the counts from the config (parameters: num_params × 4 bytes; cache: the state shapes)."""
+    import importlib.util
+
+    from omegaconf import OmegaConf
+
+    spec = importlib.util.spec_from_file_location("exp_sharding_memory", REPO / "experiments" / "sharding_memory.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = OmegaConf.create({"models": ["tiny"], "meshes": ["data=1,model=1"], "batches": [3], "dtype": "float32",
+                            "matmul_precision": None, "paths": {"data_dir": None}})
+    (r,) = mod.run(cfg)
+    c = get_preset("tiny")
+    assert r["params_bytes_per_device"] == r["params_bytes_total"] == c.num_params() * 4
+    state = c.n_layer * 3 * ((c.d_conv - 1) * c.conv_dim + c.nheads * c.headdim * c.d_state) * 4 + 3 * 4
+    assert r["cache_bytes_per_device"] == state
+    assert r["arguments_match_shard_shapes"] is True
+    assert r["compiled_memory"]["argument_size_in_bytes"] == state + c.num_params() * 4 + 3 * 4
