@@ -171,6 +171,21 @@ def build_windows(protocol: str, rows, tok, cfg) -> tuple[ppl.Windows, dict[str,
 
 
 # ------------------------------------------------------------------------------ one model × protocol
+def _mesh(cfg):
+    """The ("data", "model") mesh of ``mesh.data`` / ``mesh.model`` (None when both are unset)."""
+    from mamba2_jax.sharding import make_mesh
+
+    m = cfg.get("mesh")
+    return make_mesh(OmegaConf.to_container(m, resolve=True)) if m is not None else None
+
+
+def _primary() -> bool:
+    """Only process 0 of a multi-process run writes files."""
+    from mamba2_jax.sharding import is_primary
+
+    return is_primary()
+
+
 class JaxModels:
     """Loads each (model dir, dtype) once and keeps its scorer (compiled shapes are reused)."""
 
@@ -185,7 +200,7 @@ class JaxModels:
 
             if any(k[0] != model_dir for k in self._scorers):
                 self._scorers.clear()  # one model (in its fp32 and bf16 copies) in memory at a time
-            model = load_pretrained(model_dir, dtype=dtype)
+            model = load_pretrained(model_dir, dtype=dtype, mesh=_mesh(self.cfg))
             j = self.cfg.jax
             self._scorers[key] = ppl.JaxScorer(model, int(j.batch_size), int(j.bucket), int(j.logits_chunk))
         return self._scorers[key]
@@ -423,6 +438,9 @@ def evaluate(cfg) -> list[dict[str, Any]]:
     results_dir = _abs(cfg.paths.results_dir)
     jm = JaxModels(cfg)
     prov = provenance()
+    from mamba2_jax.sharding import describe_mesh
+
+    prov["mesh"] = describe_mesh(_mesh(cfg))
     out = []
     failures = []
     windows_cache: dict[str, tuple[ppl.Windows, dict, Path]] = {}
@@ -468,9 +486,10 @@ def evaluate(cfg) -> list[dict[str, Any]]:
             suffix = "" if info["scope"] == "full test set" else f"-limit{cfg.limit}"
             stem = results_dir / spec["label"] / f"{protocol}{suffix}{tag}"
             stem.parent.mkdir(parents=True, exist_ok=True)
-            write_document(stem.with_suffix(".json"), res, experiment="perplexity",
-                           run=f"{spec['label']}/{stem.name}", records=table_rows([res]))
-            if r["per_window"]:
+            if _primary():
+                write_document(stem.with_suffix(".json"), res, experiment="perplexity",
+                               run=f"{spec['label']}/{stem.name}", records=table_rows([res]))
+            if r["per_window"] and _primary():
                 atomic_savez(stem.with_suffix(".scores.npz"), compress=True,
                                  windows_sha256=np.array(w.sha256()),
                                  **{f"loglik_{k}": v for k, v in r["per_window"].items()})
@@ -480,7 +499,8 @@ def evaluate(cfg) -> list[dict[str, Any]]:
             bad_jax = [b for b, v in r["backends"].items() if v["status"] != "ok" and b in JAX_BACKENDS]
             if bad_jax or (cfg.require_reference and bad_ref):
                 failures.append(f"{spec['label']}/{protocol}: {bad_jax + bad_ref}")
-    write_tables(results_dir)
+    if _primary():
+        write_tables(results_dir)
     if failures:
         raise SystemExit(f"perplexity: failures: {failures}")
     return out
@@ -564,6 +584,10 @@ def timing(cfg) -> dict[str, Any]:
 
 @hydra.main(config_path="pkg://mamba2_jax.eval.conf", config_name="perplexity", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from mamba2_jax.sharding import initialize_distributed
+
+    d = cfg.get("distributed") or {}
+    initialize_distributed(d.get("coordinator_address"), d.get("num_processes"), d.get("process_id"))
     if cfg.mode == "timing":
         timing(cfg)
     elif cfg.mode == "evaluate":

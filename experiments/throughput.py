@@ -30,8 +30,12 @@ def run(cfg) -> dict:
         prec = (info.get("policy") or {}).get("matmul_precision")
         peak, peak_note = prof.peak_flops(info["dtype"], prec)
         bf16_peak = prof.peak.get("bfloat16")
+        nd = (info.get("mesh") or {}).get("n_devices", 1)  # a mesh: utilisation against all its devices
+        peak, bf16_peak = (None if peak is None else peak * nd), (None if bf16_peak is None else bf16_peak * nd)
+        mesh = info.get("mesh")
         common = {"model": name, "dtype": info["dtype"], "matmul_precision": prec, "batch": b,
-                  "weights": info["weights"], "num_params": info["num_params"]}
+                  "weights": info["weights"], "num_params": info["num_params"],
+                  "mesh": None if mesh is None else f"data={mesh['data']},model={mesh['model']}"}
         for L in t.prefill_lengths:
             pb = bench.PrefillBench(model, int(L), b, last_only=bool(t.last_only), seed=int(cfg.seed))
             ts = pb.times(reps)
@@ -64,7 +68,7 @@ def run(cfg) -> dict:
             "median_s": med, "min_s": min(ts), "times_s": ts,
             "ms_per_token": per_tok * 1e3, "tokens_per_s": b / per_tok,
             "bytes_per_step": by["total"], "achieved_bytes_per_s": by["total"] / per_tok,
-            "bandwidth": prof.bandwidth, "hbu": bench.utilisation(by["total"], per_tok, prof.bandwidth),
+            "bandwidth": prof.bandwidth, "hbu": bench.utilisation(by["total"], per_tok, prof.bandwidth and prof.bandwidth * nd),
             "flops": df["total"], "mfu": bench.utilisation(df["total"], per_tok, peak),
             "peak_flops": peak, "peak_note": peak_note,
         })

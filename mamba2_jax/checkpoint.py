@@ -234,7 +234,7 @@ def precision_policy(dtype) -> dict[str, str]:
 
 
 def model_from_state_dict(cfg: Mamba2Config, sd: dict[str, np.ndarray], dtype="float32", precision=None,
-                          scan_chunk_size=None):
+                          scan_chunk_size=None, mesh=None):
     import jax.numpy as jnp
 
     from .model import Mamba2LMHeadModel
@@ -242,23 +242,38 @@ def model_from_state_dict(cfg: Mamba2Config, sd: dict[str, np.ndarray], dtype="f
 
     pol = precision_policy(dtype)
     prec = precision if precision is not None else pol["matmul_precision"]
-    model = Mamba2LMHeadModel(cfg, jax_params_from_state_dict(cfg, sd, jnp.dtype(dtype)), precision=prec,
-                              scan_chunk_size=scan_chunk_size)
+    if mesh is None:
+        params = jax_params_from_state_dict(cfg, sd, jnp.dtype(dtype))
+    else:
+        from . import sharding
+
+        params = sharding.shard_params(cfg, sharding.host_params(cfg, sd, dtype), mesh)
+    model = Mamba2LMHeadModel(cfg, params, precision=prec, scan_chunk_size=scan_chunk_size)
     model.policy = {**pol, "matmul_precision": str(prec), "scan_chunk_size": model.scan_chunk_size}
+    if mesh is not None:
+        model.mesh = mesh
+        model.policy["mesh"] = sharding.describe_mesh(mesh)
     return model
 
 
 def load_pretrained(path_or_hub_id: str | Path, dtype="float32", revision: str | None = None, precision=None,
-                    scan_chunk_size=None):
+                    scan_chunk_size=None, mesh=None):
     """Load a Mamba-2 checkpoint (local dir in either format, or a hub id) as a JAX model.
 
     dtype "float32" is the parity mode (matmul precision "highest"); "bfloat16"/"float16" is the
     fast mode (low-precision params, float32 SSM state and accumulation).  The policy in effect is
-    recorded on ``model.policy``.
+    recorded on ``model.policy``.  ``mesh`` (a ``jax.sharding.Mesh`` with axes ("data", "model"),
+    or a string such as "data=2,model=4") shards the parameters over devices, each device
+    receiving only its own shards; see :mod:`mamba2_jax.sharding`.
     """
     model_dir = resolve_model_dir(path_or_hub_id, revision)
     cfg, sd, fmt = read_state_dict(model_dir)
-    model = model_from_state_dict(cfg, sd, dtype=dtype, precision=precision, scan_chunk_size=scan_chunk_size)
+    if mesh is not None and not hasattr(mesh, "devices"):
+        from .sharding import make_mesh
+
+        mesh = make_mesh(mesh)
+    model = model_from_state_dict(cfg, sd, dtype=dtype, precision=precision, scan_chunk_size=scan_chunk_size,
+                                  mesh=mesh)
     model.source = {"path": str(model_dir), "format": fmt,
                     "stored_dtype": str(np.asarray(sd["backbone.embedding.weight"]).dtype)}
     return model

@@ -83,8 +83,10 @@ def _cmd_generate(a) -> int:
 
     from .checkpoint import load_pretrained, resolve_model_dir
     from .generate import Generator, SamplingConfig
+    from .sharding import describe_mesh, initialize_distributed, is_primary, make_mesh
     from .tokenizer import TokenizerError, load_tokenizer
 
+    initialize_distributed(a.coordinator_address, a.num_processes, a.process_id)
     if a.precision:
         jax.config.update("jax_default_matmul_precision", a.precision)
     if a.model is None:
@@ -94,6 +96,7 @@ def _cmd_generate(a) -> int:
                   f"checkout, not with the wheel); pass --model DIR or a hub id", file=sys.stderr)
             return 2
     model_dir = resolve_model_dir(a.model)
+    mesh = make_mesh(a.mesh)
     tok = None
     if a.prompt is not None or (a.tokenizer is not None and not a.no_decode):
         tok = load_tokenizer(a.tokenizer, model_dir=model_dir)
@@ -106,7 +109,7 @@ def _cmd_generate(a) -> int:
         ids = tok.encode(a.prompt)
     else:
         ids = _parse_ids(a.prompt_ids)
-    model = load_pretrained(model_dir, dtype=a.dtype)
+    model = load_pretrained(model_dir, dtype=a.dtype, mesh=mesh)
     sampling = SamplingConfig(greedy=True) if a.temperature is None and a.top_k is None and a.top_p is None \
         else SamplingConfig(greedy=False, temperature=a.temperature or 1.0, top_k=a.top_k or 0, top_p=a.top_p or 1.0)
     gen = Generator(model, eos_id=None if a.ignore_eos else 0)
@@ -124,11 +127,13 @@ def _cmd_generate(a) -> int:
     res = gen.generate([ids], a.max_new_tokens, sampling, seed=a.seed)
     new = res.sequences()[0]
     text = tok.decode(new) if tok is not None else None
+    if not is_primary():
+        return 0
     if a.json:
         print(json.dumps({"ids": new, "text": text, "prompt_ids": ids, "prefill_s": res.prefill_s,
                           "decode_tok_s": res.decode_tok_s, "decode_s": res.decode_s,
                           "compile_s": compile_s, "decode_steps": res.decode_steps,
-                          "policy": model.policy, "model": str(a.model),
+                          "policy": model.policy, "model": str(a.model), "mesh": describe_mesh(mesh),
                           "tokenizer": None if tok is None else {"origin": tok.origin, "source": tok.source}}))
     else:
         print((a.prompt if a.prompt is not None else (tok.decode(ids) if tok else ids)), end="")
@@ -183,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stream", action="store_true")
     s.add_argument("--stream-chunk", type=int, default=8)
     s.add_argument("--json", action="store_true")
+    s.add_argument("--mesh", default=None, help="shard over devices, e.g. 'data=2,model=4' (see docs/sharding.md)")
+    s.add_argument("--coordinator-address", default=None,
+                   help="multi-process: host:port of process 0 (default $JAX_COORDINATOR_ADDRESS)")
+    s.add_argument("--num-processes", type=int, default=None, help="multi-process: default $JAX_NUM_PROCESSES")
+    s.add_argument("--process-id", type=int, default=None, help="multi-process: default $JAX_PROCESS_ID")
     s.set_defaults(fn=_cmd_generate)
     return p
 
@@ -195,11 +205,12 @@ def main(argv=None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .generate import GenerationError
+    from .sharding import MeshError
     from .tokenizer import TokenizerError
 
     try:
         return args.fn(args)
-    except (CheckpointError, ConfigError, GenerationError, TokenizerError) as e:
+    except (CheckpointError, ConfigError, GenerationError, TokenizerError, MeshError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -108,7 +108,12 @@ class Generator:
     tests use to check that prompt bucketing avoids recompiles.
     """
 
-    def __init__(self, model, eos_id: int | None = 0, min_bucket: int = 16):
+    def __init__(self, model, eos_id: int | None = 0, min_bucket: int = 16, mesh=None):
+        if mesh is not None:  # a jax.sharding.Mesh or "data=2,model=4" (see sharding.py)
+            from .sharding import make_mesh, shard_model
+
+            model = shard_model(model, make_mesh(mesh))
+        self.mesh = getattr(model, "mesh", None)
         self.model = model
         self.cfg = model.cfg
         self.eos_id = eos_id
@@ -124,7 +129,7 @@ class Generator:
         model = nnx.merge(self.graphdef, state)
         logits, cache = model.prefill(ids, lengths=lengths, last_only=True)
         tok = sample_logits(logits, jax.random.fold_in(key, 0), sampling, self.cfg.vocab_size)
-        return tok, cache
+        return self._replicated(tok), cache
 
     def _decode_impl(self, state, cache, first_tok, done, start, key, sampling: SamplingConfig, n_steps: int):
         """Generate tokens start+1 .. start+n_steps-… into a (b, n_steps) buffer.
@@ -152,7 +157,15 @@ class Generator:
             return i + 1, cache, nxt, done, out
 
         i, cache, tok, done, out = jax.lax.while_loop(cond, body, (jnp.int32(0), cache, first_tok, done, out0))
-        return out, cache, tok, done, i
+        return self._replicated(out), cache, self._replicated(tok), self._replicated(done), i
+
+    def _replicated(self, x):
+        """Tokens leave the device program replicated, so every process can read them (mesh only)."""
+        if self.mesh is None:
+            return x
+        from .sharding import replicate
+
+        return replicate(x, self.mesh)
 
     # -- host API ---------------------------------------------------------------------------
     def _validate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
@@ -173,12 +186,19 @@ class Generator:
         return out
 
     def prefill(self, prompts, key=None, sampling: SamplingConfig = SamplingConfig()):
+        if self.mesh is not None:  # pad the batch to a multiple of the "data" axis with copies of row 0
+            prompts = list(prompts) + [prompts[0]] * (-len(prompts) % self.mesh.shape["data"])
         lens = np.array([len(p) for p in prompts], np.int32)
         T = bucket_length(int(lens.max()), self.min_bucket)
         ids = np.zeros((len(prompts), T), np.int32)
         for i, p in enumerate(prompts):
             ids[i, : len(p)] = p
         key = jax.random.key(0) if key is None else key
+        if self.mesh is not None:
+            from .sharding import put_batch
+
+            return self._prefill(self.state, put_batch(ids, self.mesh), put_batch(lens, self.mesh), key,
+                                 sampling=sampling), lens
         return self._prefill(self.state, jnp.asarray(ids), jnp.asarray(lens), key, sampling=sampling), lens
 
     def warmup(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
@@ -214,11 +234,12 @@ class Generator:
             out = np.asarray(out)  # the only device→host transfer of the loop
             steps = int(steps)
         else:
-            out, steps = np.zeros((len(prompts), 0), np.int32), 0
+            out, steps = np.zeros((tok.shape[0], 0), np.int32), 0
         t2 = time.perf_counter()
-        tokens = np.concatenate([np.asarray(tok)[:, None], out], axis=1)
+        tokens = np.concatenate([np.asarray(tok)[:, None], out], axis=1)[: len(prompts)]
         return GenerationResult(tokens=tokens, num_generated=_num_generated(tokens, self.eos_id),
-                                prompt_lengths=lens, prefill_s=t1 - t0, decode_s=t2 - t1, decode_steps=steps)
+                                prompt_lengths=lens[: len(prompts)], prefill_s=t1 - t0, decode_s=t2 - t1,
+                                decode_steps=steps)
 
     def stream(self, prompt: Sequence[int], max_new_tokens: int, chunk: int = 8,
                sampling: SamplingConfig = SamplingConfig(), seed: int = 0) -> Iterator[list[int]]:

@@ -22,11 +22,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from .cache import Mamba2Cache
 from .config import Mamba2Config
+from .sharding import constrain_cache, in_proj_parts
 from .ssd import discretize_dt, ssd_chunked, ssd_step
 
 __all__ = ["Mamba2Mixer", "Mamba2Block", "Mamba2Backbone", "Mamba2LMHeadModel", "rms_norm", "gated_rms_norm"]
@@ -74,7 +74,11 @@ class Mamba2Mixer(nnx.Module):
         # The chunk size is an execution choice, not part of the math (outputs are chunk-size
         # invariant to fp32 rounding; tested).  See ``default_scan_chunk_size``.
         self.scan_chunk_size = int(scan_chunk_size or cfg.chunk_size)
-        self.in_proj = nnx.Param(params["in_proj"])
+        if "in_proj_parts" in params:  # split into its output parts for a mesh (see sharding.py)
+            self.in_proj = None
+            self.in_proj_parts = nnx.Dict({k: nnx.Param(v) for k, v in params["in_proj_parts"].items()})
+        else:
+            self.in_proj = nnx.Param(params["in_proj"])
         self.in_proj_bias = nnx.Param(params["in_proj_bias"]) if "in_proj_bias" in params else None
         self.conv_w = nnx.Param(params["conv_w"])
         self.conv_b = nnx.Param(params["conv_b"]) if "conv_b" in params else None
@@ -88,6 +92,8 @@ class Mamba2Mixer(nnx.Module):
     # -- shared pieces ---------------------------------------------------------------------
     def _in_proj(self, u):
         cfg = self.cfg
+        if self.in_proj is None:
+            return in_proj_parts(self, u)
         zxbcdt = _dot(u, self.in_proj[...], self.precision, out_dtype=F32)
         if self.in_proj_bias is not None:
             zxbcdt = zxbcdt + self.in_proj_bias[...].astype(F32)
@@ -202,7 +208,7 @@ class Mamba2Block(nnx.Module):
         self.mixer = Mamba2Mixer(cfg, params, precision, scan_chunk_size)
 
     def _normed(self, stream):
-        return rms_norm(stream, self.norm[...], self.cfg.norm_epsilon).astype(self.mixer.in_proj.dtype)
+        return rms_norm(stream, self.norm[...], self.cfg.norm_epsilon).astype(self.mixer.out_proj.dtype)
 
     def prefill(self, stream, conv_state, ssm_state, lengths=None):
         out, conv, ssm = self.mixer.prefill(self._normed(stream), conv_state, ssm_state, lengths)
@@ -270,8 +276,11 @@ class Mamba2LMHeadModel(nnx.Module):
     """``model(input_ids) → (logits, cache)``; ``prefill`` / ``step`` for cached generation.
 
     Logits have shape (batch, length, padded_vocab) and are float32.  The LM head is tied to the
-    embedding unless the config says otherwise.
+    embedding unless the config says otherwise.  ``mesh`` is set when the parameters are sharded
+    (``load_pretrained(..., mesh=...)``); the cache is then sharded too.
     """
+
+    mesh = None
 
     def __init__(self, cfg: Mamba2Config, params: dict[str, Any], precision=None, scan_chunk_size=None):
         self.cfg = cfg
@@ -295,7 +304,10 @@ class Mamba2LMHeadModel(nnx.Module):
                                    preferred_element_type=F32)
 
     def init_cache(self, batch: int) -> Mamba2Cache:
-        return Mamba2Cache.zeros(self.cfg, batch, dtype=self.dtype)
+        return self._sharded(Mamba2Cache.zeros(self.cfg, batch, dtype=self.dtype))
+
+    def _sharded(self, cache: Mamba2Cache) -> Mamba2Cache:
+        return cache if self.mesh is None else constrain_cache(cache, self.mesh)
 
     def prefill(self, input_ids, cache: Mamba2Cache | None = None, lengths=None, *, collect_hidden=False,
                 last_only=False):
@@ -311,7 +323,7 @@ class Mamba2LMHeadModel(nnx.Module):
             cache = self.init_cache(b)
         h, conv, ssm, hidden = self.backbone.prefill(input_ids, cache, lengths, collect_hidden)
         n_new = jnp.full((b,), l, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
-        new_cache = Mamba2Cache(conv=conv, ssm=ssm, seqlen=cache.seqlen + n_new)
+        new_cache = self._sharded(Mamba2Cache(conv=conv, ssm=ssm, seqlen=cache.seqlen + n_new))
         if last_only:
             idx = (n_new - 1)[:, None, None]
             h = jnp.take_along_axis(h, jnp.broadcast_to(idx, (b, 1, h.shape[-1])), axis=1)[:, 0]
@@ -321,7 +333,7 @@ class Mamba2LMHeadModel(nnx.Module):
     def step(self, token, cache: Mamba2Cache, *, collect_hidden=False):
         """token (b,) → (logits (b, V), cache[, hidden])."""
         h, conv, ssm, hidden = self.backbone.step(jnp.asarray(token), cache, collect_hidden)
-        new_cache = Mamba2Cache(conv=conv, ssm=ssm, seqlen=cache.seqlen + 1)
+        new_cache = self._sharded(Mamba2Cache(conv=conv, ssm=ssm, seqlen=cache.seqlen + 1))
         logits = self.logits(h)
         return (logits, new_cache, hidden) if collect_hidden else (logits, new_cache)
 

@@ -199,9 +199,19 @@ def _param_of(model, spec: ParamSpec, i: int | None):
 
 
 def state_dict_from_model(model) -> dict[str, np.ndarray]:
-    """The inverse of :func:`jax_params_from_state_dict` (torch layout, numpy, model dtype)."""
+    """The inverse of :func:`jax_params_from_state_dict` (torch layout, numpy, model dtype).  Works for
+    sharded models too: arrays are gathered to the host, and an in_proj split into its output parts
+    for a mesh (:mod:`mamba2_jax.sharding`) is fused back."""
+    from .sharding import fused_in_proj, to_host
+
     cfg = model.cfg
-    sd = {key: spec.from_jax(np.asarray(_param_of(model, spec, i)[...])) for key, spec, i in _rows(cfg)}
+    sd: dict[str, np.ndarray] = {}
+    for key, spec, i in _rows(cfg):
+        if spec.name in ("in_proj", "in_proj_bias") and model.backbone.layers[i].mixer.in_proj is None:
+            w, b = fused_in_proj(model.backbone.layers[i].mixer)
+            sd[key] = spec.from_jax(w if spec.name == "in_proj" else b)
+        else:
+            sd[key] = spec.from_jax(to_host(_param_of(model, spec, i)[...]))
     head = model.lm_head
-    sd[LM_HEAD.key] = sd[EMBEDDING.key] if head is None else LM_HEAD.from_jax(np.asarray(head[...]))
+    sd[LM_HEAD.key] = sd[EMBEDDING.key] if head is None else LM_HEAD.from_jax(to_host(head[...]))
     return sd

@@ -71,24 +71,26 @@ def model_config(spec: dict[str, Any], data: Path | None = None):
 
 
 def build_model(spec: dict[str, Any] | str, dtype: str = "float32", checkpoint: str | None = None,
-                seed: int = 0, precision: str | None = None, data: Path | None = None):
+                seed: int = 0, precision: str | None = None, data: Path | None = None, mesh=None):
     """(model, info): weights from ``checkpoint`` (or ``spec['checkpoint']``) if given, else the
-    mamba_ssm-style random init of the spec's shape."""
+    mamba_ssm-style random init of the spec's shape; ``mesh`` shards it (mamba2_jax.sharding)."""
     from ..checkpoint import init_state_dict, load_pretrained, model_from_state_dict
+    from ..sharding import describe_mesh
 
     spec = load_model_spec(spec) if isinstance(spec, str) else dict(spec)
     ckpt = checkpoint or spec.get("checkpoint")
     if ckpt:
-        model = load_pretrained(ckpt, dtype=dtype, precision=precision)
+        model = load_pretrained(ckpt, dtype=dtype, precision=precision, mesh=mesh)
         info = {"weights": "checkpoint", "checkpoint": str(ckpt), **getattr(model, "source", {})}
     else:
         cfg = model_config(spec, data)
         sd = init_state_dict(cfg, seed=seed)
-        model = model_from_state_dict(cfg, sd, dtype=dtype, precision=precision)
+        model = model_from_state_dict(cfg, sd, dtype=dtype, precision=precision, mesh=mesh)
         info = {"weights": "random-init", "seed": seed}
         del sd
     info.update({"model": spec.get("name", model.cfg.name), "dtype": dtype,
-                 "policy": getattr(model, "policy", None), "num_params": model.cfg.num_params()})
+                 "policy": getattr(model, "policy", None), "num_params": model.cfg.num_params(),
+                 "mesh": describe_mesh(mesh)})
     return model, info
 
 
@@ -125,6 +127,17 @@ def alternate(fns: dict[str, Callable[[], float]], rounds: int, rotate: bool = T
     return out
 
 
+def _on_mesh(model, ids: np.ndarray):
+    """Benchmark inputs: split over the "data" axis when the model is on a mesh."""
+    import jax.numpy as jnp
+
+    if getattr(model, "mesh", None) is None:
+        return jnp.asarray(ids)
+    from ..sharding import put_batch
+
+    return put_batch(ids, model.mesh)
+
+
 # ------------------------------------------------------------------------------ prefill
 @dataclass
 class PrefillBench:
@@ -140,7 +153,6 @@ class PrefillBench:
 
     def __post_init__(self):
         import jax
-        import jax.numpy as jnp
         from flax import nnx
 
         graphdef, self._state = nnx.split(self.model)
@@ -151,7 +163,7 @@ class PrefillBench:
             logits, cache = m.prefill(ids, last_only=last_only)
             return logits, cache
 
-        ids = jnp.asarray(random_ids(self.batch, self.length, self.model.cfg.vocab_size, self.seed))
+        ids = _on_mesh(self.model, random_ids(self.batch, self.length, self.model.cfg.vocab_size, self.seed))
         self._ids = ids
         t0 = time.perf_counter()
         self._compiled = jax.jit(fn).lower(self._state, ids).compile()
@@ -233,9 +245,9 @@ class DecodeBench:
                 tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
             else:
                 cache = self.model.init_cache(self.batch)
-                tok = jnp.asarray(random_ids(self.batch, 1, self.model.cfg.vocab_size, self.seed)[:, 0])
+                tok = _on_mesh(self.model, random_ids(self.batch, 1, self.model.cfg.vocab_size, self.seed)[:, 0])
         else:
-            tok = jnp.asarray(random_ids(self.batch, 1, self.model.cfg.vocab_size, self.seed)[:, 0])
+            tok = _on_mesh(self.model, random_ids(self.batch, 1, self.model.cfg.vocab_size, self.seed)[:, 0])
         if token is not None:
             tok = jnp.asarray(token, jnp.int32)
         # private copy: the loop donates it
@@ -318,8 +330,26 @@ def setup_run(cfg, experiment: str) -> dict[str, Any]:
         load = list(os.getloadavg())
     except OSError:  # pragma: no cover
         load = None
-    hw = {**hw, "forced": force and bool(req and desc["platform"] != req), "load_avg_at_start": load}
-    return {"hardware": hw, "profile": prof, "run": run, "label": label, "device": desc}
+    from ..sharding import describe_mesh, make_mesh
+
+    mesh = make_mesh(_mesh_arg(cfg))
+    if mesh is not None:
+        label += f"; mesh data={mesh.shape['data']},model={mesh.shape['model']}"
+    hw = {**hw, "forced": force and bool(req and desc["platform"] != req), "load_avg_at_start": load,
+          "mesh": describe_mesh(mesh)}
+    return {"hardware": hw, "profile": prof, "run": run, "label": label, "device": desc, "mesh": mesh}
+
+
+def _mesh_arg(cfg):
+    m = _get(cfg, "mesh")
+    if m is None or isinstance(m, str):
+        return m
+    try:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(m, resolve=True)
+    except ValueError:
+        return dict(m)
 
 
 def iter_models(cfg):
@@ -329,12 +359,16 @@ def iter_models(cfg):
 
     import jax
 
+    from ..sharding import make_mesh
+
     ckpts = dict(_get(cfg, "checkpoints", {}) or {})
     dd = require_data_dir(_get(_get(cfg, "paths", {}), "data_dir", None))
+    mesh = make_mesh(_mesh_arg(cfg))
     for name in _get(cfg, "models", []):
         spec = load_model_spec(str(name))
         model, info = build_model(spec, dtype=str(_get(cfg, "dtype", "float32")), checkpoint=ckpts.get(name),
-                                  seed=int(_get(cfg, "seed", 0)), precision=_get(cfg, "matmul_precision"), data=dd)
+                                  seed=int(_get(cfg, "seed", 0)), precision=_get(cfg, "matmul_precision"), data=dd,
+                                  mesh=mesh)
         yield str(name), model, info
         del model
         gc.collect()

@@ -269,25 +269,39 @@ class JaxScorer:
     batch rows score nothing); the model input of a batch is bucketed to a multiple of ``bucket``
     tokens, so ``jit`` compiles once per bucket.  The LM head and the fp32 log-softmax are applied
     ``logits_chunk`` positions at a time, so the (batch, length, vocab) logits are never
-    materialised.  With several ``jax.devices()`` the batch axis is sharded over them.
+    materialised.  With several ``jax.devices()`` the batch axis is sharded over them.  With a
+    ``mesh`` (or a model loaded on one, see :mod:`mamba2_jax.sharding`) the windows of a batch are
+    split over its "data" axis and the model over its "model" axis, also across processes.
     """
 
     def __init__(self, model, batch_size: int = 4, bucket: int = 512, logits_chunk: int = 256,
-                 devices: Sequence[Any] | None = None):
+                 devices: Sequence[Any] | None = None, mesh=None):
         import jax
         from flax import nnx
 
         if bucket % logits_chunk:
             raise ValueError(f"bucket ({bucket}) must be a multiple of logits_chunk ({logits_chunk})")
+        if mesh is not None:
+            from ..sharding import make_mesh, shard_model
+
+            model = shard_model(model, make_mesh(mesh))
+        self.mesh = getattr(model, "mesh", None)
         self.model = model
         self.devices = list(devices) if devices is not None else jax.devices()
-        nd = len(self.devices)
+        if self.mesh is not None:
+            self.devices = list(self.mesh.devices.flat)
+        nd = len(self.devices) if self.mesh is None else int(self.mesh.shape["data"])
+        self._n_batch_shards = nd
         self.batch_size = _round_up(max(1, batch_size), nd)
         self.bucket = bucket
         self.logits_chunk = logits_chunk
         graphdef, state = nnx.split(model)
         self._in_sharding = None
-        if nd > 1:
+        if self.mesh is not None:
+            from jax.sharding import NamedSharding, PartitionSpec as P
+
+            self._in_sharding = NamedSharding(self.mesh, P("data"))
+        elif nd > 1:
             from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
             mesh = Mesh(np.array(self.devices), ("data",))
@@ -308,7 +322,7 @@ class JaxScorer:
 
         b = len(lengths)
         w = self._bucket_width(int(np.max(lengths)))
-        B = self.batch_size if b <= self.batch_size else _round_up(b, len(self.devices))
+        B = self.batch_size if b <= self.batch_size else _round_up(b, self._n_batch_shards)
         x = np.zeros((B, w), np.int32)
         cols = min(w, ids.shape[1])
         x[:b, :cols] = ids[:, :cols]
@@ -316,11 +330,16 @@ class JaxScorer:
         F = np.ones(B, np.int32)
         L[:b], F[:b] = lengths, score_from
         args = [x, L, F]
-        if self._in_sharding is not None:
+        if self.mesh is not None:
+            from ..sharding import put_batch, to_host
+
+            args = [put_batch(a, self.mesh) for a in args]
+        elif self._in_sharding is not None:
             args = [jax.device_put(a, self._in_sharding) for a in args]
         key = (B, w)
         t0 = time.perf_counter()
-        out = np.asarray(self._fn(self._state, *args))
+        out = self._fn(self._state, *args)
+        out = to_host(out) if self.mesh is not None else np.asarray(out)
         if key not in self.shapes_compiled:
             self.shapes_compiled.add(key)
             self.compile_seconds += time.perf_counter() - t0  # first call of a shape: compile (if new) + run
@@ -384,6 +403,7 @@ class JaxScorer:
                 "wall_seconds": wall, "first_call_seconds": first_calls,
                 "shapes_compiled": sorted(self.shapes_compiled), "batch_size": self.batch_size,
                 "bucket": self.bucket, "n_devices": len(self.devices),
+                "mesh": None if self.mesh is None else {k: int(v) for k, v in self.mesh.shape.items()},
                 "tokens_per_second_incl_compile": tok_done / wall if tok_done else None}
         return WindowScores(loglik, n_scored, info)
 

@@ -36,6 +36,8 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "cache_speedup": ("model", "dtype", "context", "cached_ms_per_token", "recompute_ms_per_token", "speedup"),
     "peers": ("peer", "metric", "value", "unit"),
     "bench": ("metric", "value", "unit"),
+    "sharding_memory": ("model", "dtype", "batch", "mesh_data", "mesh_model", "params_bytes_per_device",
+                        "cache_bytes_per_device"),
 }
 
 
@@ -84,7 +86,7 @@ def write_results(experiment: str, run: str, records: list[dict[str, Any]], *, h
         "experiment": experiment,
         "run": run,
         "label": label,
-        "provenance": provenance(load_avg_at_write=load),
+        "provenance": provenance(load_avg_at_write=load, **({"mesh": hw["mesh"]} if hw.get("mesh") else {})),
         "hardware": hw,
         "config": config,
         "records": records,
