@@ -204,7 +204,9 @@ def test_throughput_records_its_mesh(tmp_path):
     spec = importlib.util.spec_from_file_location("exp_throughput", REPO / "experiments" / "throughput.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    with initialize_config_dir(config_dir=str(REPO / "experiments" / "conf"), version_base="1.3"):
+    from mamba2_jax.paths import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="throughput", overrides=["profile=tiny", f"out_dir={tmp_path}", "mesh.data=1",
                                                            "mesh.model=1"])
     out = mod.run(cfg)
