@@ -44,8 +44,8 @@ def check_cuda() -> None:
     if not torch.cuda.is_available():
         raise RuntimeError(
             "backend mamba_ssm_triton needs a CUDA GPU (torch.cuda.is_available() is False on this machine). "
-            "Use --backend mamba_ssm_ref_cpu or --backend transformers on CPU, or run this backend in the "
-            "GPU environment described in reference/requirements-gpu.txt.")
+            "Without CUDA use --device cpu (the same Triton kernels through Triton's interpreter, in .venv-ref), "
+            "or run this backend in the GPU environment described in reference/requirements-gpu.txt.")
 
 
 class TritonAdapter:

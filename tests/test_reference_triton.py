@@ -128,10 +128,10 @@ def test_causal_conv1d_fn_against_a_loop():
     from reference.triton_cpu import causal_conv1d_fn
 
     g = torch.Generator().manual_seed(0)
-    b, d, l, w = 2, 5, 7, 4
-    x, wt, bias = torch.randn(b, d, l, generator=g), torch.randn(d, w, generator=g), torch.randn(d, generator=g)
-    want = torch.zeros(b, d, l)
-    for t in range(l):
+    b, d, n, w = 2, 5, 7, 4
+    x, wt, bias = torch.randn(b, d, n, generator=g), torch.randn(d, w, generator=g), torch.randn(d, generator=g)
+    want = torch.zeros(b, d, n)
+    for t in range(n):
         for k in range(w):
             if t - (w - 1) + k >= 0:
                 want[..., t] += wt[:, k] * x[..., t - (w - 1) + k]
@@ -139,7 +139,7 @@ def test_causal_conv1d_fn_against_a_loop():
     torch.testing.assert_close(causal_conv1d_fn(x, wt, bias, activation="silu"), torch.nn.functional.silu(want))
     torch.testing.assert_close(causal_conv1d_fn(x, wt, None), want - bias[:, None])
     with pytest.raises(NotImplementedError, match="seq_idx"):
-        causal_conv1d_fn(x, wt, bias, seq_idx=torch.zeros(b, l, dtype=torch.int32))
+        causal_conv1d_fn(x, wt, bias, seq_idx=torch.zeros(b, n, dtype=torch.int32))
 
 
 def test_largest_block_config():
