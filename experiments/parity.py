@@ -96,10 +96,11 @@ def ensure_checkpoint(spec: Any, work_dir: Path) -> tuple[Path, dict[str, Any]]:
     from mamba2_jax.checkpoint import init_state_dict, resolve_model_dir, write_checkpoint
     from mamba2_jax.config import get_preset
 
-    if isinstance(spec, str):
-        local = _abs(spec)
-        d = local if local.is_dir() else resolve_model_dir(spec)  # else: a hub id
-        return Path(d), {"source": spec, "kind": "checkpoint"}
+    if isinstance(spec, str) or "path" in spec:
+        src = spec if isinstance(spec, str) else str(spec["path"])
+        local = _abs(src)
+        d = local if local.is_dir() else resolve_model_dir(src)  # else: a hub id
+        return Path(d), {"source": src, "kind": "checkpoint"}
     spec = dict(spec)
     cfg = get_preset(spec["preset"])
     if spec.get("overrides"):
@@ -136,7 +137,49 @@ def tokenize_prompts(prompts_file: Path, tokenizer: str, out: Path, max_prompts:
     return doc
 
 
+def model_prompts(prompts_doc: dict[str, Any], spec: Any, out: Path) -> tuple[dict[str, Any], Path]:
+    """The prompt set of one model: a model spec may keep only its first ``max_prompts`` prompts and
+    the first ``prompt_tokens`` tokens of each (every backend of that model then runs those)."""
+    keep = {k: int(spec[k]) for k in ("max_prompts", "prompt_tokens")
+            if not isinstance(spec, str) and spec.get(k) is not None}
+    if not keep:
+        return prompts_doc, out.parent / "prompts_tokens.json"
+    prompts = prompts_doc["prompts"][: keep.get("max_prompts")]
+    prompts = [{**p, "input_ids": p["input_ids"][: keep.get("prompt_tokens")]} for p in prompts]
+    doc = {k: v for k, v in prompts_doc.items() if k not in ("prompts", "sha256")}
+    doc.update({"prompts": prompts, "subset": keep})
+    doc["sha256"] = hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:16]
+    path = out.parent / f"prompts_tokens__{model_tag(spec)}.json"
+    if not path.exists() or json.loads(path.read_text()).get("sha256") != doc["sha256"]:
+        path.write_text(json.dumps(doc))
+    return doc, path
+
+
 # ------------------------------------------------------------------------------ references
+_TRITON_DEVICE: dict[str, str] = {}
+
+
+def triton_device(cfg, python: str) -> str:
+    """``triton.device`` (cpu | cuda), or for ``auto`` whether the Triton backend's interpreter sees
+    CUDA (cuda) or not (cpu: the Triton interpreter).  Probed once per interpreter."""
+    want = str((cfg.get("triton") or {}).get("device") or "auto")
+    if want != "auto":
+        return want
+    if python not in _TRITON_DEVICE:
+        r = subprocess.run([python, "-c", "import torch; print(torch.cuda.is_available())"], cwd=REPO,
+                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        _TRITON_DEVICE[python] = "cuda" if r.returncode == 0 and r.stdout.strip().endswith("True") else "cpu"
+    return _TRITON_DEVICE[python]
+
+
+def backend_runs(cfg, backend: str, tag: str, device: str | None) -> bool:
+    """The interpreted Triton backend runs only on ``triton.cpu_models`` (null: every model)."""
+    if backend != "mamba_ssm_triton" or device != "cpu":
+        return True
+    only = (cfg.get("triton") or {}).get("cpu_models")
+    return only is None or tag in list(only)
+
+
 def backend_python(cfg, backend: str) -> str:
     py = (cfg.get("python") or {}).get(backend)
     if not py:
@@ -161,6 +204,9 @@ def run_golden(backend: str, python: str, model_dir: Path, prompts_json: Path, o
     cmd = [python, "-m", "reference.golden", "--backend", backend, "--model", str(model_dir),
            "--prompts", str(prompts_json), "--out", str(out), "--n-new", str(n_new), *(extra or [])]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if "--threads" in (extra or []):  # also numpy's BLAS (the Triton interpreter's tl.dot) and OpenMP
+        n = extra[extra.index("--threads") + 1]
+        env.update({"OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n})
     t0 = time.time()
     print(f"[parity] running {' '.join(cmd)}", flush=True)
     # stderr (progress, errors) goes straight to ours; stdout (the output path) is captured
@@ -277,7 +323,7 @@ def compare_golden(jax_results: list[dict], golden: Path, tol: dict[str, float])
         "golden": str(golden.relative_to(REPO) if golden.is_relative_to(REPO) else golden),
         "reference": {k: meta.get(k) for k in ("backend", "device", "dtype", "packages", "tf32", "backend_meta",
                                                   "date_utc", "git", "torch_float32_matmul_precision",
-                                                  "seconds_total", "cpu_model", "python")},
+                                                  "seconds_total", "cpu_model", "python", "timing")},
         "hidden_per_layer": per_layer,
         "hidden_worst": hidden_worst,
         "logits_worst": logits_worst,
@@ -332,8 +378,9 @@ def run_parity(cfg) -> dict[str, Any]:
     prompts_json = work / "prompts_tokens.json"
     models = list(cfg.models)
     for opt in cfg.get("optional_models") or []:
-        if _abs(opt).is_dir() and (_abs(opt) / "config.json").exists():
-            models.append(str(opt))
+        path = _abs(opt if isinstance(opt, str) else opt["path"])
+        if path.is_dir() and (path / "config.json").exists():
+            models.append(str(opt) if isinstance(opt, str) else opt)
     tol = {"max_rel": float(cfg.tolerance.max_rel), "margin_rel": float(cfg.tolerance.margin_rel)}
     prov = provenance()
     rows, reports = [], []
@@ -341,27 +388,38 @@ def run_parity(cfg) -> dict[str, Any]:
         tag = model_tag(spec)
         model_dir, desc = ensure_checkpoint(spec, work)
         fp = checkpoint_fingerprint(model_dir)
+        mprompts, mprompts_json = model_prompts(prompts_doc, spec, prompts_json)
+        n_new = int(spec.get("n_new") or cfg.n_new) if not isinstance(spec, str) else int(cfg.n_new)
         goldens = {}
         for backend in cfg.backends:
             extra = [] if backend == "mamba_ssm_triton" or not cfg.get("ref_threads") else \
                 ["--threads", str(int(cfg.ref_threads))]
+            py = backend_python(cfg, backend)
             if backend == "mamba_ssm_triton":
-                extra = ["--tf32", str(cfg.triton.tf32), "--triton-f32", str(cfg.triton.triton_f32),
-                         "--cuda-graph", str(cfg.triton.cuda_graph)]
+                device = triton_device(cfg, py)
+                if not backend_runs(cfg, backend, tag, device):
+                    print(f"[parity] {tag}: {backend} skipped on {device} (not in triton.cpu_models)", flush=True)
+                    continue
+                if device == "cpu":  # the Triton interpreter: no CUDA knobs
+                    extra = ["--device", "cpu", "--cuda-graph", "off"] + \
+                        (["--threads", str(int(cfg.ref_threads))] if cfg.get("ref_threads") else [])
+                else:
+                    extra = ["--tf32", str(cfg.triton.tf32), "--triton-f32", str(cfg.triton.triton_f32),
+                             "--cuda-graph", str(cfg.triton.cuda_graph)]
             out = work / "golden" / tag / f"{backend}.npz"
-            expect = {"checkpoint_fingerprint": fp, "prompts_sha256": prompts_doc["sha256"], "n_new_expected": cfg.n_new,
+            expect = {"checkpoint_fingerprint": fp, "prompts_sha256": mprompts["sha256"], "n_new_expected": n_new,
                       "extra_args": extra}
             t0 = time.time()
-            goldens[backend] = run_golden(backend, backend_python(cfg, backend), model_dir, prompts_json, out,
-                                          cfg.n_new, extra, bool(cfg.regenerate_golden), expect)
+            goldens[backend] = run_golden(backend, py, model_dir, mprompts_json, out,
+                                          n_new, extra, bool(cfg.regenerate_golden), expect)
             print(f"[parity] {tag}: golden {backend} ready ({time.time() - t0:.1f}s)", flush=True)
         spread = reference_spread(goldens)
         t0 = time.time()
         model, jmeta = load_jax_model(model_dir, cfg.jax.dtype, cfg.jax.matmul_precision, cfg.get("plant_bug"))
         runner = JaxRunner(model)
         jax_results = []
-        for p in prompts_doc["prompts"]:
-            r = runner.run(p["input_ids"], cfg.n_new)
+        for p in mprompts["prompts"]:
+            r = runner.run(p["input_ids"], n_new)
             r["input_ids"] = np.asarray(p["input_ids"], np.int32)
             jax_results.append(r)
         t_jax = time.time() - t0
@@ -375,9 +433,9 @@ def run_parity(cfg) -> dict[str, Any]:
                 "jax": jmeta, "jax_seconds": round(t_jax, 2), "tolerance": tol, "paper_tolerances": paper_tolerances(),
                 "reference_spread": spread,
                 "prompts": {"file": prompts_doc["source"], "version": prompts_doc["version"],
-                            "sha256": prompts_doc["sha256"], "lengths": [len(p["input_ids"]) for p in prompts_doc["prompts"]],
-                            "tokenizer": prompts_doc["tokenizer"]},
-                "n_new": cfg.n_new, "label": cfg.label, "provenance": prov,
+                            "sha256": mprompts["sha256"], "lengths": [len(p["input_ids"]) for p in mprompts["prompts"]],
+                            "tokenizer": prompts_doc["tokenizer"], "subset": mprompts.get("subset")},
+                "n_new": n_new, "label": cfg.label, "provenance": prov,
             })
             name = f"{tag}__{backend}" + (f"__bug-{cfg.plant_bug}" if cfg.get("plant_bug") else "")
             row = summary_row(rep, backend)
@@ -404,7 +462,8 @@ CSV_FIELDS = ["model", "backend", "pass", "hidden_max_abs", "hidden_max_rel", "h
               "divergences_unexplained", "ref_spread_hidden_max_rel", "ref_spread_logits_max_rel", "tol_max_rel", "tol_margin_rel", "label", "checkpoint_kind", "stored_dtype",
               "jax_param_dtype", "jax_matmul_precision", "ref_device", "ref_dtype", "ref_tf32", "plant_bug",
               "git_sha", "git_dirty", "jax", "jaxlib", "flax", "numpy", "torch", "transformers", "mamba_ssm", "triton",
-              "ref_torch", "jax_backend", "cpu_model", "python", "date_utc"]
+              "ref_torch", "jax_backend", "cpu_model", "python", "date_utc", "n_new", "ref_prefill_s_per_token",
+              "ref_decode_s_per_step"]
 
 
 def summary_row(rep: dict[str, Any], backend: str) -> dict[str, Any]:
@@ -433,8 +492,16 @@ def summary_row(rep: dict[str, Any], backend: str) -> dict[str, Any]:
         "torch": pk.get("torch"), "transformers": rpk.get("transformers"), "mamba_ssm": rpk.get("mamba-ssm"),
         "triton": rpk.get("triton"), "ref_torch": rpk.get("torch"),
         "jax_backend": prov["jax"].get("backend"), "cpu_model": prov.get("cpu_model"), "python": prov.get("python"),
-        "date_utc": prov.get("date_utc"),
+        "date_utc": prov.get("date_utc"), "n_new": rep.get("n_new"),
+        **_timing_cols(ref.get("timing")),
     }
+
+
+def _timing_cols(t: dict[str, Any] | None) -> dict[str, str]:
+    t = t or {}
+    f = lambda x: "" if x is None else f"{x:.4g}"  # noqa: E731
+    return {"ref_prefill_s_per_token": f(t.get("prefill_seconds_per_token")),
+            "ref_decode_s_per_step": f(t.get("decode_seconds_per_step"))}
 
 
 def _spread_cols(spread: dict[str, Any] | None) -> dict[str, str]:
@@ -464,18 +531,23 @@ def write_markdown(path: Path, reports: list[dict[str, Any]], prov: dict[str, An
              "of the fp32 spacing at max|ref|; decode = JAX step logits at the reference's top-8 ids, relative to "
              "max|logit|, over steps with identical context.", "",
              "| model | reference | hidden max_rel | hidden ulps | logits max_rel | logits ulps | decode max_rel | "
-             "greedy identical | tokens | divergences (below noise floor / unexplained) | pass |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "greedy identical | tokens | divergences (below noise floor / unexplained) | ref s/prefill token | "
+             "ref s/decode step | pass |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in reports:
         g = r["greedy_summary"]
         dec = r["decode_topk_max_rel"]
+        tc = _timing_cols(r["reference"].get("timing"))
+        dev = r["reference"].get("device")
         lines.append(
             f"| {r['model']} ({r['checkpoint'].get('kind')}, stored {r['jax']['stored_dtype']}) | "
-            f"{r['reference']['backend']} | {r['hidden_worst']['max_rel']:.2e} | "
+            f"{r['reference']['backend']}{f' ({dev})' if dev and dev != 'cpu' else ''} | "
+            f"{r['hidden_worst']['max_rel']:.2e} | "
             f"{r['hidden_worst']['ulps']:.1f} | {r['logits_worst']['max_rel']:.2e} | {r['logits_worst']['ulps']:.1f} | "
             f"{'-' if dec is None else f'{dec:.2e}'} | {g['identical_64_of_64']}/{g['prompts']} | "
             f"{g['tokens_matching_total']}/{g['tokens_total']} | {g['divergences_below_noise_floor']} / "
-            f"{len(g['divergences_unexplained'])} | {'PASS' if r['pass'] else 'FAIL'} |")
+            f"{len(g['divergences_unexplained'])} | {tc['ref_prefill_s_per_token'] or '-'} | "
+            f"{tc['ref_decode_s_per_step'] or '-'} | {'PASS' if r['pass'] else 'FAIL'} |")
     if reports:
         r, pt = reports[0], reports[0]["paper_tolerances"]
         lines += ["", f"Targets: max_rel <= {r['tolerance']['max_rel']:g} on every layer and the logits; greedy "

@@ -231,6 +231,11 @@ def evaluate_one(spec: dict[str, Any], protocol: str, windows: ppl.Windows, winf
                 extra_args = []
                 if cfg.reference.threads:
                     extra_args = ["--threads", str(cfg.reference.threads)]
+                if b == "mamba_ssm_triton":
+                    # on CPU the Triton interpreter's tl.dot is a small numpy matmul: one BLAS thread is
+                    # ~2x faster than OpenBLAS's default on a shared 2-core machine (no effect on CUDA)
+                    n = str(cfg.reference.threads or 1)
+                    env.update({k: env.get(k, n) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
                 sc = _run_reference(b, spec, windows, windows_path, work, cfg, env, extra_args)
             else:
                 raise ValueError(f"unknown backend {b!r} (jax_fp32 | jax_bf16 | {' | '.join(ppl.REFERENCE_BACKENDS)})")

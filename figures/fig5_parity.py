@@ -85,16 +85,19 @@ def build(results: Path) -> style.Figure:
     prompts = list(dict.fromkeys(k for _, _, d in pairs for k in d.get("per_prompt", {})))
     n_new = max(int(d.get("n_new") or steps) for _, _, d in pairs)
     grid = np.full((len(pairs), len(prompts)), np.nan)
+    n_steps = np.full((len(pairs), len(prompts)), np.nan)  # a model may run fewer greedy steps (its n_new)
     for i, (_, _, d) in enumerate(pairs):
         for j, k in enumerate(prompts):
             g = (d.get("per_prompt", {}).get(k) or {}).get("greedy")
             if g:
                 grid[i, j] = g.get("matched_prefix", g.get("n_match_positions"))
-    im = ax1.imshow(grid, cmap="RdYlGn", vmin=0, vmax=n_new, aspect="auto")
+                n_steps[i, j] = g.get("n") or n_new
+    im = ax1.imshow(grid / n_steps * n_new, cmap="RdYlGn", vmin=0, vmax=n_new, aspect="auto")
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
             if not np.isnan(grid[i, j]):
-                ax1.text(j, i, f"{int(grid[i, j])}", ha="center", va="center", fontsize=6.5)
+                txt = f"{int(grid[i, j])}" if n_steps[i, j] == n_new else f"{int(grid[i, j])}/{int(n_steps[i, j])}"
+                ax1.text(j, i, txt, ha="center", va="center", fontsize=6.5)
     ax1.set_xticks(range(len(prompts)))
     ax1.set_xticklabels(prompts, rotation=45, ha="right")
     ax1.set_yticks(range(len(pairs)))
@@ -102,7 +105,7 @@ def build(results: Path) -> style.Figure:
     ax1.grid(False)
     ax1.set_title(f"(b) greedy tokens identical before first divergence (of {n_new})")
     cb = fig.colorbar(im, ax=ax1, fraction=0.04, pad=0.02)
-    cb.set_label("matched prefix (tokens)")
+    cb.set_label("matched prefix (a/b: of b steps)")
     prov_lines = []
     for p, d in docs:
         g = d["greedy_summary"]

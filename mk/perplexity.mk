@@ -2,7 +2,8 @@
 #   make perplexity                                    default model (tiny-wikitext if present, else synthetic), full test set
 #   make perplexity MODELS="mamba2-130m mamba2-370m"   real checkpoints (state-spaces/<name>, or checkpoints/<name>)
 #   make perplexity PPL_LIMIT=3                        smoke run: first 3 documents / first 3 strided windows
-#   make perplexity-smoke                              offline smoke run (PPL_LIMIT defaults to 3)
+#   make perplexity-smoke                              offline smoke run (PPL_LIMIT defaults to 3), then the
+#                                                      Triton reference on short windows (PPL_TRITON_SMOKE)
 #   make perplexity-timing                             130m-shape CPU runtime, measured on a few windows, extrapolated
 #   make perplexity PPL_ARGS="protocol=strided strided.stride=1024 backends=[jax_fp32,transformers]"
 .PHONY: perplexity perplexity-smoke perplexity-timing perplexity-tables test-perplexity
@@ -22,9 +23,16 @@ ppl_ref_py = $(if $(REF_PY),reference.python.mamba_ssm_ref_cpu=$(REF_PY))
 perplexity: $(STAMP) $(ppl_ref_deps)
 	$(PY) $(PPL_SCRIPT) $(ppl_models) $(ppl_limit) $(ppl_ref_py) $(PPL_ARGS)
 
+# mamba_ssm_triton, interpreted on CPU (~0.1 s per token for the tiny model), against every backend on
+# 4 strided windows of 256 tokens, with it as the reference of the Δ (on CUDA it runs compiled)
+PPL_TRITON_SMOKE ?= protocol=strided strided.max_length=256 strided.stride=256 limit=4 tag=triton \
+  'backends=[jax_fp32,mamba_ssm_ref_cpu,transformers,mamba_ssm_triton]' reference_backend=mamba_ssm_triton
+
 perplexity-smoke: $(STAMP) $(ppl_ref_deps)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) $(PPL_SCRIPT) $(ppl_models) limit=$(or $(strip $(PPL_LIMIT)),3) \
 	  $(ppl_ref_py) $(PPL_ARGS)
+	$(if $(strip $(PPL_TRITON_SMOKE)),HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) $(PPL_SCRIPT) $(ppl_models) \
+	  $(PPL_TRITON_SMOKE) $(ppl_ref_py) $(PPL_ARGS))
 
 perplexity-timing: $(STAMP)
 	$(PY) $(PPL_SCRIPT) mode=timing $(PPL_ARGS)

@@ -153,8 +153,20 @@ def model_weights_reasons(name: str | None, synthetic: bool, paper: tuple[str, .
     return []
 
 
-def reference_reason(backend: str | None, allowed: list[str] | None) -> str | None:
+TRITON_INTERPRETED_REASON = "the same Triton kernels, interpreted on CPU rather than compiled for a GPU"
+
+
+def reference_interpreted(meta: dict[str, Any] | None) -> bool:
+    """Whether a reference run's metadata says it ran mamba_ssm's Triton kernels through the interpreter."""
+    meta = meta or {}
+    return bool((meta.get("backend_meta") or {}).get("triton_interpret")) or \
+        str(meta.get("device", "")).endswith("(Triton interpreter)")
+
+
+def reference_reason(backend: str | None, allowed: list[str] | None, interpreted: bool = False) -> str | None:
     if not allowed or backend in allowed:
+        if backend == "mamba_ssm_triton" and interpreted:
+            return TRITON_INTERPRETED_REASON
         return None
     want = " / ".join(REFERENCE_NAMES.get(a, a) for a in allowed)
     return f"reference {backend} vs the paper's {want}"
@@ -270,7 +282,7 @@ def eval_parity(c: dict[str, Any], results: Path, paper: tuple[str, ...]) -> lis
         be = (d.get("reference") or {}).get("backend")
         reasons = model_weights_reasons(d.get("model"), (d.get("checkpoint") or {}).get("kind") == "random-init",
                                         paper)
-        r = reference_reason(be, cw.get("reference_backends"))
+        r = reference_reason(be, cw.get("reference_backends"), reference_interpreted(d.get("reference")))
         if r:
             reasons.append(r)
         groups.setdefault((d.get("label"), be, tuple(reasons)), []).append((p, d))
@@ -309,7 +321,9 @@ def eval_perplexity(c: dict[str, Any], results: Path, paper: tuple[str, ...]) ->
         reasons = model_weights_reasons(m.get("name"), bool(m.get("synthetic")), paper)
         if cw.get("full_split") and d.get("scope") != "full test set":
             reasons.append(f"subset ({d.get('scope')})")
-        r = reference_reason(ref, cw.get("reference_backends"))
+        ref_meta = (((((d.get("backends") or {}).get(ref) or {}).get("run") or {}).get("backend_extra") or {})
+                    .get("meta"))
+        r = reference_reason(ref, cw.get("reference_backends"), reference_interpreted(ref_meta))
         if r:
             reasons.append(r)
         jb = (d.get("backends") or {}).get("jax_fp32") or {}

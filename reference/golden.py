@@ -2,7 +2,7 @@
 
     python -m reference.golden --backend {mamba_ssm_ref_cpu,transformers,mamba_ssm_triton} \
         --model DIR --prompts PROMPTS.json --out OUT.npz [--n-new 64] [--device cpu|cuda]
-        [--tf32 on|off] [--triton-f32 default|ieee] [--cuda-graph on|off] [--threads N]
+        [--tf32 on|off] [--triton-f32 default|ieee] [--cuda-graph auto|on|off] [--threads N]
 
 Each backend must run in its own process (see reference/README.md): this module imports only
 the chosen backend.  The prompts file holds token ids (the parity experiment tokenizes them with
@@ -23,13 +23,16 @@ def build_parser(prog: str = "python -m reference.golden") -> argparse.ArgumentP
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     ap.add_argument("--backend", required=True, choices=BACKENDS)
     ap.add_argument("--model", required=True, help="checkpoint directory (state-spaces or HF layout)")
-    ap.add_argument("--device", default=None, help="cpu | cuda (default: cuda for mamba_ssm_triton, else cpu)")
+    ap.add_argument("--device", default=None,
+                    help="cpu | cuda (default: cpu; for mamba_ssm_triton cuda if available, else cpu = the Triton "
+                         "interpreter)")
     ap.add_argument("--tf32", choices=("on", "off"), default="off",
                     help="mamba_ssm_triton: torch cuBLAS/cuDNN TF32 flags (default off)")
     ap.add_argument("--triton-f32", choices=("default", "ieee"), default="default",
                     help="mamba_ssm_triton: 'ieee' exports TRITON_F32_DEFAULT=ieee before Triton loads")
-    ap.add_argument("--cuda-graph", choices=("on", "off"), default="on",
-                    help="mamba_ssm_triton: decode with CUDA graphs (generate(cg=True))")
+    ap.add_argument("--cuda-graph", choices=("auto", "on", "off"), default="auto",
+                    help="mamba_ssm_triton: decode with CUDA graphs (generate(cg=True)); auto: on for CUDA, "
+                         "off on CPU")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU")
     return ap
 
@@ -44,11 +47,17 @@ def add_golden_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def validate(args: argparse.Namespace) -> argparse.Namespace:
     """Check backend/device combinations; fills in the default device.  Raises ReferenceError_."""
     if args.device is None:
-        args.device = "cuda" if args.backend == "mamba_ssm_triton" else "cpu"
+        args.device = "cpu"
+        if args.backend == "mamba_ssm_triton":
+            import torch
+
+            args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
         raise ReferenceError_(f"--device {args.device!r}: expected cpu or cuda[:N]")
-    if args.backend == "mamba_ssm_triton" and not args.device.startswith("cuda"):
-        raise ReferenceError_("--backend mamba_ssm_triton runs mamba_ssm's Triton/CUDA kernels: it needs --device cuda")
+    if args.backend == "mamba_ssm_triton" and args.device == "cpu":
+        if args.tf32 == "on" or args.triton_f32 != "default" or args.cuda_graph == "on":
+            raise ReferenceError_("--tf32 on / --triton-f32 ieee / --cuda-graph on need --device cuda (on CPU "
+                                  "mamba_ssm_triton runs the Triton interpreter)")
     if args.backend == "mamba_ssm_ref_cpu" and args.device != "cpu":
         raise ReferenceError_("--backend mamba_ssm_ref_cpu is the CPU reference: --device must be cpu")
     if args.backend != "mamba_ssm_triton" and (args.tf32 == "on" or args.triton_f32 != "default"):
@@ -79,8 +88,9 @@ def load_backend(args: argparse.Namespace):
     else:
         from . import triton_backend
 
+        cuda_graph = args.cuda_graph == "on" or (args.cuda_graph == "auto" and args.device.startswith("cuda"))
         model, meta = triton_backend.load(args.model, args.device, tf32=args.tf32 == "on",
-                                          triton_f32=args.triton_f32, cuda_graph=args.cuda_graph == "on")
+                                          triton_f32=args.triton_f32, cuda_graph=cuda_graph)
     return model, meta
 
 
@@ -98,6 +108,25 @@ def greedy_steps(model, ids, n_new: int, first_logits, cache):
     return steps
 
 
+def timing_summary(model, prompts, prefill_s, greedy_s, n_new: int) -> dict:
+    """Seconds per prefill token (the hidden-state forward, summed over prompts / prompt tokens) and
+    per decode step (a backend's own per-step times if it has them, else the greedy loop's time over
+    its n_new - 1 recurrent steps; step 0 reuses the prefill logits)."""
+    n_tok = sum(len(p["input_ids"]) for p in prompts)
+    out = {"prefill_seconds": [round(x, 4) for x in prefill_s], "prefill_tokens": n_tok,
+           "prefill_seconds_per_token": sum(prefill_s) / n_tok if n_tok else None,
+           "greedy_seconds": [round(x, 4) for x in greedy_s]}
+    if hasattr(model, "timing_summary"):
+        own = model.timing_summary()
+        out.update(own)
+        out["decode_seconds_per_step"] = own.get("decode_step_seconds_median")
+    else:
+        steps = len(prompts) * (n_new - 1)
+        out["decode_seconds_per_step"] = sum(greedy_s) / steps if steps else None
+        out["timer"] = "time.perf_counter around prefill and around the greedy step loop"
+    return out
+
+
 def run(args: argparse.Namespace) -> Path:
     import torch
 
@@ -105,18 +134,24 @@ def run(args: argparse.Namespace) -> Path:
     model, bmeta = load_backend(args)
     prompts = load_prompts(args.prompts)
     w = GoldenWriter()
-    timings = []
+    timings, prefill_s, greedy_s = [], [], []
     for i, p in enumerate(prompts):
         t1 = time.time()
         ids = torch.tensor([p["input_ids"]], dtype=torch.long, device=args.device)
+        t2 = time.perf_counter()
         logits, hidden, cache = model.prefill(ids)
+        prefill_s.append(time.perf_counter() - t2)
+        t2 = time.perf_counter()
         steps = greedy_steps(model, ids, args.n_new, logits[0, -1], cache)
+        greedy_s.append(time.perf_counter() - t2)
         w.add(i, p["id"], p["input_ids"], hidden[:, 0], logits[0], steps)
         timings.append(round(time.time() - t1, 3))
         print(f"[{args.backend}] prompt {p['id']}: T={len(p['input_ids'])} {timings[-1]:.1f}s", file=sys.stderr)
-    meta = torch_provenance(args.device, backend=args.backend, model_dir=str(Path(args.model).resolve()),
+    meta = torch_provenance(bmeta.get("device_label", args.device), backend=args.backend,
+                            model_dir=str(Path(args.model).resolve()),
                             prompts_file=str(args.prompts), n_new=args.n_new, backend_meta=bmeta,
-                            dtype="float32", seconds_per_prompt=timings, seconds_total=round(time.time() - t0, 2))
+                            dtype="float32", seconds_per_prompt=timings, seconds_total=round(time.time() - t0, 2),
+                            timing=timing_summary(model, prompts, prefill_s, greedy_s, args.n_new))
     return w.write(args.out, meta)
 
 

@@ -76,6 +76,7 @@ def run(args) -> Path:
     loglik = np.zeros(n, np.float64)
     n_scored = np.zeros(n, np.int64)
     batch = args.batch
+    t_fwd, n_fwd_tokens = 0.0, 0
     i = 0
     while i < n:
         if batch is None:
@@ -85,16 +86,24 @@ def run(args) -> Path:
             batch = max(1, int((1 << 30) // (T * V * 4)))
         j = min(n, i + batch)
         Tb = int(lengths[i:j].max())  # trim padding shared by the whole batch
+        t1 = time.perf_counter()
         logits = model.logits(torch.as_tensor(ids[i:j, :Tb], device=args.device))
+        if logits.is_cuda:
+            torch.cuda.synchronize()
+        t_fwd += time.perf_counter() - t1
+        n_fwd_tokens += (j - i) * Tb
         V = logits.shape[-1]
         ll, ns = score_batch(logits, ids[i:j], lengths[i:j], score_from[i:j])
         loglik[i:j], n_scored[i:j] = ll, ns
         print(f"[{args.backend}] windows {i}..{j - 1} of {n}", file=sys.stderr)
         i = j
-    meta = torch_provenance(args.device, backend=args.backend, model_dir=str(Path(args.model).resolve()),
+    meta = torch_provenance(bmeta.get("device_label", args.device), backend=args.backend,
+                            model_dir=str(Path(args.model).resolve()),
                             windows_file=str(args.windows), n_windows=int(n), T=int(T), vocab=V, batch=batch,
                             dtype="float32", logsoftmax_dtype="float64", backend_meta=bmeta,
                             total_scored=int(n_scored.sum()), total_loglik=float(loglik.sum()),
+                            seconds_forward=round(t_fwd, 3), forward_tokens=n_fwd_tokens,
+                            seconds_per_forward_token=t_fwd / n_fwd_tokens if n_fwd_tokens else None,
                             seconds_total=round(time.time() - t0, 2))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

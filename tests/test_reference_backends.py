@@ -181,18 +181,24 @@ def _args(*extra):
 
 
 def test_triton_argument_handling(tmp_path):
+    import torch
+
     from reference.common import ReferenceError_
     from reference.golden import validate
 
     m = str(tmp_path)
     a = validate(_args("--backend", "mamba_ssm_triton", "--model", m))
-    assert a.device == "cuda" and a.tf32 == "off" and a.cuda_graph == "on" and a.triton_f32 == "default"
+    # default device: CUDA when there is one, else the Triton interpreter on CPU
+    assert a.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert a.tf32 == "off" and a.cuda_graph == "auto" and a.triton_f32 == "default"
+    assert validate(_args("--backend", "mamba_ssm_triton", "--model", m, "--device", "cpu")).device == "cpu"
     a = validate(_args("--backend", "mamba_ssm_triton", "--model", m, "--tf32", "on", "--cuda-graph", "off",
                        "--triton-f32", "ieee", "--device", "cuda:1"))
     assert (a.tf32, a.cuda_graph, a.triton_f32, a.device) == ("on", "off", "ieee", "cuda:1")
     assert validate(_args("--backend", "mamba_ssm_ref_cpu", "--model", m)).device == "cpu"
     for bad, msg in (
-        (("--backend", "mamba_ssm_triton", "--model", m, "--device", "cpu"), "needs --device cuda"),
+        (("--backend", "mamba_ssm_triton", "--model", m, "--device", "cpu", "--tf32", "on"), "need --device cuda"),
+        (("--backend", "mamba_ssm_triton", "--model", m, "--device", "cpu", "--cuda-graph", "on"), "need --device cuda"),
         (("--backend", "mamba_ssm_ref_cpu", "--model", m, "--device", "cuda"), "must be cpu"),
         (("--backend", "transformers", "--model", m, "--tf32", "on"), "only apply"),
         (("--backend", "mamba_ssm_triton", "--model", m, "--device", "tpu"), "expected cpu or cuda"),
@@ -206,7 +212,8 @@ def test_triton_argument_handling(tmp_path):
 
 
 def test_triton_fails_clearly_without_cuda(mlp_ckpt, tmp_path, capsys):
-    """On a machine without CUDA both entry points stop before importing mamba_ssm, exit 3, no traceback."""
+    """Asked for CUDA on a machine without it, both entry points stop before importing mamba_ssm,
+    exit 3, no traceback (without --device they run the Triton interpreter on CPU instead)."""
     import torch
 
     from reference import golden, score
@@ -215,12 +222,12 @@ def test_triton_fails_clearly_without_cuda(mlp_ckpt, tmp_path, capsys):
         pytest.skip("CUDA is available here")
     m = str(mlp_ckpt / "tiny-mlp")
     assert golden.main(["--backend", "mamba_ssm_triton", "--model", m, "--prompts", str(mlp_ckpt / "prompts.json"),
-                        "--out", str(tmp_path / "t.npz")]) == 3
+                        "--out", str(tmp_path / "t.npz"), "--device", "cuda"]) == 3
     err = capsys.readouterr().err
     assert "needs a CUDA GPU" in err and "requirements-gpu.txt" in err
     np.savez(tmp_path / "w.npz", input_ids=np.zeros((1, 4), np.int32), lengths=np.array([4]), score_from=np.array([1]))
     assert score.main(["--backend", "mamba_ssm_triton", "--model", m, "--windows", str(tmp_path / "w.npz"),
-                       "--out", str(tmp_path / "s.npz")]) == 3
+                       "--out", str(tmp_path / "s.npz"), "--device", "cuda"]) == 3
     assert "needs a CUDA GPU" in capsys.readouterr().err
     assert not (tmp_path / "t.npz").exists()
 
