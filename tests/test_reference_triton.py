@@ -1,5 +1,5 @@
 """mamba_ssm_triton on CPU: mamba_ssm v2.2.2's Triton kernels through Triton's interpreter
-(reference/triton_cpu.py), checked against the float64 oracle (tests/oracle.py); plus the pieces
+(reference/triton_cpu.py), checked against the float64 oracle (mamba2_jax/eval/oracle.py); plus the pieces
 around it (the torch causal conv, the autotune choice, the parity model options, the comparison
 table's reason).
 
@@ -17,22 +17,16 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from helpers import REPO, load_parity_module, ref_python
 
-pytest.importorskip("torch", reason="torch is not installed: the reference runners need it")
-
-from mamba2_jax.checkpoint import init_state_dict, read_state_dict, write_checkpoint  # noqa: E402
-from mamba2_jax.config import get_preset  # noqa: E402
-from oracle import OracleModel  # noqa: E402
-from parity_helpers import REPO, load_parity_module, ref_python  # noqa: E402
-from reference.common import read_golden  # noqa: E402
+from mamba2_jax.checkpoint import init_state_dict, read_state_dict, write_checkpoint
+from mamba2_jax.config import get_preset
+from mamba2_jax.eval.oracle import OracleModel
+from mamba2_jax.eval.oracle import rel_err as rel
+from reference.common import read_golden
 
 TOL = 1e-5
 N_NEW = 6
-
-
-def rel(a, ref) -> float:
-    a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
-    return float(np.max(np.abs(a - ref)) / np.max(np.abs(ref)))
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
