@@ -24,7 +24,6 @@ import hashlib
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from reference.common import read_golden  # noqa: E402  (numpy-only module)
+from mamba2_jax.safeio import atomic_write, atomic_write_text, run_supervised  # noqa: E402
 
 PAPER_TOLERANCES = {
     "source": "arXiv 2603.09555",
@@ -136,7 +136,7 @@ def ensure_checkpoint(spec: Any, work_dir: Path) -> tuple[Path, dict[str, Any]]:
         if desc["perturb"]:
             sd = perturb_state_dict(sd, desc["seed"])
         write_checkpoint(cfg, sd, out, fmt="state-spaces", dtype=desc["stored_dtype"])
-        stamp.write_text(json.dumps(desc))
+        atomic_write_text(stamp, json.dumps(desc))
     return out, desc
 
 
@@ -155,7 +155,7 @@ def tokenize_prompts(prompts_file: Path, tokenizer: str, out: Path, max_prompts:
     doc["sha256"] = hashlib.sha256(text.encode()).hexdigest()[:16]
     out.parent.mkdir(parents=True, exist_ok=True)
     if not out.exists() or json.loads(out.read_text()).get("sha256") != doc["sha256"]:
-        out.write_text(json.dumps(doc))
+        atomic_write_text(out, json.dumps(doc))
     return doc
 
 
@@ -169,8 +169,11 @@ def backend_python(cfg, backend: str) -> str:
 
 
 def run_golden(backend: str, python: str, model_dir: Path, prompts_json: Path, out: Path, n_new: int,
-               extra: list[str] | None = None, regenerate: bool = False, expect: dict | None = None) -> Path:
-    """Run ``python -m reference.golden`` in a subprocess (its own process, its own environment)."""
+               extra: list[str] | None = None, regenerate: bool = False, expect: dict | None = None,
+               timeout: float | None = None) -> Path:
+    """Run ``python -m reference.golden`` in a subprocess (its own process, its own environment).
+
+    A crash or a hang (``timeout`` seconds) raises with the tail of the reference's stderr."""
     if out.exists() and not regenerate and expect is not None:
         try:
             meta = json.loads(out.with_suffix(".json").read_text())
@@ -186,16 +189,17 @@ def run_golden(backend: str, python: str, model_dir: Path, prompts_json: Path, o
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     t0 = time.time()
     print(f"[parity] running {' '.join(cmd)}", flush=True)
-    # stderr (progress, errors) goes straight to ours; stdout (the output path) is captured
-    r = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"reference backend {backend} failed (exit {r.returncode}; its stderr is above): "
-                           f"{' '.join(cmd)}")
+    # stderr (progress, errors) is echoed live and its tail kept; stdout (the output path) is captured
+    r = run_supervised(cmd, cwd=REPO, env=env, timeout=timeout)
+    if r.timed_out or r.returncode != 0:
+        why = f"timed out after {timeout} s and was killed" if r.timed_out else f"failed (exit {r.returncode})"
+        tail = "\n".join(r.stderr_tail.strip().splitlines()[-15:])
+        raise RuntimeError(f"reference backend {backend} {why}: {' '.join(cmd)}\n--- its stderr ended with:\n{tail}")
     # stamp the expectations so a later run can reuse the file
     meta = json.loads(out.with_suffix(".json").read_text())
     meta.update(expect or {})
     meta["wall_seconds_subprocess"] = round(time.time() - t0, 2)
-    out.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=str))
+    atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=2, default=str))
     return out
 
 
@@ -408,7 +412,8 @@ def run_parity(cfg) -> dict[str, Any]:
                       "extra_args": extra}
             t0 = time.time()
             goldens[backend] = run_golden(backend, backend_python(cfg, backend), model_dir, prompts_json, out,
-                                          cfg.n_new, extra, bool(cfg.regenerate_golden), expect)
+                                          cfg.n_new, extra, bool(cfg.regenerate_golden), expect,
+                                          timeout=cfg.get("reference_timeout_s"))
             print(f"[parity] {tag}: golden {backend} ready ({time.time() - t0:.1f}s)", flush=True)
         spread = reference_spread(goldens)
         t0 = time.time()
@@ -435,7 +440,7 @@ def run_parity(cfg) -> dict[str, Any]:
                 "n_new": cfg.n_new, "label": cfg.label, "provenance": prov,
             })
             name = f"{tag}__{backend}" + (f"__bug-{cfg.plant_bug}" if cfg.get("plant_bug") else "")
-            (results_dir / f"{name}.json").write_text(json.dumps(rep, indent=1, default=_json_default))
+            atomic_write_text(results_dir / f"{name}.json", json.dumps(rep, indent=1, default=_json_default))
             reports.append(rep)
             rows.append(summary_row(rep, backend))
             g = rep["greedy_summary"]
@@ -509,12 +514,14 @@ def _spread_cols(spread: dict[str, Any] | None) -> dict[str, str]:
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        w.writeheader()
-        for r in rows:
-            w.writerow(r)
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+            w.writeheader()
+            for r in rows:
+                w.writerow(r)
+
+    atomic_write(path, write)
 
 
 def write_markdown(path: Path, reports: list[dict[str, Any]], prov: dict[str, Any], label: str) -> None:
@@ -561,7 +568,7 @@ def write_markdown(path: Path, reports: list[dict[str, Any]], prov: dict[str, An
         for r in reports:
             lines.append(f"- {r['model']} vs {r['reference']['backend']}: "
                          + " ".join(f"{e['max_rel']:.1e}" for e in r["hidden_per_layer"]))
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def main() -> None:

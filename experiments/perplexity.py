@@ -28,6 +28,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from mamba2_jax import perplexity as ppl  # noqa: E402
+from mamba2_jax.safeio import atomic_write_text  # noqa: E402
 from mamba2_jax.data import (check_rows, count_bytes, count_words, load_wikitext_rows,  # noqa: E402
                              wikitext_detokenizer)
 
@@ -455,8 +456,8 @@ def load_all_results(results_dir: Path) -> list[dict[str, Any]]:
 
 def write_tables(results_dir: Path) -> None:
     res = load_all_results(results_dir)
-    (results_dir / "summary.md").write_text(render_markdown(res))
-    (results_dir / "summary.tex").write_text(render_latex(res))
+    atomic_write_text(results_dir / "summary.md", render_markdown(res))
+    atomic_write_text(results_dir / "summary.tex", render_latex(res))
     log(f"wrote {results_dir / 'summary.md'} and summary.tex ({len(res)} result files)")
 
 
@@ -522,7 +523,7 @@ def evaluate(cfg) -> list[dict[str, Any]]:
             suffix = "" if info["scope"] == "full test set" else f"-limit{cfg.limit}"
             stem = results_dir / spec["label"] / f"{protocol}{suffix}{tag}"
             stem.parent.mkdir(parents=True, exist_ok=True)
-            stem.with_suffix(".json").write_text(json.dumps(_jsonable(res), indent=2) + "\n")
+            atomic_write_text(stem.with_suffix(".json"), json.dumps(_jsonable(res), indent=2) + "\n")
             if r["per_window"]:
                 ppl.atomic_savez(stem.with_suffix(".scores.npz"), compress=True,
                                  windows_sha256=np.array(w.sha256()),
@@ -608,7 +609,7 @@ def timing(cfg) -> dict[str, Any]:
     res["load_average_1_5_15min_at_end"] = list(os.getloadavg())
     out = _abs(cfg.paths.results_dir) / "timing" / f"{t.preset}-{t.dtype}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_jsonable(res), indent=2) + "\n")
+    atomic_write_text(out, json.dumps(_jsonable(res), indent=2) + "\n")
     log(f"{t.preset} {t.dtype}: {per_window:.2f} s wall ({c_run / len(timed):.2f} s CPU) per full window; "
         + ", ".join(f"{p}: {v['n_windows']} windows ≈ {v['hours']:.2f} h" for p, v in res["extrapolated"].items())
         + f"  → {out}")

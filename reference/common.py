@@ -176,11 +176,28 @@ class GoldenWriter:
         out.parent.mkdir(parents=True, exist_ok=True)
         meta = {**meta, "prompt_ids": self.prompt_ids, "n_prompts": len(self.prompt_ids), "format": "golden-v1"}
         text = json.dumps(meta, indent=2, default=str)
-        tmp = out.with_name(out.name + ".tmp.npz")
-        np.savez(tmp, meta_json=np.array(text), **self.arrays)
-        os.replace(tmp, out)
-        out.with_suffix(".json").write_text(text)
+        _atomic(out, lambda f: np.savez(f, meta_json=np.array(text), **self.arrays))
+        _atomic(out.with_suffix(".json"), lambda f: f.write(text.encode()))
         return out
+
+
+def _atomic(path: Path, write) -> None:
+    """``write(binary file)`` into a uniquely named temporary file, fsync, then replace ``path``:
+    concurrent writers never mix, and a crash never leaves a half-written golden file."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def read_golden(path: str | Path) -> tuple[dict[str, Any], list[dict[str, np.ndarray]]]:
