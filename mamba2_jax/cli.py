@@ -38,8 +38,7 @@ def _cmd_info(a) -> int:
 
     d = resolve_model_dir(a.model)
     cfg, sd, fmt = read_state_dict(d)
-    nonfinite = check_finite({k: v for k, v in sd.items() if k != "lm_head.weight" or v is not sd.get(
-        "backbone.embedding.weight")})
+    nonfinite = check_finite({k: v for k, v in sd.items() if not (k == "lm_head.weight" and cfg.tie_embeddings)})
     uniq = {id(v): v for v in sd.values()}
     dtypes = sorted({str(np.asarray(v).dtype) for v in sd.values()})
     files = [f for f in ("pytorch_model.bin", "model.safetensors") if (d / f).exists()]
