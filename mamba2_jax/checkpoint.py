@@ -393,7 +393,15 @@ def write_checkpoint(cfg: Mamba2Config, sd: dict[str, np.ndarray], out_dir: str 
             os.replace(tmp, final)
         if new_dir:
             os.chmod(stage, 0o777 & ~_umask())
-            os.rename(stage, out_dir)
+            try:
+                os.rename(stage, out_dir)
+            except OSError:
+                if not out_dir.is_dir():
+                    raise
+                # a concurrent writer created it first: replace its files one by one, weights first
+                for _, final in tmps:
+                    os.replace(final, out_dir / final.name)
+                os.rmdir(stage)
     except BaseException:
         for tmp, _ in tmps:
             tmp.unlink(missing_ok=True)
