@@ -117,11 +117,11 @@ def test_perplexity_sigkill_at_random_points_then_resume(ppl_full, tmp_path):
     model, w, full = ppl_full
     n_batches = -(-len(w) // 2)
     outcomes = []
-    for seed in range(budget(2, 8)):
+    for seed in range(budget(2, 5)):
         rng = random.Random(seed)
         state = tmp_path / f"progress-{seed}.npz"
         kills = 0
-        for _ in range(budget(1, 3)):  # several kills of the same run
+        for _ in range(budget(1, 2)):  # several kills of the same run
             rc, where = _kill_at_random_point([sys.executable, "-c", _PPL_CHILD, str(state)], rng, n_batches)
             kills += rc == -signal.SIGKILL
             if state.exists() and not _complete(state):
@@ -169,10 +169,10 @@ def test_parity_sigkill_at_random_points_then_resume(tmp_path, data_dir):
     full_s = time.time() - t0
     assert r.returncode == 0, r.stderr[-3000:]
     want = _parity_numbers(ref_root / "results")
-    for seed in range(budget(1, 4)):
+    for seed in range(budget(1, 2)):
         rng = random.Random(100 + seed)
         root = tmp_path / f"killed-{seed}"
-        for _ in range(budget(2, 3)):
+        for _ in range(2):
             p = subprocess.Popen(_parity_cmd(root, data_dir), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL, start_new_session=True)
             time.sleep(rng.uniform(0.3, 1.0) * full_s)
