@@ -92,7 +92,7 @@ _HF_NAMES = {"d_model": "hidden_size", "n_layer": "num_hidden_layers", "tie_embe
              "norm_epsilon": "layer_norm_epsilon", "d_state": "state_size", "d_conv": "conv_kernel",
              "headdim": "head_dim", "ngroups": "n_groups", "dt_min": "time_step_min", "dt_max": "time_step_max",
              "dt_init_floor": "time_step_floor", "dt_limit": "time_step_limit", "bias": "use_bias",
-             "conv_bias": "use_conv_bias"}
+             "conv_bias": "use_conv_bias", "nheads": "num_heads"}
 
 
 def _is_int(v: Any) -> bool:
