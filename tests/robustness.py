@@ -130,7 +130,8 @@ def write_summary(out: Path, exitstatus: int = 0) -> dict[str, Any]:
         for k, n in c.items():
             if k != "ok" and not k.startswith("CRASH"):
                 errors_by_class[k.split(" (")[0]] += n
-    crashes = len(_CRASHES)
+    # hypothesis replays a failing input while it shrinks it: count distinct inputs
+    crashes = len({(c["target"], c["input"]) for c in _CRASHES})
     summary = {
         "kind": "robustness",
         "profile": PROFILE, "max_examples_per_property": FUZZ_EXAMPLES if FUZZ else 25,
