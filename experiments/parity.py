@@ -35,8 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from reference.common import read_golden  # noqa: E402  (numpy-only module)
 from mamba2_jax.safeio import atomic_write, atomic_write_text, run_supervised  # noqa: E402
+from reference.common import read_golden  # noqa: E402  (numpy-only module)
 
 PAPER_TOLERANCES = {
     "source": "arXiv 2603.09555",

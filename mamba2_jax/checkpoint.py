@@ -149,7 +149,7 @@ _ST_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 
 _MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
 
 
-def _cause(path: Path, what: str, e: BaseException) -> "CheckpointError":
+def _cause(path: Path, what: str, e: BaseException) -> CheckpointError:
     msg = str(e).splitlines()[0][:300] if str(e) else ""
     err = CheckpointError(f"{path}: {what} ({type(e).__name__}: {msg})")
     err.cause = type(e).__name__

@@ -138,7 +138,8 @@ def _check_types(c: "Mamba2Config") -> None:
             continue
         if (not isinstance(v, (list, tuple)) or len(v) != 2 or not all(_is_real(x) for x in v)
                 or any(math.isnan(x) for x in v) or not (math.isfinite(v[0]) and (inf_ok or math.isfinite(v[1])))):
-            problems.append(f"{k} must be a pair of numbers [lo, hi] (finite{', hi may be Infinity' if inf_ok else ''}),"
+            hint = ", hi may be Infinity" if inf_ok else ""
+            problems.append(f"{k} must be a pair of numbers [lo, hi] (finite{hint}),"
                             f" got {getattr(c, k)!r}")
         else:
             set_(k, tuple(float(x) for x in v))
@@ -251,7 +252,8 @@ class Mamba2Config:
         if not self.dt_min <= self.dt_max:
             raise ConfigError(f"dt_min={self.dt_min} exceeds dt_max={self.dt_max}")
         if self.num_params() > MAX_PARAMS:
-            raise ConfigError(f"num_params={self.num_params():.3e} (from d_model={self.d_model}, n_layer={self.n_layer}, "
+            raise ConfigError(f"num_params={self.num_params():.3e} (from d_model={self.d_model}, "
+                              f"n_layer={self.n_layer}, "
                               f"vocab_size={self.vocab_size}, expand, d_state, ...) exceeds the supported 2**40")
 
     # ------------------------------------------------------------------ parsing

@@ -47,7 +47,8 @@ class SamplingConfig:
     def __post_init__(self):
         if not self.greedy:
             if not 0 < self.temperature < float("inf"):
-                raise GenerationError(f"temperature must be finite and > 0 (use greedy=True for 0), got {self.temperature}")
+                raise GenerationError(
+                    f"temperature must be finite and > 0 (use greedy=True for 0), got {self.temperature}")
             if self.top_k < 0:
                 raise GenerationError(f"top_k must be >= 0, got {self.top_k}")
             if not 0 < self.top_p <= 1:
@@ -161,7 +162,8 @@ class Generator:
     def _validate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
                 or not 0 < max_new_tokens <= MAX_NEW_TOKENS:
-            raise GenerationError(f"max_new_tokens must be a positive integer <= {MAX_NEW_TOKENS}, got {max_new_tokens!r}")
+            raise GenerationError(
+                f"max_new_tokens must be a positive integer <= {MAX_NEW_TOKENS}, got {max_new_tokens!r}")
         if len(prompts) == 0:
             raise GenerationError("no prompts given")
         out = []

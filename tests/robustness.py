@@ -19,8 +19,9 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
@@ -87,7 +88,7 @@ def check(target: str, fn: Callable[[], Any], allowed: tuple[type[BaseException]
         if must_mention and not any(m in str(e) for m in must_mention):
             _CRASHES.append({"target": target, "error": f"message names none of {must_mention}: {e}",
                              "input": describe[:300]})
-            raise AssertionError(f"{target}: error does not name any of {must_mention}: {e}\ninput: {describe}")
+            raise AssertionError(f"{target}: error does not name any of {must_mention}: {e}\ninput: {describe}") from e
         return "error", e
     except BaseException as e:  # noqa: BLE001 - this is what we count
         if isinstance(e, KeyboardInterrupt):

@@ -17,7 +17,8 @@ from mamba2_jax.config import ConfigError, Mamba2Config, get_preset
 PRESETS = ("tiny", "tiny-g2", "tiny-mlp", "mamba2-130m")
 # a mutated field may be reported through a quantity derived from it
 DERIVED = {
-    "d_model": {"d_inner", "d_ssm", "nheads", "num_params"}, "hidden_size": {"d_inner", "d_ssm", "num_heads", "num_params"},
+    "d_model": {"d_inner", "d_ssm", "nheads", "num_params"},
+    "hidden_size": {"d_inner", "d_ssm", "num_heads", "num_params"},
     "expand": {"d_inner", "d_ssm", "nheads", "num_heads", "num_params"}, "headdim": {"nheads", "d_ssm"},
     "head_dim": {"num_heads", "d_ssm"}, "num_heads": {"d_ssm"}, "d_ssm": {"nheads"},
     "vocab_size": {"num_params"}, "n_layer": {"num_params"}, "num_hidden_layers": {"num_params"},
@@ -141,7 +142,7 @@ def test_every_nan_inf_spelling_in_every_numeric_field(tmp_path, fmt, spelling):
         else:
             holder[path[-1]] = "@@X@@"
         text = json.dumps(d).replace('"@@X@@"', spelling)
-        status, cfg = check(f"config/{fmt}/nan-inf", lambda: _parse_text(text, tmp_path), (ConfigError,),
+        status, cfg = check(f"config/{fmt}/nan-inf", lambda text=text: _parse_text(text, tmp_path), (ConfigError,),
                             (path[-1], *DERIVED.get(path[-1], ())), text)
         if status == "ok":
             pytest.fail(f"{path} = {spelling} was accepted: {cfg}")
