@@ -24,7 +24,6 @@ import hashlib
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ if str(REPO) not in sys.path:
 from mamba2_jax.eval.oracle import perturb_state_dict  # noqa: E402
 from mamba2_jax.eval.results import write_document  # noqa: E402
 from mamba2_jax.fileio import atomic_write, atomic_write_json, atomic_write_text, sha256_file  # noqa: E402
+from mamba2_jax.eval.supervise import run_supervised  # noqa: E402
 from reference.common import read_golden  # noqa: E402  (numpy-only module)
 
 def paper_tolerances() -> dict[str, str]:
@@ -189,8 +189,11 @@ def backend_python(cfg, backend: str) -> str:
 
 
 def run_golden(backend: str, python: str, model_dir: Path, prompts_json: Path, out: Path, n_new: int,
-               extra: list[str] | None = None, regenerate: bool = False, expect: dict | None = None) -> Path:
-    """Run ``python -m reference.golden`` in a subprocess (its own process, its own environment)."""
+               extra: list[str] | None = None, regenerate: bool = False, expect: dict | None = None,
+               timeout: float | None = None) -> Path:
+    """Run ``python -m reference.golden`` in a subprocess (its own process, its own environment).
+
+    A crash or a hang (``timeout`` seconds) raises with the tail of the reference's stderr."""
     if out.exists() and not regenerate and expect is not None:
         try:
             meta = json.loads(out.with_suffix(".json").read_text())
@@ -209,11 +212,12 @@ def run_golden(backend: str, python: str, model_dir: Path, prompts_json: Path, o
         env.update({"OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n})
     t0 = time.time()
     print(f"[parity] running {' '.join(cmd)}", flush=True)
-    # stderr (progress, errors) goes straight to ours; stdout (the output path) is captured
-    r = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"reference backend {backend} failed (exit {r.returncode}; its stderr is above): "
-                           f"{' '.join(cmd)}")
+    # stderr (progress, errors) is echoed live and its tail kept; stdout (the output path) is captured
+    r = run_supervised(cmd, cwd=REPO, env=env, timeout=timeout)
+    if r.timed_out or r.returncode != 0:
+        why = f"timed out after {timeout} s and was killed" if r.timed_out else f"failed (exit {r.returncode})"
+        tail = "\n".join(r.stderr_tail.strip().splitlines()[-15:])
+        raise RuntimeError(f"reference backend {backend} {why}: {' '.join(cmd)}\n--- its stderr ended with:\n{tail}")
     # stamp the expectations so a later run can reuse the file
     meta = json.loads(out.with_suffix(".json").read_text())
     meta.update(expect or {})
@@ -411,7 +415,8 @@ def run_parity(cfg) -> dict[str, Any]:
                       "extra_args": extra}
             t0 = time.time()
             goldens[backend] = run_golden(backend, py, model_dir, mprompts_json, out,
-                                          n_new, extra, bool(cfg.regenerate_golden), expect)
+                                          n_new, extra, bool(cfg.regenerate_golden), expect,
+                                          timeout=cfg.get("reference_timeout_s"))
             print(f"[parity] {tag}: golden {backend} ready ({time.time() - t0:.1f}s)", flush=True)
         spread = reference_spread(goldens)
         t0 = time.time()

@@ -39,7 +39,11 @@ WEIGHT_FILES = ("pytorch_model.bin", "model.safetensors")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be read: missing files, bad keys or shapes, unsafe pickles."""
+    """A checkpoint that cannot be read: missing files, bad keys or shapes, unsafe pickles.
+
+    ``cause`` names the underlying error class (for the robustness counts)."""
+
+    cause = "CheckpointError"
 
 
 def validate_state_dict(cfg: Mamba2Config, sd: dict[str, Any], source: str = "checkpoint") -> None:
@@ -76,45 +80,154 @@ def _to_numpy(t) -> np.ndarray:
     return t.numpy()
 
 
+_ST_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4, "I16": 2,
+              "I8": 1, "U8": 1, "U16": 2, "U32": 4, "U64": 8, "BOOL": 1}
+_MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
+
+
+def _cause(path: Path, what: str, e: BaseException) -> CheckpointError:
+    msg = str(e).splitlines()[0][:300] if str(e) else ""
+    err = CheckpointError(f"{path}: {what} ({type(e).__name__}: {msg})")
+    err.cause = type(e).__name__
+    return err
+
+
+def safetensors_header(path: Path, expected: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
+    """Read and check a safetensors header against the file size before any tensor is read.
+
+    Every claim (header length, dtype, shape, data offsets) is checked against the file's real
+    size, so a header that claims a terabyte is refused without allocating anything.  With
+    ``expected`` (name -> shape, HF names mapped) mis-shaped tensors are refused here too."""
+    size = path.stat().st_size
+    if size < 8:
+        raise CheckpointError(f"{path}: {size}-byte file is not a safetensors file (truncated or empty)")
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n > min(size - 8, _MAX_HEADER):
+            raise CheckpointError(f"{path}: header claims {n} bytes but the file has {size} "
+                                  f"(truncated or corrupt safetensors file)")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as e:
+        raise _cause(path, "safetensors header is not valid JSON (truncated or corrupt?)", e) from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: safetensors header is not a JSON object (corrupt file)")
+    data_len = size - 8 - n
+    spans = []
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        if not (isinstance(t, dict) and isinstance(t.get("dtype"), str) and isinstance(t.get("shape"), list)
+                and isinstance(t.get("data_offsets"), list) and len(t["data_offsets"]) == 2):
+            raise CheckpointError(f"{path}: tensor {name!r}: malformed header entry {str(t)[:200]} (corrupt file)")
+        if t["dtype"] not in _ST_DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r}: unknown dtype {t['dtype']!r} (corrupt file)")
+        shape, (b, e) = t["shape"], t["data_offsets"]
+        if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in [*shape, b, e]):
+            raise CheckpointError(f"{path}: tensor {name!r}: shape {shape} / offsets {[b, e]} are not "
+                                  f"non-negative integers (corrupt file)")
+        nbytes = math.prod(shape) * _ST_DTYPES[t["dtype"]]
+        if not b <= e <= data_len or e - b != nbytes:
+            raise CheckpointError(f"{path}: tensor {name!r} ({t['dtype']}{shape}, {nbytes} bytes) claims bytes "
+                                  f"[{b}, {e}) but the data section has {data_len} (truncated or corrupt file)")
+        spans.append((b, e))
+    spans.sort()
+    if any(e0 > b1 for (_, e0), (b1, _) in zip(spans, spans[1:])):
+        raise CheckpointError(f"{path}: tensors overlap in the data section (corrupt file)")
+    if expected is not None:
+        wrong = [f"{k}: expected {expected[_HF_RENAME.get(k, k)]}, got {tuple(t['shape'])}"
+                 for k, t in header.items() if k != "__metadata__" and _HF_RENAME.get(k, k) in expected
+                 and tuple(t["shape"]) != expected[_HF_RENAME.get(k, k)]]
+        if wrong:
+            raise CheckpointError(f"{path}: {len(wrong)} mis-shaped: " + "; ".join(wrong[:12]))
+    return header
+
+
+def _check_zip(path: Path) -> None:
+    """Refuse zip records that claim more bytes than the file holds (before torch reads them)."""
+    import zipfile
+
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.compress_type != zipfile.ZIP_STORED or info.file_size > size or info.header_offset > size:
+                    raise CheckpointError(f"{path}: zip record {info.filename!r} claims {info.file_size} bytes "
+                                          f"(method {info.compress_type}) in a {size}-byte file (corrupt checkpoint)")
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
+        raise _cause(path, "not a readable torch zip checkpoint (truncated or corrupt?)", e) from None
+
+
 def _read_bin(path: Path) -> dict[str, np.ndarray]:
     import pickle
     import zipfile
 
     import torch
 
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: 0-byte weights file (truncated or interrupted download?)")
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path}: not a torch zip checkpoint (truncated or corrupt file?)")
+    _check_zip(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(
+        err = CheckpointError(
             f"{path}: refused to unpickle (weights_only=True allows tensors only; the file tries "
-            f"to construct something else, which may be malicious): {str(e).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot read torch checkpoint (truncated or corrupt?): {e}") from None
+            f"to construct something else, which may be malicious): {str(e).splitlines()[0] if str(e) else ''}")
+        err.cause = "UnpicklingError"
+        raise err from None
+    except MemoryError as e:
+        raise _cause(path, "cannot read torch checkpoint (it claims more memory than is available: corrupt?)", e) \
+            from None
+    except Exception as e:  # noqa: BLE001 - torch raises many classes on corrupt input; all mean the same
+        raise _cause(path, "cannot read torch checkpoint (truncated or corrupt?)", e) from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: expected a flat dict of tensors")
-    return {k: _to_numpy(v) for k, v in obj.items()}
-
-
-def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                            for k, v in obj.items()):
+        raise CheckpointError(f"{path}: expected a flat dict of name -> tensor, got {type(obj).__name__}")
     try:
-        return dict(load_file(str(path)))
-    except (SafetensorError, OSError, ValueError) as e:
-        if "bfloat16" in str(e) or "BF16" in str(e):
+        return {k: _to_numpy(v) for k, v in obj.items()}
+    except Exception as e:  # noqa: BLE001 - a storage smaller than its tensor, an exotic dtype
+        raise _cause(path, "cannot read torch checkpoint tensors (corrupt?)", e) from None
+
+
+def _read_safetensors(path: Path, expected: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
+    header = safetensors_header(path, expected)
+    try:
+        if any(isinstance(t, dict) and t.get("dtype") == "BF16" for t in header.values()):
             from safetensors.torch import load_file as tload
 
             return {k: _to_numpy(v) for k, v in tload(str(path)).items()}
-        raise CheckpointError(f"{path}: cannot read safetensors file (truncated or corrupt?): {e}") from None
+        from safetensors.numpy import load_file
+
+        return dict(load_file(str(path)))
+    except MemoryError as e:
+        raise _cause(path, "cannot read safetensors file (it claims more memory than is available)", e) from None
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, ValueError, ...: all mean corrupt
+        raise _cause(path, "cannot read safetensors file (truncated or corrupt?)", e) from None
 
 
-def read_state_dict(model_dir: str | Path) -> tuple[Mamba2Config, dict[str, np.ndarray], str]:
-    """Read config and tensors from a local directory → (config, state-spaces-named dict, format)."""
+def check_finite(sd: dict[str, np.ndarray]) -> dict[str, int]:
+    """name -> number of NaN/Inf entries, for the tensors that have any."""
+    out = {}
+    for k, v in sd.items():
+        a = np.asarray(v)
+        if a.dtype.kind == "f":
+            bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+            if bad:
+                out[k] = bad
+    return out
+
+
+def read_state_dict(model_dir: str | Path, check_finite: bool = False
+                    ) -> tuple[Mamba2Config, dict[str, np.ndarray], str]:
+    """Read config and tensors from a local directory → (config, state-spaces-named dict, format).
+
+    ``check_finite=True`` also refuses weights holding NaN or Inf (a flipped exponent bit, a
+    diverged training run): a CheckpointError names the tensors and counts."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: not a directory")
@@ -125,16 +238,34 @@ def read_state_dict(model_dir: str | Path) -> tuple[Mamba2Config, dict[str, np.n
     raw = json.loads((model_dir / "config.json").read_text())
     fmt = "hf" if "hidden_size" in raw else "state-spaces"
     if (model_dir / "model.safetensors").exists():
-        sd = _read_safetensors(model_dir / "model.safetensors")
+        sd = _read_safetensors(model_dir / "model.safetensors", expected_shapes(cfg))
     elif (model_dir / "pytorch_model.bin").exists():
         sd = _read_bin(model_dir / "pytorch_model.bin")
     else:
         raise CheckpointError(f"{model_dir}: no weights file (expected one of {WEIGHT_FILES})")
     sd = {_HF_RENAME.get(k, k): v for k, v in sd.items()}
     validate_state_dict(cfg, sd, source=str(model_dir))
+    bad_dtype = sorted(f"{k}: {np.asarray(v).dtype}" for k, v in sd.items() if np.asarray(v).dtype.kind != "f")
+    if bad_dtype:
+        raise CheckpointError(f"{model_dir}: {len(bad_dtype)} tensor(s) are not floating point: "
+                              + ", ".join(bad_dtype[:12]))
+    if check_finite:
+        bad = _nonfinite_summary(sd)
+        if bad:
+            err = CheckpointError(f"{model_dir}: non-finite weights (NaN/Inf; corrupt or diverged checkpoint): {bad}")
+            err.cause = "NonFiniteWeights"
+            raise err
     if "lm_head.weight" not in sd:
         sd["lm_head.weight"] = sd["backbone.embedding.weight"]
     return cfg, sd, fmt
+
+
+def _nonfinite_summary(sd: dict[str, np.ndarray]) -> str:
+    bad = check_finite(sd)
+    if not bad:
+        return ""
+    return f"{sum(bad.values())} values in {len(bad)} tensor(s): " + ", ".join(
+        f"{k} ({n})" for k, n in sorted(bad.items())[:8]) + (" ..." if len(bad) > 8 else "")
 
 
 # ------------------------------------------------------------------------------ writing
@@ -145,42 +276,86 @@ def write_checkpoint(cfg: Mamba2Config, sd: dict[str, np.ndarray], out_dir: str 
     fmt="state-spaces": mamba_ssm config.json + pytorch_model.bin (or model.safetensors if
     ``weights="safetensors"``); fmt="hf": transformers Mamba2Config + model.safetensors.
     Tied embeddings share one storage in the .bin, as torch.save of a tied model does.
+
+    Never leaves partial output: everything is validated first, a new directory is written under
+    a temporary name and renamed into place; in an existing directory each file is written to a
+    temporary file and replaced only after all of them were written (an error, e.g. ENOSPC,
+    leaves the previous checkpoint as it was).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if fmt not in ("state-spaces", "hf"):
+        raise ValueError(f"unknown checkpoint format {fmt!r} (state-spaces | hf)")
     validate_state_dict(cfg, sd, source="state dict to write")
     arrs = {k: (np.asarray(v).astype(dtype) if dtype else np.asarray(v)) for k, v in sd.items()}
     if fmt == "state-spaces":
-        # json.dumps, not the strict results encoder: a finite-lower, infinite-upper dt_limit is
-        # written as mamba_ssm itself writes it (Python's JSON ``Infinity``)
-        atomic_write_text(out_dir / "config.json", json.dumps(cfg.to_state_spaces(), indent=4))
+        config_text = json.dumps(cfg.to_state_spaces(), indent=4)
         weights = weights or "bin"
-    elif fmt == "hf":
-        atomic_write_text(out_dir / "config.json", json.dumps(cfg.to_hf(), indent=2))
+    else:
+        config_text = json.dumps(cfg.to_hf(), indent=2)
         arrs = {("backbone.embeddings.weight" if k == "backbone.embedding.weight" else k): v for k, v in arrs.items()}
         weights = "safetensors"
-    else:
-        raise ValueError(f"unknown checkpoint format {fmt!r} (state-spaces | hf)")
     if weights == "bin":
         import torch
 
         tensors = {k: torch.from_numpy(np.array(v, copy=True, order="C")) for k, v in arrs.items()}
         if cfg.tie_embeddings:
             tensors["lm_head.weight"] = tensors["backbone.embedding.weight"]
-        atomic_write(out_dir / "pytorch_model.bin", lambda f: torch.save(tensors, f))
-        stale = out_dir / "model.safetensors"
+        wname, stale_name = "pytorch_model.bin", "model.safetensors"
+        write_weights = lambda p: torch.save(tensors, p)  # noqa: E731
     else:
         from safetensors.numpy import save_file
 
         if cfg.tie_embeddings:
             arrs.pop("lm_head.weight", None)  # safetensors cannot alias; tied head is implied
-        atomic_write(out_dir / "model.safetensors",
-                     lambda p: save_file({k: np.ascontiguousarray(v) for k, v in arrs.items()}, p,
-                                         metadata={"format": "pt"}), binary=None)
-        stale = out_dir / "pytorch_model.bin"
+        wname, stale_name = "model.safetensors", "pytorch_model.bin"
+        write_weights = lambda p: save_file({k: np.ascontiguousarray(v) for k, v in arrs.items()}, p,  # noqa: E731
+                                            metadata={"format": "pt"})
+    new_dir = not out_dir.exists()
+    stage = out_dir
+    if new_dir:
+        import tempfile
+
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    tmps: list[tuple[Path, Path]] = []
+    try:
+        for name, fn in ((wname, write_weights), ("config.json", lambda p: Path(p).write_text(config_text))):
+            tmp = stage / f".{name}.{os.getpid()}.{id(tmps)}.tmp"
+            tmps.append((tmp, stage / name))
+            fn(str(tmp))
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        for tmp, final in tmps:  # weights first: a config never describes weights that are not there
+            os.replace(tmp, final)
+        if new_dir:
+            os.chmod(stage, 0o777 & ~_umask())
+            try:
+                os.rename(stage, out_dir)
+            except OSError:
+                if not out_dir.is_dir():
+                    raise
+                # a concurrent writer created it first: replace its files one by one, weights first
+                for _, final in tmps:
+                    os.replace(final, out_dir / final.name)
+                os.rmdir(stage)
+    except BaseException:
+        for tmp, _ in tmps:
+            tmp.unlink(missing_ok=True)
+        if new_dir:
+            import shutil
+
+            shutil.rmtree(stage, ignore_errors=True)
+        raise
+    stale = out_dir / stale_name
     if stale.exists():
         stale.unlink()
     return out_dir
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
 
 
 # ------------------------------------------------------------------------------ hub
@@ -257,20 +432,20 @@ def model_from_state_dict(cfg: Mamba2Config, sd: dict[str, np.ndarray], dtype="f
 
 
 def load_pretrained(path_or_hub_id: str | Path, dtype="float32", revision: str | None = None, precision=None,
-                    scan_chunk_size=None, mesh=None):
+                    scan_chunk_size=None, mesh=None, check_finite: bool = False):
     """Load a Mamba-2 checkpoint (local dir in either format, or a hub id) as a JAX model.
 
     dtype "float32" is the parity mode (matmul precision "highest"); "bfloat16"/"float16" is the
     fast mode (low-precision params, float32 SSM state and accumulation).  The policy in effect is
     recorded on ``model.policy``.  ``mesh`` (a ``jax.sharding.Mesh`` with axes ("data", "model"),
     or a string such as "data=2,model=4") shards the parameters over devices, each device
-    receiving only its own shards; see :mod:`mamba2_jax.sharding`.
+    receiving only its own shards; see :mod:`mamba2_jax.sharding`.  ``check_finite=True`` refuses
+    NaN/Inf weights.
     """
     model_dir = resolve_model_dir(path_or_hub_id, revision)
-    cfg, sd, fmt = read_state_dict(model_dir)
+    cfg, sd, fmt = read_state_dict(model_dir, check_finite=check_finite)
     if mesh is not None and not hasattr(mesh, "devices"):
         from .sharding import make_mesh
-
         mesh = make_mesh(mesh)
     model = model_from_state_dict(cfg, sd, dtype=dtype, precision=precision, scan_chunk_size=scan_chunk_size,
                                   mesh=mesh)
@@ -287,9 +462,9 @@ def save_pretrained(model, out_dir: str | Path, format: str = "state-spaces", dt
     return write_checkpoint(model.cfg, sd, out_dir, fmt=format, dtype=dtype, weights=weights)
 
 
-def convert(src: str | Path, dst: str | Path, fmt: str, dtype: str | None = None) -> Path:
+def convert(src: str | Path, dst: str | Path, fmt: str, dtype: str | None = None, check_finite: bool = False) -> Path:
     """Convert a checkpoint between the state-spaces and HF layouts, without going through JAX."""
-    cfg, sd, _ = read_state_dict(resolve_model_dir(src))
+    cfg, sd, _ = read_state_dict(resolve_model_dir(src), check_finite=check_finite)
     return write_checkpoint(cfg, sd, dst, fmt=fmt, dtype=dtype)
 
 

@@ -33,10 +33,11 @@ def _cmd_init_random(a) -> int:
 def _cmd_info(a) -> int:
     import numpy as np
 
-    from .checkpoint import read_state_dict, resolve_model_dir
+    from .checkpoint import check_finite, read_state_dict, resolve_model_dir
 
     d = resolve_model_dir(a.model)
     cfg, sd, fmt = read_state_dict(d)
+    nonfinite = check_finite({k: v for k, v in sd.items() if not (k == "lm_head.weight" and cfg.tie_embeddings)})
     uniq = {id(v): v for v in sd.values()}
     dtypes = sorted({str(np.asarray(v).dtype) for v in sd.values()})
     files = [f for f in ("pytorch_model.bin", "model.safetensors") if (d / f).exists()]
@@ -50,6 +51,7 @@ def _cmd_info(a) -> int:
             "ssm_dim", "nheads", "ngroups", "chunk_size", "dt_limit", "tie_embeddings", "residual_in_fp32")},
     }
     info["num_params"] = cfg.num_params()
+    info["nonfinite_values"] = {"total": int(sum(nonfinite.values())), "tensors": nonfinite}
     info["param_bytes"] = {dt: info["num_params"] * s for dt, s in (("float32", 4), ("bfloat16", 2))}
     if a.json:
         print(json.dumps(info, indent=2, default=str))
@@ -60,22 +62,37 @@ def _cmd_info(a) -> int:
               f"{info['param_bytes']['float32'] / 1e6:.0f} MB fp32, {info['param_bytes']['bfloat16'] / 1e6:.0f} MB bf16)")
         for k, v in info["config"].items():
             print(f"  {k:18s} {v}")
+        if nonfinite:
+            print(f"WARNING: {sum(nonfinite.values())} non-finite (NaN/Inf) weight values in {len(nonfinite)} "
+                  f"tensor(s): " + ", ".join(f"{k} ({n})" for k, n in sorted(nonfinite.items())[:8]))
+        else:
+            print("weights: all finite")
     return 0
 
 
 def _cmd_convert(a) -> int:
     from .checkpoint import convert
 
-    out = convert(a.src, a.dst, fmt=a.format, dtype=a.dtype)
+    out = convert(a.src, a.dst, fmt=a.format, dtype=a.dtype, check_finite=a.check_finite)
     print(f"wrote {a.format} checkpoint to {out}")
     return 0
 
 
 def _parse_ids(s: str) -> list[int]:
+    from .generate import GenerationError
+
     try:
         return [int(x) for x in s.replace(" ", "").split(",") if x != ""]
     except ValueError:
-        raise SystemExit(f"error: --prompt-ids must be comma-separated integers, got {s!r}") from None
+        raise GenerationError(f"--prompt-ids must be comma-separated integers, got {s[:200]!r}") from None
+
+
+def _sampling(a, SamplingConfig):
+    """Greedy without sampling flags, and for --temperature 0 (as in HF transformers and vLLM)."""
+    if a.temperature == 0 or (a.temperature is None and a.top_k is None and a.top_p is None):
+        return SamplingConfig(greedy=True)
+    return SamplingConfig(greedy=False, temperature=1.0 if a.temperature is None else a.temperature,
+                          top_k=0 if a.top_k is None else a.top_k, top_p=1.0 if a.top_p is None else a.top_p)
 
 
 def _cmd_generate(a) -> int:
@@ -109,9 +126,8 @@ def _cmd_generate(a) -> int:
         ids = tok.encode(a.prompt)
     else:
         ids = _parse_ids(a.prompt_ids)
-    model = load_pretrained(model_dir, dtype=a.dtype, mesh=mesh)
-    sampling = SamplingConfig(greedy=True) if a.temperature is None and a.top_k is None and a.top_p is None \
-        else SamplingConfig(greedy=False, temperature=a.temperature or 1.0, top_k=a.top_k or 0, top_p=a.top_p or 1.0)
+    model = load_pretrained(model_dir, dtype=a.dtype, mesh=mesh, check_finite=a.check_finite)
+    sampling = _sampling(a, SamplingConfig)
     gen = Generator(model, eos_id=None if a.ignore_eos else 0)
     if a.stream and not a.json:
         text_so_far = []
@@ -163,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dst")
     s.add_argument("--format", required=True, choices=["state-spaces", "hf"])
     s.add_argument("--dtype", default=None, choices=[None, "float16", "float32"])
+    s.add_argument("--check-finite", action="store_true", help="refuse weights holding NaN or Inf")
     s.set_defaults(fn=_cmd_convert)
 
     s = sub.add_parser("generate", help="generate text (compiled on-device decode loop)")
@@ -177,13 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt-ids")
     s.add_argument("--max-new-tokens", type=int, default=64)
     s.add_argument("--greedy", action="store_true", help="greedy decoding (the default without sampling flags)")
-    s.add_argument("--temperature", type=float)
+    s.add_argument("--temperature", type=float, help="0 means greedy (as in HF transformers and vLLM)")
     s.add_argument("--top-k", type=int)
     s.add_argument("--top-p", type=float)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     s.add_argument("--precision", default=None, choices=[None, "highest", "default", "high"])
     s.add_argument("--ignore-eos", action="store_true")
+    s.add_argument("--check-finite", action="store_true", help="refuse weights holding NaN or Inf")
     s.add_argument("--no-decode", action="store_true", help="with --prompt-ids: print ids, do not look for a tokenizer")
     s.add_argument("--stream", action="store_true")
     s.add_argument("--stream-chunk", type=int, default=8)
@@ -213,6 +231,9 @@ def main(argv=None) -> int:
     except (CheckpointError, ConfigError, GenerationError, TokenizerError, MeshError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, permission denied: not the input's fault, but no traceback either
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

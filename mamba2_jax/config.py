@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,15 +54,99 @@ _SSM_IGNORED = {"layer", "use_mem_eff_path", "conv_init", "process_group", "sequ
 _TOP_IGNORED = {"fused_add_norm", "attn_cfg", "initializer_cfg"}
 
 
-def _decode_float(v: Any) -> Any:
-    """Decode HF's ``{"__float__": "Infinity"}`` encoding (and plain 'inf' strings)."""
+_FLOAT_WORDS = {"inf", "+inf", "infinity", "+infinity", "-inf", "-infinity", "nan", "+nan", "-nan"}
+
+
+def _decode_float(v: Any, key: str = "value") -> Any:
+    """Decode HF's ``{"__float__": "Infinity"}`` encoding (and plain 'inf'/'nan' strings).
+
+    A malformed encoding is a ConfigError naming ``key``."""
     if isinstance(v, dict) and "__float__" in v:
-        return float(v["__float__"])
-    if isinstance(v, str) and v.lower() in {"inf", "infinity", "-inf", "-infinity", "nan"}:
+        x = v["__float__"]
+        if len(v) != 1 or not isinstance(x, (str, int, float)) or isinstance(x, bool):
+            raise ConfigError(f"{key}: malformed float encoding {v!r} (expected {{\"__float__\": \"Infinity\"}})")
+        try:
+            return float(x)
+        except ValueError:
+            raise ConfigError(f"{key}: malformed float encoding {v!r}") from None
+    if isinstance(v, str) and v.strip().lower() in _FLOAT_WORDS:
         return float(v)
     if isinstance(v, (list, tuple)):
-        return type(v)(_decode_float(x) for x in v)
+        return type(v)(_decode_float(x, key) for x in v)
     return v
+
+
+# Field kinds checked before any arithmetic (bounds keep a hostile config from asking for
+# absurd allocations: every size fits an int32 index and the model is at most 2**40 parameters).
+_INT_FIELDS: dict[str, int] = {
+    "d_model": 1 << 20, "n_layer": 1 << 16, "vocab_size": (1 << 31) - 1, "pad_vocab_size_multiple": 1 << 20,
+    "d_state": 1 << 16, "d_conv": 1 << 10, "expand": 1 << 10, "headdim": 1 << 16, "ngroups": 1 << 16,
+    "chunk_size": 1 << 20,
+}
+_BOOL_FIELDS = ("tie_embeddings", "residual_in_fp32", "rms_norm", "D_has_hdim", "rmsnorm", "norm_before_gate",
+                "bias", "conv_bias")
+_POS_FLOAT_FIELDS = ("norm_epsilon", "dt_min", "dt_max", "dt_init_floor", "mixer_norm_epsilon")
+MAX_PARAMS = 1 << 40
+# our field name -> the transformers Mamba2Config key it is read from
+_HF_NAMES = {"d_model": "hidden_size", "n_layer": "num_hidden_layers", "tie_embeddings": "tie_word_embeddings",
+             "norm_epsilon": "layer_norm_epsilon", "d_state": "state_size", "d_conv": "conv_kernel",
+             "headdim": "head_dim", "ngroups": "n_groups", "dt_min": "time_step_min", "dt_max": "time_step_max",
+             "dt_init_floor": "time_step_floor", "dt_limit": "time_step_limit", "bias": "use_bias",
+             "conv_bias": "use_conv_bias", "nheads": "num_heads"}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _check_types(c: "Mamba2Config") -> None:
+    """Coerce numeric types and reject wrong ones: one ConfigError naming every bad field."""
+    problems = []
+    set_ = lambda k, v: object.__setattr__(c, k, v)  # noqa: E731
+    for k, hi in _INT_FIELDS.items():
+        v = getattr(c, k)
+        if not _is_int(v) or not 0 < v <= hi:
+            problems.append(f"{k} must be a positive integer <= {hi}, got {v!r}")
+        else:
+            set_(k, int(v))
+    if not _is_int(c.d_intermediate) or c.d_intermediate < 0:
+        problems.append(f"d_intermediate must be a non-negative integer, got {c.d_intermediate!r}")
+    if c.d_ssm is not None:
+        if not _is_int(c.d_ssm) or not 0 < c.d_ssm <= (1 << 31) - 1:
+            problems.append(f"d_ssm must be null or a positive integer, got {c.d_ssm!r}")
+        else:
+            set_("d_ssm", int(c.d_ssm))
+    for k in _BOOL_FIELDS:
+        v = getattr(c, k)
+        if not isinstance(v, bool):
+            problems.append(f"{k} must be true or false, got {v!r}")
+    for k in _POS_FLOAT_FIELDS:
+        v = getattr(c, k)
+        if not _is_real(v) or not (math.isfinite(v) and v > 0):
+            problems.append(f"{k} must be a finite number > 0, got {v!r}")
+        else:
+            set_(k, float(v))
+    for k, inf_ok in (("dt_limit", True), ("A_init_range", False)):
+        try:
+            v = _decode_float(getattr(c, k), k)
+        except ConfigError as e:
+            problems.append(str(e))
+            continue
+        if (not isinstance(v, (list, tuple)) or len(v) != 2 or not all(_is_real(x) for x in v)
+                or any(math.isnan(x) for x in v) or not (math.isfinite(v[0]) and (inf_ok or math.isfinite(v[1])))):
+            hint = ", hi may be Infinity" if inf_ok else ""
+            problems.append(f"{k} must be a pair of numbers [lo, hi] (finite{hint}),"
+                            f" got {getattr(c, k)!r}")
+        else:
+            set_(k, tuple(float(x) for x in v))
+    if not isinstance(c.name, str):
+        problems.append(f"name must be a string, got {c.name!r}")
+    if problems:
+        raise ConfigError("invalid Mamba2 config: " + "; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -99,8 +185,6 @@ class Mamba2Config:
 
     # ------------------------------------------------------------------ derived
     def __post_init__(self) -> None:
-        object.__setattr__(self, "dt_limit", tuple(float(x) for x in _decode_float(self.dt_limit)))
-        object.__setattr__(self, "A_init_range", tuple(float(x) for x in self.A_init_range))
         self.validate()
 
     @property
@@ -141,13 +225,7 @@ class Mamba2Config:
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
-        problems = []
-        for k in ("d_model", "n_layer", "vocab_size", "d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size"):
-            v = getattr(self, k)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                problems.append(f"{k} must be a positive integer, got {v!r}")
-        if problems:
-            raise ConfigError("invalid Mamba2 config: " + "; ".join(problems))
+        _check_types(self)
         if self.d_intermediate != 0:
             raise ConfigError(
                 f"d_intermediate={self.d_intermediate}: MLP blocks after the mixer are not supported "
@@ -168,18 +246,38 @@ class Mamba2Config:
             raise ConfigError(f"dt_limit must satisfy 0 <= lo < hi, got {self.dt_limit}")
         if not self.rmsnorm:
             raise ConfigError("rmsnorm=False (ungated z path inside the scan) is not supported")
+        lo, hi = self.A_init_range
+        if not 0 < lo <= hi:
+            raise ConfigError(f"A_init_range must satisfy 0 < lo <= hi, got {self.A_init_range}")
+        if not self.dt_min <= self.dt_max:
+            raise ConfigError(f"dt_min={self.dt_min} exceeds dt_max={self.dt_max}")
+        if self.num_params() > MAX_PARAMS:
+            raise ConfigError(f"num_params={self.num_params():.3e} (from d_model={self.d_model}, "
+                              f"n_layer={self.n_layer}, "
+                              f"vocab_size={self.vocab_size}, expand, d_state, ...) exceeds the supported 2**40")
 
     # ------------------------------------------------------------------ parsing
     @classmethod
     def from_state_spaces(cls, d: dict[str, Any], name: str = "custom") -> "Mamba2Config":
+        if not isinstance(d, dict):
+            raise ConfigError(f"config must be a JSON object, got {type(d).__name__}")
         d = dict(d)
+        missing = [k for k in ("d_model", "n_layer", "vocab_size") if k not in d]
+        if missing:
+            raise ConfigError(f"missing required field(s) {missing} (mamba_ssm's MambaConfig defaults differ from "
+                              f"every published checkpoint, so they are not guessed)")
         unknown_top = set(d) - {f.name for f in dataclasses.fields(cls)} - _TOP_IGNORED - {"ssm_cfg", "attn_layer_idx"}
         if unknown_top:
             raise ConfigError(f"unknown config field(s): {sorted(unknown_top)}")
-        attn = d.pop("attn_layer_idx", None) or []
+        attn = d.pop("attn_layer_idx", None)
+        if attn is not None and not isinstance(attn, list):
+            raise ConfigError(f"attn_layer_idx must be a list, got {attn!r}")
         if attn:
             raise ConfigError(f"attn_layer_idx={attn}: hybrid attention layers are not supported")
-        ssm_cfg = dict(d.pop("ssm_cfg", None) or {})
+        ssm_cfg = d.pop("ssm_cfg", None)
+        if ssm_cfg is not None and not isinstance(ssm_cfg, dict):
+            raise ConfigError(f"ssm_cfg must be an object, got {ssm_cfg!r}")
+        ssm_cfg = dict(ssm_cfg or {})
         layer = ssm_cfg.get("layer", "Mamba2")
         if layer != "Mamba2":
             raise ConfigError(f"ssm_cfg.layer={layer!r}: only 'Mamba2' is supported")
@@ -190,28 +288,51 @@ class Mamba2Config:
             d.pop(k, None)
         kw: dict[str, Any] = {k: v for k, v in d.items()}
         for k, default in _SSM_DEFAULTS.items():
-            kw[k] = _decode_float(ssm_cfg.get(k, default))
+            kw[k] = _decode_float(ssm_cfg.get(k, default), f"ssm_cfg.{k}")
         if kw.get("d_ssm") is None:
             kw["d_ssm"] = None
         return cls(name=name, **kw)
 
     @classmethod
     def from_hf(cls, d: dict[str, Any], name: str = "custom") -> "Mamba2Config":
-        """Parse a transformers ``Mamba2Config`` dict."""
-        d = {k: _decode_float(v) for k, v in d.items()}
+        """Parse a transformers ``Mamba2Config`` dict (every field type-checked before use)."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"config must be a JSON object, got {type(d).__name__}")
+        d = {k: _decode_float(v, k) for k, v in d.items()}
         if d.get("model_type", "mamba2") != "mamba2":
             raise ConfigError(f"model_type={d.get('model_type')!r}: expected 'mamba2'")
-        hidden = d["hidden_size"]
-        expand = d.get("expand", 2)
-        nheads = d.get("num_heads")
-        headdim = d.get("head_dim", 64)
-        d_inner = int(expand * hidden)
+        missing = [k for k in ("hidden_size", "num_hidden_layers", "vocab_size") if k not in d]
+        if missing:
+            raise ConfigError(f"missing required field(s) {missing} (transformers' defaults are not guessed)")
+
+        def pos_int(key, default=None):
+            v = d.get(key, default)
+            if not _is_int(v) or not 0 < v <= (1 << 31) - 1:
+                raise ConfigError(f"invalid Mamba2 config: {key} must be a positive integer, got {v!r}")
+            return int(v)
+
+        hidden = pos_int("hidden_size")
+        expand = pos_int("expand", 2)
+        nheads = None if d.get("num_heads") is None else pos_int("num_heads")
+        headdim = pos_int("head_dim", 64)
+        d_inner = expand * hidden
         d_ssm = None
         if nheads is not None and nheads * headdim != d_inner:
             d_ssm = nheads * headdim
-        hf_vocab = d.get("vocab_size", 50288)
+        hf_vocab = d["vocab_size"]
         # HF configs store the already-padded vocabulary size.
         tie = d.get("tie_word_embeddings", True)
+        limit = d.get("time_step_limit", (0.0, math.inf))
+        try:
+            return cls._from_hf_fields(d, name, hidden, expand, headdim, d_ssm, hf_vocab, tie, limit)
+        except ConfigError as e:  # name the fields as the HF config spells them
+            msg = str(e)
+            for ours, theirs in _HF_NAMES.items():
+                msg = re.sub(rf"\b{ours}\b(?= must| exceeds|=)", theirs, msg)
+            raise ConfigError(msg) from None
+
+    @classmethod
+    def _from_hf_fields(cls, d, name, hidden, expand, headdim, d_ssm, hf_vocab, tie, limit) -> "Mamba2Config":
         return cls(
             name=name,
             d_model=hidden,
@@ -231,15 +352,17 @@ class Mamba2Config:
             dt_min=d.get("time_step_min", 0.001),
             dt_max=d.get("time_step_max", 0.1),
             dt_init_floor=d.get("time_step_floor", 1e-4),
-            dt_limit=tuple(d.get("time_step_limit", (0.0, math.inf))),
+            dt_limit=tuple(limit) if isinstance(limit, (list, tuple)) else limit,
             rmsnorm=True,
-            norm_before_gate=bool(d.get("norm_before_gate", False)),
+            norm_before_gate=d.get("norm_before_gate", False),
             bias=d.get("use_bias", False),
             conv_bias=d.get("use_conv_bias", True),
         )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], name: str = "custom") -> "Mamba2Config":
+        if not isinstance(d, dict):
+            raise ConfigError(f"config must be a JSON object, got {type(d).__name__}")
         if "hidden_size" in d or d.get("model_type") == "mamba2":
             return cls.from_hf(d, name=name)
         if "d_model" in d:
@@ -253,11 +376,13 @@ class Mamba2Config:
         if path.is_dir():
             path = path / "config.json"
         try:
-            d = json.loads(path.read_text())
+            d = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, huge ints, deep nesting
+            raise ConfigError(f"config file {path} is not valid JSON: {type(e).__name__}: {str(e)[:200]}") from None
+        except OSError as e:
+            raise ConfigError(f"config file {path} cannot be read: {e}") from None
         if not isinstance(d, dict):
             raise ConfigError(f"config file {path} does not hold a JSON object")
         return cls.from_dict(d, name=path.parent.name or path.stem)

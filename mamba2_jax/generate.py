@@ -32,6 +32,10 @@ class GenerationError(ValueError):
     pass
 
 
+# The output buffer is (batch, max_new_tokens) int32 on device and the loop counter is int32.
+MAX_NEW_TOKENS = 1 << 24
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """greedy=True ignores the rest.  temperature > 0; top_k = 0 disables; top_p = 1 disables."""
@@ -43,8 +47,9 @@ class SamplingConfig:
 
     def __post_init__(self):
         if not self.greedy:
-            if not self.temperature > 0:
-                raise GenerationError(f"temperature must be > 0, got {self.temperature}")
+            if not 0 < self.temperature < float("inf"):
+                raise GenerationError(
+                    f"temperature must be finite and > 0 (use greedy=True for 0), got {self.temperature}")
             if self.top_k < 0:
                 raise GenerationError(f"top_k must be >= 0, got {self.top_k}")
             if not 0 < self.top_p <= 1:
@@ -58,7 +63,7 @@ def sample_logits(logits: jax.Array, key: jax.Array, cfg: SamplingConfig, vocab_
         logits = jnp.where(jnp.arange(V) < vocab_size, logits, -jnp.inf)
     if cfg.greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits / cfg.temperature
+    logits = (logits - jnp.max(logits, axis=-1, keepdims=True)) / cfg.temperature  # max → 0: no overflow at tiny T
     if cfg.top_k and cfg.top_k < V:
         kth = jax.lax.top_k(logits, cfg.top_k)[0][:, -1:]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
@@ -169,13 +174,18 @@ class Generator:
 
     # -- host API ---------------------------------------------------------------------------
     def _validate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens <= 0:
-            raise GenerationError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
+                or not 0 < max_new_tokens <= MAX_NEW_TOKENS:
+            raise GenerationError(
+                f"max_new_tokens must be a positive integer <= {MAX_NEW_TOKENS}, got {max_new_tokens!r}")
         if len(prompts) == 0:
             raise GenerationError("no prompts given")
         out = []
         V = self.cfg.padded_vocab_size
         for j, p in enumerate(prompts):
+            nonint = [t for t in p if isinstance(t, bool) or not isinstance(t, (int, np.integer))]
+            if nonint:
+                raise GenerationError(f"prompt {j} has token ids that are not integers: {nonint[:8]!r}")
             p = [int(t) for t in p]
             if len(p) == 0:
                 raise GenerationError(f"prompt {j} is empty: give at least one token (e.g. the BOS/EOS id 0)")

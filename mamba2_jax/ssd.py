@@ -21,6 +21,7 @@ import jax.numpy as jnp
 __all__ = ["segsum", "ssd_chunked", "ssd_step", "discretize_dt"]
 
 F32 = jnp.float32
+DA_FLOOR = 200.0
 
 
 def discretize_dt(dt_raw: jax.Array, dt_bias: jax.Array, dt_limit: tuple[float, float]) -> jax.Array:
@@ -124,7 +125,10 @@ def ssd_chunked(
     Bc = Bf.reshape(b, c, q, g, n)
     Cc = Cf.reshape(b, c, q, g, n)
     dtc = dtf.reshape(b, c, q, g, r)
-    dA = dtc * A.astype(F32).reshape(g, r)  # (b c q g r)
+    # Floor dt·A at -DA_FLOOR: exp() of anything below about -104 is 0 in float32, so every segment
+    # sum that contains a floored term still decays to exactly 0, while prefix sums can no longer
+    # overflow to -inf (which made exp(-inf - -inf) = NaN for extreme dt or A).
+    dA = jnp.maximum(dtc * A.astype(F32).reshape(g, r), -DA_FLOOR)  # (b c q g r)
     dA = jnp.moveaxis(dA, 2, -1)  # (b c g r q)
     dA_cs = jnp.cumsum(dA, axis=-1)  # (b c g r q)
     dt_q = jnp.moveaxis(dtc, 2, -1)  # (b c g r q)

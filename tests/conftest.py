@@ -23,3 +23,7 @@ def _offline_hub(monkeypatch):
     # Tests never touch the network.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+# Hypothesis profiles (ci / fuzz) and the robustness counts of `make fuzz` (tests/robustness.py).
+from robustness import pytest_runtest_logreport, pytest_sessionfinish  # noqa: E402, F401

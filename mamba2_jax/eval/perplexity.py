@@ -523,22 +523,31 @@ def run_reference(backend: str, model_dir: str | Path, windows_path: str | Path,
     if why is not None:
         raise ReferenceUnavailable(why)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out_path.with_name(out_path.name + ".partial.npz")
+    from .supervise import run_supervised
+
+    # a unique name per run: two concurrent runs never write into each other's output
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".partial.npz", dir=out_path.parent)
+    os.close(fd)
+    tmp_out = Path(tmp_name)
     cmd = [python, "-m", module, "--backend", backend, "--model", str(model_dir), "--windows", str(windows_path),
            "--out", str(tmp_out), *map(str, extra_args)]
     t0 = time.perf_counter()
     try:
-        r = subprocess.run(cmd, cwd=None if cwd is None else str(cwd), capture_output=True, text=True, env=env, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise ReferenceFailed(f"{' '.join(cmd)} timed out after {timeout} s") from None
-    wall = time.perf_counter() - t0
-    if log_path is not None:
-        atomic_write_text(log_path, f"$ {' '.join(cmd)}\n# rc={r.returncode}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}")
-    if r.returncode != 0:
-        tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-15:])
-        raise ReferenceFailed(f"reference backend {backend!r} failed (exit {r.returncode}):\n{tail}")
-    sc = _read_reference_out(tmp_out, windows, backend)
-    os.replace(tmp_out, out_path)
+        r = run_supervised(cmd, cwd=cwd, env=env, timeout=timeout, echo_stderr=False, tail_lines=200)
+        wall = time.perf_counter() - t0
+        if log_path is not None:
+            atomic_write_text(log_path, f"$ {' '.join(cmd)}\n# rc={r.returncode} timed_out={r.timed_out}\n"
+                                        f"--- stdout\n{r.stdout}\n--- stderr (tail)\n{r.stderr_tail}")
+        tail = "\n".join((r.stderr_tail or r.stdout).strip().splitlines()[-15:])
+        if r.timed_out:
+            raise ReferenceFailed(f"reference backend {backend!r} timed out after {timeout} s and was killed; "
+                                  f"its stderr ended with:\n{tail}")
+        if r.returncode != 0:
+            raise ReferenceFailed(f"reference backend {backend!r} failed (exit {r.returncode}):\n{tail}")
+        sc = _read_reference_out(tmp_out, windows, backend)
+        os.replace(tmp_out, out_path)
+    finally:
+        tmp_out.unlink(missing_ok=True)
     atomic_write_json(sidecar, want, indent=None)
     sc.info.update({"wall_seconds": wall, "command": cmd, "reused": False})
     return sc
