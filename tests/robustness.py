@@ -123,7 +123,7 @@ def _git_sha() -> str | None:
 
 def write_summary(out: Path, exitstatus: int = 0) -> dict[str, Any]:
     sys.path.insert(0, str(REPO))
-    from mamba2_jax.fileio import atomic_write_json, atomic_write_text
+    from mamba2_jax.fileio import atomic_write_text
 
     targets = {t: {"inputs": sum(c.values()), "outcomes": dict(sorted(c.items()))} for t, c in sorted(_TARGETS.items())}
     errors_by_class: collections.Counter = collections.Counter()
@@ -150,8 +150,11 @@ def write_summary(out: Path, exitstatus: int = 0) -> dict[str, Any]:
         "git_sha": _git_sha(),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "summary.json", summary, indent=2)
+    from mamba2_jax.eval.results import write_document
+
+    records = [{"target": t, "inputs": v["inputs"], **v["outcomes"]} for t, v in targets.items()]
+    write_document(out / "summary.json", summary, experiment="robustness", run="summary",
+                   records=records or [{"target": None, "inputs": 0}])
     lines = [f"# Robustness summary ({summary['date_utc']}, profile `{PROFILE}`)", "",
              f"Inputs tried: **{summary['inputs_total']}**; crashes: **{crashes}**; data lost: **{len(_LOST)}**; "
              f"failed tests: **{len(_FAILED_TESTS)}**; "
