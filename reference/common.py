@@ -24,7 +24,6 @@ import datetime as _dt
 import importlib.metadata as _md
 import json
 import math
-import os
 import platform
 import subprocess
 import sys
@@ -33,12 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from mamba2_jax.fileio import atomic_savez, atomic_write_text
+
 
 REPO = Path(__file__).resolve().parents[1]
 BACKENDS = ("mamba_ssm_ref_cpu", "transformers", "mamba_ssm_triton")
 TOPK = 8
-MAX_LOGIT_POSITIONS = 64
 
 
 class ReferenceError_(RuntimeError):
@@ -141,57 +139,6 @@ def step_record(logits_row) -> dict[str, Any]:
         idx = np.concatenate([[top1], idx[idx != top1]])[:k]
     return {"token": top1, "margin": float(x[idx[0]] - x[idx[1]]) if k > 1 else float("inf"),
             "absmax": float(np.max(np.abs(x))), "top_ids": idx.astype(np.int32), "top_vals": x[idx]}
-
-
-def logit_positions(T: int, max_positions: int = MAX_LOGIT_POSITIONS) -> np.ndarray:
-    """Prompt positions whose full logits are stored: all if few, else evenly spaced incl. the last."""
-    if T <= max_positions:
-        return np.arange(T, dtype=np.int32)
-    return np.unique(np.round(np.linspace(0, T - 1, max_positions)).astype(np.int32))
-
-
-class GoldenWriter:
-    def __init__(self):
-        self.arrays: dict[str, np.ndarray] = {}
-        self.prompt_ids: list[str] = []
-
-    def add(self, i: int, pid: str, input_ids, hidden, logits_all, steps: list[dict]) -> None:
-        """hidden (n_layer, T, d), logits_all (T, V) (numpy or torch), steps from step_record."""
-        T = len(input_ids)
-        pos = logit_positions(T)
-        to_np = lambda a: (a.detach().cpu().float().numpy() if hasattr(a, "detach") else np.asarray(a)  # noqa: E731
-                           ).astype(np.float32)
-        pre = f"p{i}."
-        self.arrays[pre + "input_ids"] = np.asarray(input_ids, np.int32)
-        self.arrays[pre + "hidden"] = to_np(hidden)
-        self.arrays[pre + "logits_pos"] = pos
-        self.arrays[pre + "logits"] = to_np(logits_all)[pos]
-        self.arrays[pre + "greedy_tokens"] = np.array([s["token"] for s in steps], np.int32)
-        self.arrays[pre + "greedy_margin"] = np.array([s["margin"] for s in steps], np.float32)
-        self.arrays[pre + "greedy_absmax"] = np.array([s["absmax"] for s in steps], np.float32)
-        self.arrays[pre + "greedy_top_ids"] = np.stack([s["top_ids"] for s in steps]).astype(np.int32)
-        self.arrays[pre + "greedy_top_vals"] = np.stack([s["top_vals"] for s in steps]).astype(np.float32)
-        self.prompt_ids.append(pid)
-
-    def write(self, out: str | Path, meta: dict[str, Any]) -> Path:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        meta = {**meta, "prompt_ids": self.prompt_ids, "n_prompts": len(self.prompt_ids), "format": "golden-v1"}
-        text = json.dumps(meta, indent=2, default=str)
-        atomic_savez(out, meta_json=np.array(text), **self.arrays)
-        atomic_write_text(out.with_suffix(".json"), text)
-        return out
-
-
-def read_golden(path: str | Path) -> tuple[dict[str, Any], list[dict[str, np.ndarray]]]:
-    """→ (metadata, [per-prompt dict of arrays without the 'p{i}.' prefix])."""
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta_json"]))
-        prompts = []
-        for i in range(meta["n_prompts"]):
-            pre = f"p{i}."
-            prompts.append({k[len(pre):]: z[k] for k in z.files if k.startswith(pre)})
-    return meta, prompts
 
 
 # ------------------------------------------------------------------------------ provenance

@@ -16,7 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from .common import BACKENDS, GoldenWriter, ReferenceError_, load_prompts, run_cli, step_record, torch_provenance
+from mamba2_jax.eval.golden import GoldenWriter
+
+from .common import BACKENDS, ReferenceError_, load_prompts, run_cli, step_record, torch_provenance
 
 
 def build_parser(prog: str = "python -m reference.golden") -> argparse.ArgumentParser:

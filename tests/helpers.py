@@ -7,7 +7,6 @@ import functools
 import importlib.util
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -56,11 +55,9 @@ def compose(overrides: list[str]):
 
 
 def load_parity_module():
-    spec = importlib.util.spec_from_file_location("parity_experiment", REPO / "experiments" / "parity.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("parity_experiment", mod)
-    spec.loader.exec_module(mod)
-    return sys.modules["parity_experiment"]
+    from mamba2_jax.eval import parity
+
+    return parity
 
 
 @functools.cache

@@ -375,7 +375,7 @@ def test_missing_reference_module_is_explained(tmp_path):
 
 # ------------------------------------------------------------------------------ the experiment, end to end
 def _load_experiment():
-    spec = importlib.util.spec_from_file_location("ppl_experiment", REPO / "experiments" / "perplexity.py")
+    spec = importlib.util.find_spec("mamba2_jax.eval.perplexity_run")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

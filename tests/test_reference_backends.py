@@ -22,7 +22,7 @@ from mamba2_jax.checkpoint import init_state_dict, read_state_dict, write_checkp
 from mamba2_jax.config import get_preset  # noqa: E402
 from mamba2_jax.eval.oracle import OracleModel  # noqa: E402
 from helpers import REPO, ref_python, tiny_parity_run  # noqa: E402
-from reference.common import read_golden  # noqa: E402
+from mamba2_jax.eval.golden import read_golden  # noqa: E402
 
 TOL = 1e-5
 

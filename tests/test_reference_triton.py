@@ -23,7 +23,7 @@ from mamba2_jax.checkpoint import init_state_dict, read_state_dict, write_checkp
 from mamba2_jax.config import get_preset
 from mamba2_jax.eval.oracle import OracleModel
 from mamba2_jax.eval.oracle import rel_err as rel
-from reference.common import read_golden
+from mamba2_jax.eval.golden import read_golden
 
 TOL = 1e-5
 N_NEW = 6

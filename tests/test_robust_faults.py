@@ -273,7 +273,7 @@ def _writers(tmp: Path):
     """name -> (path, write(version)) for every kind of result writer."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("ppl_exp_faults", REPO / "experiments" / "perplexity.py")
+    spec = importlib.util.find_spec("mamba2_jax.eval.perplexity_run")
     sys.path.insert(0, str(REPO / "tests"))
     from helpers import load_parity_module
 
