@@ -1,6 +1,6 @@
 """Bytes per device of parameters and cache under a mesh, read from the compiled decode step.
 
-    python experiments/sharding_memory.py                       # 5 paper models × meshes (1,1) (1,4) (1,8) × batch 1, 64
+    python experiments/sharding_memory.py        # 5 paper models × meshes (1,1) (1,4) (1,8) × batch 1, 64
     python experiments/sharding_memory.py dtype=bfloat16 meshes=[data=2,model=4]
 
 Nothing is allocated: the parameters and the cache are ``jax.ShapeDtypeStruct`` with shardings
@@ -70,7 +70,8 @@ def measure(cfg_model, mesh, batch: int, dtype: str, precision: str | None = Non
 
     n_state, n_cache = len(jax.tree.leaves(state)), len(jax.tree.leaves(cache))
     sizes = [per_device(x, s) for x, s in zip(leaves, shs)]
-    params_b, cache_b, tok_b = sum(sizes[:n_state]), sum(sizes[n_state:n_state + n_cache]), sum(sizes[n_state + n_cache:])
+    params_b, cache_b = sum(sizes[:n_state]), sum(sizes[n_state:n_state + n_cache])
+    tok_b = sum(sizes[n_state + n_cache:])
     total_params = sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
     total_cache = sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(cache))
     ma = compiled.memory_analysis()
@@ -129,7 +130,8 @@ def run(cfg) -> list[dict]:
                 r = {**measure(mcfg, mesh, int(b), str(cfg.dtype), cfg.matmul_precision), "model": str(name),
                      "mesh": sharding.describe_mesh(mesh)}
                 records.append(r)
-                print(f"[sharding_memory] {name} mesh={spec} batch={b}: params {r['params_bytes_per_device'] / 2**20:,.1f} "
+                print(f"[sharding_memory] {name} mesh={spec} batch={b}: "
+                      f"params {r['params_bytes_per_device'] / 2**20:,.1f} "
                       f"MiB/device, cache {r['cache_bytes_per_device'] / 2**20:,.1f} MiB/device, args match: "
                       f"{r['arguments_match_shard_shapes']} (compile {r['compile_s']:.1f} s)", flush=True)
     return records

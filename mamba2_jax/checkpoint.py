@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from .config import ConfigError, Mamba2Config, get_preset
-from .fileio import atomic_write, atomic_write_text
 from .params import expected_shapes, init_state_dict
 
 __all__ = [

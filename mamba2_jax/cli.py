@@ -59,7 +59,8 @@ def _cmd_info(a) -> int:
         print(f"{info['path']}  [{fmt}, {info['weights_file']}, {info['file_bytes'] / 1e6:.1f} MB on disk, "
               f"stored {', '.join(dtypes)}]")
         print(f"params: {info['num_params']:,} ({info['num_params'] / 1e6:.1f}M; "
-              f"{info['param_bytes']['float32'] / 1e6:.0f} MB fp32, {info['param_bytes']['bfloat16'] / 1e6:.0f} MB bf16)")
+              f"{info['param_bytes']['float32'] / 1e6:.0f} MB fp32, "
+              f"{info['param_bytes']['bfloat16'] / 1e6:.0f} MB bf16)")
         for k, v in info["config"].items():
             print(f"  {k:18s} {v}")
         if nonfinite:

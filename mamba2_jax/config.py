@@ -103,7 +103,7 @@ def _is_real(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
-def _check_types(c: "Mamba2Config") -> None:
+def _check_types(c: Mamba2Config) -> None:
     """Coerce numeric types and reject wrong ones: one ConfigError naming every bad field."""
     problems = []
     set_ = lambda k, v: object.__setattr__(c, k, v)  # noqa: E731
@@ -258,7 +258,7 @@ class Mamba2Config:
 
     # ------------------------------------------------------------------ parsing
     @classmethod
-    def from_state_spaces(cls, d: dict[str, Any], name: str = "custom") -> "Mamba2Config":
+    def from_state_spaces(cls, d: dict[str, Any], name: str = "custom") -> Mamba2Config:
         if not isinstance(d, dict):
             raise ConfigError(f"config must be a JSON object, got {type(d).__name__}")
         d = dict(d)
@@ -286,7 +286,7 @@ class Mamba2Config:
             raise ConfigError(f"unknown ssm_cfg field(s): {sorted(unknown_ssm)}")
         for k in _TOP_IGNORED:
             d.pop(k, None)
-        kw: dict[str, Any] = {k: v for k, v in d.items()}
+        kw: dict[str, Any] = dict(d)
         for k, default in _SSM_DEFAULTS.items():
             kw[k] = _decode_float(ssm_cfg.get(k, default), f"ssm_cfg.{k}")
         if kw.get("d_ssm") is None:
@@ -294,7 +294,7 @@ class Mamba2Config:
         return cls(name=name, **kw)
 
     @classmethod
-    def from_hf(cls, d: dict[str, Any], name: str = "custom") -> "Mamba2Config":
+    def from_hf(cls, d: dict[str, Any], name: str = "custom") -> Mamba2Config:
         """Parse a transformers ``Mamba2Config`` dict (every field type-checked before use)."""
         if not isinstance(d, dict):
             raise ConfigError(f"config must be a JSON object, got {type(d).__name__}")
@@ -332,7 +332,7 @@ class Mamba2Config:
             raise ConfigError(msg) from None
 
     @classmethod
-    def _from_hf_fields(cls, d, name, hidden, expand, headdim, d_ssm, hf_vocab, tie, limit) -> "Mamba2Config":
+    def _from_hf_fields(cls, d, name, hidden, expand, headdim, d_ssm, hf_vocab, tie, limit) -> Mamba2Config:
         return cls(
             name=name,
             d_model=hidden,
@@ -360,7 +360,7 @@ class Mamba2Config:
         )
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], name: str = "custom") -> "Mamba2Config":
+    def from_dict(cls, d: dict[str, Any], name: str = "custom") -> Mamba2Config:
         if not isinstance(d, dict):
             raise ConfigError(f"config must be a JSON object, got {type(d).__name__}")
         if "hidden_size" in d or d.get("model_type") == "mamba2":
@@ -371,7 +371,7 @@ class Mamba2Config:
                           "or a transformers Mamba2Config (hidden_size, num_hidden_layers, ...)")
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "Mamba2Config":
+    def from_json(cls, path: str | Path) -> Mamba2Config:
         path = Path(path)
         if path.is_dir():
             path = path / "config.json"
@@ -450,7 +450,7 @@ class Mamba2Config:
             "pad_token_id": 1,
         }
 
-    def replace(self, **kw: Any) -> "Mamba2Config":
+    def replace(self, **kw: Any) -> Mamba2Config:
         return dataclasses.replace(self, **kw)
 
     def num_params(self) -> int:

@@ -443,8 +443,11 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     collectives are gloo (``jax_cpu_collectives_implementation``)."""
     env = os.environ
     addr = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS") or None
-    n = num_processes if num_processes is not None else (int(env["JAX_NUM_PROCESSES"]) if env.get("JAX_NUM_PROCESSES") else None)
-    pid = process_id if process_id is not None else (int(env["JAX_PROCESS_ID"]) if env.get("JAX_PROCESS_ID") else None)
+    if num_processes is None and env.get("JAX_NUM_PROCESSES"):
+        num_processes = int(env["JAX_NUM_PROCESSES"])
+    if process_id is None and env.get("JAX_PROCESS_ID"):
+        process_id = int(env["JAX_PROCESS_ID"])
+    n, pid = num_processes, process_id
     if addr is None or n is None or n <= 1:
         return False
     if pid is None:

@@ -32,8 +32,6 @@ from typing import Any
 
 import numpy as np
 
-
-
 REPO = Path(__file__).resolve().parents[1]
 BACKENDS = ("mamba_ssm_ref_cpu", "transformers", "mamba_ssm_triton")
 TOPK = 8
@@ -159,14 +157,13 @@ def torch_provenance(device: str, **extra: Any) -> dict[str, Any]:
         st = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
                             capture_output=True, text=True, timeout=10)
         dirty = bool(st.stdout.strip()) if st.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        pass
-    cpu = None
+    except (OSError, subprocess.SubprocessError):  # no git: the sha stays unknown
+        sha = dirty = None
     try:
         cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                     if ln.lower().startswith("model name")), None)
-    except OSError:
-        pass
+    except OSError:  # not Linux
+        cpu = None
     info: dict[str, Any] = {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "git": {"sha": sha, "dirty": dirty},

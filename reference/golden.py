@@ -56,10 +56,10 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
             args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
         raise ReferenceError_(f"--device {args.device!r}: expected cpu or cuda[:N]")
-    if args.backend == "mamba_ssm_triton" and args.device == "cpu":
-        if args.tf32 == "on" or args.triton_f32 != "default" or args.cuda_graph == "on":
-            raise ReferenceError_("--tf32 on / --triton-f32 ieee / --cuda-graph on need --device cuda (on CPU "
-                                  "mamba_ssm_triton runs the Triton interpreter)")
+    if args.backend == "mamba_ssm_triton" and args.device == "cpu" and (
+            args.tf32 == "on" or args.triton_f32 != "default" or args.cuda_graph == "on"):
+        raise ReferenceError_("--tf32 on / --triton-f32 ieee / --cuda-graph on need --device cuda (on CPU "
+                              "mamba_ssm_triton runs the Triton interpreter)")
     if args.backend == "mamba_ssm_ref_cpu" and args.device != "cpu":
         raise ReferenceError_("--backend mamba_ssm_ref_cpu is the CPU reference: --device must be cpu")
     if args.backend != "mamba_ssm_triton" and (args.tf32 == "on" or args.triton_f32 != "default"):

@@ -110,7 +110,8 @@ def ensure_checkpoint(spec: Any, work_dir: Path) -> tuple[Path, dict[str, Any]]:
     if spec.get("overrides"):
         cfg = cfg.replace(**dict(spec["overrides"]))
     out = work_dir / "checkpoints" / spec["name"]
-    desc = {"source": f"random init of preset {spec['preset']}", "kind": "random-init", "seed": int(spec.get("seed", 0)),
+    desc = {"source": f"random init of preset {spec['preset']}", "kind": "random-init",
+            "seed": int(spec.get("seed", 0)),
             "stored_dtype": spec.get("stored_dtype", "float32"), "perturb": bool(spec.get("perturb", False)),
             "overrides": dict(spec.get("overrides") or {})}
     stamp = out / ".spec.json"
@@ -131,7 +132,8 @@ def tokenize_prompts(prompts_file: Path, tokenizer: str, out: Path, max_prompts:
     tok = load_tokenizer(tokenizer)
     items = src["prompts"][: max_prompts or None]
     prompts = [{"id": p["id"], "text": p["text"], "input_ids": tok.encode(p["text"])} for p in items]
-    doc = {"version": src.get("version"), "source": str(prompts_file.relative_to(REPO) if prompts_file.is_relative_to(REPO)
+    doc = {"version": src.get("version"),
+           "source": str(prompts_file.relative_to(REPO) if prompts_file.is_relative_to(REPO)
                                                          else prompts_file),
            "tokenizer": tok.source, "prompts": prompts}
     text = json.dumps(doc)
@@ -468,7 +470,8 @@ def run_parity(cfg) -> dict[str, Any]:
 CSV_FIELDS = ["model", "backend", "pass", "hidden_max_abs", "hidden_max_rel", "hidden_ulps", "logits_max_abs",
               "logits_max_rel", "logits_ulps", "decode_topk_max_rel", "greedy_identical_prompts", "greedy_prompts",
               "greedy_tokens_matching", "greedy_tokens_total", "divergences_below_noise_floor",
-              "divergences_unexplained", "ref_spread_hidden_max_rel", "ref_spread_logits_max_rel", "tol_max_rel", "tol_margin_rel", "label", "checkpoint_kind", "stored_dtype",
+              "divergences_unexplained", "ref_spread_hidden_max_rel", "ref_spread_logits_max_rel", "tol_max_rel",
+              "tol_margin_rel", "label", "checkpoint_kind", "stored_dtype",
               "jax_param_dtype", "jax_matmul_precision", "ref_device", "ref_dtype", "ref_tf32", "plant_bug",
               "git_sha", "git_dirty", "jax", "jaxlib", "flax", "numpy", "torch", "transformers", "mamba_ssm", "triton",
               "ref_torch", "jax_backend", "cpu_model", "python", "date_utc", "n_new", "ref_prefill_s_per_token",
@@ -480,9 +483,11 @@ def summary_row(rep: dict[str, Any], backend: str) -> dict[str, Any]:
     pk, rpk = prov["packages"], (ref.get("packages") or {})
     return {
         "model": rep["model"], "backend": backend, "pass": rep["pass"],
-        "hidden_max_abs": f"{rep['hidden_worst']['max_abs']:.3e}", "hidden_max_rel": f"{rep['hidden_worst']['max_rel']:.3e}",
+        "hidden_max_abs": f"{rep['hidden_worst']['max_abs']:.3e}",
+        "hidden_max_rel": f"{rep['hidden_worst']['max_rel']:.3e}",
         "hidden_ulps": f"{rep['hidden_worst']['ulps']:.2f}",
-        "logits_max_abs": f"{rep['logits_worst']['max_abs']:.3e}", "logits_max_rel": f"{rep['logits_worst']['max_rel']:.3e}",
+        "logits_max_abs": f"{rep['logits_worst']['max_abs']:.3e}",
+        "logits_max_rel": f"{rep['logits_worst']['max_rel']:.3e}",
         "logits_ulps": f"{rep['logits_worst']['ulps']:.2f}",
         "decode_topk_max_rel": "" if rep["decode_topk_max_rel"] is None else f"{rep['decode_topk_max_rel']:.3e}",
         "greedy_identical_prompts": g["identical_64_of_64"], "greedy_prompts": g["prompts"],
@@ -536,7 +541,8 @@ def write_markdown(path: Path, reports: list[dict[str, Any]], prov: dict[str, An
              f"JAX {pk.get('jax')} / flax {pk.get('flax')} on {prov['jax'].get('backend')} ({prov.get('cpu_model')}), "
              f"fp32 params, matmul precision {prov['jax'].get('default_matmul_precision')}; git {prov['git']['sha']}"
              f"{' (dirty tree)' if prov['git']['dirty'] else ''}; {prov['date_utc']}.", "",
-             "max_rel = max|jax-ref| / max|ref| per tensor (worst over prompts and layers); ulps = max|jax-ref| in units "
+             "max_rel = max|jax-ref| / max|ref| per tensor (worst over prompts and layers); "
+             "ulps = max|jax-ref| in units "
              "of the fp32 spacing at max|ref|; decode = JAX step logits at the reference's top-8 ids, relative to "
              "max|logit|, over steps with identical context.", "",
              "| model | reference | hidden max_rel | hidden ulps | logits max_rel | logits ulps | decode max_rel | "

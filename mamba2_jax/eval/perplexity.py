@@ -59,9 +59,10 @@ import sys
 import tempfile
 import time
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -129,19 +130,20 @@ class Windows:
             h.update(np.ascontiguousarray(a).tobytes())
         return h.hexdigest()
 
-    def subset(self, idx) -> "Windows":
+    def subset(self, idx) -> Windows:
         idx = np.asarray(idx)
         return Windows(self.input_ids[idx], self.lengths[idx], self.score_from[idx], self.doc_index[idx],
                        dict(self.meta))
 
     def save(self, path: str | Path, compress: bool = True) -> Path:
         path = Path(path)
-        atomic_savez(path, compress=compress, input_ids=self.input_ids, lengths=self.lengths, score_from=self.score_from,
+        atomic_savez(path, compress=compress, input_ids=self.input_ids, lengths=self.lengths,
+                     score_from=self.score_from,
                      doc_index=self.doc_index, meta=_json_array({**self.meta, "sha256": self.sha256()}))
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Windows":
+    def load(cls, path: str | Path) -> Windows:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"])) if "meta" in z else {}
             meta.pop("sha256", None)
@@ -169,7 +171,8 @@ def pack_windows(seqs: Sequence[tuple[Sequence[int], int, int]], meta: dict[str,
     return Windows(ids, lengths, score_from, doc, dict(meta or {}))
 
 
-def rolling_windows(tokens: Sequence[int], max_length: int = 2048, prefix_token: int = 0) -> list[tuple[list[int], int]]:
+def rolling_windows(tokens: Sequence[int], max_length: int = 2048,
+                    prefix_token: int = 0) -> list[tuple[list[int], int]]:
     """lm-eval rolling disjoint windows (context_len=1) of one document, as (ids, score_from)."""
     if max_length < 1:
         raise ValueError("max_length must be >= 1")
@@ -191,7 +194,8 @@ def rolling_windows(tokens: Sequence[int], max_length: int = 2048, prefix_token:
 
 def lm_eval_windows(doc_tokens: Sequence[Sequence[int]], max_length: int = 2048, prefix_token: int = 0,
                     meta: dict[str, Any] | None = None) -> Windows:
-    seqs = [(ids, f, d) for d, toks in enumerate(doc_tokens) for ids, f in rolling_windows(toks, max_length, prefix_token)]
+    seqs = [(ids, f, d) for d, toks in enumerate(doc_tokens)
+            for ids, f in rolling_windows(toks, max_length, prefix_token)]
     m = {"protocol": "lm_eval_rolling", "max_length": max_length, "prefix_token": prefix_token,
          "context_len": 1, "n_docs": len(doc_tokens), **(meta or {})}
     return pack_windows(seqs, m, width=max_length + 1 if seqs else 1)
@@ -298,11 +302,13 @@ class JaxScorer:
         graphdef, state = nnx.split(model)
         self._in_sharding = None
         if self.mesh is not None:
-            from jax.sharding import NamedSharding, PartitionSpec as P
+            from jax.sharding import NamedSharding
+            from jax.sharding import PartitionSpec as P
 
             self._in_sharding = NamedSharding(self.mesh, P("data"))
         elif nd > 1:
-            from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+            from jax.sharding import Mesh, NamedSharding
+            from jax.sharding import PartitionSpec as P
 
             mesh = Mesh(np.array(self.devices), ("data",))
             state = jax.device_put(state, NamedSharding(mesh, P()))
@@ -439,7 +445,7 @@ def _make_score_fn(graphdef, chunk: int):
     return fn
 
 
-_JIT_CACHE: "weakref.WeakKeyDictionary[Any, dict[int, Any]]" = weakref.WeakKeyDictionary()
+_JIT_CACHE: weakref.WeakKeyDictionary[Any, dict[int, Any]] = weakref.WeakKeyDictionary()
 
 
 def _jitted_score_fn(model, graphdef, chunk: int):
@@ -485,7 +491,8 @@ def reference_available(module: str = REFERENCE_MODULE, cwd: str | Path | None =
     code = ("import importlib.util, sys\n"
             "try:\n    s = importlib.util.find_spec(sys.argv[1])\nexcept Exception:\n    s = None\n"
             "sys.exit(0 if s is not None else 3)")
-    r = subprocess.run([python, "-c", code, module], cwd=None if cwd is None else str(cwd), capture_output=True, text=True,
+    r = subprocess.run([python, "-c", code, module], cwd=None if cwd is None else str(cwd), capture_output=True,
+                       text=True,
                        env=env)
     if r.returncode == 0:
         return None

@@ -332,7 +332,8 @@ def table_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         metric = primary_metric(proto)
         bk = r["backends"]
         ref_name = r["comparison"]["reference_backend"]
-        get = lambda b: bk.get(b, {}).get(metric) if bk.get(b, {}).get("status") == "ok" else None  # noqa: E731
+        def get(b, bk=bk, metric=metric):
+            return bk.get(b, {}).get(metric) if bk.get(b, {}).get("status") == "ok" else None
         cmp = r["comparison"]["vs_reference"].get("jax_fp32", {}).get(metric, {})
         gap = r["comparison"].get("bf16_vs_fp32", {}).get(metric, {})
         any_ok = next((v for v in bk.values() if v.get("status") == "ok"), {})
@@ -360,7 +361,8 @@ def render_markdown(results: list[dict[str, Any]]) -> str:
              "|---|---|---|---|---|---:|---:|---|---:|---:|---:|---|---:|---:|"]
     for x in rows:
         lines.append(f"| {x['model']} | {x['weights']} | {x['protocol']} | {x['metric']} | {x['scope']} | "
-                     f"{_fmt(x['jax_fp32'])} | {_fmt(x['jax_bf16'])} | {x['reference_name']} | {_fmt(x['reference'])} | "
+                     f"{_fmt(x['jax_fp32'])} | {_fmt(x['jax_bf16'])} | {x['reference_name']} | "
+                     f"{_fmt(x['reference'])} | "
                      f"{_fmt_delta(x['delta'])} | {_fmt_delta(x['rel'])} | "
                      f"{'n/a' if x['within_tol'] is None else ('yes' if x['within_tol'] else 'NO')} (≤{x['tol']:g}) | "
                      f"{_fmt_delta(x['bf16_gap_rel'])} | "
@@ -473,7 +475,8 @@ def evaluate(cfg) -> list[dict[str, Any]]:
                 "protocol_params": OmegaConf.to_container(cfg[protocol], resolve=True),
                 "windows": {"path": str(wpath.relative_to(REPO)) if wpath.is_relative_to(REPO) else str(wpath),
                             "sha256": w.sha256(), "n_windows": len(w), "width": w.width,
-                            "n_targets": w.total_targets, **{k: v for k, v in info.items() if not k.startswith("doc_")}},
+                            "n_targets": w.total_targets,
+                            **{k: v for k, v in info.items() if not k.startswith("doc_")}},
                 "data": {"source": rows.source, "split": rows.split, **rows.summary,
                          "matches_known_rows": not problems},
                 "tokenizer": tok.source,
@@ -482,7 +485,8 @@ def evaluate(cfg) -> list[dict[str, Any]]:
                 "provenance": prov,
             }
             if protocol == "lm_eval_rolling":
-                res["semantics"] = f"lm-evaluation-harness v{ppl.LM_EVAL_VERSION} wikitext (see mamba2_jax/eval/perplexity.py)"
+                res["semantics"] = (f"lm-evaluation-harness v{ppl.LM_EVAL_VERSION} wikitext "
+                                    "(see mamba2_jax/eval/perplexity.py)")
             else:
                 res["semantics"] = "HF perplexity guide, text='\\n\\n'.join(rows) (see mamba2_jax/eval/perplexity.py)"
             tag = f"-{cfg.tag}" if cfg.tag else ""
