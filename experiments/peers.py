@@ -27,12 +27,11 @@ from pathlib import Path
 import hydra
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from mamba2_jax.eval import bench, reported
+from mamba2_jax.eval.results import write_results
+from mamba2_jax.paths import require_data_dir
 
-from mamba2_jax.eval import bench, reported  # noqa: E402
-from mamba2_jax.eval.results import write_results  # noqa: E402
-from mamba2_jax.paths import require_data_dir  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 RUNNERS = REPO / "experiments" / "peers_runners"
 MARK = "@@PEER "

@@ -24,13 +24,13 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
     # before JAX starts; affects only the CPU backend
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
-import hydra  # noqa: E402  (XLA_FLAGS must be set before JAX is imported)
-from omegaconf import OmegaConf  # noqa: E402
+import hydra
+from omegaconf import OmegaConf
 
-from mamba2_jax.eval import bench  # noqa: E402
-from mamba2_jax.eval.results import write_results  # noqa: E402
-from mamba2_jax.fileio import atomic_write_text  # noqa: E402
-from mamba2_jax.paths import require_data_dir, results_dir  # noqa: E402
+from mamba2_jax.eval import bench
+from mamba2_jax.eval.results import write_results
+from mamba2_jax.fileio import atomic_write_text
+from mamba2_jax.paths import require_data_dir, results_dir
 
 
 def measure(cfg_model, mesh, batch: int, dtype: str, precision: str | None = None) -> dict:
@@ -98,7 +98,7 @@ def measure(cfg_model, mesh, batch: int, dtype: str, precision: str | None = Non
 
 def render_markdown(doc: dict) -> str:
     recs = doc["records"]
-    mib = lambda b: f"{b / 2**20:,.1f}"  # noqa: E731
+    mib = lambda b: f"{b / 2**20:,.1f}"
     lines = [
         f"Bytes per device (MiB) of one decode step, {recs[0]['dtype'] if recs else ''} parameters, float32 SSM "
         f"state; from the compiled program (AOT, no allocation). `temp` = XLA temporaries.", "",

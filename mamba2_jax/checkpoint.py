@@ -180,7 +180,7 @@ def _read_bin(path: Path) -> dict[str, np.ndarray]:
     except MemoryError as e:
         raise _cause(path, "cannot read torch checkpoint (it claims more memory than is available: corrupt?)", e) \
             from None
-    except Exception as e:  # noqa: BLE001 - torch raises many classes on corrupt input; all mean the same
+    except Exception as e:
         raise _cause(path, "cannot read torch checkpoint (truncated or corrupt?)", e) from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
@@ -189,7 +189,7 @@ def _read_bin(path: Path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path}: expected a flat dict of name -> tensor, got {type(obj).__name__}")
     try:
         return {k: _to_numpy(v) for k, v in obj.items()}
-    except Exception as e:  # noqa: BLE001 - a storage smaller than its tensor, an exotic dtype
+    except Exception as e:
         raise _cause(path, "cannot read torch checkpoint tensors (corrupt?)", e) from None
 
 
@@ -205,7 +205,7 @@ def _read_safetensors(path: Path, expected: dict[str, tuple[int, ...]] | None = 
         return dict(load_file(str(path)))
     except MemoryError as e:
         raise _cause(path, "cannot read safetensors file (it claims more memory than is available)", e) from None
-    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, ValueError, ...: all mean corrupt
+    except Exception as e:
         raise _cause(path, "cannot read safetensors file (truncated or corrupt?)", e) from None
 
 
@@ -300,14 +300,14 @@ def write_checkpoint(cfg: Mamba2Config, sd: dict[str, np.ndarray], out_dir: str 
         if cfg.tie_embeddings:
             tensors["lm_head.weight"] = tensors["backbone.embedding.weight"]
         wname, stale_name = "pytorch_model.bin", "model.safetensors"
-        write_weights = lambda p: torch.save(tensors, p)  # noqa: E731
+        write_weights = lambda p: torch.save(tensors, p)
     else:
         from safetensors.numpy import save_file
 
         if cfg.tie_embeddings:
             arrs.pop("lm_head.weight", None)  # safetensors cannot alias; tied head is implied
         wname, stale_name = "model.safetensors", "pytorch_model.bin"
-        write_weights = lambda p: save_file({k: np.ascontiguousarray(v) for k, v in arrs.items()}, p,  # noqa: E731
+        write_weights = lambda p: save_file({k: np.ascontiguousarray(v) for k, v in arrs.items()}, p,
                                             metadata={"format": "pt"})
     new_dir = not out_dir.exists()
     stage = out_dir
@@ -380,7 +380,7 @@ def resolve_model_dir(path_or_hub_id: str | Path, revision: str | None = None) -
     try:
         local = snapshot_download(repo_id=s, revision=revision, local_files_only=offline is not None,
                                   allow_patterns=["config.json", "*.bin", "*.safetensors"])
-    except Exception as e:  # noqa: BLE001 - offline / unreachable / missing repo all end here
+    except Exception as e:
         why = (f"offline: {offline}, and it is not in the local HF cache" if offline
                else f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
         raise CheckpointError(

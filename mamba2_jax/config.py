@@ -106,7 +106,7 @@ def _is_real(v: Any) -> bool:
 def _check_types(c: Mamba2Config) -> None:
     """Coerce numeric types and reject wrong ones: one ConfigError naming every bad field."""
     problems = []
-    set_ = lambda k, v: object.__setattr__(c, k, v)  # noqa: E731
+    set_ = lambda k, v: object.__setattr__(c, k, v)
     for k, hi in _INT_FIELDS.items():
         v = getattr(c, k)
         if not _is_int(v) or not 0 < v <= hi:
@@ -418,7 +418,7 @@ class Mamba2Config:
     def to_hf(self) -> dict[str, Any]:
         """A transformers ``Mamba2Config`` dict (vocab already padded, infinity HF-encoded)."""
         lo, hi = self.dt_limit
-        enc = lambda x: {"__float__": "Infinity"} if math.isinf(x) else x  # noqa: E731
+        enc = lambda x: {"__float__": "Infinity"} if math.isinf(x) else x
         return {
             "architectures": ["Mamba2ForCausalLM"],
             "model_type": "mamba2",

@@ -287,11 +287,11 @@ def _param_shapes(cfg, dtype) -> dict[str, Any]:
     from .params import expected_shapes
 
     ex = expected_shapes(cfg)
-    S = lambda shape, dt=dtype: jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dt))  # noqa: E731
-    T = lambda shape: tuple(reversed(shape))  # noqa: E731
+    S = lambda shape, dt=dtype: jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dt))
+    T = lambda shape: tuple(reversed(shape))
     layers = []
     for i in range(cfg.n_layer):
-        g = lambda k: ex[f"backbone.layers.{i}.{k}"]  # noqa: E731, B023
+        g = lambda k: ex[f"backbone.layers.{i}.{k}"]  # noqa: B023
         lp = {"norm": S(g("norm.weight")), "in_proj": S(T(g("mixer.in_proj.weight"))),
               "conv_w": S((cfg.d_conv, cfg.conv_dim)), "dt_bias": S(g("mixer.dt_bias"), F32),
               "A_log": S(g("mixer.A_log"), F32), "D": S(g("mixer.D"), F32),
@@ -332,7 +332,7 @@ def constrain_cache(cache, mesh: Mesh):
 
     _check_batch(int(cache.seqlen.shape[0]), mesh)
     sp = cache_specs(None)
-    c = lambda x, k: jax.lax.with_sharding_constraint(x, NamedSharding(mesh, sp[k]))  # noqa: E731
+    c = lambda x, k: jax.lax.with_sharding_constraint(x, NamedSharding(mesh, sp[k]))
     return Mamba2Cache(conv=tuple(c(x, "conv") for x in cache.conv), ssm=tuple(c(x, "ssm") for x in cache.ssm),
                        seqlen=c(cache.seqlen, "seqlen"))
 
@@ -344,7 +344,7 @@ def abstract_cache(cfg, batch: int, mesh: Mesh, dtype="float32"):
     _check_batch(batch, mesh)
     check_mesh(cfg, mesh)
     sp = cache_specs(cfg)
-    S = lambda shape, dt, k: jax.ShapeDtypeStruct(shape, jnp.dtype(dt), sharding=NamedSharding(mesh, sp[k]))  # noqa: E731
+    S = lambda shape, dt, k: jax.ShapeDtypeStruct(shape, jnp.dtype(dt), sharding=NamedSharding(mesh, sp[k]))
     return Mamba2Cache(
         conv=tuple(S((batch, cfg.d_conv - 1, cfg.conv_dim), dtype, "conv") for _ in range(cfg.n_layer)),
         ssm=tuple(S((batch, cfg.nheads, cfg.headdim, cfg.d_state), F32, "ssm") for _ in range(cfg.n_layer)),

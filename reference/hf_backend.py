@@ -25,7 +25,7 @@ from ._compat import block_mamba_ssm, mamba_ssm_blocked
 
 block_mamba_ssm()
 
-import torch  # noqa: E402
+import torch
 
 
 class HFAdapter:

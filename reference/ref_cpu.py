@@ -50,15 +50,15 @@ SHIMS = prepare_mamba_ssm_import()
 # mamba_ssm 2.2.2 decorates with torch.cuda.amp.custom_fwd, deprecated in recent torch: noise only.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"mamba_ssm\.")
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from einops import rearrange, repeat  # noqa: E402
-from mamba_ssm.ops.triton.layer_norm import rms_norm_ref  # noqa: E402
-from mamba_ssm.ops.triton.layernorm_gated import rms_norm_ref as gated_rms_norm_ref  # noqa: E402
-from mamba_ssm.ops.triton.selective_state_update import selective_state_update_ref  # noqa: E402
-from mamba_ssm.ops.triton.ssd_chunk_scan import chunk_scan_ref  # noqa: E402
-from mamba_ssm.ops.triton.ssd_chunk_state import chunk_state_ref  # noqa: E402
-from mamba_ssm.ops.triton.ssd_state_passing import state_passing_ref  # noqa: E402
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from mamba_ssm.ops.triton.layer_norm import rms_norm_ref
+from mamba_ssm.ops.triton.layernorm_gated import rms_norm_ref as gated_rms_norm_ref
+from mamba_ssm.ops.triton.selective_state_update import selective_state_update_ref
+from mamba_ssm.ops.triton.ssd_chunk_scan import chunk_scan_ref
+from mamba_ssm.ops.triton.ssd_chunk_state import chunk_state_ref
+from mamba_ssm.ops.triton.ssd_state_passing import state_passing_ref
 
 FUNCTIONS = {
     "block_norm_and_residual": "mamba_ssm.ops.triton.layer_norm.rms_norm_ref(prenorm=True, upcast=True)",

@@ -163,7 +163,7 @@ def cmd_meshes() -> dict:
             fn()
         except MeshError as e:
             return f"MeshError: {e}"
-        except Exception as e:  # noqa: BLE001 - reported, the test wants a MeshError
+        except Exception as e:
             return f"{type(e).__name__}: {e}"
         return None
 

@@ -14,15 +14,12 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import REPO, ref_python, tiny_parity_run
 
-pytest.importorskip("torch", reason="torch is not installed: the reference runners need it")
-
-from helpers import REPO, ref_python, tiny_parity_run  # noqa: E402
-
-from mamba2_jax.checkpoint import init_state_dict, read_state_dict, write_checkpoint  # noqa: E402
-from mamba2_jax.config import get_preset  # noqa: E402
-from mamba2_jax.eval.golden import read_golden  # noqa: E402
-from mamba2_jax.eval.oracle import OracleModel  # noqa: E402
+from mamba2_jax.checkpoint import init_state_dict, read_state_dict, write_checkpoint
+from mamba2_jax.config import get_preset
+from mamba2_jax.eval.golden import read_golden
+from mamba2_jax.eval.oracle import OracleModel
 
 TOL = 1e-5
 

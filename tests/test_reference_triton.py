@@ -139,7 +139,7 @@ def test_causal_conv1d_fn_against_a_loop():
 def test_largest_block_config():
     from reference.triton_cpu import largest_block_config
 
-    cfg = lambda **kw: SimpleNamespace(kwargs=kw)  # noqa: E731
+    cfg = lambda **kw: SimpleNamespace(kwargs=kw)
     cs = [cfg(BLOCK_SIZE_M=64, BLOCK_SIZE_N=64), cfg(BLOCK_SIZE_M=128, BLOCK_SIZE_N=64, num=9),
           cfg(BLOCK_SIZE_M=64, BLOCK_SIZE_N=128)]
     assert largest_block_config(cs) is cs[1]  # first of the two largest

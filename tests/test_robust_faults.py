@@ -47,7 +47,7 @@ def _complete(path: Path) -> bool:
         elif path.suffix in (".md", ".tex"):
             return path.read_text().endswith("\n")
         return True
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
 
 
@@ -413,7 +413,7 @@ def test_concurrent_runs_do_not_corrupt_each_other(tmp_path):
                 else:
                     with np.load(p) as z:
                         ok = bool(np.all(z["loglik"] == z["writer"]))
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 ok, d = False, e
             if not ok:
                 bad.append(f)
@@ -421,7 +421,7 @@ def test_concurrent_runs_do_not_corrupt_each_other(tmp_path):
             reads += 1
             try:
                 read_state_dict(tmp_path / "ckpt")
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 bad.append(f"ckpt: {e}")
         time.sleep(0.01)
     outs = [p.communicate() for p in procs]

@@ -37,7 +37,7 @@ class GoldenWriter:
         """hidden (n_layer, T, d), logits_all (T, V) (numpy or torch), steps from step_record."""
         T = len(input_ids)
         pos = logit_positions(T)
-        to_np = lambda a: (a.detach().cpu().float().numpy() if hasattr(a, "detach") else np.asarray(a)  # noqa: E731
+        to_np = lambda a: (a.detach().cpu().float().numpy() if hasattr(a, "detach") else np.asarray(a)
                            ).astype(np.float32)
         pre = f"p{i}."
         self.arrays[pre + "input_ids"] = np.asarray(input_ids, np.int32)

@@ -513,7 +513,7 @@ def summary_row(rep: dict[str, Any], backend: str) -> dict[str, Any]:
 
 def _timing_cols(t: dict[str, Any] | None) -> dict[str, str]:
     t = t or {}
-    f = lambda x: "" if x is None else f"{x:.4g}"  # noqa: E731
+    f = lambda x: "" if x is None else f"{x:.4g}"
     return {"ref_prefill_s_per_token": f(t.get("prefill_seconds_per_token")),
             "ref_decode_s_per_step": f(t.get("decode_seconds_per_step"))}
 

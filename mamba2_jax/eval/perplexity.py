@@ -470,7 +470,7 @@ def _load_progress(path, meta, n):
                 print(f"[perplexity] ignoring {path}: it belongs to other windows or another model", file=sys.stderr)
                 return None
             return z["loglik"].astype(np.float64), z["n_scored"].astype(np.int64), z["done"].astype(bool)
-    except Exception as e:  # noqa: BLE001 - a corrupt checkpoint is recomputed, never trusted
+    except Exception as e:
         print(f"[perplexity] ignoring unreadable checkpoint {path}: {e}", file=sys.stderr)
         return None
 

@@ -244,7 +244,7 @@ def evaluate_one(spec: dict[str, Any], protocol: str, windows: ppl.Windows, winf
         except ppl.ReferenceUnavailable as e:
             backends[b] = {"status": "unavailable", "error": str(e)}
             log(f"{spec['label']}/{protocol}/{b}: UNAVAILABLE: {e}")
-        except Exception as e:  # noqa: BLE001 - one failing backend must not hide the others
+        except Exception as e:
             backends[b] = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
             log(f"{spec['label']}/{protocol}/{b}: FAILED: {type(e).__name__}: {e}")
             if not isinstance(e, ppl.ReferenceFailed):
@@ -452,7 +452,7 @@ def evaluate(cfg) -> list[dict[str, Any]]:
     for name in models:
         try:
             spec = resolve_model(str(name), cfg)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             log(f"model {name}: cannot be loaded: {type(e).__name__}: {e}")
             failures.append(str(name))
             continue
