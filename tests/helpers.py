@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mamba2_jax.paths import CONF_DIR
@@ -77,3 +78,36 @@ def _tiny_parity_run(ref_py: str):
 def tiny_parity_run():
     require_torch()
     return _tiny_parity_run(ref_python())
+
+
+# ------------------------------------------------------------------------------ small checkpoints and fakes
+def tiny_mlp_state_dict(seed: int, rng: np.random.Generator, padded_rows_scale: float | None = None):
+    """(cfg, state dict) of preset tiny-mlp (gated-MLP side branch, ngroups=2) with D and the norms
+    moved away from 1, so that bugs in them show.  ``padded_rows_scale`` makes the padded
+    vocabulary rows large, so that greedy over the padded vocabulary would pick a padding id."""
+    from mamba2_jax.config import get_preset
+    from mamba2_jax.params import init_state_dict
+
+    cfg = get_preset("tiny-mlp")
+    sd = init_state_dict(cfg, seed=seed)
+    for k in sd:
+        if k.endswith("mixer.D") or k.endswith("norm.weight"):
+            sd[k] = (1.0 + 0.5 * rng.standard_normal(sd[k].shape)).astype(np.float32)
+    emb = sd["backbone.embedding.weight"]
+    if padded_rows_scale is not None:
+        emb[cfg.vocab_size:] = padded_rows_scale * rng.standard_normal(emb[cfg.vocab_size:].shape)
+    sd["lm_head.weight"] = emb
+    return cfg, sd
+
+
+def fake_reference_package(root: Path, name: str, source: str, monkeypatch) -> Path:
+    """A package ``<name>`` with ``score.py`` = ``source`` on the PYTHONPATH of child processes
+    (stands in for ``reference.score`` in the subprocess contract tests); returns a model dir."""
+    pkg = root / name
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "score.py").write_text(source)
+    monkeypatch.setenv("PYTHONPATH", str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    model_dir = root / "model"
+    model_dir.mkdir()
+    return model_dir

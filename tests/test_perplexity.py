@@ -338,14 +338,9 @@ _FAKE_REF = textwrap.dedent("""
 
 @pytest.fixture
 def fake_ref(tmp_path, monkeypatch):
-    pkg = tmp_path / "fakeref"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "score.py").write_text(_FAKE_REF)
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    return model_dir
+    from helpers import fake_reference_package
+
+    return fake_reference_package(tmp_path, "fakeref", _FAKE_REF, monkeypatch)
 
 
 @pytest.mark.integration

@@ -14,12 +14,12 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import REPO, ref_python, tiny_parity_run
+from helpers import REPO, ref_python, tiny_mlp_state_dict, tiny_parity_run
 
-from mamba2_jax.checkpoint import init_state_dict, read_state_dict, write_checkpoint
-from mamba2_jax.config import get_preset
+from mamba2_jax.checkpoint import read_state_dict, write_checkpoint
 from mamba2_jax.eval.golden import read_golden
 from mamba2_jax.eval.oracle import OracleModel
+from mamba2_jax.eval.oracle import rel_err as rel
 
 TOL = 1e-5
 
@@ -36,22 +36,12 @@ def _run(python: str, *args: str, check: bool = True) -> subprocess.CompletedPro
     return r
 
 
-def rel(a, ref) -> float:
-    a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
-    return float(np.max(np.abs(a - ref)) / np.max(np.abs(ref)))
-
-
 @pytest.fixture(scope="module")
 def mlp_ckpt(tmp_path_factory):
     """tiny-mlp: d_ssm < d_inner (gated-MLP side branch), ngroups=2, small vocabulary, fp16 stored."""
     root = tmp_path_factory.mktemp("refckpt")
-    cfg = get_preset("tiny-mlp")
-    sd = init_state_dict(cfg, seed=2)
     rng = np.random.default_rng(7)
-    for k in sd:
-        if k.endswith("mixer.D") or k.endswith("norm.weight"):
-            sd[k] = (1.0 + 0.5 * rng.standard_normal(sd[k].shape)).astype(np.float32)
-    sd["lm_head.weight"] = sd["backbone.embedding.weight"]
+    cfg, sd = tiny_mlp_state_dict(2, rng)
     write_checkpoint(cfg, sd, root / "tiny-mlp", dtype="float16")
     prompts = [{"id": f"r{n}", "input_ids": rng.integers(0, 250, n).tolist()} for n in (3, 16, 45)]
     (root / "prompts.json").write_text(json.dumps({"prompts": prompts}))

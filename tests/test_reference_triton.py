@@ -17,10 +17,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import REPO, load_parity_module, ref_python
+from helpers import REPO, load_parity_module, ref_python, tiny_mlp_state_dict
 
-from mamba2_jax.checkpoint import init_state_dict, read_state_dict, write_checkpoint
-from mamba2_jax.config import get_preset
+from mamba2_jax.checkpoint import read_state_dict, write_checkpoint
 from mamba2_jax.eval.golden import read_golden
 from mamba2_jax.eval.oracle import OracleModel
 from mamba2_jax.eval.oracle import rel_err as rel
@@ -43,15 +42,8 @@ def ckpt(tmp_path_factory):
     large padded vocabulary rows (250 real of 256), so that greedy on the padded vocabulary would
     pick a padding id."""
     root = tmp_path_factory.mktemp("tritonckpt")
-    cfg = get_preset("tiny-mlp")
-    sd = init_state_dict(cfg, seed=5)
     rng = np.random.default_rng(11)
-    for k in sd:
-        if k.endswith("mixer.D") or k.endswith("norm.weight"):
-            sd[k] = (1.0 + 0.5 * rng.standard_normal(sd[k].shape)).astype(np.float32)
-    emb = sd["backbone.embedding.weight"]
-    emb[cfg.vocab_size:] = 30.0 * rng.standard_normal(emb[cfg.vocab_size:].shape)
-    sd["lm_head.weight"] = emb
+    cfg, sd = tiny_mlp_state_dict(5, rng, padded_rows_scale=30.0)
     write_checkpoint(cfg, sd, root / "m", dtype="float16")
     prompts = [{"id": f"r{n}", "input_ids": rng.integers(0, cfg.vocab_size, n).tolist()} for n in (3, 37)]
     (root / "prompts.json").write_text(json.dumps({"prompts": prompts}))

@@ -227,13 +227,9 @@ def _gone(pid: int) -> bool:
 @pytest.mark.integration
 @pytest.mark.parametrize("mode", ["crash", "hang"])
 def test_bad_reference_is_reported_with_stderr_and_timeout(tmp_path, monkeypatch, mode):
-    pkg = tmp_path / "badref"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "score.py").write_text(_FAKE_REF)
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    model = tmp_path / "model"
-    model.mkdir()
+    from helpers import fake_reference_package
+
+    model = fake_reference_package(tmp_path, "badref", _FAKE_REF, monkeypatch)
     w = _ppl_windows()
     wp = w.save(tmp_path / "w.npz")
     out = tmp_path / "runs" / "r.out.npz"
