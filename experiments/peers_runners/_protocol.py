@@ -65,3 +65,21 @@ def versions(*names: str) -> dict:
         except md.PackageNotFoundError:
             out[n] = None
     return out
+
+
+def timed_decode(S: dict, cache_key: str, tok_key: str, advance, tokens: int) -> dict:
+    """Time ``tokens`` host-driven greedy steps ``(cache, tok) = advance(cache, tok)`` starting from
+    ``S[cache_key], S[tok_key]`` (which are updated): the per-token loop every peer runs alike."""
+    import jax
+
+    c, t = S[cache_key], S[tok_key]
+
+    def loop():
+        nonlocal c, t
+        for _ in range(tokens):
+            c, t = advance(c, t)
+        jax.block_until_ready((c, t))
+
+    s = timed(loop)
+    S[cache_key], S[tok_key] = c, t
+    return {"seconds": s, "tokens": tokens}

@@ -93,22 +93,15 @@ def recompute():
 
 
 def decode(tokens):
-    import jax
     import jax.numpy as jnp
 
     fwd, model = S["fwd"], S["model"]
-    c, t = S["cache"], S["tok"]
 
-    def loop():
-        nonlocal c, t
-        for _ in range(tokens):
-            o = fwd(model, t[:, None], cache=c)
-            c, t = o["cache"], jnp.argmax(o["logits"][:, -1], -1).astype(jnp.int32)
-        jax.block_until_ready((c, t))
+    def advance(c, t):
+        o = fwd(model, t[:, None], cache=c)
+        return o["cache"], jnp.argmax(o["logits"][:, -1], -1).astype(jnp.int32)
 
-    s = P.timed(loop)
-    S["cache"], S["tok"] = c, t
-    return {"seconds": s, "tokens": tokens}
+    return P.timed_decode(S, "cache", "tok", advance, tokens)
 
 
 if __name__ == "__main__":

@@ -75,22 +75,15 @@ def decode(**_):
 
 
 def decode_stepwise(tokens):
-    import jax
     import jax.numpy as jnp
 
     step, st = S["step"], S["state"]
-    c, t = S["step_cache"], S["step_tok"]
 
-    def loop():
-        nonlocal c, t
-        for _ in range(tokens):
-            lg, c = step(st, c, t)
-            t = jnp.argmax(lg, -1).astype(jnp.int32)
-        jax.block_until_ready((c, t))
+    def advance(c, t):
+        lg, c = step(st, c, t)
+        return c, jnp.argmax(lg, -1).astype(jnp.int32)
 
-    s = P.timed(loop)
-    S["step_cache"], S["step_tok"] = c, t
-    return {"seconds": s, "tokens": tokens}
+    return P.timed_decode(S, "step_cache", "step_tok", advance, tokens)
 
 
 if __name__ == "__main__":
