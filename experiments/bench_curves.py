@@ -15,18 +15,10 @@ results document.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 from mamba2_jax import bench, flops
-
-
-def _load() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:  # pragma: no cover
-        return None
 
 
 class MatmulBench:
@@ -59,7 +51,7 @@ def batch_curve(model, batches, n_tokens: int, rounds: int, stream, dtype: str, 
         print(f"[bench] batch curve: batch {b} compiled", flush=True)
     fns = {f"batch:{b}": (lambda b=b: dbs[b].run("c0") / n_tokens) for b in batches}
     fns["stream"] = stream.run
-    load0 = _load()
+    load0 = bench.load_avg()
     times = bench.alternate(fns, rounds)
     bw = stream.bytes_per_call / bench.median(times["stream"])
     recs = []
@@ -71,7 +63,7 @@ def batch_curve(model, batches, n_tokens: int, rounds: int, stream, dtype: str, 
             "metric": "decode_batch_tokens_per_s", "value": b / s, "unit": "tokens/s", "dtype": dtype,
             "batch": int(b), "median_s": s, "min_s": min(t), "times_s": t, "bytes_per_step": by,
             "bound_tokens_per_s": b * bw / by, "bandwidth_fraction": by / s / bw,
-            "stream_bandwidth": bw, "load_avg": [load0, _load()],
+            "stream_bandwidth": bw, "load_avg": [load0, bench.load_avg()],
             "note": "bound: weights once per step + every row's SSM/conv state read and written, "
                     "at the median streaming bandwidth of the same rounds"})
     return recs
@@ -88,7 +80,7 @@ def length_curve(spec, lengths, n_layer: int, rounds: int, dtype: str, seed: int
     for L in lengths:
         pbs[L] = bench.PrefillBench(model, int(L), 1, last_only=True, seed=seed)
         print(f"[bench] length curve: L={L} compiled ({pbs[L].compile_s:.1f} s)", flush=True)
-    load0 = _load()
+    load0 = bench.load_avg()
     times = bench.alternate({f"len:{L}": pbs[L].run for L in lengths}, rounds)
     L0 = min(lengths)
     base = bench.median(times[f"len:{L0}"]) / L0
@@ -99,7 +91,7 @@ def length_curve(spec, lengths, n_layer: int, rounds: int, dtype: str, seed: int
         recs.append({"metric": "prefill_us_per_token", "value": per * 1e6, "unit": "us/token", "dtype": dtype,
                      "length": int(L), "n_layer": int(n_layer), "median_s": bench.median(t), "min_s": min(t),
                      "times_s": t, "ratio_to_shortest": per / base, "min_ratio_to_shortest":
-                     (min(t) / L) / (min(times[f"len:{L0}"]) / L0), "load_avg": [load0, _load()],
+                     (min(t) / L) / (min(times[f"len:{L0}"]) / L0), "load_avg": [load0, bench.load_avg()],
                      "compile_s": pbs[L].compile_s})
     return recs
 

@@ -36,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 __all__ = ["REPO", "data_dir", "load_model_spec", "build_model", "PrefillBench", "DecodeBench",
-           "recompute_bench", "alternate", "median", "write_results", "validate_result", "provenance",
+           "recompute_bench", "alternate", "median", "load_avg", "write_results", "validate_result", "provenance",
            "SCHEMA_VERSION", "random_ids", "utilisation"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,6 +114,14 @@ def random_ids(batch: int, length: int, vocab: int, seed: int = 0) -> np.ndarray
 def median(xs) -> float:
     xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
     return float(statistics.median(xs)) if xs else float("nan")
+
+
+def load_avg() -> list[float] | None:
+    """The 1/5/15-minute load average (None where the platform has none): recorded next to timings."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        return None
 
 
 def utilisation(work: float, seconds: float, peak: float) -> float | None:
