@@ -206,19 +206,20 @@ def ssd_step(
     b, h, p, n = state.shape
     g = B.shape[-2]
     r = h // g
-    xf = x.astype(F32).reshape(b, g, r, p)
-    dtf = dt.astype(F32).reshape(b, g, r)
-    dA = jnp.exp(dtf * A.astype(F32).reshape(g, r))  # (b g r)
-    Bf, Cf = B.astype(F32), C.astype(F32)
-    s = state.reshape(b, g, r, p, n)
-    s = s * dA[..., None, None] + (dtf[..., None] * xf)[..., None] * Bf[:, :, None, None, :]
+    xf, dtf = x.astype(F32), dt.astype(F32)
+    dA = jnp.exp(dtf * A.astype(F32))  # (b h)
+    # B, C per head (head k belongs to group k // r): tiny (b, h, n) arrays, so that the state is
+    # never reshaped; XLA:CPU then updates the donated state buffer in place (with a (b, g, r, p, n)
+    # view it copied the whole state once per layer and step).
+    Bh, Ch = jnp.repeat(B.astype(F32), r, axis=1), jnp.repeat(C.astype(F32), r, axis=1)
+    s = state * dA[:, :, None, None] + (dtf[..., None] * xf)[..., None] * Bh[:, :, None, :]
     # y = s·C as a batched matrix-vector product (a dot), not an elementwise product reduced over
     # n: on XLA:CPU (jax 0.10) that reduction becomes a YNNPACK custom fusion which, per layer and
     # token, cost more than the dot (decode 130m fp32: ~1.3x tok/s with the dot, measured with
     # alternating rounds in one process; tests/test_decode_hlo.py guards the op count).
-    y = jnp.einsum("bgrpn,bgn->bgrp", s, Cf, precision=precision).reshape(b, h, p)
+    y = jnp.einsum("bhpn,bhn->bhp", s, Ch, precision=precision)
     if D is not None:
         Df = D.astype(F32)
         Df = Df[:, None] if Df.ndim == 1 else Df
-        y = y + x.astype(F32) * Df
-    return y, s.reshape(b, h, p, n)
+        y = y + xf * Df
+    return y, s
