@@ -140,7 +140,8 @@ def run(cfg) -> dict:
     if B.get("length_curve"):
         LC = B.length_curve
         lrecs = bench_curves.length_curve(spec, [int(x) for x in LC.lengths], int(LC.n_layer), int(LC.rounds), base,
-                                          int(cfg.seed), dd, cfg.matmul_precision)
+                                          int(cfg.seed), dd, cfg.matmul_precision,
+                                          segment=LC.get("segment"))
         recs.extend(lrecs)
         len_ratio = max(r["ratio_to_shortest"] for r in lrecs)
     for r in recs:

@@ -15,10 +15,14 @@ results document.
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from mamba2_jax import bench, flops
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mamba2_jax import bench, flops  # noqa: E402
 
 
 class MatmulBench:
@@ -69,16 +73,55 @@ def batch_curve(model, batches, n_tokens: int, rounds: int, stream, dtype: str, 
     return recs
 
 
+class SegmentedPrefill:
+    """A prompt of ``length`` tokens prefilled in segments of ``segment`` tokens carrying the cache (as
+    ``Generator`` does for long prompts): one compiled (1, segment) program, peak memory of one
+    segment.  ``run()`` → seconds for the whole prompt."""
+
+    def __init__(self, model, length: int, segment: int, seed: int = 0):
+        import jax
+        from flax import nnx
+
+        if length % segment:
+            raise ValueError(f"length {length} is not a multiple of the segment {segment}")
+        graphdef, self._state = nnx.split(model)
+        self.model, self.length, self.segment = model, int(length), int(segment)
+        self._ids = jax.numpy.asarray(bench.random_ids(1, length, model.cfg.vocab_size, seed))
+
+        def fn(state, ids, cache):
+            return nnx.merge(graphdef, state).prefill(ids, cache, last_only=True)
+
+        self._jit = jax.jit(fn, donate_argnums=(2,))
+        t0 = time.perf_counter()
+        self._compiled = self._jit.lower(self._state, self._ids[:, :segment], model.init_cache(1)).compile()
+        self.compile_s = time.perf_counter() - t0
+        self.first_run_s = self.run()
+
+    def run(self) -> float:
+        import jax
+
+        t0 = time.perf_counter()
+        cache = self.model.init_cache(1)
+        for k in range(0, self.length, self.segment):
+            logits, cache = self._compiled(self._state, self._ids[:, k:k + self.segment], cache)
+        jax.block_until_ready((logits, cache))
+        return time.perf_counter() - t0
+
+
 def length_curve(spec, lengths, n_layer: int, rounds: int, dtype: str, seed: int = 0, data=None,
-                 precision=None) -> list[dict[str, Any]]:
-    """Prefill µs/token at each length on an ``n_layer``-layer model of ``spec``'s width."""
+                 precision=None, segment: int | None = None) -> list[dict[str, Any]]:
+    """Prefill µs/token at each length on an ``n_layer``-layer model of ``spec``'s width; lengths
+    above ``segment`` are prefilled in segments carrying the cache (flat memory, as Generator)."""
     from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
 
     cfg = bench.model_config(spec, data).replace(n_layer=int(n_layer))
     model = model_from_state_dict(cfg, init_state_dict(cfg, seed=seed), dtype=dtype, precision=precision)
     pbs = {}
     for L in lengths:
-        pbs[L] = bench.PrefillBench(model, int(L), 1, last_only=True, seed=seed)
+        if segment and L > segment:
+            pbs[L] = SegmentedPrefill(model, int(L), int(segment), seed)
+        else:
+            pbs[L] = bench.PrefillBench(model, int(L), 1, last_only=True, seed=seed)
         print(f"[bench] length curve: L={L} compiled ({pbs[L].compile_s:.1f} s)", flush=True)
     load0 = bench.load_avg()
     times = bench.alternate({f"len:{L}": pbs[L].run for L in lengths}, rounds)
@@ -92,7 +135,8 @@ def length_curve(spec, lengths, n_layer: int, rounds: int, dtype: str, seed: int
                      "length": int(L), "n_layer": int(n_layer), "median_s": bench.median(t), "min_s": min(t),
                      "times_s": t, "ratio_to_shortest": per / base, "min_ratio_to_shortest":
                      (min(t) / L) / (min(times[f"len:{L0}"]) / L0), "load_avg": [load0, bench.load_avg()],
-                     "compile_s": pbs[L].compile_s})
+                     "compile_s": pbs[L].compile_s,
+                     "segment": int(segment) if segment and L > segment else None})
     return recs
 
 
@@ -111,4 +155,33 @@ def prefill_matmul_fraction(cfg, prefill_times: dict[int, list[float]], mm: Matm
     return recs
 
 
-__all__ = ["MatmulBench", "batch_curve", "length_curve", "prefill_matmul_fraction"]
+def main(argv=None):
+    """``python experiments/bench_curves.py --lengths 4096 262144``: the length curve alone
+    (results/bench_curves/<run>.json), for lengths too slow for every ``make bench``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--model", default="mamba2-130m")
+    ap.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384, 65536, 262144])
+    ap.add_argument("--n-layer", type=int, default=4)
+    ap.add_argument("--segment", type=int, default=65536)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out-dir", default=None)
+    a = ap.parse_args(argv)
+    ctx = bench.setup_run({"profile_name": "cpu_bench", "cpu_measure": {"reps": 3}}, "bench_curves")
+    recs = length_curve(bench.load_model_spec(a.model), a.lengths, a.n_layer, a.rounds, "float32",
+                        segment=a.segment)
+    for r in recs:
+        r["model"] = a.model
+        print(f"[bench_curves] L={r['length']}: {r['value']:.0f} us/token, x{r['ratio_to_shortest']:.2f} vs shortest"
+              f"{' (segmented)' if r['segment'] else ''}", flush=True)
+    paths = bench.write_results("bench_curves", ctx["run"], recs, hardware=ctx["hardware"], config=vars(a),
+                                label=f"{ctx['label']}; synthetic (random-init) weights", out_dir=a.out_dir)
+    print(f"[bench_curves] wrote {paths[0]}")
+
+
+__all__ = ["MatmulBench", "SegmentedPrefill", "batch_curve", "length_curve", "prefill_matmul_fraction"]
+
+
+if __name__ == "__main__":
+    main()

@@ -88,7 +88,8 @@ def test_bench_tiny(tmp_path):
         assert r["bytes_per_step"] == decode_bytes(get_preset("tiny"), b, "float32")["total"]
         assert abs(r["bandwidth_fraction"] - r["value"] / r["bound_tokens_per_s"]) < 1e-9 * r["bandwidth_fraction"]
     lengths = {r["length"]: r for r in recs if r["metric"] == "prefill_us_per_token"}
-    assert sorted(lengths) == [32, 64] and lengths[32]["ratio_to_shortest"] == 1.0
+    assert sorted(lengths) == [32, 64, 128] and lengths[32]["ratio_to_shortest"] == 1.0
+    assert lengths[128]["segment"] == 64 and lengths[64]["segment"] is None
     assert {r["length"] for r in recs if r["metric"] == "prefill_matmul_fraction"} == {40}
 
 
