@@ -7,7 +7,9 @@ donated), in formulations that differ only in how the program is written or comp
 
 * ``readout_reduce``   y = Σₙ s·C as an elementwise product + reduce (the code before issue 12;
   XLA:CPU turns the reduce into a YNNPACK custom fusion);
-* ``readout_dot``      y = s·C as a batched dot (the code after issue 12);
+* ``readout_dot_grouped_state``  y = s·C as a dot, the state viewed (b, g, r, p, n) (XLA copies it per layer);
+* ``readout_dot``      y = s·C as a batched dot, B and C per head, the state never reshaped (updated
+  in place; the code after issue 12);
 * ``readout_reduce_no_ynn``  the old code compiled with ``xla_cpu_experimental_ynn_fusion_type=""``;
 * ``weights_out_in``   the new code with in_proj / out_proj stored (out, in), contracting their last axis.
 
@@ -54,6 +56,25 @@ def _ssd_step_reduce(state, x, dt, A, B, C, D=None, precision=None):
     s = state.reshape(b, g, r, p, n)
     s = s * dA[..., None, None] + (dtf[..., None] * xf)[..., None] * Bf[:, :, None, None, :]
     y = jnp.sum(s * Cf[:, :, None, None, :], axis=-1).reshape(b, h, p)
+    if D is not None:
+        Df = D.astype(F32)
+        Df = Df[:, None] if Df.ndim == 1 else Df
+        y = y + x.astype(F32) * Df
+    return y, s.reshape(b, h, p, n)
+
+
+def _ssd_step_grouped_dot(state, x, dt, A, B, C, D=None, precision=None):
+    """An intermediate form: read-out as a dot, but the state viewed as (b, g, r, p, n)."""
+    b, h, p, n = state.shape
+    g = B.shape[-2]
+    r = h // g
+    xf = x.astype(F32).reshape(b, g, r, p)
+    dtf = dt.astype(F32).reshape(b, g, r)
+    dA = jnp.exp(dtf * A.astype(F32).reshape(g, r))
+    Bf, Cf = B.astype(F32), C.astype(F32)
+    s = state.reshape(b, g, r, p, n)
+    s = s * dA[..., None, None] + (dtf[..., None] * xf)[..., None] * Bf[:, :, None, None, :]
+    y = jnp.einsum("bgrpn,bgn->bgrp", s, Cf, precision=precision).reshape(b, h, p)
     if D is not None:
         Df = D.astype(F32)
         Df = Df[:, None] if Df.ndim == 1 else Df
@@ -169,11 +190,15 @@ def main(argv=None):
     with _patched(ssd_step=_ssd_step_reduce):
         fns["readout_reduce"], h1 = compiled_decode(model, a.tokens)
         fns["readout_reduce_no_ynn"], h2 = compiled_decode(model, a.tokens, {"xla_cpu_experimental_ynn_fusion_type": ""})
+    with _patched(ssd_step=_ssd_step_grouped_dot):
+        fns["readout_dot_grouped_state"], h5 = compiled_decode(model, a.tokens)
     fns["readout_dot"], h3 = compiled_decode(model, a.tokens)
     with _patched(_dot=_dot_out_in):
         fns["weights_out_in"], h4 = compiled_decode(tmodel, a.tokens)
-    for k, h in zip(["readout_reduce", "readout_reduce_no_ynn", "readout_dot", "weights_out_in"], [h1, h2, h3, h4]):
-        hlo_ops[k] = {"ynn_fusions": h.count("kind=kCustom"), "dots": h.count(" dot("), "copies": h.count(" copy(")}
+    for k, h in zip(["readout_reduce", "readout_reduce_no_ynn", "readout_dot_grouped_state", "readout_dot",
+                     "weights_out_in"], [h1, h2, h5, h3, h4]):
+        hlo_ops[k] = {"ynn_fusions": h.count("kind=kCustom"), "dots": h.count(" dot("), "copies": h.count(" copy("),
+                      "state_copies": h.count(f"f32[1,{cfg.nheads},{cfg.headdim},{cfg.d_state}]{{3,2,1,0}} copy(")}
     print("[decode_formulations] decode programs compiled", flush=True)
     gem = gemv_benches(cfg.padded_vocab_size, cfg.d_model)
     for name, (run, _, _) in gem.items():
@@ -188,7 +213,7 @@ def main(argv=None):
     recs = [{"metric": "stream_bandwidth", "value": bw, "unit": "B/s", "times_s": times["stream"]}]
     print(f"stream bandwidth (median of rounds): {bw / 1e9:.1f} GB/s; load {load0} -> {load1}")
     base = bench.median(times["readout_reduce"])
-    for k in ("readout_reduce", "readout_reduce_no_ynn", "readout_dot", "weights_out_in"):
+    for k in ("readout_reduce", "readout_reduce_no_ynn", "readout_dot_grouped_state", "readout_dot", "weights_out_in"):
         t = times[k]
         s = bench.median(t)
         recs.append({"metric": "decode_tokens_per_s", "value": 1 / s, "unit": "tokens/s", "formulation": k,
