@@ -189,7 +189,8 @@ def main(argv=None):
     fns, hlo_ops = {}, {}
     with _patched(ssd_step=_ssd_step_reduce):
         fns["readout_reduce"], h1 = compiled_decode(model, a.tokens)
-        fns["readout_reduce_no_ynn"], h2 = compiled_decode(model, a.tokens, {"xla_cpu_experimental_ynn_fusion_type": ""})
+        fns["readout_reduce_no_ynn"], h2 = compiled_decode(model, a.tokens,
+                                                           {"xla_cpu_experimental_ynn_fusion_type": ""})
     with _patched(ssd_step=_ssd_step_grouped_dot):
         fns["readout_dot_grouped_state"], h5 = compiled_decode(model, a.tokens)
     fns["readout_dot"], h3 = compiled_decode(model, a.tokens)

@@ -22,8 +22,8 @@ def _docs(results: Path):
     out = []
     for p in sorted((Path(results) / "bench").glob("*.json")):
         d = style.read_json(p)
-        if d and d.get("experiment") == "bench" and any(
-                r.get("metric") in ("decode_batch_tokens_per_s", "prefill_us_per_token") for r in d.get("records") or []):
+        curves = ("decode_batch_tokens_per_s", "prefill_us_per_token")
+        if d and d.get("experiment") == "bench" and any(r.get("metric") in curves for r in d.get("records") or []):
             models = d.get("models") or {}
             for r in d["records"]:  # weights / precision live per dtype in the bench document
                 info = models.get(r.get("dtype")) or {}
@@ -45,7 +45,8 @@ def build(results: Path) -> style.Figure:
     for i, (p, d) in enumerate(docs):
         mk = style.MARKERS[i % len(style.MARKERS)]
         label = f"{style.bench_device_short(d)}, git {style.short_sha(d.get('provenance'))}"
-        bc = sorted((r for r in d["records"] if r.get("metric") == "decode_batch_tokens_per_s"), key=lambda r: r["batch"])
+        bc = sorted((r for r in d["records"] if r.get("metric") == "decode_batch_tokens_per_s"),
+                    key=lambda r: r["batch"])
         if bc:
             x = [r["batch"] for r in bc]
             batches.update(x)
