@@ -9,7 +9,7 @@ The recurrence being computed, per head, with dt already passed through softplus
     y_t     = state_t · C_t + D * x_t
 
 ``ssd_chunked`` evaluates it in parallel over chunks (the "dual" quadratic form inside a chunk,
-a linear recurrence across chunks), entirely with einsums.  ``ssd_step`` is the O(1) update used
+a linear recurrence across chunks), with einsums and one ``lax.scan`` over chunks.  ``ssd_step`` is the O(1) update used
 for decoding.  All state arithmetic is float32 regardless of the dtype of the inputs.
 """
 
