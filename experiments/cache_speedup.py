@@ -10,13 +10,10 @@ are timed alternately.  speedup = recompute ms / cached ms per token.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import hydra
 
-from mamba2_jax.eval.results import write_results
 from mamba2_jax.eval import bench, flops
+from mamba2_jax.eval.results import write_results
 
 
 def run(cfg) -> dict:
@@ -36,7 +33,9 @@ def run(cfg) -> dict:
             db.add_context(f"c{c}", c)
             fns[f"cached:{c}"] = (lambda c=c, db=db: db.run(f"c{c}") / n)
             fns[f"recompute:{c}"] = db.prefill_bench(c).run   # last-only prefill of the whole prefix
+        load = bench.load_avg()
         times = bench.alternate(fns, reps)
+        load = [load, bench.load_avg()]
         for c in contexts:
             cached = bench.median(times[f"cached:{c}"])
             rec = bench.median(times[f"recompute:{c}"])
@@ -44,7 +43,9 @@ def run(cfg) -> dict:
                 "model": name, "dtype": info["dtype"], "batch": b, "weights": info["weights"], "context": c,
                 "headline": c == head, "cached_ms_per_token": cached * 1e3, "recompute_ms_per_token": rec * 1e3,
                 "speedup": rec / cached, "cached_times_s": times[f"cached:{c}"],
-                "recompute_times_s": times[f"recompute:{c}"],
+                "recompute_times_s": times[f"recompute:{c}"], "load_avg": load,
+                "cached_min_ms_per_token": min(times[f"cached:{c}"]) * 1e3,
+                "recompute_min_ms_per_token": min(times[f"recompute:{c}"]) * 1e3,
                 "recompute_flops": flops.recompute_flops(model.cfg, c, b),
                 "cached_flops": flops.decode_flops(model.cfg, b)["total"],
             })

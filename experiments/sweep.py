@@ -11,13 +11,10 @@ not skewed by load drifting over the run.  A flat decode curve is the O(1) cache
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import hydra
 
-from mamba2_jax.eval.results import write_results
 from mamba2_jax.eval import bench, flops
+from mamba2_jax.eval.results import write_results
 
 
 def run(cfg) -> dict:
@@ -37,9 +34,11 @@ def run(cfg) -> dict:
             print(f"[sweep] {name}: cache at context {c} ready", flush=True)
         fns = {}
         for c in contexts:
-            fns[f"decode:{c}"] = (lambda c=c: db.run(f"c{c}"))
+            fns[f"decode:{c}"] = (lambda c=c, db=db: db.run(f"c{c}"))
             fns[f"prefill:{c}"] = db.prefill_bench(c).run
+        load = bench.load_avg()
         times = bench.alternate(fns, reps)
+        load = [load, bench.load_avg()]
         by = flops.decode_bytes(model.cfg, b, info["dtype"])["total"]
         common = {"model": name, "dtype": info["dtype"], "matmul_precision": prec, "batch": b,
                   "weights": info["weights"]}
@@ -47,12 +46,14 @@ def run(cfg) -> dict:
             med = bench.median(times[f"decode:{c}"]) / n
             records.append({**common, "kind": "decode", "context": c, "median_s": med * n, "tokens": n,
                             "ms_per_token": med * 1e3, "tokens_per_s": b / med, "times_s": times[f"decode:{c}"],
+                            "min_s": min(times[f"decode:{c}"]), "load_avg": load,
                             "hbu": bench.utilisation(by, med, prof.bandwidth), "compile_s": db.compile_s})
             pb = db.prefill_bench(c)
             pm = bench.median(times[f"prefill:{c}"])
             fl = flops.prefill_flops(model.cfg, c, b)["total"]
             records.append({**common, "kind": "prefill", "context": c, "median_s": pm, "tokens": c,
                             "tokens_per_s": b * c / pm, "times_s": times[f"prefill:{c}"],
+                            "min_s": min(times[f"prefill:{c}"]), "load_avg": load,
                             "tflops": fl / pm / 1e12, "mfu": bench.utilisation(fl, pm, peak),
                             "compile_s": pb.compile_s})
             print(f"[sweep] {name} ctx {c}: decode {med * 1e3:.2f} ms/token, prefill {pm * 1e3:.1f} ms", flush=True)

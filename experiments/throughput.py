@@ -9,13 +9,10 @@ mamba2_jax/eval/bench.py; peaks: mamba2_jax/eval/hardware.py.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import hydra
 
-from mamba2_jax.eval.results import write_results
 from mamba2_jax.eval import bench, flops
+from mamba2_jax.eval.results import write_results
 
 
 def run(cfg) -> dict:
@@ -36,15 +33,19 @@ def run(cfg) -> dict:
         common = {"model": name, "dtype": info["dtype"], "matmul_precision": prec, "batch": b,
                   "weights": info["weights"], "num_params": info["num_params"],
                   "mesh": None if mesh is None else f"data={mesh['data']},model={mesh['model']}"}
-        for L in t.prefill_lengths:
-            pb = bench.PrefillBench(model, int(L), b, last_only=bool(t.last_only), seed=int(cfg.seed))
-            ts = pb.times(reps)
+        # all lengths compiled first, then timed in alternating rounds: a load spike is not a trend
+        pbs = {int(L): bench.PrefillBench(model, int(L), b, last_only=bool(t.last_only), seed=int(cfg.seed))
+               for L in t.prefill_lengths}
+        load = bench.load_avg()
+        ptimes = bench.alternate({L: pb.run for L, pb in pbs.items()}, reps)
+        for L, pb in pbs.items():
+            ts = ptimes[L]
             med = bench.median(ts)
             fl = flops.prefill_flops(mcfg, int(L), b, last_only=bool(t.last_only))
             records.append({
                 **common, "kind": "prefill", "length": int(L), "context": int(L),
                 "compile_s": pb.compile_s, "first_run_s": pb.first_run_s,
-                "median_s": med, "min_s": min(ts), "times_s": ts,
+                "median_s": med, "min_s": min(ts), "times_s": ts, "load_avg": [load, bench.load_avg()],
                 "tokens_per_s": b * int(L) / med, "flops": fl["total"], "flops_matmul": fl["matmul"],
                 "flops_ssd": fl["ssd"], "tflops": fl["total"] / med / 1e12,
                 "peak_flops": peak, "peak_note": peak_note,
@@ -53,7 +54,7 @@ def run(cfg) -> dict:
             })
             print(f"[throughput] {name} prefill L={L}: {med * 1e3:.1f} ms, {b * int(L) / med:,.0f} tok/s, "
                   f"{fl['total'] / med / 1e12:.3f} TFLOPS (compile {pb.compile_s:.1f} s)", flush=True)
-            del pb
+        del pbs
         n = int(t.decode_tokens)
         db = bench.DecodeBench(model, n_tokens=n, batch=b, seed=int(cfg.seed))
         db.add_context("decode", int(t.decode_context))
@@ -68,7 +69,8 @@ def run(cfg) -> dict:
             "median_s": med, "min_s": min(ts), "times_s": ts,
             "ms_per_token": per_tok * 1e3, "tokens_per_s": b / per_tok,
             "bytes_per_step": by["total"], "achieved_bytes_per_s": by["total"] / per_tok,
-            "bandwidth": prof.bandwidth, "hbu": bench.utilisation(by["total"], per_tok, prof.bandwidth and prof.bandwidth * nd),
+            "bandwidth": prof.bandwidth,
+            "hbu": bench.utilisation(by["total"], per_tok, prof.bandwidth and prof.bandwidth * nd),
             "flops": df["total"], "mfu": bench.utilisation(df["total"], per_tok, peak),
             "peak_flops": peak, "peak_note": peak_note,
         })

@@ -13,16 +13,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-
-from .cache import Mamba2Cache
 
 __all__ = ["SamplingConfig", "GenerationResult", "Generator", "generate", "sample_logits", "bucket_length",
            "stepwise_greedy"]
@@ -113,7 +111,8 @@ class Generator:
     tests use to check that prompt bucketing avoids recompiles.
     """
 
-    def __init__(self, model, eos_id: int | None = 0, min_bucket: int = 16, mesh=None):
+    def __init__(self, model, eos_id: int | None = 0, min_bucket: int = 16, mesh=None,
+                 prefill_segment: int | None = 8192):
         if mesh is not None:  # a jax.sharding.Mesh or "data=2,model=4" (see sharding.py)
             from .sharding import make_mesh, shard_model
 
@@ -123,9 +122,19 @@ class Generator:
         self.cfg = model.cfg
         self.eos_id = eos_id
         self.min_bucket = min_bucket
+        if prefill_segment is not None and (prefill_segment < min_bucket or prefill_segment & (prefill_segment - 1)):
+            raise GenerationError(f"prefill_segment must be a power of two >= min_bucket ({min_bucket}), "
+                                  f"got {prefill_segment}")
+        # Prompts whose bucket is longer than this are prefilled in segments of this many tokens,
+        # carrying the cache, so peak memory does not grow with the prompt (None: never segment).
+        self.prefill_segment = prefill_segment
         self.graphdef, self.state = nnx.split(model)
-        self.trace_counts = {"prefill": 0, "decode": 0}
+        self.trace_counts = {"prefill": 0, "decode": 0, "prefill_segment": 0}
         self._prefill = jax.jit(self._prefill_impl, static_argnames=("sampling",))
+        self._prefill_seg = jax.jit(self._prefill_seg_impl, donate_argnums=(3, 4))
+        self._sample_first = jax.jit(
+            lambda logits, key, sampling: sample_logits(logits, jax.random.fold_in(key, 0), sampling,
+                                                        self.cfg.vocab_size), static_argnames=("sampling",))
         self._decode = jax.jit(self._decode_impl, static_argnames=("sampling", "n_steps"), donate_argnums=(1,))
 
     # -- compiled programs ------------------------------------------------------------------
@@ -135,6 +144,14 @@ class Generator:
         logits, cache = model.prefill(ids, lengths=lengths, last_only=True)
         tok = sample_logits(logits, jax.random.fold_in(key, 0), sampling, self.cfg.vocab_size)
         return self._replicated(tok), cache
+
+    def _prefill_seg_impl(self, state, ids, lengths, cache, last_logits):
+        """One segment of a long prompt: (b, S) ids with per-row real lengths in [0, S] (0: the row's
+        prompt has ended; its state passes through unchanged).  Keeps each row's last real logits."""
+        self.trace_counts["prefill_segment"] += 1
+        model = nnx.merge(self.graphdef, state)
+        logits, cache = model.prefill(ids, cache, lengths=lengths, last_only=True)
+        return jnp.where((lengths > 0)[:, None], logits, last_logits), cache
 
     def _decode_impl(self, state, cache, first_tok, done, start, key, sampling: SamplingConfig, n_steps: int):
         """Generate tokens start+1 .. start+n_steps-… into a (b, n_steps) buffer.
@@ -209,7 +226,22 @@ class Generator:
 
             return self._prefill(self.state, put_batch(ids, self.mesh), put_batch(lens, self.mesh), key,
                                  sampling=sampling), lens
-        return self._prefill(self.state, jnp.asarray(ids), jnp.asarray(lens), key, sampling=sampling), lens
+        S = self.prefill_segment
+        if S is None or T <= S:
+            return self._prefill(self.state, jnp.asarray(ids), jnp.asarray(lens), key, sampling=sampling), lens
+        # segmented: fixed (b, S) programs, the cache carried from one to the next
+        b = len(prompts)
+        n_seg = -(-T // S)
+        ids = np.pad(ids, ((0, 0), (0, n_seg * S - T)))
+        cache = self.model.init_cache(b)
+        logits = jnp.zeros((b, self.cfg.padded_vocab_size), jnp.float32)
+        for k in range(n_seg):
+            seg_len = np.clip(lens - k * S, 0, S).astype(np.int32)
+            if not seg_len.any():
+                break
+            logits, cache = self._prefill_seg(self.state, jnp.asarray(ids[:, k * S:(k + 1) * S]),
+                                              jnp.asarray(seg_len), cache, logits)
+        return (self._sample_first(logits, key, sampling=sampling), cache), lens
 
     def warmup(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                sampling: SamplingConfig = SamplingConfig()) -> dict:

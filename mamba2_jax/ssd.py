@@ -9,7 +9,7 @@ The recurrence being computed, per head, with dt already passed through softplus
     y_t     = state_t · C_t + D * x_t
 
 ``ssd_chunked`` evaluates it in parallel over chunks (the "dual" quadratic form inside a chunk,
-a linear recurrence across chunks), entirely with einsums.  ``ssd_step`` is the O(1) update used
+a linear recurrence across chunks), with einsums and one ``lax.scan`` over chunks.  ``ssd_step`` is the O(1) update used
 for decoding.  All state arithmetic is float32 regardless of the dtype of the inputs.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["segsum", "ssd_chunked", "ssd_step", "discretize_dt"]
+__all__ = ["segsum", "ssd_chunked", "ssd_step", "discretize_dt", "inter_chunk_scan"]
 
 F32 = jnp.float32
 DA_FLOOR = 200.0
@@ -75,6 +75,25 @@ def segsum(a: jax.Array) -> jax.Array:
     s = (hi[..., :, None] - hi[..., None, :]) + (lo[..., :, None] - lo[..., None, :])
     causal = jnp.tril(jnp.ones((q, q), dtype=bool), k=0)
     return jnp.where(causal, s, -jnp.inf)
+
+
+def inter_chunk_scan(states: jax.Array, chunk_dA: jax.Array, init: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The state entering each chunk, and the final state, in O(c) work and memory.
+
+    Args:
+      states: (b, c, g, r, p, n) state contributed by each chunk alone (decayed to its end).
+      chunk_dA: (b, c, g, r) total dt·A of each chunk (log of its decay).
+      init: (b, g, r, p, n) state before the first chunk.
+    Returns: prev_states (b, c, g, r, p, n) entering each chunk, and the final state (b, g, r, p, n).
+    """
+    decay = jnp.exp(chunk_dA.astype(F32))
+
+    def body(carry, xs):
+        st, dec = xs
+        return carry * dec[..., None, None] + st, carry
+
+    final, prev = jax.lax.scan(body, init, (jnp.moveaxis(states, 1, 0), jnp.moveaxis(decay, 1, 0)))
+    return jnp.moveaxis(prev, 0, 1), final
 
 
 def ssd_chunked(
@@ -150,16 +169,13 @@ def ssd_chunked(
     xw = xt * (decay_states * dt_q)[..., None]  # (b c g r q p)
     states = ein("bcgrsp,bcgsn->bcgrpn", xw, Bt)
 
-    # 3) inter-chunk recurrence (as one einsum over the chunk axis).
-    if initial_state is None:
-        init = jnp.zeros((b, 1, g, r, p, n), F32)
-    else:
-        init = initial_state.astype(F32).reshape(b, 1, g, r, p, n)
-    states = jnp.concatenate([init, states], axis=1)  # (b c+1 g r p n)
-    chunk_total = jnp.pad(dA_cs[..., -1], ((0, 0), (1, 0), (0, 0), (0, 0)))  # (b c+1 g r)
-    decay_chunk = jnp.exp(segsum(jnp.moveaxis(chunk_total, 1, -1)))  # (b g r c+1 c+1)
-    new_states = ein("bgrzc,bcgrpn->bzgrpn", decay_chunk, states)
-    prev_states, final_state = new_states[:, :-1], new_states[:, -1]
+    # 3) inter-chunk recurrence, linear in the number of chunks c: a sequential scan over chunks,
+    #    state_z = exp(sum of chunk z-1's dA) * state_{z-1} + states_{z-1} (as mamba_ssm's
+    #    state-passing kernel).  (A single einsum over a (c+1) x (c+1) decay matrix is O(c^2) in
+    #    time and memory and dominated prefill at long L.)
+    init = (jnp.zeros((b, g, r, p, n), F32) if initial_state is None
+            else initial_state.astype(F32).reshape(b, g, r, p, n))
+    prev_states, final_state = inter_chunk_scan(states, dA_cs[..., -1], init)
 
     # 4) contribution of the state entering each chunk to that chunk's outputs.
     state_decay_out = jnp.exp(dA_cs)  # (b c g r q)
@@ -194,18 +210,20 @@ def ssd_step(
     b, h, p, n = state.shape
     g = B.shape[-2]
     r = h // g
-    xf = x.astype(F32).reshape(b, g, r, p)
-    dtf = dt.astype(F32).reshape(b, g, r)
-    dA = jnp.exp(dtf * A.astype(F32).reshape(g, r))  # (b g r)
-    Bf, Cf = B.astype(F32), C.astype(F32)
-    s = state.reshape(b, g, r, p, n)
-    s = s * dA[..., None, None] + (dtf[..., None] * xf)[..., None] * Bf[:, :, None, None, :]
-    # y = s·C as an elementwise product reduced over the contiguous n axis (not a dot): XLA then
-    # fuses the state update and the read-out into one pass over the state, instead of writing
-    # the new state twice (once per consumer) and copying the donated input.
-    y = jnp.sum(s * Cf[:, :, None, None, :], axis=-1).reshape(b, h, p)
+    xf, dtf = x.astype(F32), dt.astype(F32)
+    dA = jnp.exp(dtf * A.astype(F32))  # (b h)
+    # B, C per head (head k belongs to group k // r): tiny (b, h, n) arrays, so that the state is
+    # never reshaped; XLA:CPU then updates the donated state buffer in place (with a (b, g, r, p, n)
+    # view it copied the whole state once per layer and step).
+    Bh, Ch = jnp.repeat(B.astype(F32), r, axis=1), jnp.repeat(C.astype(F32), r, axis=1)
+    s = state * dA[:, :, None, None] + (dtf[..., None] * xf)[..., None] * Bh[:, :, None, :]
+    # y = s·C as a batched matrix-vector product (a dot), not an elementwise product reduced over
+    # n: on XLA:CPU (jax 0.10) that reduction becomes a YNNPACK custom fusion which, per layer and
+    # token, cost more than the dot (decode 130m fp32: ~1.3x tok/s with the dot, measured with
+    # alternating rounds in one process; tests/test_decode_hlo.py guards the op count).
+    y = jnp.einsum("bhpn,bhn->bhp", s, Ch, precision=precision)
     if D is not None:
         Df = D.astype(F32)
         Df = Df[:, None] if Df.ndim == 1 else Df
-        y = y + x.astype(F32) * Df
-    return y, s.reshape(b, h, p, n)
+        y = y + xf * Df
+    return y, s

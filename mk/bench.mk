@@ -1,13 +1,14 @@
 # Benchmarks (issues 3 and 6): throughput / sweep / cache_speedup / peers / the CPU benchmark.
 #   make throughput-smoke     CPU smoke suite: throughput + sweep + cache_speedup, 130m and 370m, short lengths
 #   make throughput | sweep | cache-speedup     one experiment (BENCH_PROFILE, default cpu_smoke)
-#   make bench                issue-3 CPU benchmark, 130m shape (results/bench/)
+#   make bench                issue-3 CPU benchmark, 130m shape (results/bench/); with the batch and length curves
+#   make decode-formulations  decode read-out / layout / XLA-flag and 16-bit GEMV formulations, one alternating run
 #   make bench-peers          this project vs mamba2-jax 1.1.2 vs HF transformers, CPU, one alternating run
 #   make reproduce-tpu        the paper's TPU v6e runs (all five scales); refuses off-TPU unless FORCE=1
 #   BENCH_ARGS="models=[mamba2-130m] reps=3"   extra Hydra overrides for any of them
 # Results: results/<experiment>/<run>.json + .csv, run = <profile>-<hardware profile>[-on-<device>].
 
-.PHONY: throughput throughput-smoke bench-smoke sweep cache-speedup bench bench-peers reproduce-tpu anchor-install
+.PHONY: throughput throughput-smoke bench-smoke sweep cache-speedup bench decode-formulations bench-peers reproduce-tpu anchor-install
 
 BENCH_PROFILE ?= cpu_smoke
 BENCH_ARGS ?=
@@ -33,6 +34,9 @@ bench-smoke: throughput-smoke
 
 bench: $(STAMP)
 	$(PY) experiments/bench.py profile=cpu_bench $(BENCH_ARGS)
+
+decode-formulations: $(STAMP)
+	$(PY) experiments/decode_formulations.py
 
 # mamba2-jax 1.1.2 has the same module name as this project, so it lives in its own --target dir and
 # its peer runs with PYTHONPATH=$(ANCHOR_DIR).  --no-deps: its requirements (jax, jaxlib, flax, optax)

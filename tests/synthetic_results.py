@@ -101,6 +101,20 @@ def perplexity_doc(name="synthetic-d64", synthetic=True, scope="first 3 of 62 do
             "provenance": PROV}
 
 
+def bench_curves_doc():
+    """A `make bench` document with only the batch and length curves (experiments/bench_curves.py)."""
+    m = {"model": "mamba2-130m", "dtype": "float32"}
+    recs = [{**m, "metric": "decode_batch_tokens_per_s", "value": 30.0 * b ** 0.8, "unit": "tokens/s", "batch": b,
+             "bound_tokens_per_s": 90.0 * b / (1 + 0.07 * b), "bandwidth_fraction": 0.4 + 0.005 * b}
+            for b in (1, 4, 16, 64)]
+    recs += [{**m, "metric": "prefill_us_per_token", "value": 390.0 * (1 + 0.02 * i), "unit": "us/token", "length": L,
+              "n_layer": 4, "ratio_to_shortest": 1 + 0.02 * i} for i, L in enumerate((4096, 16384, 65536))]
+    return {**bench_doc("bench", recs, run="cpu_bench-cpu"),
+            "models": {"float32": {"weights": "random-init", "policy": {"matmul_precision": "highest"}}},
+            "config": {"dtype": "float32",
+                       "bench": {"dtypes": ["float32"], "targets": {"prefill_length_ratio_max": 1.3}}}}
+
+
 def write_json(path: Path, doc) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc))
@@ -112,6 +126,7 @@ def write_synthetic_results(root: Path) -> Path:
     write_json(root / "throughput" / "cpu_smoke-cpu.json", bench_doc("throughput", throughput_records()))
     write_json(root / "sweep" / "cpu_smoke-cpu.json", bench_doc("sweep", sweep_records()))
     write_json(root / "cache_speedup" / "cpu_smoke-cpu.json", bench_doc("cache_speedup", cache_records()))
+    write_json(root / "bench" / "cpu_bench-cpu.json", bench_curves_doc())
     write_json(root / "parity" / "random-tiny__mamba_ssm_ref_cpu.json", parity_doc())
     write_json(root / "parity" / "random-tiny__transformers.json", parity_doc(backend="transformers", matched=40))
     write_json(root / "perplexity" / "synthetic-d64" / "lm_eval_rolling-limit3.json", perplexity_doc())

@@ -13,8 +13,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from mamba2_jax.eval import bench
-from mamba2_jax.paths import CONF_DIR
 from mamba2_jax.eval.results import REQUIRED_COLUMNS, validate_result
+from mamba2_jax.paths import CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = CONF_DIR
@@ -80,7 +80,19 @@ def test_bench_tiny(tmp_path):
               "cached_over_recompute", "bfloat16_over_float32_decode_speed", "stream_bandwidth"):
         assert m in metrics, m
     assert set(doc["targets"]) == {"decode_tokens_per_s", "bandwidth_fraction", "context_ratio", "bf16_over_fp32",
-                                   "cached_over_recompute"}
+                                   "cached_over_recompute", "prefill_matmul_fraction", "prefill_length_ratio"}
+    recs = doc["records"]
+    curve = {r["batch"]: r for r in recs if r["metric"] == "decode_batch_tokens_per_s"}
+    assert sorted(curve) == [1, 3]
+    for b, r in curve.items():  # the bound counts the weights once and every row's state
+        from mamba2_jax.config import get_preset
+        from mamba2_jax.flops import decode_bytes
+        assert r["bytes_per_step"] == decode_bytes(get_preset("tiny"), b, "float32")["total"]
+        assert abs(r["bandwidth_fraction"] - r["value"] / r["bound_tokens_per_s"]) < 1e-9 * r["bandwidth_fraction"]
+    lengths = {r["length"]: r for r in recs if r["metric"] == "prefill_us_per_token"}
+    assert sorted(lengths) == [32, 64, 128] and lengths[32]["ratio_to_shortest"] == 1.0
+    assert lengths[128]["segment"] == 64 and lengths[64]["segment"] is None
+    assert {r["length"] for r in recs if r["metric"] == "prefill_matmul_fraction"} == {40}
 
 
 def test_peers_tiny(tmp_path):

@@ -7,9 +7,8 @@ import pytest
 
 from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
 from mamba2_jax.config import get_preset
+from mamba2_jax.eval.oracle import OracleModel, perturbed_sd
 from mamba2_jax.generate import GenerationError, Generator, SamplingConfig, bucket_length
-from mamba2_jax.eval.oracle import OracleModel
-from mamba2_jax.eval.oracle import perturbed_sd
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +75,26 @@ def test_ragged_batch_equals_single_runs_and_compiles_are_bounded(tiny):
         g.generate([rng.integers(2, cfg.vocab_size, n).tolist()], 16)
     assert g.trace_counts["prefill"] == n_prefill
     assert g.trace_counts["decode"] <= 4  # (batch 4, greedy), (batch 4, sampled), (batch 1, greedy)
+
+
+def test_segmented_prefill_equals_one_shot(tiny):
+    """Long prompts prefilled in fixed segments carrying the cache give the one-shot result, and
+    every segment reuses one compiled (batch, segment) program."""
+    cfg, _, model = tiny
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(2, cfg.vocab_size, n).tolist() for n in (70, 33, 5, 96)]
+    whole = Generator(model, eos_id=None, prefill_segment=None)
+    seg = Generator(model, eos_id=None, prefill_segment=32)
+    (tok_w, cache_w), _ = whole.prefill(prompts)
+    (tok_s, cache_s), _ = seg.prefill(prompts)
+    assert seg.trace_counts["prefill"] == 0 and seg.trace_counts["prefill_segment"] == 1
+    np.testing.assert_array_equal(np.asarray(tok_s), np.asarray(tok_w))
+    np.testing.assert_array_equal(np.asarray(cache_s.seqlen), [70, 33, 5, 96])
+    np.testing.assert_allclose(np.stack(cache_s.ssm), np.stack(cache_w.ssm), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.stack(cache_s.conv), np.stack(cache_w.conv), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(seg.generate(prompts, 12).tokens, whole.generate(prompts, 12).tokens)
+    with pytest.raises(GenerationError, match="power of two"):
+        Generator(model, prefill_segment=48)
 
 
 def test_sampling_reproducible_and_seed_dependent(tiny):

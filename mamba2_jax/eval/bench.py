@@ -12,8 +12,8 @@ separately:
   ms/token = loop seconds / n_tokens; results quote the median over repetitions.
 * full-prefix recompute: producing one token without a cache costs one prefill over the whole
   prefix (last-position logits only); it is a :class:`PrefillBench` with ``last_only=True``,
-  compiled once for the context length and timed like a prefill.  (Growth of the prefix over successive tokens is ignored,
-  which slightly favours recompute.)
+  compiled once for the context length and timed like a prefill.  (Growth of the prefix over
+  successive tokens is ignored, which slightly favours recompute.)
 * :func:`alternate` runs several timed callables round-robin (rotating the starting one each
   round), so things that are compared are measured side by side under the same machine load.
 
@@ -22,20 +22,18 @@ Results are written through :mod:`mamba2_jax.eval.results` (one schema, strict J
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from ..paths import CONF_DIR
-from ..paths import require_data_dir
-from .results import write_results
+from ..paths import CONF_DIR, require_data_dir
 
 __all__ = ["load_model_spec", "build_model", "PrefillBench", "DecodeBench",
            "alternate", "median", "random_ids", "utilisation"]
@@ -104,6 +102,14 @@ def random_ids(batch: int, length: int, vocab: int, seed: int = 0) -> np.ndarray
 def median(xs) -> float:
     xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
     return float(statistics.median(xs)) if xs else float("nan")
+
+
+def load_avg() -> list[float] | None:
+    """The 1/5/15-minute load average (None where the platform has none): recorded next to timings."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        return None
 
 
 def utilisation(work: float, seconds: float, peak: float) -> float | None:

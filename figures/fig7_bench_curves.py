@@ -1,0 +1,110 @@
+"""Figure 7: batched decode vs its bandwidth bound, and prefill cost per token vs prompt length.
+
+Input: results/bench/*.json (experiments/bench.py; make bench), records with metric
+``decode_batch_tokens_per_s`` (batch curve) and ``prefill_us_per_token`` (length curve).  One
+series per results document, labelled with its device and git sha.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from mamba2_jax.eval import report
+from mamba2_jax.eval.results import load_results
+
+from . import style
+
+NAME = "fig7_bench_curves"
+TITLE = "batched decode and prefill length scaling"
+DESCRIPTION = """
+    (a) cached decode tokens/s (all rows together) vs batch, and the bound: weights streamed once per step plus every
+    row's SSM and conv state read and written, at the streaming bandwidth re-measured in the same alternating rounds.
+    (b) achieved / bound. (c) prefill time per token (last-position logits, a shallow model of the same width)
+    relative to the shortest length; annotated with microseconds per token. A flat curve means prefill cost grows
+    linearly with length."""
+
+
+def _docs(results: Path):
+    out = []
+    for p, d in load_results("bench", results):
+        curves = ("decode_batch_tokens_per_s", "prefill_us_per_token")
+        if any(r.get("metric") in curves for r in d.get("records") or []):
+            models = d.get("models") or {}
+            for r in d["records"]:  # weights / precision live per dtype in the bench document
+                info = models.get(r.get("dtype")) or {}
+                r.setdefault("weights", info.get("weights"))
+                r.setdefault("matmul_precision", (info.get("policy") or {}).get("matmul_precision"))
+            out.append((p, d))
+    return out
+
+
+def build(results: Path) -> style.Figure:
+    import matplotlib.pyplot as plt
+
+    docs = _docs(results)
+    if not docs:
+        raise style.MissingInput(f"no batch / length curve records in results/bench/*.json under {results} "
+                                 f"(run `make bench`)")
+    fig, (ax0, ax1, ax2) = plt.subplots(1, 3, figsize=(12.0, 3.5))
+    batches, lengths = set(), set()
+    for i, (_, d) in enumerate(docs):
+        mk = style.MARKERS[i % len(style.MARKERS)]
+        label = f"{report.bench_device_short(d)}, git {report.short_sha(d.get('provenance'))}"
+        bc = sorted((r for r in d["records"] if r.get("metric") == "decode_batch_tokens_per_s"),
+                    key=lambda r: r["batch"])
+        if bc:
+            x = [r["batch"] for r in bc]
+            batches.update(x)
+            ax0.plot(x, [r["value"] for r in bc], marker=mk, label=f"achieved ({label})")
+            ax0.plot(x, [r["bound_tokens_per_s"] for r in bc], marker=mk, ls="--", mfc="white",
+                     label=f"bound ({label})")
+            ax1.plot(x, [100 * r["bandwidth_fraction"] for r in bc], marker=mk, label=label)
+            for r in bc:
+                ax1.annotate(f"{100 * r['bandwidth_fraction']:.0f}%", (r["batch"], 100 * r["bandwidth_fraction"]),
+                             textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
+        lc = sorted((r for r in d["records"] if r.get("metric") == "prefill_us_per_token"), key=lambda r: r["length"])
+        if lc:
+            x = [r["length"] for r in lc]
+            lengths.update(x)
+            ax2.plot(x, [r["ratio_to_shortest"] for r in lc], marker=mk,
+                     label=f"{label}, {lc[0].get('n_layer', '?')} layers")
+            for r in lc:
+                ax2.annotate(f"{r['value']:.0f} us", (r["length"], r["ratio_to_shortest"]), textcoords="offset points",
+                             xytext=(0, 6), fontsize=7, ha="center")
+    if batches:
+        for ax in (ax0, ax1):
+            style.pow2_axis(ax, batches)
+            ax.set_xlabel("batch (rows decoded per step)")
+        ax0.set_yscale("log")
+        style.plain_log(ax0)
+        ax0.legend(loc="best", fontsize=7)
+        ax1.legend(loc="best", fontsize=7)
+    ax0.set_ylabel("decode tokens/s (all rows)")
+    ax0.set_title("(a) batched decode vs bound")
+    ax1.set_ylabel("achieved / bound (%)")
+    ax1.set_ylim(0, 100)
+    ax1.set_title("(b) fraction of the bandwidth bound")
+    # the experiment's own target (mamba2_jax/eval/conf/bench.yaml), as recorded with the run
+    ratio_target = next((((d.get("config") or {}).get("bench") or {}).get("targets", {}).get("prefill_length_ratio_max")
+                         for _, d in docs), None)
+    if lengths:
+        style.pow2_axis(ax2, lengths)
+        if ratio_target:
+            ax2.axhline(ratio_target, color=style.REFERENCE_GREY, ls=":", lw=1, label=f"target {ratio_target}x")
+        ax2.legend(loc="best", fontsize=7)
+    ax2.set_xlabel("prompt length (tokens)")
+    ax2.set_ylabel("prefill time per token / at shortest")
+    ax2.set_ylim(bottom=0)
+    ax2.set_title("(c) prefill cost per token vs length")
+    notes = ["Medians of alternating rounds (experiments/bench.py, experiments/bench_curves.py); the load average "
+             "is recorded in each record."]
+    return style.Figure(fig, NAME, TITLE, style.prose(DESCRIPTION), style.bench_provenance_lines(docs), notes,
+                        style.bench_footer(docs))
+
+
+main = style.figure_main(NAME, build, __doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
