@@ -5,13 +5,17 @@
 Part 1, the full decode step (fp32, batch 1, compiled ``fori_loop`` of ``model.step``, cache
 donated), in formulations that differ only in how the program is written or compiled:
 
+The first four keep in_proj / out_proj stored (in, out), contracting their axis 0 (the layout
+before issue 12; the model's weights transposed once and ``model._dot`` patched):
+
 * ``readout_reduce``   y = Σₙ s·C as an elementwise product + reduce (the code before issue 12;
   XLA:CPU turns the reduce into a YNNPACK custom fusion);
 * ``readout_dot_grouped_state``  y = s·C as a dot, the state viewed (b, g, r, p, n) (XLA copies it per layer);
 * ``readout_dot``      y = s·C as a batched dot, B and C per head, the state never reshaped (updated
-  in place; the code after issue 12);
+  in place);
 * ``readout_reduce_no_ynn``  the old code compiled with ``xla_cpu_experimental_ynn_fusion_type=""``;
-* ``weights_out_in``   the new code with in_proj / out_proj stored (out, in), contracting their last axis.
+* ``weights_out_in``   ``readout_dot`` with in_proj / out_proj stored (out, in), contracting their last
+  axis: the code as it is (the model unpatched; the layout stored since issue 12).
 
 Part 2, the 50288×768 LM-head GEMV (the largest weight), fp32 vs 16-bit weights with an fp32
 result, each with its GB/s of weight traffic: a native mixed dot, an ``astype`` upcast then an fp32
@@ -79,8 +83,9 @@ def _ssd_step_grouped_dot(state, x, dt, A, B, C, D=None, precision=None):
     return y, s.reshape(b, h, p, n)
 
 
-def _dot_out_in(x, w, precision, out_dtype=None):
-    return jax.lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())), precision=precision,
+def _dot_in_out(x, w, precision, out_dtype=None):
+    """model._dot for a weight stored (in, out): the layout before issue 12."""
+    return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=precision,
                                preferred_element_type=out_dtype or F32)
 
 
@@ -178,21 +183,21 @@ def main(argv=None):
     model, info = bench.build_model(spec, dtype="float32")
     cfg = model.cfg
     tmodel, _ = bench.build_model(spec, dtype="float32")
-    for blk in tmodel.backbone.layers:  # (out, in) layout for the two per-layer GEMVs
+    for blk in tmodel.backbone.layers:  # the old (in, out) layout for the two per-layer GEMVs
         mx = blk.mixer
         mx.in_proj = nnx.Param(jnp.asarray(np.ascontiguousarray(np.asarray(mx.in_proj[...]).T)))
         mx.out_proj = nnx.Param(jnp.asarray(np.ascontiguousarray(np.asarray(mx.out_proj[...]).T)))
 
     fns, hlo_ops = {}, {}
-    with _patched(ssd_step=_ssd_step_reduce):
-        fns["readout_reduce"], h1 = compiled_decode(model, a.tokens)
-        fns["readout_reduce_no_ynn"], h2 = compiled_decode(model, a.tokens,
+    with _patched(ssd_step=_ssd_step_reduce, _dot=_dot_in_out):
+        fns["readout_reduce"], h1 = compiled_decode(tmodel, a.tokens)
+        fns["readout_reduce_no_ynn"], h2 = compiled_decode(tmodel, a.tokens,
                                                            {"xla_cpu_experimental_ynn_fusion_type": ""})
-    with _patched(ssd_step=_ssd_step_grouped_dot):
-        fns["readout_dot_grouped_state"], h5 = compiled_decode(model, a.tokens)
-    fns["readout_dot"], h3 = compiled_decode(model, a.tokens)
-    with _patched(_dot=_dot_out_in):
-        fns["weights_out_in"], h4 = compiled_decode(tmodel, a.tokens)
+    with _patched(ssd_step=_ssd_step_grouped_dot, _dot=_dot_in_out):
+        fns["readout_dot_grouped_state"], h5 = compiled_decode(tmodel, a.tokens)
+    with _patched(_dot=_dot_in_out):
+        fns["readout_dot"], h3 = compiled_decode(tmodel, a.tokens)
+    fns["weights_out_in"], h4 = compiled_decode(model, a.tokens)
     for k, h in zip(["readout_reduce", "readout_reduce_no_ynn", "readout_dot_grouped_state", "readout_dot",
                      "weights_out_in"], [h1, h2, h5, h3, h4]):
         hlo_ops[k] = {"ynn_fusions": h.count("kind=kCustom"), "dots": h.count(" dot("), "copies": h.count(" copy("),

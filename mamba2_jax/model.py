@@ -7,9 +7,13 @@ Structure (mamba_ssm v2.2.2 ``MambaLMHeadModel``):
 Each layer owns its parameters; see ``Mamba2Backbone`` for how layers are run (unrolled decode
 step, ``lax.scan`` prefill).
 
-Parameter layout (JAX side, "in × out"):
+Parameter layout (JAX side):
 
-    in_proj  (d_model, d_in_proj)      conv_w (d_conv, conv_dim)     out_proj (d_inner, d_model)
+    in_proj  (d_in_proj, d_model)      conv_w (d_conv, conv_dim)     out_proj (d_model, d_inner)
+
+The projections keep the torch "out × in" layout and the dot contracts the weight's axis 1 (as the
+LM head does with the embedding): measured faster for the memory-bound decode GEMV on XLA:CPU
+than "in × out" (results/decode_formulations/), and a checkpoint loads without a transpose.
 
 The in_proj output is split, as in mamba_ssm, into [z0, x0, z, xBC, dt] with widths
 [d_mlp, d_mlp, d_ssm, d_ssm + 2·ngroups·d_state, nheads]; xBC goes through the causal depthwise
@@ -58,9 +62,9 @@ def gated_rms_norm(y: jax.Array, z: jax.Array, w: jax.Array, ngroups: int, eps: 
 
 
 def _dot(x: jax.Array, w: jax.Array, precision, out_dtype=None) -> jax.Array:
-    """x (..., k) @ w (k, m), accumulating in float32."""
+    """x (..., k) @ w.T for a weight w (m, k) stored "out × in" (torch layout), accumulating in float32."""
     return jax.lax.dot_general(
-        x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=precision,
+        x, w, (((x.ndim - 1,), (1,)), ((), ())), precision=precision,
         preferred_element_type=out_dtype or F32,
     )
 

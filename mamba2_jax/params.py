@@ -31,10 +31,6 @@ def _same(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _transpose(a: np.ndarray) -> np.ndarray:
-    return a.T
-
-
 def _conv_to_jax(a: np.ndarray) -> np.ndarray:  # (conv_dim, 1, d_conv) → (d_conv, conv_dim)
     return a[:, 0, :].T
 
@@ -86,7 +82,8 @@ class ParamSpec:
     owner/attr: where the ``nnx.Param`` lives (``"block"``, ``"mixer"``, ``"backbone"``, ``"model"``);
     shape: torch-layout shape for a config;  present: whether the config has it;
     init: mamba_ssm's initialiser;  fp32: kept float32 whatever the model dtype (SSM math);
-    to_jax / from_jax: layout conversion torch ↔ JAX."""
+    to_jax / from_jax: layout conversion torch ↔ JAX (identity for the projections: in_proj,
+    out_proj and the LM head keep the torch (out, in) layout, see ``model._dot``)."""
 
     key: str
     name: str
@@ -103,7 +100,7 @@ class ParamSpec:
 LAYER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("norm.weight", "norm", "block", "norm", lambda c: (c.d_model,), _ones),
     ParamSpec("mixer.in_proj.weight", "in_proj", "mixer", "in_proj", lambda c: (c.d_in_proj, c.d_model),
-              _uniform(lambda c: 1.0 / math.sqrt(c.d_model)), to_jax=_transpose, from_jax=_transpose),
+              _uniform(lambda c: 1.0 / math.sqrt(c.d_model))),
     ParamSpec("mixer.in_proj.bias", "in_proj_bias", "mixer", "in_proj_bias", lambda c: (c.d_in_proj,), _zeros,
               present=lambda c: bool(c.bias)),
     ParamSpec("mixer.conv1d.weight", "conv_w", "mixer", "conv_w", lambda c: (c.conv_dim, 1, c.d_conv),
@@ -116,8 +113,7 @@ LAYER_PARAMS: tuple[ParamSpec, ...] = (
               fp32=True),
     ParamSpec("mixer.norm.weight", "mixer_norm", "mixer", "norm", lambda c: (c.ssm_dim,), _ones),
     ParamSpec("mixer.out_proj.weight", "out_proj", "mixer", "out_proj", lambda c: (c.d_model, c.d_inner),
-              _uniform(lambda c: 1.0 / math.sqrt(c.d_inner), lambda c: 1.0 / math.sqrt(c.n_layer)),
-              to_jax=_transpose, from_jax=_transpose),
+              _uniform(lambda c: 1.0 / math.sqrt(c.d_inner), lambda c: 1.0 / math.sqrt(c.n_layer))),
     ParamSpec("mixer.out_proj.bias", "out_proj_bias", "mixer", "out_proj_bias", lambda c: (c.d_model,), _zeros,
               present=lambda c: bool(c.bias)),
 )

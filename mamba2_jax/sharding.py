@@ -13,20 +13,20 @@ Mesh axes
   replicated along it.
 * ``"model"``: tensor parallelism over the SSM heads (Megatron-style for the mixer).
 
-Parameter rules (by name; JAX layout, "in × out")
---------------------------------------------------
+Parameter rules (by name; JAX layout = torch layout "out × in" for the projections)
+-----------------------------------------------------------------------------------
 ==========================  ===========================  ==========================================
 parameter                   shape                        PartitionSpec
 ==========================  ===========================  ==========================================
-in_proj, split at load      z, x: (d, d_ssm)             (None, "model")   heads
-time into its output parts  dt: (d, nheads)              (None, "model")   heads
-(``in_proj_parts``)         B, C: (d, ngroups·d_state)   (None, "model") if ngroups % model == 0,
+in_proj, split at load      z, x: (d_ssm, d)             ("model", None)   heads
+time into its output parts  dt: (nheads, d)              ("model", None)   heads
+(``in_proj_parts``)         B, C: (ngroups·d_state, d)   ("model", None) if ngroups % model == 0,
                                                          else replicated
-                            z0, x0 (gated MLP, d_mlp>0)  (None, "model") if d_mlp % model == 0
+                            z0, x0 (gated MLP, d_mlp>0)  ("model", None) if d_mlp % model == 0
 in_proj biases (if any)     as their part                the part's output-axis spec
 A_log, dt_bias, D           (nheads,) / (d_ssm,)         ("model",)        heads
 mixer norm weight           (d_ssm,)                     ("model",)        heads
-out_proj                    (d_inner, d)                 ("model", None)   input axis; XLA reduces
+out_proj                    (d, d_inner)                 (None, "model")   input axis; XLA reduces
 conv weight / bias          (d_conv, conv_dim)           replicated (see below)
 embedding / LM head         (V_pad, d)                   ("model", None)   vocab-parallel
 block norms, norm_f         (d,)                         replicated
@@ -197,19 +197,20 @@ def param_spec(cfg, name: str, M: int) -> P:
     if name in ("dt_bias", "A_log", "D", "mixer_norm"):
         return P("model")
     if name == "out_proj":
-        return P("model", None) if cfg.d_inner % M == 0 else P()
+        return P(None, "model") if cfg.d_inner % M == 0 else P()
     if name.startswith("in_proj."):
-        return P(None, _part_axis(cfg, name.split(".", 1)[1], M))
+        return P(_part_axis(cfg, name.split(".", 1)[1], M), None)
     if name.startswith("in_proj_bias."):
         return P(_part_axis(cfg, name.split(".", 1)[1], M))
     raise KeyError(f"no sharding rule for parameter {name!r}")
 
 
-def _cols(w, a: int, b: int):
-    """Columns [a, b) of the last axis of an array or a ShapeDtypeStruct."""
+def _out_rows(w, a: int, b: int):
+    """Rows [a, b) of axis 0 (the output axis of an (out, in) weight and of a bias) of an array or a
+    ShapeDtypeStruct."""
     if isinstance(w, jax.ShapeDtypeStruct):
-        return jax.ShapeDtypeStruct(w.shape[:-1] + (b - a,), w.dtype)
-    return w[..., a:b]
+        return jax.ShapeDtypeStruct((b - a,) + w.shape[1:], w.dtype)
+    return w[a:b]
 
 
 def _split_layer(cfg, lp: dict[str, Any]) -> dict[str, Any]:
@@ -219,9 +220,9 @@ def _split_layer(cfg, lp: dict[str, Any]) -> dict[str, Any]:
     b = lp.pop("in_proj_bias", None)
     parts, o = {}, 0
     for k, width in _in_proj_layout(cfg):
-        parts[k] = _cols(w, o, o + width)
+        parts[k] = _out_rows(w, o, o + width)
         if b is not None:
-            parts["bias_" + k] = _cols(b, o, o + width)
+            parts["bias_" + k] = _out_rows(b, o, o + width)
         o += width
     lp["in_proj_parts"] = parts
     return lp
@@ -288,14 +289,13 @@ def _param_shapes(cfg, dtype) -> dict[str, Any]:
 
     ex = expected_shapes(cfg)
     S = lambda shape, dt=dtype: jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dt))
-    T = lambda shape: tuple(reversed(shape))
     layers = []
     for i in range(cfg.n_layer):
         g = lambda k: ex[f"backbone.layers.{i}.{k}"]  # noqa: B023
-        lp = {"norm": S(g("norm.weight")), "in_proj": S(T(g("mixer.in_proj.weight"))),
+        lp = {"norm": S(g("norm.weight")), "in_proj": S(g("mixer.in_proj.weight")),
               "conv_w": S((cfg.d_conv, cfg.conv_dim)), "dt_bias": S(g("mixer.dt_bias"), F32),
               "A_log": S(g("mixer.A_log"), F32), "D": S(g("mixer.D"), F32),
-              "mixer_norm": S(g("mixer.norm.weight")), "out_proj": S(T(g("mixer.out_proj.weight")))}
+              "mixer_norm": S(g("mixer.norm.weight")), "out_proj": S(g("mixer.out_proj.weight"))}
         if cfg.conv_bias:
             lp["conv_b"] = S(g("mixer.conv1d.bias"))
         if cfg.bias:
@@ -396,10 +396,10 @@ def in_proj_parts(mixer, u):
 
 
 def fused_in_proj(mixer) -> tuple[np.ndarray, np.ndarray | None]:
-    """The fused (d, d_in_proj) in_proj weight (and bias) of a mixer with split parts, on the host."""
+    """The fused (d_in_proj, d) in_proj weight (and bias) of a mixer with split parts, on the host."""
     parts = mixer.in_proj_parts
     keys = [k for k, _ in _in_proj_layout(mixer.cfg)]
-    w = np.concatenate([to_host(parts[k][...]) for k in keys], axis=-1)
+    w = np.concatenate([to_host(parts[k][...]) for k in keys], axis=0)
     b = np.concatenate([to_host(parts["bias_" + k][...]) for k in keys]) if "bias_" + keys[0] in parts else None
     return w, b
 

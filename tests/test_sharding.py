@@ -67,13 +67,13 @@ def test_parse_mesh_rejects(spec, msg):
 
 def test_param_rules_by_name():
     c1, c2 = get_preset("tiny"), get_preset("tiny-g2")  # 8 heads; ngroups 1 and 2
-    assert param_spec(c1, "in_proj.z", 4) == P(None, "model")
-    assert param_spec(c1, "in_proj.x", 4) == P(None, "model")
-    assert param_spec(c1, "in_proj.dt", 4) == P(None, "model")
+    assert param_spec(c1, "in_proj.z", 4) == P("model", None)
+    assert param_spec(c1, "in_proj.x", 4) == P("model", None)
+    assert param_spec(c1, "in_proj.dt", 4) == P("model", None)
     assert param_spec(c1, "in_proj.B", 4) == P(None, None)  # ngroups 1 % 4 != 0: replicated
-    assert param_spec(c2, "in_proj.C", 2) == P(None, "model")  # ngroups 2 % 2 == 0: split by group
+    assert param_spec(c2, "in_proj.C", 2) == P("model", None)  # ngroups 2 % 2 == 0: split by group
     assert param_spec(c2, "in_proj.C", 4) == P(None, None)
-    assert param_spec(c1, "out_proj", 8) == P("model", None)
+    assert param_spec(c1, "out_proj", 8) == P(None, "model")
     for k in ("A_log", "D", "dt_bias", "mixer_norm"):
         assert param_spec(c1, k, 8) == P("model")
     assert param_spec(c1, "embedding", 8) == P("model", None)  # 256 padded vocab rows
@@ -134,9 +134,9 @@ def test_parameters_and_cache_are_sharded(meshes):
         d, m = r["mesh"]
         sp, c = r["specs"], r["cache_specs"]
         if m > 1:
-            assert sp["in_proj.z"] == [None, "model"] and sp["out_proj"] == ["model"], r
+            assert sp["in_proj.z"] == ["model"] and sp["out_proj"] == [None, "model"], r
             assert sp["A_log"] == ["model"] and sp["embedding"] == ["model"], r
-            assert sp["in_proj.B"] == ([None, "model"] if r["ngroups"] % m == 0 else []), r
+            assert sp["in_proj.B"] == (["model"] if r["ngroups"] % m == 0 else []), r
         else:
             assert all(v == [] for v in sp.values()), r  # pure data parallel: parameters replicated
         dax = "data" if d > 1 else None
