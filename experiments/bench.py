@@ -17,10 +17,9 @@ Writes results/bench/<run>.json (+ .csv) with one record per metric, and the tar
 
 from __future__ import annotations
 
-import bench_curves  # experiments/bench_curves.py, beside this script
 import hydra
 
-from mamba2_jax.eval import bench, flops
+from mamba2_jax.eval import bench, curves, flops
 from mamba2_jax.eval.hardware import StreamBench
 from mamba2_jax.eval.results import write_results
 from mamba2_jax.paths import require_data_dir
@@ -66,7 +65,7 @@ def run(cfg) -> dict:
     if B.interleave_bandwidth:
         stream = StreamBench(int(B.bandwidth_bytes))
         fns["stream"] = stream.run
-    mm = bench_curves.MatmulBench(int(B.get("matmul_n", 2048))) if B.get("matmul_bound", True) else None
+    mm = curves.MatmulBench(int(B.get("matmul_n", 2048))) if B.get("matmul_bound", True) else None
     if mm:
         fns["matmul"] = mm.run
     times = bench.alternate(fns, rounds)
@@ -121,20 +120,20 @@ def run(cfg) -> dict:
 
     prefill_frac = None
     if mm:
-        mrecs = bench_curves.prefill_matmul_fraction(mcfg, {L: times[f"prefill:{L}"] for L in prefills}, mm,
+        mrecs = curves.prefill_matmul_fraction(mcfg, {L: times[f"prefill:{L}"] for L in prefills}, mm,
                                                      times["matmul"], b)
         recs.extend(mrecs)
         prefill_frac = min(r["value"] for r in mrecs if r["metric"] == "prefill_matmul_fraction")
     batch_recs = []
     if B.get("batch_curve") and stream:
-        batch_recs = bench_curves.batch_curve(models[base], [int(x) for x in B.batch_curve.batches],
+        batch_recs = curves.batch_curve(models[base], [int(x) for x in B.batch_curve.batches],
                                               int(B.batch_curve.decode_tokens), int(B.batch_curve.rounds), stream,
                                               base, int(cfg.seed))
         recs.extend(batch_recs)
     len_ratio = None
     if B.get("length_curve"):
         LC = B.length_curve
-        lrecs = bench_curves.length_curve(spec, [int(x) for x in LC.lengths], int(LC.n_layer), int(LC.rounds), base,
+        lrecs = curves.length_curve(spec, [int(x) for x in LC.lengths], int(LC.n_layer), int(LC.rounds), base,
                                           int(cfg.seed), dd, cfg.matmul_precision,
                                           segment=LC.get("segment"))
         recs.extend(lrecs)

@@ -1,155 +1,12 @@
-"""Curves for ``make bench`` (issue 12), each measured with alternating rounds next to its bound.
-
-* :func:`batch_curve` – cached decode tokens/s at several batch sizes, and achieved ÷ bound, where
-  the bound streams the weights once per step plus every row's state (read and written), at the
-  streaming bandwidth re-measured in the same rounds.
-* :func:`length_curve` – prefill time per token at several prompt lengths on a shallow model of
-  the same width (``last_only``), and each length's ratio to the shortest: prefill cost that grows
-  linearly with length keeps the ratio near 1.
-* :func:`prefill_matmul_fraction` – prefill FLOP rate of the matmul terms ÷ a dense fp32 matmul
-  rate re-measured in the same rounds.
-
-Every record carries min and median seconds and the raw times; callers add them to the bench
-results document.
-"""
+"""The prefill length curve of ``make bench`` alone, for lengths too slow for every run:
+``python experiments/bench_curves.py --lengths 4096 262144`` → results/bench_curves/<run>.json.
+The curves themselves are :mod:`mamba2_jax.eval.curves`."""
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
-from mamba2_jax.eval import bench, flops
+from mamba2_jax.eval import bench
+from mamba2_jax.eval.curves import length_curve
 from mamba2_jax.eval.results import write_results
-
-
-class MatmulBench:
-    """A jitted fp32 (n, n) @ (n, n) matmul; ``run()`` → seconds of one blocking call."""
-
-    def __init__(self, n: int = 2048):
-        import jax
-        import jax.numpy as jnp
-
-        k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-        self.a = jax.random.normal(k1, (n, n), jnp.float32)
-        self.b = jax.random.normal(k2, (n, n), jnp.float32)
-        self._f = jax.jit(lambda x, y: jnp.dot(x, y, precision="highest", preferred_element_type=jnp.float32))
-        self._f(self.a, self.b).block_until_ready()
-        self.flops_per_call = 2.0 * n ** 3
-
-    def run(self) -> float:
-        t0 = time.perf_counter()
-        self._f(self.a, self.b).block_until_ready()
-        return time.perf_counter() - t0
-
-
-def batch_curve(model, batches, n_tokens: int, rounds: int, stream, dtype: str, seed: int = 0) -> list[dict[str, Any]]:
-    """Decode tokens/s and achieved ÷ bound at each batch size (empty cache; decode cost does not
-    depend on the context).  ``stream`` is a ``hardware.StreamBench`` run in the same rounds."""
-    dbs = {}
-    for b in batches:
-        dbs[b] = bench.DecodeBench(model, n_tokens=n_tokens, batch=int(b), seed=seed)
-        dbs[b].add_context("c0", 0)
-        print(f"[bench] batch curve: batch {b} compiled", flush=True)
-    fns = {f"batch:{b}": (lambda b=b: dbs[b].run("c0") / n_tokens) for b in batches}
-    fns["stream"] = stream.run
-    load0 = bench.load_avg()
-    times = bench.alternate(fns, rounds)
-    bw = stream.bytes_per_call / bench.median(times["stream"])
-    recs = []
-    for b in batches:
-        t = times[f"batch:{b}"]
-        s = bench.median(t)
-        by = flops.decode_bytes(model.cfg, int(b), dtype)["total"]
-        recs.append({
-            "metric": "decode_batch_tokens_per_s", "value": b / s, "unit": "tokens/s", "dtype": dtype,
-            "batch": int(b), "median_s": s, "min_s": min(t), "times_s": t, "bytes_per_step": by,
-            "bound_tokens_per_s": b * bw / by, "bandwidth_fraction": by / s / bw,
-            "stream_bandwidth": bw, "load_avg": [load0, bench.load_avg()],
-            "note": "bound: weights once per step + every row's SSM/conv state read and written, "
-                    "at the median streaming bandwidth of the same rounds"})
-    return recs
-
-
-class SegmentedPrefill:
-    """A prompt of ``length`` tokens prefilled in segments of ``segment`` tokens carrying the cache (as
-    ``Generator`` does for long prompts): one compiled (1, segment) program, peak memory of one
-    segment.  ``run()`` → seconds for the whole prompt."""
-
-    def __init__(self, model, length: int, segment: int, seed: int = 0):
-        import jax
-        from flax import nnx
-
-        if length % segment:
-            raise ValueError(f"length {length} is not a multiple of the segment {segment}")
-        graphdef, self._state = nnx.split(model)
-        self.model, self.length, self.segment = model, int(length), int(segment)
-        self._ids = jax.numpy.asarray(bench.random_ids(1, length, model.cfg.vocab_size, seed))
-
-        def fn(state, ids, cache):
-            return nnx.merge(graphdef, state).prefill(ids, cache, last_only=True)
-
-        self._jit = jax.jit(fn, donate_argnums=(2,))
-        t0 = time.perf_counter()
-        self._compiled = self._jit.lower(self._state, self._ids[:, :segment], model.init_cache(1)).compile()
-        self.compile_s = time.perf_counter() - t0
-        self.first_run_s = self.run()
-
-    def run(self) -> float:
-        import jax
-
-        t0 = time.perf_counter()
-        cache = self.model.init_cache(1)
-        for k in range(0, self.length, self.segment):
-            logits, cache = self._compiled(self._state, self._ids[:, k:k + self.segment], cache)
-        jax.block_until_ready((logits, cache))
-        return time.perf_counter() - t0
-
-
-def length_curve(spec, lengths, n_layer: int, rounds: int, dtype: str, seed: int = 0, data=None,
-                 precision=None, segment: int | None = None) -> list[dict[str, Any]]:
-    """Prefill µs/token at each length on an ``n_layer``-layer model of ``spec``'s width; lengths
-    above ``segment`` are prefilled in segments carrying the cache (flat memory, as Generator)."""
-    from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
-
-    cfg = bench.model_config(spec, data).replace(n_layer=int(n_layer))
-    model = model_from_state_dict(cfg, init_state_dict(cfg, seed=seed), dtype=dtype, precision=precision)
-    pbs = {}
-    for L in lengths:
-        if segment and L > segment:
-            pbs[L] = SegmentedPrefill(model, int(L), int(segment), seed)
-        else:
-            pbs[L] = bench.PrefillBench(model, int(L), 1, last_only=True, seed=seed)
-        print(f"[bench] length curve: L={L} compiled ({pbs[L].compile_s:.1f} s)", flush=True)
-    load0 = bench.load_avg()
-    times = bench.alternate({f"len:{L}": pbs[L].run for L in lengths}, rounds)
-    L0 = min(lengths)
-    base = bench.median(times[f"len:{L0}"]) / L0
-    recs = []
-    for L in lengths:
-        t = times[f"len:{L}"]
-        per = bench.median(t) / L
-        recs.append({"metric": "prefill_us_per_token", "value": per * 1e6, "unit": "us/token", "dtype": dtype,
-                     "length": int(L), "n_layer": int(n_layer), "median_s": bench.median(t), "min_s": min(t),
-                     "times_s": t, "ratio_to_shortest": per / base, "min_ratio_to_shortest":
-                     (min(t) / L) / (min(times[f"len:{L0}"]) / L0), "load_avg": [load0, bench.load_avg()],
-                     "compile_s": pbs[L].compile_s,
-                     "segment": int(segment) if segment and L > segment else None})
-    return recs
-
-
-def prefill_matmul_fraction(cfg, prefill_times: dict[int, list[float]], mm: MatmulBench, mm_times: list[float],
-                            batch: int = 1) -> list[dict[str, Any]]:
-    """Matmul FLOP rate of each prefill (projections + last-position LM head) ÷ the dense matmul rate."""
-    rate = mm.flops_per_call / bench.median(mm_times)
-    recs = [{"metric": "matmul_flops_per_s", "value": rate, "unit": "FLOP/s", "times_s": mm_times,
-             "note": "fp32 2048^3 matmul (precision highest), median of the same alternating rounds"}]
-    for L, t in prefill_times.items():
-        f = flops.prefill_flops(cfg, int(L), batch, last_only=True)
-        s = bench.median(t)
-        recs.append({"metric": "prefill_matmul_fraction", "value": f["matmul"] / s / rate, "unit": "fraction",
-                     "length": int(L), "median_s": s, "min_s": min(t), "matmul_flops": f["matmul"],
-                     "total_flops": f["total"], "bound_tokens_per_s": batch * L * rate / f["matmul"]})
-    return recs
 
 
 def main(argv=None):
@@ -175,9 +32,6 @@ def main(argv=None):
     paths = write_results("bench_curves", ctx["run"], recs, hardware=ctx["hardware"], config=vars(a),
                                 label=f"{ctx['label']}; synthetic (random-init) weights", out_dir=a.out_dir)
     print(f"[bench_curves] wrote {paths[0]}")
-
-
-__all__ = ["MatmulBench", "SegmentedPrefill", "batch_curve", "length_curve", "prefill_matmul_fraction"]
 
 
 if __name__ == "__main__":

@@ -45,42 +45,39 @@ from mamba2_jax.eval.results import write_results
 F32 = jnp.float32
 
 
-def _ssd_step_reduce(state, x, dt, A, B, C, D=None, precision=None):
-    """ssd.ssd_step as it was before issue 12 (read-out as an elementwise product + reduce)."""
+def _grouped_state_update(state, x, dt, A, B):
+    """The pre-issue-12 state update, with the state viewed per group as (b, g, r, p, n)."""
     b, h, p, n = state.shape
     g = B.shape[-2]
     r = h // g
     xf = x.astype(F32).reshape(b, g, r, p)
     dtf = dt.astype(F32).reshape(b, g, r)
     dA = jnp.exp(dtf * A.astype(F32).reshape(g, r))
-    Bf, Cf = B.astype(F32), C.astype(F32)
     s = state.reshape(b, g, r, p, n)
-    s = s * dA[..., None, None] + (dtf[..., None] * xf)[..., None] * Bf[:, :, None, None, :]
-    y = jnp.sum(s * Cf[:, :, None, None, :], axis=-1).reshape(b, h, p)
-    if D is not None:
-        Df = D.astype(F32)
-        Df = Df[:, None] if Df.ndim == 1 else Df
-        y = y + x.astype(F32) * Df
-    return y, s.reshape(b, h, p, n)
+    return s * dA[..., None, None] + (dtf[..., None] * xf)[..., None] * B.astype(F32)[:, :, None, None, :]
+
+
+def _with_d(y, x, D):
+    if D is None:
+        return y
+    Df = D.astype(F32)
+    return y + x.astype(F32) * (Df[:, None] if Df.ndim == 1 else Df)
+
+
+def _ssd_step_reduce(state, x, dt, A, B, C, D=None, precision=None):
+    """ssd.ssd_step as it was before issue 12 (read-out as an elementwise product + reduce)."""
+    b, h, p, n = state.shape
+    s = _grouped_state_update(state, x, dt, A, B)
+    y = jnp.sum(s * C.astype(F32)[:, :, None, None, :], axis=-1).reshape(b, h, p)
+    return _with_d(y, x, D), s.reshape(b, h, p, n)
 
 
 def _ssd_step_grouped_dot(state, x, dt, A, B, C, D=None, precision=None):
     """An intermediate form: read-out as a dot, but the state viewed as (b, g, r, p, n)."""
     b, h, p, n = state.shape
-    g = B.shape[-2]
-    r = h // g
-    xf = x.astype(F32).reshape(b, g, r, p)
-    dtf = dt.astype(F32).reshape(b, g, r)
-    dA = jnp.exp(dtf * A.astype(F32).reshape(g, r))
-    Bf, Cf = B.astype(F32), C.astype(F32)
-    s = state.reshape(b, g, r, p, n)
-    s = s * dA[..., None, None] + (dtf[..., None] * xf)[..., None] * Bf[:, :, None, None, :]
-    y = jnp.einsum("bgrpn,bgn->bgrp", s, Cf, precision=precision).reshape(b, h, p)
-    if D is not None:
-        Df = D.astype(F32)
-        Df = Df[:, None] if Df.ndim == 1 else Df
-        y = y + x.astype(F32) * Df
-    return y, s.reshape(b, h, p, n)
+    s = _grouped_state_update(state, x, dt, A, B)
+    y = jnp.einsum("bgrpn,bgn->bgrp", s, C.astype(F32), precision=precision).reshape(b, h, p)
+    return _with_d(y, x, D), s.reshape(b, h, p, n)
 
 
 def _dot_in_out(x, w, precision, out_dtype=None):
@@ -103,17 +100,7 @@ def _patched(**kw):
 
 def compiled_decode(model, n_tokens: int, options=None):
     graphdef, state = nnx.split(model)
-
-    def loop(state, cache, tok):
-        m = nnx.merge(graphdef, state)
-
-        def body(_, carry):
-            c, t = carry
-            logits, c = m.step(t, c)
-            return c, jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-        return jax.lax.fori_loop(0, n_tokens, body, (cache, tok))
-
+    loop = bench.greedy_decode_loop(graphdef, n_tokens)
     cache, tok = model.init_cache(1), jnp.array([5], jnp.int32)
     comp = jax.jit(loop, donate_argnums=(1,)).lower(state, cache, tok).compile(compiler_options=options or {})
     hold = {"c": cache, "t": tok}

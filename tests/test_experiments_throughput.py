@@ -86,7 +86,7 @@ def test_bench_tiny(tmp_path):
     assert sorted(curve) == [1, 3]
     for b, r in curve.items():  # the bound counts the weights once and every row's state
         from mamba2_jax.config import get_preset
-        from mamba2_jax.flops import decode_bytes
+        from mamba2_jax.eval.flops import decode_bytes
         assert r["bytes_per_step"] == decode_bytes(get_preset("tiny"), b, "float32")["total"]
         assert abs(r["bandwidth_fraction"] - r["value"] / r["bound_tokens_per_s"]) < 1e-9 * r["bandwidth_fraction"]
     lengths = {r["length"]: r for r in recs if r["metric"] == "prefill_us_per_token"}

@@ -199,6 +199,26 @@ class PrefillBench:
 
 
 # ------------------------------------------------------------------------------ decode
+def greedy_decode_loop(graphdef, n_tokens: int):
+    """``loop(state, cache, tok) -> (cache, tok)``: ``n_tokens`` greedy steps of the model in one
+    ``lax.fori_loop`` (what the decode benchmarks compile, with the cache donated)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    def loop(state, cache, tok):
+        m = nnx.merge(graphdef, state)
+
+        def body(_, carry):
+            c, t = carry
+            logits, c = m.step(t, c)
+            return c, jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+        return jax.lax.fori_loop(0, n_tokens, body, (cache, tok))
+
+    return loop
+
+
 @dataclass
 class DecodeBench:
     """A compiled, cache-donating decode loop of ``n_tokens`` greedy steps.
@@ -217,23 +237,10 @@ class DecodeBench:
 
     def __post_init__(self):
         import jax
-        import jax.numpy as jnp
         from flax import nnx
 
         graphdef, self._state = nnx.split(self.model)
-        n = int(self.n_tokens)
-
-        def loop(state, cache, tok):
-            m = nnx.merge(graphdef, state)
-
-            def body(_, carry):
-                c, t = carry
-                logits, c = m.step(t, c)
-                return c, jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-            return jax.lax.fori_loop(0, n, body, (cache, tok))
-
-        self._jit = jax.jit(loop, donate_argnums=(1,))
+        self._jit = jax.jit(greedy_decode_loop(graphdef, int(self.n_tokens)), donate_argnums=(1,))
         self._caches: dict[str, Any] = {}
         self._tokens: dict[str, Any] = {}
         self._contexts: dict[str, int] = {}
