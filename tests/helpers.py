@@ -111,3 +111,15 @@ def fake_reference_package(root: Path, name: str, source: str, monkeypatch) -> P
     model_dir = root / "model"
     model_dir.mkdir()
     return model_dir
+
+
+def check_golden_prefill(g: dict, oracle, tol: float):
+    """One prompt of a golden file against the float64 oracle: hidden states and the stored logits
+    within ``tol`` (max-relative).  Returns the oracle's last-position logits (V,) and its state after
+    the prompt, for checking the greedy steps."""
+    from mamba2_jax.eval.oracle import rel_err
+
+    logits, hidden, state = oracle.run(g["input_ids"][None])
+    assert rel_err(g["hidden"], hidden[:, 0]) < tol
+    assert rel_err(g["logits"], logits[0][g["logits_pos"]]) < tol
+    return logits[0, -1], state

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import REPO, ref_python, tiny_mlp_state_dict, tiny_parity_run
+from helpers import REPO, check_golden_prefill, ref_python, tiny_mlp_state_dict, tiny_parity_run
 
 from mamba2_jax.checkpoint import read_state_dict, write_checkpoint
 from mamba2_jax.eval.golden import read_golden
@@ -53,14 +53,11 @@ def _oracle_check(model_dir, golden):
     cfg, sd, _ = read_state_dict(model_dir)
     oracle = OracleModel(cfg, sd)
     for g in golden:
-        ids = g["input_ids"]
-        logits, hidden, state = oracle.run(ids[None])
-        assert rel(g["hidden"], hidden[:, 0]) < TOL
-        assert rel(g["logits"], logits[0][g["logits_pos"]]) < TOL
+        last, state = check_golden_prefill(g, oracle, TOL)
         toks = g["greedy_tokens"]
         def tie(s, g=g):
             return g["greedy_margin"][s] < 1e-5 * g["greedy_absmax"][s]
-        assert toks[0] == np.argmax(logits[0, -1]) or tie(0)
+        assert toks[0] == np.argmax(last) or tie(0)
         # the oracle continues from its own state with the golden's tokens (teacher forcing)
         step_logits, _, _ = oracle.run(toks[None, :-1], state=state)
         for s in range(1, len(toks)):

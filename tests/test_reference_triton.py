@@ -17,12 +17,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import REPO, load_parity_module, ref_python, tiny_mlp_state_dict
+from helpers import REPO, check_golden_prefill, load_parity_module, ref_python, tiny_mlp_state_dict
 
 from mamba2_jax.checkpoint import read_state_dict, write_checkpoint
 from mamba2_jax.eval.golden import read_golden
 from mamba2_jax.eval.oracle import OracleModel
-from mamba2_jax.eval.oracle import rel_err as rel
 
 TOL = 1e-5
 N_NEW = 6
@@ -71,14 +70,11 @@ def test_interpreted_golden_matches_oracle(ckpt):
     V = cfg.vocab_size
     padded_would_win = False
     for g in golden:
-        ids = g["input_ids"]
-        logits, hidden, state = oracle.run(ids[None])
-        assert rel(g["hidden"], hidden[:, 0]) < TOL
-        assert rel(g["logits"], logits[0][g["logits_pos"]]) < TOL
+        last, state = check_golden_prefill(g, oracle, TOL)
         toks = g["greedy_tokens"]
         assert np.all(g["greedy_top_ids"] < V)  # generate(vocab_size=V): the padded rows are never candidates
         step_logits, _, _ = oracle.run(toks[None, :-1], state=state)
-        rows = np.concatenate([logits[0, -1:], step_logits[0]])
+        rows = np.concatenate([last[None], step_logits[0]])
         for s, row in enumerate(rows):
             padded_would_win |= bool(row[V:].max() > row[:V].max())
             real = row[:V]
