@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .config import ConfigError, Mamba2Config, get_preset
+from .fileio import current_umask
 from .params import expected_shapes, init_state_dict
 
 __all__ = [
@@ -327,7 +328,7 @@ def write_checkpoint(cfg: Mamba2Config, sd: dict[str, np.ndarray], out_dir: str 
         for tmp, final in tmps:  # weights first: a config never describes weights that are not there
             os.replace(tmp, final)
         if new_dir:
-            os.chmod(stage, 0o777 & ~_umask())
+            os.chmod(stage, 0o777 & ~current_umask())
             try:
                 os.rename(stage, out_dir)
             except OSError:
@@ -349,12 +350,6 @@ def write_checkpoint(cfg: Mamba2Config, sd: dict[str, np.ndarray], out_dir: str 
     if stale.exists():
         stale.unlink()
     return out_dir
-
-
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m
 
 
 # ------------------------------------------------------------------------------ hub

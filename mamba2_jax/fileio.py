@@ -48,9 +48,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
                 write(f)
                 f.flush()
                 os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -58,6 +56,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def current_umask() -> int:
+    """The process umask (read without changing it for longer than the call)."""
+    m = os.umask(0)
+    os.umask(m)
+    return m
 
 
 def _fsync_dir(d: Path) -> None:

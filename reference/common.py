@@ -20,12 +20,9 @@ the backend's recurrent decode path.
 
 from __future__ import annotations
 
-import datetime as _dt
-import importlib.metadata as _md
 import json
 import math
 import platform
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -140,37 +137,19 @@ def step_record(logits_row) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ provenance
-def _version(name: str) -> str | None:
-    try:
-        return _md.version(name)
-    except _md.PackageNotFoundError:
-        return None
-
-
 def torch_provenance(device: str, **extra: Any) -> dict[str, Any]:
     import torch
 
-    sha = dirty = None
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                             timeout=10).stdout.strip() or None
-        st = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                            capture_output=True, text=True, timeout=10)
-        dirty = bool(st.stdout.strip()) if st.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):  # no git: the sha stays unknown
-        sha = dirty = None
-    try:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.lower().startswith("model name")), None)
-    except OSError:  # not Linux
-        cpu = None
+    # the project's own provenance helpers (NumPy/stdlib only: no JAX in this process)
+    from mamba2_jax.eval.provenance import cpu_model, git_info, package_versions, utc_now
+
     info: dict[str, Any] = {
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "git": {"sha": sha, "dirty": dirty},
-        "python": sys.version.split()[0], "platform": platform.platform(), "cpu_model": cpu,
+        "date_utc": utc_now(),
+        "git": git_info(REPO),
+        "python": sys.version.split()[0], "platform": platform.platform(), "cpu_model": cpu_model(),
         "executable": sys.executable,
-        "packages": {n: _version(n) for n in ("torch", "triton", "mamba-ssm", "causal-conv1d", "transformers",
-                                              "einops", "numpy", "safetensors")},
+        "packages": package_versions(("torch", "triton", "mamba-ssm", "causal-conv1d", "transformers",
+                                      "einops", "numpy", "safetensors")),
         "device": device,
         "torch_num_threads": torch.get_num_threads(),
         "torch_float32_matmul_precision": torch.get_float32_matmul_precision(),
