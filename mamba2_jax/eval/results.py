@@ -81,22 +81,12 @@ def write_results(experiment: str, run: str, records: list[dict[str, Any]], *, h
         load = list(os.getloadavg())
     except OSError:  # pragma: no cover - not on every platform
         load = None
-    doc = {
-        "schema_version": SCHEMA_VERSION,
-        "experiment": experiment,
-        "run": run,
-        "label": label,
-        "provenance": provenance(load_avg_at_write=load, **({"mesh": hw["mesh"]} if hw.get("mesh") else {})),
-        "hardware": hw,
-        "config": config,
-        "records": records,
-        **(extra or {}),
-    }
-    doc = to_jsonable(doc)
-    validate_result(doc)
+    doc = {"label": label,
+           "provenance": provenance(load_avg_at_write=load, **({"mesh": hw["mesh"]} if hw.get("mesh") else {})),
+           "config": config, **(extra or {})}
     jp, cp = out / f"{run}.json", out / f"{run}.csv"
-    atomic_write_json(jp, doc)
-    flat = [{k: v for k, v in r.items() if not isinstance(v, (list, dict))} for r in doc["records"]]
+    write_document(jp, doc, experiment=experiment, run=run, records=records, hardware=hw)
+    flat = [{k: v for k, v in r.items() if not isinstance(v, (list, dict))} for r in to_jsonable(records)]
     df = pd.DataFrame(flat)
     df.insert(0, "run", run)
     df.insert(1, "device", hw.get("profile", {}).get("name") if isinstance(hw.get("profile"), dict) else None)
