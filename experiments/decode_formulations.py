@@ -19,7 +19,8 @@ before issue 12; the model's weights transposed once and ``model._dot`` patched)
 
 Part 2, the 50288×768 LM-head GEMV (the largest weight), fp32 vs 16-bit weights with an fp32
 result, each with its GB/s of weight traffic: a native mixed dot, an ``astype`` upcast then an fp32
-dot, and a bf16→fp32 upcast written as a 16-bit shift plus a bitcast.
+dot, a bf16→fp32 upcast written as a 16-bit shift plus a bitcast, the upcast fused into an
+elementwise multiply + reduce, and the native bf16 dot with the row padded to two rows.
 
 A streaming-bandwidth probe runs in every round.  Writes results/decode_formulations/<run>.json
 (+ csv) with provenance, min / median / raw times and the load average.
@@ -138,6 +139,12 @@ def gemv_benches(V: int, d: int, seed: int = 0):
             x, w.astype(F32), dn, precision="highest", preferred_element_type=F32))
     forms["gemv_bf16_shift_bitcast"] = (W.astype(jnp.bfloat16), lambda w, x: jax.lax.dot_general(
         x, _bf16_to_f32_shift(w), dn, precision="highest", preferred_element_type=F32))
+    # the upcast fused into an elementwise consumer: Σ_k f32(w[:, k]) · x[k] as a multiply + reduce
+    for name, dt in (("bf16", jnp.bfloat16), ("fp16", jnp.float16)):
+        forms[f"gemv_{name}_mul_reduce"] = (W.astype(dt), lambda w, x: jnp.sum(w.astype(F32) * x, axis=-1)[None])
+    # the native bf16 dot with the one row padded to two (XLA:CPU takes another kernel for M >= 2)
+    forms["gemv_bf16_native_rows2"] = (W.astype(jnp.bfloat16), lambda w, x: jax.lax.dot_general(
+        jnp.concatenate([x, jnp.zeros_like(x)]).astype(w.dtype), w, dn, preferred_element_type=F32)[:1])
     out, ref = {}, None
     for name, (w, f) in forms.items():
         jf = jax.jit(f)

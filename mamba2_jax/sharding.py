@@ -427,7 +427,8 @@ def shard_model(model, mesh: Mesh):
     if getattr(model, "mesh", None) is mesh:
         return model
     out = model_from_state_dict(model.cfg, state_dict_from_model(model), dtype=model.dtype,
-                                precision=model.precision, scan_chunk_size=model.scan_chunk_size, mesh=mesh)
+                                precision=model.precision, scan_chunk_size=model.scan_chunk_size, mesh=mesh,
+                                scan_layers=model.backbone.scan_layers)
     for k in ("policy", "source"):
         if hasattr(model, k):
             setattr(out, k, {**getattr(model, k), **({"mesh": describe_mesh(mesh)} if k == "policy" else {})})

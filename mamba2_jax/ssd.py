@@ -77,8 +77,22 @@ def segsum(a: jax.Array) -> jax.Array:
     return jnp.where(causal, s, -jnp.inf)
 
 
-def inter_chunk_scan(states: jax.Array, chunk_dA: jax.Array, init: jax.Array) -> tuple[jax.Array, jax.Array]:
+INTER_CHUNK_BLOCK = 16
+
+
+def inter_chunk_scan(states: jax.Array, chunk_dA: jax.Array, init: jax.Array,
+                     block: int = INTER_CHUNK_BLOCK) -> tuple[jax.Array, jax.Array]:
     """The state entering each chunk, and the final state, in O(c) work and memory.
+
+    Two levels.  The c chunks are grouped in blocks of ``block``.  Inside a block, the states
+    entering its chunks from the block's own chunks are one batched matmul with a
+    (block × block) decay matrix (the quadratic "dual" form of the recurrence, as mamba_ssm's
+    ``ssd_minimal`` writes it for all chunks at once).  Across blocks, a sequential ``lax.scan``
+    over the c / block blocks carries the state, which is then added in with its decay; with a
+    single block (c ≤ block) there is no loop at all.  Work is O(c · block); the loop has
+    c / block steps instead of c (a per-chunk loop cost ~3.7 ms per layer at c = 16 on XLA:CPU, 24% of the SSD
+    time, 130m shape, L = 1024).  Decays are segment sums (``segsum``) or compensated prefix sums:
+    no prefix sum is ever differenced.
 
     Args:
       states: (b, c, g, r, p, n) state contributed by each chunk alone (decayed to its end).
@@ -86,14 +100,39 @@ def inter_chunk_scan(states: jax.Array, chunk_dA: jax.Array, init: jax.Array) ->
       init: (b, g, r, p, n) state before the first chunk.
     Returns: prev_states (b, c, g, r, p, n) entering each chunk, and the final state (b, g, r, p, n).
     """
-    decay = jnp.exp(chunk_dA.astype(F32))
+    b, c, g, r, p, n = states.shape
+    K = max(1, min(int(block), c))
+    nb = -(-c // K)
+    pad = nb * K - c
+    a = chunk_dA.astype(F32)
+    S = states.astype(F32)
+    if pad:  # identity decay, zero input: leaves every real chunk and the final state unchanged
+        a = jnp.pad(a, ((0, 0), (0, pad), (0, 0), (0, 0)))
+        S = jnp.pad(S, ((0, 0), (0, pad), (0, 0), (0, 0), (0, 0), (0, 0)))
+    a = jnp.moveaxis(a.reshape(b, nb, K, g, r), 2, -1)  # (b nb g r K)
+    S = S.reshape(b, nb, K, g, r, p, n)
+    seg = segsum(a)  # (b nb g r K K): seg[i, j] = sum_{j<k<=i} a_k
+    # W[z, y] = decay from the end of chunk y to the start of chunk z = exp(sum_{y<k<z} a_k), y < z
+    W = jnp.exp(jnp.concatenate([jnp.full(seg.shape[:-2] + (1, K), -jnp.inf, F32), seg[..., :-1, :]], axis=-2))
+    local = jnp.einsum("bjgrzy,bjygrpn->bjzgrpn", W, S, precision=jax.lax.Precision.HIGHEST)
+    # decay from the block start to the start of chunk z, and across the whole block
+    hi, lo = compensated_cumsum(jnp.pad(a, [(0, 0)] * 4 + [(1, 0)]))  # prefix sums of [0, a_0, ..]
+    into = jnp.exp(hi[..., :-1] + lo[..., :-1])  # (b nb g r K): exp(sum_{k<z} a_k)
+    total = jnp.exp(hi[..., -1] + lo[..., -1])  # (b nb g r): exp(sum over the block)
+    own = jnp.exp(a[..., -1])[..., None, None] * local[:, :, -1] + S[:, :, -1]  # block's final state from 0
+    init = init.astype(F32)
+    if nb == 1:  # no loop at all
+        carries = init[:, None]
+        final = total[:, 0, ..., None, None] * init + own[:, 0]
+    else:
+        def body(carry, xs):
+            tot, o = xs
+            return carry * tot[..., None, None] + o, carry
 
-    def body(carry, xs):
-        st, dec = xs
-        return carry * dec[..., None, None] + st, carry
-
-    final, prev = jax.lax.scan(body, init, (jnp.moveaxis(states, 1, 0), jnp.moveaxis(decay, 1, 0)))
-    return jnp.moveaxis(prev, 0, 1), final
+        final, carries = jax.lax.scan(body, init, (jnp.moveaxis(total, 1, 0), jnp.moveaxis(own, 1, 0)))
+        carries = jnp.moveaxis(carries, 0, 1)  # (b nb g r p n): state entering each block
+    prev = local + jnp.moveaxis(into, -1, 2)[..., None, None] * carries[:, :, None]
+    return prev.reshape(b, nb * K, g, r, p, n)[:, :c], final
 
 
 def ssd_chunked(

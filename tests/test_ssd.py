@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mamba2_jax.ssd import discretize_dt, segsum, ssd_chunked, ssd_step
+from mamba2_jax.ssd import discretize_dt, inter_chunk_scan, segsum, ssd_chunked, ssd_step
 
 
 def seq_scan64(x, dt, A, B, C, D, init=None):
@@ -38,7 +38,8 @@ def rel(a, b):
     return float(np.max(np.abs(np.asarray(a, np.float64) - b)) / np.max(np.abs(b)))
 
 
-@pytest.mark.parametrize("l,q", [(1, 8), (7, 8), (8, 8), (9, 8), (29, 8), (50, 16), (64, 64), (70, 64)])
+@pytest.mark.parametrize("l,q", [(1, 8), (7, 8), (8, 8), (9, 8), (29, 8), (50, 16), (64, 64), (70, 64),
+                                 (300, 8)])  # 38 chunks: three blocks of the inter-chunk recurrence
 @pytest.mark.parametrize("with_init", [False, True])
 def test_chunked_matches_sequential(l, q, with_init):
     x, dt, A, B, C, D, init = make(l, seed=l)
@@ -48,6 +49,31 @@ def test_chunked_matches_sequential(l, q, with_init):
                        precision="highest")
     assert rel(y, y_ref) < 1e-5
     assert rel(s, s_ref) < 1e-5
+
+
+def inter_chunk_seq64(states, dA, init):
+    prev, s = [], np.array(init, np.float64)
+    for z in range(states.shape[1]):
+        prev.append(s)
+        s = np.exp(dA[:, z])[..., None, None] * s + states[:, z]
+    return np.stack(prev, 1), s
+
+
+@pytest.mark.parametrize("c", [1, 5, 16, 17, 40])
+@pytest.mark.parametrize("block", [1, 4, 16])
+def test_inter_chunk_blocks_match_sequential(c, block):
+    """The two-level (blocked) inter-chunk recurrence vs a float64 chunk-by-chunk loop, with a
+    partial last block and one chunk whose decay underflows to exactly 0."""
+    rng = np.random.default_rng(c * 100 + block)
+    states = rng.standard_normal((2, c, 2, 3, 4, 5))
+    dA = -3 * np.abs(rng.standard_normal((2, c, 2, 3)))
+    dA[0, c // 2] = -5000.0
+    init = rng.standard_normal((2, 2, 3, 4, 5))
+    f = lambda a: jnp.asarray(a, jnp.float32)
+    prev, final = inter_chunk_scan(f(states), f(dA), f(init), block=block)
+    prev_ref, final_ref = inter_chunk_seq64(states, dA, init)
+    assert prev.shape == prev_ref.shape and final.shape == final_ref.shape
+    assert rel(prev, prev_ref) < 1e-6 and rel(final, final_ref) < 1e-6
 
 
 def test_large_decay_is_stable():
