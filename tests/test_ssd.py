@@ -142,3 +142,16 @@ def test_segsum_accuracy_on_long_strongly_decaying_chunks():
     assert np.all(got[:, ~mask] == -np.inf)
     err = np.abs(np.exp(got) - np.exp(np.where(mask, ref, -np.inf)))[:, mask]
     assert err.max() < 1e-7
+
+
+@pytest.mark.parametrize("per_headdim", [False, True])
+def test_skip_D_per_head_and_per_headdim(per_headdim):
+    """D enters as the diagonal of the intra-chunk matrix when it is per head, as a separate term
+    when it is per (head, headdim); both equal x·D added to the float64 scan without D."""
+    x, dt, A, B, C, D, init = make(29, seed=11)
+    Dfull = np.random.default_rng(5).standard_normal((4, 8)) if per_headdim else D
+    y0, s_ref = seq_scan64(x, dt, A, B, C, np.zeros(4), init)
+    y_ref = y0 + x * (Dfull if per_headdim else Dfull[:, None])
+    f = lambda a: jnp.asarray(a, jnp.float32)
+    y, s = ssd_chunked(f(x), f(dt), f(A), f(B), f(C), 8, D=f(Dfull), initial_state=f(init), precision="highest")
+    assert rel(y, y_ref) < 1e-5 and rel(s, s_ref) < 1e-5
