@@ -12,7 +12,8 @@ Prefill FLOPs (what ``ssd_chunked`` and the mixer execute; per layer unless note
     ssd_cb     2·b·c·g·q²·n                    (C·Bᵀ inside each chunk, once per group)
     ssd_diag   2·b·c·h·q²·p                    (masked (C·Bᵀ∘L) · x, full q×q blocks)
     ssd_states 2·b·c·h·q·p·n                   (chunk-end states B ⊗ x)
-    ssd_inter  2·b·h·(c+1)²·p·n                (inter-chunk recurrence as one einsum)
+    ssd_inter  2·b·h·c'·k·p·n                  (inter-chunk recurrence: blocks of k = min(16, c) chunks,
+                                               each one (k × k) matmul; c' = c rounded up to whole blocks)
     ssd_off    2·b·c·h·q·p·n                   (C · state entering the chunk)
     out_proj   2·b·L·I·d
     lm_head    2·b·L_out·d·V                   (once, not per layer; L_out = 1 with last_only)
@@ -90,12 +91,15 @@ def state_bytes(cfg: Mamba2Config, batch: int = 1, dtype="float32") -> dict[str,
 
 def _ssd_prefill(cfg: Mamba2Config, b: int, L: int) -> dict[str, int]:
     q, h, p, n, g = cfg.chunk_size, cfg.nheads, cfg.headdim, cfg.d_state, cfg.ngroups
+    from ..ssd import INTER_CHUNK_BLOCK
+
     c = math.ceil(L / q)
+    k = min(INTER_CHUNK_BLOCK, c)
     return {
         "ssd_cb": 2 * b * c * g * q * q * n,
         "ssd_diag": 2 * b * c * h * q * q * p,
         "ssd_states": 2 * b * c * h * q * p * n,
-        "ssd_inter": 2 * b * h * (c + 1) ** 2 * p * n,
+        "ssd_inter": 2 * b * h * (-(-c // k) * k) * k * p * n,
         "ssd_off": 2 * b * c * h * q * p * n,
     }
 
