@@ -403,7 +403,7 @@ def precision_policy(dtype) -> dict[str, str]:
 
 
 def model_from_state_dict(cfg: Mamba2Config, sd: dict[str, np.ndarray], dtype="float32", precision=None,
-                          scan_chunk_size=None, mesh=None, scan_layers: bool = False):
+                          scan_chunk_size=None, mesh=None, scan_layers: bool = False, prefill_block="auto"):
     import jax.numpy as jnp
 
     from .model import Mamba2LMHeadModel
@@ -417,9 +417,10 @@ def model_from_state_dict(cfg: Mamba2Config, sd: dict[str, np.ndarray], dtype="f
         from . import sharding
 
         params = sharding.shard_params(cfg, sharding.host_params(cfg, sd, dtype), mesh)
-    model = Mamba2LMHeadModel(cfg, params, precision=prec, scan_chunk_size=scan_chunk_size, scan_layers=scan_layers)
+    model = Mamba2LMHeadModel(cfg, params, precision=prec, scan_chunk_size=scan_chunk_size, scan_layers=scan_layers,
+                              prefill_block=prefill_block)
     model.policy = {**pol, "matmul_precision": str(prec), "scan_chunk_size": model.scan_chunk_size,
-                    "prefill_layers": "scan" if scan_layers else "unrolled"}
+                    "prefill_layers": "scan" if scan_layers else "unrolled", "prefill_block": model.prefill_block}
     if mesh is not None:
         model.mesh = mesh
         model.policy["mesh"] = sharding.describe_mesh(mesh)
@@ -427,7 +428,8 @@ def model_from_state_dict(cfg: Mamba2Config, sd: dict[str, np.ndarray], dtype="f
 
 
 def load_pretrained(path_or_hub_id: str | Path, dtype="float32", revision: str | None = None, precision=None,
-                    scan_chunk_size=None, mesh=None, check_finite: bool = False, scan_layers: bool = False):
+                    scan_chunk_size=None, mesh=None, check_finite: bool = False, scan_layers: bool = False,
+                    prefill_block="auto"):
     """Load a Mamba-2 checkpoint (local dir in either format, or a hub id) as a JAX model.
 
     dtype "float32" is the parity mode (matmul precision "highest"); "bfloat16"/"float16" is the
@@ -436,7 +438,9 @@ def load_pretrained(path_or_hub_id: str | Path, dtype="float32", revision: str |
     or a string such as "data=2,model=4") shards the parameters over devices, each device
     receiving only its own shards; see :mod:`mamba2_jax.sharding`.  ``check_finite=True`` refuses
     NaN/Inf weights.  ``scan_layers=True`` compiles prefill as a scan over layers (compile time
-    independent of depth, slower prefill; see ``Mamba2Backbone``).
+    independent of depth, slower prefill; see ``Mamba2Backbone``).  ``prefill_block`` (tokens, None
+    for one pass; "auto": 512 on CPU, one pass on accelerators) prefills long prompts block by
+    block; see ``default_prefill_block``.
     """
     model_dir = resolve_model_dir(path_or_hub_id, revision)
     cfg, sd, fmt = read_state_dict(model_dir, check_finite=check_finite)
@@ -444,7 +448,7 @@ def load_pretrained(path_or_hub_id: str | Path, dtype="float32", revision: str |
         from .sharding import make_mesh
         mesh = make_mesh(mesh)
     model = model_from_state_dict(cfg, sd, dtype=dtype, precision=precision, scan_chunk_size=scan_chunk_size,
-                                  mesh=mesh, scan_layers=scan_layers)
+                                  mesh=mesh, scan_layers=scan_layers, prefill_block=prefill_block)
     model.source = {"path": str(model_dir), "format": fmt,
                     "stored_dtype": str(np.asarray(sd["backbone.embedding.weight"]).dtype)}
     return model

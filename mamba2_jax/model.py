@@ -63,7 +63,10 @@ def gated_rms_norm(y: jax.Array, z: jax.Array, w: jax.Array, ngroups: int, eps: 
     """Gated RMSNorm computed per group of size d_ssm / ngroups (``RMSNormGated``), float32."""
     yf, zf = y.astype(F32), z.astype(F32)
     if not norm_before_gate:
-        yf = yf * silu(zf)
+        # y·silu(z) written to end in the division (see ``silu``): XLA:CPU then materialises the
+        # gated value once, instead of re-deriving y (a transposed sum of two SSD einsums) inside
+        # both the reduction and the scaling fusion
+        yf = (yf * zf) / (1.0 + jnp.exp(-zf))
     shp = yf.shape
     yg = yf.reshape(shp[:-1] + (ngroups, shp[-1] // ngroups))
     rstd = jax.lax.rsqrt(jnp.mean(yg * yg, axis=-1, keepdims=True) + eps)
@@ -215,6 +218,22 @@ def default_scan_chunk_size(cfg: Mamba2Config) -> int:
     return min(cfg.chunk_size, 64) if jax.default_backend() == "cpu" else cfg.chunk_size
 
 
+def default_prefill_block(cfg: Mamba2Config) -> int | None:
+    """Tokens per block of a long prefill, or None for one pass.
+
+    On CPU, a prompt longer than ``PREFILL_BLOCK_CPU`` (and a multiple of it) is prefilled in
+    blocks, a ``lax.scan`` carrying the cache from block to block: the same recurrence with the
+    state handed over, so the result equals one pass to fp32 rounding (tested).  A block's
+    activations stay cache-sized.  Measured on the 130m shape (fp32, 2-core CPU, alternating
+    rounds): L = 4096 prefill 3.30 s in one pass, 2.64 / 2.67 / 2.82 s in blocks of 512 / 1024 /
+    2048; L = 1024 0.70 s in one pass, 0.67 s in blocks of 512.  Accelerators run one pass.
+    """
+    return PREFILL_BLOCK_CPU if jax.default_backend() == "cpu" else None
+
+
+PREFILL_BLOCK_CPU = 512
+
+
 class Mamba2Block(nnx.Module):
     """Pre-norm residual block: stream ← stream + mixer(RMSNorm(stream))."""
 
@@ -309,10 +328,11 @@ class Mamba2LMHeadModel(nnx.Module):
     mesh = None
 
     def __init__(self, cfg: Mamba2Config, params: dict[str, Any], precision=None, scan_chunk_size=None,
-                 scan_layers: bool = False):
+                 scan_layers: bool = False, prefill_block: int | None | str = "auto"):
         self.cfg = cfg
         self.precision = precision
         self.scan_chunk_size = int(scan_chunk_size or default_scan_chunk_size(cfg))
+        self.prefill_block = default_prefill_block(cfg) if prefill_block == "auto" else prefill_block
         self.backbone = Mamba2Backbone(cfg, params, precision, self.scan_chunk_size, scan_layers)
         self.lm_head = None if cfg.tie_embeddings else nnx.Param(params["lm_head"])
 
@@ -342,20 +362,43 @@ class Mamba2LMHeadModel(nnx.Module):
 
         ``lengths`` (b,) gives the real length of each row; the cache then holds each row's state
         at its own end.  ``last_only`` returns only the logits at each row's last real position,
-        shape (b, V), which avoids the (b, l, V) logits tensor.
+        shape (b, V), which avoids the (b, l, V) logits tensor.  Prompts longer than
+        ``prefill_block`` (a multiple of it, without ``lengths`` or ``collect_hidden``) run block by
+        block, carrying the cache (see ``default_prefill_block``).
         """
         input_ids = jnp.asarray(input_ids)
         b, l = input_ids.shape
         if cache is None:
             cache = self.init_cache(b)
-        h, conv, ssm, hidden = self.backbone.prefill(input_ids, cache, lengths, collect_hidden)
         n_new = jnp.full((b,), l, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
+        blk = self.prefill_block
+        if blk and l > blk and l % blk == 0 and lengths is None and not collect_hidden:
+            h, conv, ssm = self._prefill_blocks(input_ids, cache, int(blk), last_only)
+            new_cache = self._sharded(Mamba2Cache(conv=conv, ssm=ssm, seqlen=cache.seqlen + n_new))
+            return (self.logits(h), new_cache)
+        h, conv, ssm, hidden = self.backbone.prefill(input_ids, cache, lengths, collect_hidden)
         new_cache = self._sharded(Mamba2Cache(conv=conv, ssm=ssm, seqlen=cache.seqlen + n_new))
         if last_only:
             idx = (n_new - 1)[:, None, None]
             h = jnp.take_along_axis(h, jnp.broadcast_to(idx, (b, 1, h.shape[-1])), axis=1)[:, 0]
         logits = self.logits(h)
         return (logits, new_cache, hidden) if collect_hidden else (logits, new_cache)
+
+    def _prefill_blocks(self, input_ids, cache: Mamba2Cache, blk: int, last_only: bool):
+        """Prefill (b, l) ids, l a multiple of ``blk``, as a ``lax.scan`` over blocks of ``blk`` tokens
+        carrying the cache: (normed hidden (b, l, d), or (b, d) of the last position if
+        ``last_only``; conv; ssm).  The scan compiles the layer stack once, whatever l is."""
+        b, l = input_ids.shape
+        ids = jnp.moveaxis(input_ids.reshape(b, l // blk, blk), 1, 0)  # (blocks, b, blk)
+
+        def body(carry, ids_blk):
+            conv, ssm = carry
+            h, conv, ssm, _ = self.backbone.prefill(ids_blk, cache.replace(conv=conv, ssm=ssm))
+            return (conv, ssm), (h[:, -1] if last_only else h)
+
+        (conv, ssm), hs = jax.lax.scan(body, (cache.conv, cache.ssm), ids)
+        h = hs[-1] if last_only else jnp.moveaxis(hs, 0, 1).reshape(b, l, hs.shape[-1])
+        return h, conv, ssm
 
     def step(self, token, cache: Mamba2Cache, *, collect_hidden=False):
         """token (b,) → (logits (b, V), cache[, hidden])."""

@@ -428,7 +428,7 @@ def shard_model(model, mesh: Mesh):
         return model
     out = model_from_state_dict(model.cfg, state_dict_from_model(model), dtype=model.dtype,
                                 precision=model.precision, scan_chunk_size=model.scan_chunk_size, mesh=mesh,
-                                scan_layers=model.backbone.scan_layers)
+                                scan_layers=model.backbone.scan_layers, prefill_block=model.prefill_block)
     for k in ("policy", "source"):
         if hasattr(model, k):
             setattr(out, k, {**getattr(model, k), **({"mesh": describe_mesh(mesh)} if k == "policy" else {})})
