@@ -363,8 +363,8 @@ class Mamba2LMHeadModel(nnx.Module):
         ``lengths`` (b,) gives the real length of each row; the cache then holds each row's state
         at its own end.  ``last_only`` returns only the logits at each row's last real position,
         shape (b, V), which avoids the (b, l, V) logits tensor.  Prompts longer than
-        ``prefill_block`` (a multiple of it, without ``lengths`` or ``collect_hidden``) run block by
-        block, carrying the cache (see ``default_prefill_block``).
+        ``prefill_block`` (a multiple of it, without ``collect_hidden``) run block by block,
+        carrying the cache (see ``default_prefill_block``).
         """
         input_ids = jnp.asarray(input_ids)
         b, l = input_ids.shape
@@ -372,8 +372,8 @@ class Mamba2LMHeadModel(nnx.Module):
             cache = self.init_cache(b)
         n_new = jnp.full((b,), l, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
         blk = self.prefill_block
-        if blk and l > blk and l % blk == 0 and lengths is None and not collect_hidden:
-            h, conv, ssm = self._prefill_blocks(input_ids, cache, int(blk), last_only)
+        if blk and l > blk and l % blk == 0 and not collect_hidden:
+            h, conv, ssm = self._prefill_blocks(input_ids, cache, int(blk), last_only, lengths)
             new_cache = self._sharded(Mamba2Cache(conv=conv, ssm=ssm, seqlen=cache.seqlen + n_new))
             return (self.logits(h), new_cache)
         h, conv, ssm, hidden = self.backbone.prefill(input_ids, cache, lengths, collect_hidden)
@@ -384,20 +384,35 @@ class Mamba2LMHeadModel(nnx.Module):
         logits = self.logits(h)
         return (logits, new_cache, hidden) if collect_hidden else (logits, new_cache)
 
-    def _prefill_blocks(self, input_ids, cache: Mamba2Cache, blk: int, last_only: bool):
+    def _prefill_blocks(self, input_ids, cache: Mamba2Cache, blk: int, last_only: bool, lengths=None):
         """Prefill (b, l) ids, l a multiple of ``blk``, as a ``lax.scan`` over blocks of ``blk`` tokens
-        carrying the cache: (normed hidden (b, l, d), or (b, d) of the last position if
-        ``last_only``; conv; ssm).  The scan compiles the layer stack once, whatever l is."""
+        carrying the cache: (normed hidden (b, l, d), or (b, d) at each row's last real position if
+        ``last_only``; conv; ssm).  With ``lengths``, block j sees each row's real length inside it,
+        clip(length - j·blk, 0, blk); a block with none leaves that row's state untouched (the
+        backbone's right-padding rule).  The scan compiles the layer stack once, whatever l is."""
         b, l = input_ids.shape
-        ids = jnp.moveaxis(input_ids.reshape(b, l // blk, blk), 1, 0)  # (blocks, b, blk)
+        n = l // blk
+        ids = jnp.moveaxis(input_ids.reshape(b, n, blk), 1, 0)  # (blocks, b, blk)
+        if lengths is None:
+            lens = jnp.full((n, b), blk, jnp.int32)
+        else:
+            starts = jnp.arange(n, dtype=jnp.int32)[:, None] * blk
+            lens = jnp.clip(lengths.astype(jnp.int32)[None, :] - starts, 0, blk)  # (blocks, b)
 
-        def body(carry, ids_blk):
-            conv, ssm = carry
-            h, conv, ssm, _ = self.backbone.prefill(ids_blk, cache.replace(conv=conv, ssm=ssm))
-            return (conv, ssm), (h[:, -1] if last_only else h)
+        def body(carry, xs):
+            conv, ssm, last = carry
+            ids_blk, len_blk = xs
+            h, conv, ssm, _ = self.backbone.prefill(ids_blk, cache.replace(conv=conv, ssm=ssm),
+                                                    None if lengths is None else len_blk)
+            if not last_only:
+                return (conv, ssm, last), h
+            idx = jnp.broadcast_to(jnp.maximum(len_blk - 1, 0)[:, None, None], (b, 1, h.shape[-1]))
+            here = jnp.take_along_axis(h, idx, axis=1)[:, 0]
+            return (conv, ssm, jnp.where((len_blk > 0)[:, None], here, last)), None
 
-        (conv, ssm), hs = jax.lax.scan(body, (cache.conv, cache.ssm), ids)
-        h = hs[-1] if last_only else jnp.moveaxis(hs, 0, 1).reshape(b, l, hs.shape[-1])
+        last0 = jnp.zeros((b, self.cfg.d_model), F32)
+        (conv, ssm, last), hs = jax.lax.scan(body, (cache.conv, cache.ssm, last0), (ids, lens))
+        h = last if last_only else jnp.moveaxis(hs, 0, 1).reshape(b, l, hs.shape[-1])
         return h, conv, ssm
 
     def step(self, token, cache: Mamba2Cache, *, collect_hidden=False):
