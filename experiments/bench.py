@@ -126,10 +126,14 @@ def run(cfg) -> dict:
         prefill_frac = min(r["value"] for r in mrecs if r["metric"] == "prefill_matmul_fraction")
     batch_recs = []
     if B.get("batch_curve") and stream:
-        batch_recs = curves.batch_curve(models[base], [int(x) for x in B.batch_curve.batches],
-                                              int(B.batch_curve.decode_tokens), int(B.batch_curve.rounds), stream,
-                                              base, int(cfg.seed))
+        bdt = [d for d in (B.batch_curve.get("dtypes") or [base]) if d in models]
+        batch_recs = curves.batch_curve({d: models[d] for d in bdt}, [int(x) for x in B.batch_curve.batches],
+                                        int(B.batch_curve.decode_tokens), int(B.batch_curve.rounds), stream,
+                                        seed=int(cfg.seed))
         recs.extend(batch_recs)
+        for r in batch_recs:
+            if r["metric"] == "decode_batch_speed_ratio":
+                print(f"[bench] batched decode {r['dtype']} vs {base} at batch {r['batch']}: x{r['value']:.2f}")
     len_ratio = None
     if B.get("length_curve"):
         LC = B.length_curve

@@ -51,15 +51,16 @@ def build(results: Path) -> style.Figure:
     for i, (_, d) in enumerate(docs):
         mk = style.MARKERS[i % len(style.MARKERS)]
         label = f"{report.bench_device_short(d)}, git {report.short_sha(d.get('provenance'))}"
-        bc = sorted((r for r in d["records"] if r.get("metric") == "decode_batch_tokens_per_s"),
-                    key=lambda r: r["batch"])
-        if bc:
+        brecs = [r for r in d["records"] if r.get("metric") == "decode_batch_tokens_per_s"]
+        for dt in dict.fromkeys(r.get("dtype") for r in brecs):  # one series per dtype, in run order
+            bc = sorted((r for r in brecs if r.get("dtype") == dt), key=lambda r: r["batch"])
             x = [r["batch"] for r in bc]
             batches.update(x)
-            ax0.plot(x, [r["value"] for r in bc], marker=mk, label=f"achieved ({label})")
+            dl = f"{dt}, {label}"
+            line, = ax0.plot(x, [r["value"] for r in bc], marker=mk, label=f"achieved ({dl})")
             ax0.plot(x, [r["bound_tokens_per_s"] for r in bc], marker=mk, ls="--", mfc="white",
-                     label=f"bound ({label})")
-            ax1.plot(x, [100 * r["bandwidth_fraction"] for r in bc], marker=mk, label=label)
+                     color=line.get_color(), label=f"bound ({dl})")
+            ax1.plot(x, [100 * r["bandwidth_fraction"] for r in bc], marker=mk, color=line.get_color(), label=dl)
             for r in bc:
                 ax1.annotate(f"{100 * r['bandwidth_fraction']:.0f}%", (r["batch"], 100 * r["bandwidth_fraction"]),
                              textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")

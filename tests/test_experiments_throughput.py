@@ -82,13 +82,21 @@ def test_bench_tiny(tmp_path):
     assert set(doc["targets"]) == {"decode_tokens_per_s", "bandwidth_fraction", "context_ratio", "bf16_over_fp32",
                                    "cached_over_recompute", "prefill_matmul_fraction", "prefill_length_ratio"}
     recs = doc["records"]
-    curve = {r["batch"]: r for r in recs if r["metric"] == "decode_batch_tokens_per_s"}
-    assert sorted(curve) == [1, 3]
-    for b, r in curve.items():  # the bound counts the weights once and every row's state
-        from mamba2_jax.config import get_preset
-        from mamba2_jax.eval.flops import decode_bytes
-        assert r["bytes_per_step"] == decode_bytes(get_preset("tiny"), b, "float32")["total"]
-        assert abs(r["bandwidth_fraction"] - r["value"] / r["bound_tokens_per_s"]) < 1e-9 * r["bandwidth_fraction"]
+    from mamba2_jax.config import get_preset
+    from mamba2_jax.eval.flops import decode_bytes
+
+    for dt in ("float32", "bfloat16"):  # both dtypes, alternated in the same rounds
+        curve = {r["batch"]: r for r in recs if r["metric"] == "decode_batch_tokens_per_s" and r["dtype"] == dt}
+        assert sorted(curve) == [1, 3], dt
+        for b, r in curve.items():  # the bound counts the weights once and every row's state
+            assert r["bytes_per_step"] == decode_bytes(get_preset("tiny"), b, dt)["total"]
+            assert abs(r["bandwidth_fraction"] - r["value"] / r["bound_tokens_per_s"]) < 1e-9 * r["bandwidth_fraction"]
+    ratios = {r["batch"]: r for r in recs if r["metric"] == "decode_batch_speed_ratio"}
+    assert sorted(ratios) == [1, 3] and all(r["dtype"] == "bfloat16" for r in ratios.values())
+    fp, bf = ({r["batch"]: r for r in recs if r["metric"] == "decode_batch_tokens_per_s" and r["dtype"] == d}
+              for d in ("float32", "bfloat16"))
+    for b, r in ratios.items():  # ratio of the medians of the same rounds = ratio of the tokens/s
+        assert abs(r["value"] - bf[b]["value"] / fp[b]["value"]) < 1e-9 * r["value"]
     lengths = {r["length"]: r for r in recs if r["metric"] == "prefill_us_per_token"}
     assert sorted(lengths) == [32, 64, 128] and lengths[32]["ratio_to_shortest"] == 1.0
     assert lengths[128]["segment"] == 64 and lengths[64]["segment"] is None

@@ -44,31 +44,45 @@ class MatmulBench:
         return time.perf_counter() - t0
 
 
-def batch_curve(model, batches, n_tokens: int, rounds: int, stream, dtype: str, seed: int = 0) -> list[dict[str, Any]]:
+def batch_curve(models, batches, n_tokens: int, rounds: int, stream, dtype: str | None = None,
+                seed: int = 0) -> list[dict[str, Any]]:
     """Decode tokens/s and achieved ÷ bound at each batch size (empty cache; decode cost does not
-    depend on the context).  ``stream`` is a ``hardware.StreamBench`` run in the same rounds."""
+    depend on the context).  ``models`` is one model (of ``dtype``) or {dtype: model}: every
+    (dtype, batch) pair alternates in the same rounds, and for each batch size every dtype after
+    the first gets its speed ratio to the first (``decode_batch_speed_ratio``).  ``stream`` is a
+    ``hardware.StreamBench`` run in the same rounds."""
+    if not isinstance(models, dict):
+        models = {dtype: models}
     dbs = {}
-    for b in batches:
-        dbs[b] = bench.DecodeBench(model, n_tokens=n_tokens, batch=int(b), seed=seed)
-        dbs[b].add_context("c0", 0)
-        print(f"[bench] batch curve: batch {b} compiled", flush=True)
-    fns = {f"batch:{b}": (lambda b=b: dbs[b].run("c0") / n_tokens) for b in batches}
+    for dt, model in models.items():
+        for b in batches:
+            dbs[dt, b] = bench.DecodeBench(model, n_tokens=n_tokens, batch=int(b), seed=seed)
+            dbs[dt, b].add_context("c0", 0)
+            print(f"[bench] batch curve: {dt} batch {b} compiled", flush=True)
+    fns = {f"batch:{dt}:{b}": (lambda k=(dt, b): dbs[k].run("c0") / n_tokens) for dt, b in dbs}
     fns["stream"] = stream.run
     load0 = bench.load_avg()
     times = bench.alternate(fns, rounds)
     bw = stream.bytes_per_call / bench.median(times["stream"])
     recs = []
-    for b in batches:
-        t = times[f"batch:{b}"]
-        s = bench.median(t)
-        by = flops.decode_bytes(model.cfg, int(b), dtype)["total"]
-        recs.append({
-            "metric": "decode_batch_tokens_per_s", "value": b / s, "unit": "tokens/s", "dtype": dtype,
-            "batch": int(b), "median_s": s, "min_s": min(t), "times_s": t, "bytes_per_step": by,
-            "bound_tokens_per_s": b * bw / by, "bandwidth_fraction": by / s / bw,
-            "stream_bandwidth": bw, "load_avg": [load0, bench.load_avg()],
-            "note": "bound: weights once per step + every row's SSM/conv state read and written, "
-                    "at the median streaming bandwidth of the same rounds"})
+    for dt, model in models.items():
+        for b in batches:
+            t = times[f"batch:{dt}:{b}"]
+            s = bench.median(t)
+            by = flops.decode_bytes(model.cfg, int(b), dt)["total"]
+            recs.append({
+                "metric": "decode_batch_tokens_per_s", "value": b / s, "unit": "tokens/s", "dtype": dt,
+                "batch": int(b), "median_s": s, "min_s": min(t), "times_s": t, "bytes_per_step": by,
+                "bound_tokens_per_s": b * bw / by, "bandwidth_fraction": by / s / bw,
+                "stream_bandwidth": bw, "load_avg": [load0, bench.load_avg()],
+                "note": "bound: weights once per step + every row's SSM/conv state read and written, "
+                        "at the median streaming bandwidth of the same rounds"})
+    first = next(iter(models))
+    for dt in list(models)[1:]:
+        for b in batches:
+            r = bench.median(times[f"batch:{first}:{b}"]) / bench.median(times[f"batch:{dt}:{b}"])
+            recs.append({"metric": "decode_batch_speed_ratio", "value": r, "unit": "ratio", "dtype": dt,
+                         "batch": int(b), "note": f"{dt} tokens/s ÷ {first} tokens/s, same rounds"})
     return recs
 
 
