@@ -84,6 +84,12 @@ def _dot(x: jax.Array, w: jax.Array, precision, out_dtype=None) -> jax.Array:
     )
 
 
+def _at_position(h: jax.Array, pos: jax.Array) -> jax.Array:
+    """h (b, l, d) at each row's position ``pos`` (b,) → (b, d)."""
+    idx = jnp.broadcast_to(pos[:, None, None], (h.shape[0], 1, h.shape[-1]))
+    return jnp.take_along_axis(h, idx, axis=1)[:, 0]
+
+
 class Mamba2Mixer(nnx.Module):
     """The Mamba-2 mixer (mamba_ssm ``Mamba2``) of one layer."""
 
@@ -373,41 +379,36 @@ class Mamba2LMHeadModel(nnx.Module):
         n_new = jnp.full((b,), l, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
         blk = self.prefill_block
         if blk and l > blk and l % blk == 0 and not collect_hidden:
-            h, conv, ssm = self._prefill_blocks(input_ids, cache, int(blk), last_only, lengths)
-            new_cache = self._sharded(Mamba2Cache(conv=conv, ssm=ssm, seqlen=cache.seqlen + n_new))
-            return (self.logits(h), new_cache)
-        h, conv, ssm, hidden = self.backbone.prefill(input_ids, cache, lengths, collect_hidden)
+            h, conv, ssm = self._prefill_blocks(input_ids, cache, int(blk), last_only, n_new, lengths is not None)
+            hidden = None
+        else:
+            h, conv, ssm, hidden = self.backbone.prefill(input_ids, cache, lengths, collect_hidden)
+            if last_only:
+                h = _at_position(h, n_new - 1)
         new_cache = self._sharded(Mamba2Cache(conv=conv, ssm=ssm, seqlen=cache.seqlen + n_new))
-        if last_only:
-            idx = (n_new - 1)[:, None, None]
-            h = jnp.take_along_axis(h, jnp.broadcast_to(idx, (b, 1, h.shape[-1])), axis=1)[:, 0]
         logits = self.logits(h)
         return (logits, new_cache, hidden) if collect_hidden else (logits, new_cache)
 
-    def _prefill_blocks(self, input_ids, cache: Mamba2Cache, blk: int, last_only: bool, lengths=None):
+    def _prefill_blocks(self, input_ids, cache: Mamba2Cache, blk: int, last_only: bool, n_new, ragged: bool):
         """Prefill (b, l) ids, l a multiple of ``blk``, as a ``lax.scan`` over blocks of ``blk`` tokens
         carrying the cache: (normed hidden (b, l, d), or (b, d) at each row's last real position if
-        ``last_only``; conv; ssm).  With ``lengths``, block j sees each row's real length inside it,
-        clip(length - j·blk, 0, blk); a block with none leaves that row's state untouched (the
-        backbone's right-padding rule).  The scan compiles the layer stack once, whatever l is."""
+        ``last_only``; conv; ssm).  Block j sees each row's real length inside it,
+        clip(n_new - j·blk, 0, blk), passed to the backbone only for a ``ragged`` batch; a block
+        with none leaves that row's state untouched (the backbone's right-padding rule).  The scan
+        compiles the layer stack once, whatever l is."""
         b, l = input_ids.shape
         n = l // blk
         ids = jnp.moveaxis(input_ids.reshape(b, n, blk), 1, 0)  # (blocks, b, blk)
-        if lengths is None:
-            lens = jnp.full((n, b), blk, jnp.int32)
-        else:
-            starts = jnp.arange(n, dtype=jnp.int32)[:, None] * blk
-            lens = jnp.clip(lengths.astype(jnp.int32)[None, :] - starts, 0, blk)  # (blocks, b)
+        lens = jnp.clip(n_new[None, :] - jnp.arange(n, dtype=jnp.int32)[:, None] * blk, 0, blk)  # (blocks, b)
 
         def body(carry, xs):
             conv, ssm, last = carry
             ids_blk, len_blk = xs
             h, conv, ssm, _ = self.backbone.prefill(ids_blk, cache.replace(conv=conv, ssm=ssm),
-                                                    None if lengths is None else len_blk)
+                                                    len_blk if ragged else None)
             if not last_only:
                 return (conv, ssm, last), h
-            idx = jnp.broadcast_to(jnp.maximum(len_blk - 1, 0)[:, None, None], (b, 1, h.shape[-1]))
-            here = jnp.take_along_axis(h, idx, axis=1)[:, 0]
+            here = _at_position(h, jnp.maximum(len_blk - 1, 0))
             return (conv, ssm, jnp.where((len_blk > 0)[:, None], here, last)), None
 
         last0 = jnp.zeros((b, self.cfg.d_model), F32)

@@ -90,9 +90,9 @@ def inter_chunk_scan(states: jax.Array, chunk_dA: jax.Array, init: jax.Array,
     ``ssd_minimal`` writes it for all chunks at once).  Across blocks, a sequential ``lax.scan``
     over the c / block blocks carries the state, which is then added in with its decay; with a
     single block (c ≤ block) there is no loop at all.  Work is O(c · block); the loop has
-    c / block steps instead of c (a per-chunk loop cost ~3.7 ms per layer at c = 16 on XLA:CPU, 24% of the SSD
-    time, 130m shape, L = 1024).  Decays are segment sums (``segsum``) or compensated prefix sums:
-    no prefix sum is ever differenced.
+    c / block steps instead of c (a per-chunk loop cost ~3.7 ms per layer at c = 16 on XLA:CPU,
+    24% of the SSD time, 130m shape, L = 1024).  Decays are segment sums (``segsum``) or
+    compensated prefix sums: no prefix sum is ever differenced.
 
     Args:
       states: (b, c, g, r, p, n) state contributed by each chunk alone (decayed to its end).

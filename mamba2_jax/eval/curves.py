@@ -44,15 +44,13 @@ class MatmulBench:
         return time.perf_counter() - t0
 
 
-def batch_curve(models, batches, n_tokens: int, rounds: int, stream, dtype: str | None = None,
+def batch_curve(models: dict[str, Any], batches, n_tokens: int, rounds: int, stream,
                 seed: int = 0) -> list[dict[str, Any]]:
     """Decode tokens/s and achieved ÷ bound at each batch size (empty cache; decode cost does not
-    depend on the context).  ``models`` is one model (of ``dtype``) or {dtype: model}: every
-    (dtype, batch) pair alternates in the same rounds, and for each batch size every dtype after
-    the first gets its speed ratio to the first (``decode_batch_speed_ratio``).  ``stream`` is a
-    ``hardware.StreamBench`` run in the same rounds."""
-    if not isinstance(models, dict):
-        models = {dtype: models}
+    depend on the context), for each {dtype: model}: every (dtype, batch) pair alternates in the
+    same rounds, and for each batch size every dtype after the first gets its speed ratio to the
+    first (``decode_batch_speed_ratio``).  ``stream`` is a ``hardware.StreamBench`` run in the
+    same rounds."""
     dbs = {}
     for dt, model in models.items():
         for b in batches:
