@@ -18,17 +18,19 @@ def main(argv=None):
     ap.add_argument("--model", default="mamba2-130m")
     ap.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384, 65536, 262144])
     ap.add_argument("--n-layer", type=int, default=4)
-    ap.add_argument("--segment", type=int, default=65536)
+    ap.add_argument("--prefill-block", type=int, default=None,
+                    help="tokens per prefill block (default: the platform's, 512 on CPU)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out-dir", default=None)
     a = ap.parse_args(argv)
     ctx = bench.setup_run({"profile_name": "cpu_bench", "cpu_measure": {"reps": 3}}, "bench_curves")
     recs = length_curve(bench.load_model_spec(a.model), a.lengths, a.n_layer, a.rounds, "float32",
-                        segment=a.segment)
+                        prefill_block=a.prefill_block or "auto")
     for r in recs:
         r["model"] = a.model
+        blocks = f" (in blocks of {r['prefill_block']})" if r["prefill_block"] else ""
         print(f"[bench_curves] L={r['length']}: {r['value']:.0f} us/token, x{r['ratio_to_shortest']:.2f} vs shortest"
-              f"{' (segmented)' if r['segment'] else ''}", flush=True)
+              f"{blocks}", flush=True)
     paths = write_results("bench_curves", ctx["run"], recs, hardware=ctx["hardware"], config=vars(a),
                                 label=f"{ctx['label']}; synthetic (random-init) weights", out_dir=a.out_dir)
     print(f"[bench_curves] wrote {paths[0]}")
