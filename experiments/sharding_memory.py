@@ -42,7 +42,7 @@ def measure(cfg_model, mesh, batch: int, dtype: str, precision: str | None = Non
     from jax.sharding import PartitionSpec as P
 
     from mamba2_jax import sharding
-    from mamba2_jax.checkpoint import precision_policy
+    from mamba2_jax.loading import precision_policy
     from mamba2_jax.model import Mamba2LMHeadModel
 
     prec = precision or precision_policy(dtype)["matmul_precision"]

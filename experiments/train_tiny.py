@@ -22,7 +22,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from mamba2_jax.checkpoint import load_pretrained, write_checkpoint
+from mamba2_jax.checkpoint import write_checkpoint
 from mamba2_jax.config import Mamba2Config
 from mamba2_jax.eval import perplexity as P
 from mamba2_jax.eval.data import (
@@ -38,7 +38,7 @@ from mamba2_jax.eval.results import write_document
 from mamba2_jax.eval.train import TokenBatcher, TrainConfig, Trainer, wikitext_train_val
 from mamba2_jax.fileio import atomic_write_bytes, atomic_write_text, sha256_file
 from mamba2_jax.generate import stepwise_greedy
-from mamba2_jax.params import state_dict_from_model
+from mamba2_jax.loading import load_pretrained, state_dict_from_model
 from mamba2_jax.paths import checkout_root
 from mamba2_jax.tokenizer import load_tokenizer
 

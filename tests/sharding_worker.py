@@ -50,9 +50,9 @@ def run_all(cfg, sd, mesh, logits=True):
     """(logits of a prefill, greedy tokens, per-window log-likelihoods) for ``mesh`` (None: one device)."""
     import jax
 
-    from mamba2_jax.checkpoint import model_from_state_dict
     from mamba2_jax.eval import perplexity as ppl
     from mamba2_jax.generate import Generator
+    from mamba2_jax.loading import model_from_state_dict
     from mamba2_jax.sharding import put_batch, to_host
 
     model = model_from_state_dict(cfg, sd, mesh=mesh)
@@ -117,9 +117,8 @@ def _cli_tokens(cfg, sd, mesh: str) -> list[int]:
 def cmd_meshes() -> dict:
     import jax
 
-    from mamba2_jax.checkpoint import model_from_state_dict
     from mamba2_jax.generate import Generator
-    from mamba2_jax.params import state_dict_from_model
+    from mamba2_jax.loading import model_from_state_dict, state_dict_from_model
     from mamba2_jax.sharding import MeshError, make_mesh
 
     assert len(jax.devices()) == 8, jax.devices()

@@ -14,9 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
+from mamba2_jax.checkpoint import init_state_dict
 from mamba2_jax.config import get_preset
 from mamba2_jax.eval import perplexity as P
+from mamba2_jax.loading import model_from_state_dict
 from mamba2_jax.paths import CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -258,7 +259,8 @@ _KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     import numpy as np
     from mamba2_jax.eval import perplexity as P
-    from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
+    from mamba2_jax.checkpoint import init_state_dict
+    from mamba2_jax.loading import model_from_state_dict
     from mamba2_jax.config import get_preset
     cfg = get_preset("tiny")
     sd = init_state_dict(cfg, seed=1)
@@ -299,7 +301,8 @@ def test_sharded_over_two_devices_matches_one(tmp_path):
         import sys, jax, numpy as np
         jax.config.update("jax_default_matmul_precision", "highest")
         from mamba2_jax.eval import perplexity as P
-        from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
+        from mamba2_jax.checkpoint import init_state_dict
+        from mamba2_jax.loading import model_from_state_dict
         from mamba2_jax.config import get_preset
         assert len(jax.devices()) == 2
         cfg = get_preset("tiny")

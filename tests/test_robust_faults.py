@@ -61,7 +61,8 @@ _PPL_CHILD = textwrap.dedent("""
     import sys
     import numpy as np
     from mamba2_jax.eval import perplexity as P
-    from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
+    from mamba2_jax.checkpoint import init_state_dict
+    from mamba2_jax.loading import model_from_state_dict
     from mamba2_jax.config import get_preset
     cfg = get_preset("tiny")
     m = model_from_state_dict(cfg, init_state_dict(cfg, seed=1))
@@ -84,8 +85,9 @@ def _ppl_windows():
 
 @pytest.fixture(scope="module")
 def ppl_full():
-    from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
+    from mamba2_jax.checkpoint import init_state_dict
     from mamba2_jax.config import get_preset
+    from mamba2_jax.loading import model_from_state_dict
 
     cfg = get_preset("tiny")
     m = model_from_state_dict(cfg, init_state_dict(cfg, seed=1))

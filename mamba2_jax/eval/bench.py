@@ -72,7 +72,8 @@ def build_model(spec: dict[str, Any] | str, dtype: str = "float32", checkpoint: 
                 seed: int = 0, precision: str | None = None, data: Path | None = None, mesh=None):
     """(model, info): weights from ``checkpoint`` (or ``spec['checkpoint']``) if given, else the
     mamba_ssm-style random init of the spec's shape; ``mesh`` shards it (mamba2_jax.sharding)."""
-    from ..checkpoint import init_state_dict, load_pretrained, model_from_state_dict
+    from ..checkpoint import init_state_dict
+    from ..loading import load_pretrained, model_from_state_dict
     from ..sharding import describe_mesh
 
     spec = load_model_spec(spec) if isinstance(spec, str) else dict(spec)

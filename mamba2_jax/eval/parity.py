@@ -234,7 +234,8 @@ def run_golden(backend: str, python: str, model_dir: Path, prompts_json: Path, o
 
 # ------------------------------------------------------------------------------ JAX side
 def load_jax_model(model_dir: Path, dtype: str, precision: str, plant_bug: str | None):
-    from mamba2_jax.checkpoint import model_from_state_dict, read_state_dict
+    from mamba2_jax.checkpoint import read_state_dict
+    from mamba2_jax.loading import model_from_state_dict
 
     cfg, sd, fmt = read_state_dict(model_dir)
     stored = str(np.asarray(sd["backbone.embedding.weight"]).dtype)

@@ -286,7 +286,8 @@ class JaxScorer:
         if bucket % logits_chunk:
             raise ValueError(f"bucket ({bucket}) must be a multiple of logits_chunk ({logits_chunk})")
         if mesh is not None:
-            from ..sharding import make_mesh, shard_model
+            from ..loading import shard_model
+            from ..sharding import make_mesh
 
             model = shard_model(model, make_mesh(mesh))
         self.mesh = getattr(model, "mesh", None)

@@ -194,7 +194,7 @@ class JaxModels:
     def scorer(self, model_dir: str, dtype: str) -> ppl.JaxScorer:
         key = (model_dir, dtype)
         if key not in self._scorers:
-            from mamba2_jax.checkpoint import load_pretrained
+            from mamba2_jax.loading import load_pretrained
 
             if any(k[0] != model_dir for k in self._scorers):
                 self._scorers.clear()  # one model (in its fp32 and bf16 copies) in memory at a time
@@ -517,8 +517,9 @@ def timing(cfg) -> dict[str, Any]:
     """Time the scorer on a few full-length windows of a preset shape and extrapolate."""
     import jax
 
-    from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
+    from mamba2_jax.checkpoint import init_state_dict
     from mamba2_jax.config import get_preset
+    from mamba2_jax.loading import model_from_state_dict
     from mamba2_jax.tokenizer import load_tokenizer
 
     t = cfg.timing
