@@ -265,8 +265,8 @@ def _robustness_areas(spec: dict[str, Any], root: Path) -> str:
         elif len(by) == 1:
             ref = f"{refused:,} `{next(iter(by))}`"
         else:
-            ref = f"{refused:,} (" + ", ".join(f"`{k}` {v:,}" for k, v in sorted(by.items(), key=lambda kv: (-kv[1], kv[0]))) \
-                + ")"
+            parts = sorted(by.items(), key=lambda kv: (-kv[1], kv[0]))
+            ref = f"{refused:,} (" + ", ".join(f"`{k}` {v:,}" for k, v in parts) + ")"
         nc = sum(1 for c in crashes if str(c.get("target", "")).startswith(prefixes)) if crashes else 0
         nl = sum(1 for c in lost if str(c.get("target", "")).startswith(prefixes)) if lost else 0
         rows.append(f"| {label} | {n:,} | {ok:,} | {ref} | {nc} | {nl} |")
@@ -364,11 +364,11 @@ def render_all(root: Path = REPO, reg: dict[str, Any] | None = None) -> dict[Pat
 # Runtime- or figure-like numbers: a quantity with a unit of time, speed, bandwidth, size or a ratio,
 # and scientific notation (errors, tolerances).
 NUM = r"\d[\d,]*(?:\.\d+)?"
+UNIT = (r"(?:\s?(?:tok/s|tokens/s|GB/s|TFLOPS|FLOP/s)|\s?(?:min|minutes|h|hours?|s|seconds?|ms|µs|us|GiB|GB|MB|MiB)\b"
+        r"|%|×|x\b)")                   # × and x only attached: "193×", "27x"; "2 × (a + b)" is a formula
 FIGURE_LIKE = re.compile(
-    rf"(?<![\w.\-/])(?:~|≈|about )?(?:{NUM}\s*(?:–|-|to)\s*)?{NUM}\s?"
-    r"(?:min\b|minutes\b|h\b|hours?\b|s\b|seconds?\b|ms\b|µs\b|us\b|tok/s|tokens/s|GB/s|TFLOPS|FLOP/s|GiB\b|GB\b|MB\b"
-    r"|MiB\b|%|×|x\b)"
-    rf"|×\s?{NUM}|(?<![\w.])\d(?:\.\d+)?e[-+]?\d+\b")
+    rf"(?<![\w.\-/])(?:~|≈|about )?(?:{NUM}\s*(?:–|-|to)\s*)?{NUM}{UNIT}"
+    rf"|×{NUM}|(?<![\w.])\d(?:\.\d+)?e[-+]?\d+\b")
 
 
 def unsourced(text: str) -> list[tuple[int, str, str]]:
@@ -408,7 +408,8 @@ def main(argv=None) -> int:
         old, new = rendered[p]
         rel = str(p.relative_to(REPO))
         if args.check:
-            sys.stdout.writelines(difflib.unified_diff(old.splitlines(True), new.splitlines(True), rel, rel + " (results)"))
+            sys.stdout.writelines(difflib.unified_diff(old.splitlines(True), new.splitlines(True), rel,
+                                                       rel + " (from results)"))
         else:
             from mamba2_jax.fileio import atomic_write_text
 

@@ -11,7 +11,10 @@ Steps (each one is an existing make target of another fragment, run as a sub-mak
   [4/7] throughput     make throughput    BENCH_PROFILE=P
   [5/7] sweep          make sweep         BENCH_PROFILE=P
   [6/7] cache speedup  make cache-speedup BENCH_PROFILE=P
-  [7/7] figures+paper  make figures paper
+  [7/7] figures+paper  make figures paper     (paper includes `make docs`: the numbers in the docs)
+
+After the last step the summary is written and the docs regenerated once more, so that their
+runtimes are this run's.
 
 P (REPRO_PROFILE=auto) is cpu_smoke on CPU and paper on TPU or GPU (on GPU with require_platform=null:
 the paper profile otherwise refuses to run off-TPU).  A failed step is reported and the chain goes on
@@ -24,6 +27,7 @@ which is where the runtimes in the docs come from (paper/doc_numbers.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -137,7 +141,8 @@ def main(argv=None) -> int:
              f"{args.ppl_limit or 'none (full test set)'}; finished {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; "
              f"load average at the end {os.getloadavg()}.", "",
              "| step | seconds | minutes | exit | 1-min load after |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| [{i}/{n}] {name} | {dt:.0f} | {dt / 60:.1f} | {rc} | {ld[0]:.1f} |" for i, name, dt, rc, ld in timings]
+    lines += [f"| [{i}/{n}] {name} | {dt:.0f} | {dt / 60:.1f} | {rc} | {ld[0]:.1f} |"
+              for i, name, dt, rc, ld in timings]
     lines += [f"| total | {total:.0f} | {total / 60:.1f} | {1 if failed else 0} | |", "", "Outputs:", ""]
     lines += [f"- {k}: {v}" for k, v in OUTPUTS] + [""]
     if not args.dry_run:
@@ -145,10 +150,8 @@ def main(argv=None) -> int:
         from mamba2_jax.fileio import atomic_write_text
 
         mem = None
-        try:
+        with contextlib.suppress(ValueError, OSError, AttributeError):
             mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
-        except (ValueError, OSError, AttributeError):
-            pass
         doc = {"kind": "reproduce_summary", "finished_utc": utc_now(), "backend": backend, "model": model,
                "profile": args.profile, "ppl_limit": args.ppl_limit or None, "only": sorted(only) or None,
                "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "mem_gib": mem},
@@ -159,6 +162,10 @@ def main(argv=None) -> int:
                "total_seconds": total, "exit": 1 if failed else 0}
         atomic_write_text(SUMMARY, "\n".join(lines))
         atomic_write_text(SUMMARY_JSON, json.dumps(doc, indent=1) + "\n")
+        from . import doc_numbers  # the docs quote these runtimes: regenerate them now
+
+        if doc_numbers.main([]) != 0:
+            failed.append("docs")
     print(f"\n[reproduce] {'FAILED steps: ' + ', '.join(failed) if failed else 'all steps done'} "
           f"in {total / 60:.1f} min. Where everything is:")
     for k, v in OUTPUTS:
