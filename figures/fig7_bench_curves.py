@@ -102,7 +102,7 @@ def build(results: Path) -> style.Figure:
     ax2.set_ylim(0, max(1.4, 1.1 * float(ratio_target or 0)))   # the target line inside the axes, not on its edge
     ax2.margins(x=0.1)
     ax2.set_title("(c) prefill cost per token vs length")
-    notes = ["Medians of alternating rounds (experiments/bench.py, experiments/bench_curves.py); the load average "
+    notes = ["Medians of alternating rounds (experiments/bench.py); the load average "
              "is recorded in each record."]
     curves = ("decode_batch_tokens_per_s", "prefill_us_per_token")   # the footer describes the plotted records only
     plotted = [(p, {**d, "records": [r for r in d["records"] if r.get("metric") in curves]}) for p, d in docs]
