@@ -40,6 +40,7 @@ from flax import nnx
 
 from mamba2_jax import model as M
 from mamba2_jax.eval import bench, flops
+from mamba2_jax.eval import models as model_specs
 from mamba2_jax.eval.hardware import StreamBench
 from mamba2_jax.eval.results import write_results
 
@@ -173,10 +174,10 @@ def main(argv=None):
     a = ap.parse_args(argv)
 
     ctx = bench.setup_run({"profile_name": "cpu_bench", "cpu_measure": {"reps": 3}}, "decode_formulations")
-    spec = bench.load_model_spec(a.model)
-    model, info = bench.build_model(spec, dtype="float32")
+    spec = model_specs.load_model_spec(a.model)
+    model, info = model_specs.build_model(spec, dtype="float32")
     cfg = model.cfg
-    tmodel, _ = bench.build_model(spec, dtype="float32")
+    tmodel, _ = model_specs.build_model(spec, dtype="float32")
     for blk in tmodel.backbone.layers:  # the old (in, out) layout for the two per-layer GEMVs
         mx = blk.mixer
         mx.in_proj = nnx.Param(jnp.asarray(np.ascontiguousarray(np.asarray(mx.in_proj[...]).T)))
