@@ -18,8 +18,8 @@ generated span without a reason on the allowlist (``allow`` in the YAML).
 A number entry (all keys but ``file`` optional):
 
     file:    a path or glob relative to the repository root (every match is read; none is an error)
-    records: {field: value, ...}   select from each file's ``records`` list; ``key`` then applies to
-             each selected record (default key ``value``)
+    records: {field: value, ...}   select from each file's ``records`` list (or the list named by
+             ``list``, e.g. ``steps``); ``key`` then applies to each selected item (default key ``value``)
     key:     a dotted path (or a YAML list of path parts, for keys with dots); ``*`` is every value
              of a dict or item of a list.  Missing paths are skipped; no value at all is an error.
     reduce:  one (default: exactly one value) | max | min | absmax | median | sum | count | first
@@ -124,7 +124,8 @@ def values(spec: dict[str, Any], root: Path = REPO) -> list[Any]:
         doc = read_json(path)
         if "records" in spec:
             want = spec["records"] or {}
-            objs = [r for r in doc.get("records") or [] if all(r.get(k) == v for k, v in want.items())]
+            objs = [r for r in doc.get(spec.get("list", "records")) or []
+                    if all(r.get(k) == v for k, v in want.items())]
         else:
             objs = [doc]
         for obj in objs:

@@ -14,7 +14,8 @@ Steps (each one is an existing make target of another fragment, run as a sub-mak
   [7/7] figures+paper  make figures paper     (paper includes `make docs`: the numbers in the docs)
 
 After the last step the summary is written and the docs regenerated once more, so that their
-runtimes are this run's.
+runtimes are this run's.  A run with --only writes paper/reproduce_summary-partial.{md,json}
+instead and leaves the docs alone.
 
 P (REPRO_PROFILE=auto) is cpu_smoke on CPU and paper on TPU or GPU (on GPU with require_platform=null:
 the paper profile otherwise refuses to run off-TPU).  A failed step is reported and the chain goes on
@@ -160,17 +161,23 @@ def main(argv=None) -> int:
                "steps": [{"index": i, "name": name, "seconds": dt, "exit": rc, "load_after": ld}
                          for i, name, dt, rc, ld in timings],
                "total_seconds": total, "exit": 1 if failed else 0}
-        atomic_write_text(SUMMARY, "\n".join(lines))
-        atomic_write_text(SUMMARY_JSON, json.dumps(doc, indent=1) + "\n")
-        from . import doc_numbers  # the docs quote these runtimes: regenerate them now
+        if only:   # a partial run: its own files, so that the docs keep quoting the last whole run
+            summary = SUMMARY.with_name("reproduce_summary-partial.md")
+            atomic_write_text(summary, "\n".join(lines))
+            atomic_write_text(summary.with_suffix(".json"), json.dumps(doc, indent=1) + "\n")
+        else:
+            atomic_write_text(SUMMARY, "\n".join(lines))
+            atomic_write_text(SUMMARY_JSON, json.dumps(doc, indent=1) + "\n")
+            from . import doc_numbers  # the docs quote these runtimes: regenerate them now
 
-        if doc_numbers.main([]) != 0:
-            failed.append("docs")
+            if doc_numbers.main([]) != 0:
+                failed.append("docs")
     print(f"\n[reproduce] {'FAILED steps: ' + ', '.join(failed) if failed else 'all steps done'} "
           f"in {total / 60:.1f} min. Where everything is:")
     for k, v in OUTPUTS:
         print(f"    {k:14s} {v}")
-    print(f"    {'summary':14s} {SUMMARY.relative_to(REPO)} and .json (step timings)")
+    print(f"    {'summary':14s} {SUMMARY.relative_to(REPO)} and .json (step timings; "
+          f"reproduce_summary-partial.* for a run with --only)")
     return 1 if failed else 0
 
 
