@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 APP = textwrap.dedent("""
     import json, sys
+    sys.modules["jax"] = None      # provenance's JAX section is not under test: keep the run fast
     import hydra
     from mamba2_jax.eval.provenance import provenance
 
@@ -46,8 +47,10 @@ def test_provenance_records_hydra_overrides_and_command_line(tmp_path):
     assert cl["cwd"] == str(tmp_path)
 
 
-def test_provenance_outside_hydra_has_no_overrides():
+def test_provenance_outside_hydra_has_no_overrides(monkeypatch):
     from mamba2_jax.eval.provenance import provenance
+
+    monkeypatch.setitem(sys.modules, "jax", None)      # not under test (and slow to import)
 
     p = provenance(packages=())
     assert p["hydra_overrides"] is None
