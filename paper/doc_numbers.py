@@ -27,6 +27,7 @@ A number entry (all keys but ``file`` optional):
     times, per:  multiply by / divide by another field of the same object (a derived value)
     fmt:     a Python format spec (``.1f``, ``,d``, ``.2g``), ``e1``/``e2`` (1.2e-7: scientific, no
              exponent padding) or ``s`` (a string)
+    map:     {value: text} to name a recorded value in words (e.g. true: warm)
     default: the text when the files hold no value (a field an older run did not record)
     round:   up | down   round to the displayed digits upwards/downwards instead of to nearest, for
              sentences like "within X" (so the sentence stays true)
@@ -196,6 +197,10 @@ def render_number(name: str, spec: dict[str, Any], root: Path = REPO) -> str:
     if not vals and "default" in spec:          # e.g. a field an older run did not record
         return str(spec["default"])
     v = reduce_values(vals, spec.get("reduce", "one"), name)
+    if "map" in spec:                           # a recorded value named in words (e.g. true -> "warm")
+        if v not in spec["map"]:
+            raise DocNumberError(f"{name}: value {v!r} not in its map {spec['map']}")
+        return str(spec["map"][v])
     fmt = str(spec.get("fmt", "s" if isinstance(v, str) else ".3g"))
     if fmt != "s":
         v = float(v) * float(spec.get("scale", 1.0))
