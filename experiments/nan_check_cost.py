@@ -61,8 +61,9 @@ def main(argv=None):
     ap.add_argument("--run", default=None)
     a = ap.parse_args(argv)
 
-    from mamba2_jax.checkpoint import check_finite, load_pretrained, write_checkpoint
+    from mamba2_jax.checkpoint import check_finite, write_checkpoint
     from mamba2_jax.eval import flops
+    from mamba2_jax.loading import load_pretrained
 
     ctx = bench.setup_run({"profile_name": "cpu_bench", "cpu_measure": {"reps": 3}}, "nan_check_cost")
     recs = []

@@ -275,7 +275,8 @@ class Generator:
     def __init__(self, model, eos_id: int | None = 0, min_bucket: int = 16, mesh=None, *,
                  check_finite: bool = True, share_programs: bool = True):
         if mesh is not None:  # a jax.sharding.Mesh or "data=2,model=4" (see sharding.py)
-            from .sharding import make_mesh, shard_model
+            from .loading import shard_model
+            from .sharding import make_mesh
 
             model = shard_model(model, make_mesh(mesh))
         self.mesh = getattr(model, "mesh", None)

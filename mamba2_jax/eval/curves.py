@@ -10,8 +10,7 @@
   rate re-measured in the same rounds.
 
 Every record carries min and median seconds and the raw times; callers add them to the bench
-results document (``experiments/bench.py``); ``experiments/bench_curves.py`` runs the length curve
-alone.
+results document (``experiments/bench.py``; ``make bench`` runs the length curve up to 256k tokens).
 """
 
 from __future__ import annotations
@@ -89,7 +88,8 @@ def length_curve(spec, lengths, n_layer: int, rounds: int, dtype: str, seed: int
     """Prefill µs/token at each length on an ``n_layer``-layer model of ``spec``'s width; a length
     above the model's ``prefill_block`` (and a multiple of it) runs block by block carrying the cache,
     inside one program (flat memory; ``prefill_block`` "auto" is the platform's choice)."""
-    from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
+    from mamba2_jax.checkpoint import init_state_dict
+    from mamba2_jax.loading import model_from_state_dict
 
     cfg = bench.model_config(spec, data).replace(n_layer=int(n_layer))
     model = model_from_state_dict(cfg, init_state_dict(cfg, seed=seed), dtype=dtype, precision=precision,
