@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mamba2_jax.eval import bench, flops
+from mamba2_jax.eval import bench, flops, models
 from mamba2_jax.eval.hardware import StreamBench
 from mamba2_jax.eval.results import write_results
 
@@ -90,7 +90,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
 
     ctx = bench.setup_run({"profile_name": "cpu_bench", "cpu_measure": {"reps": 3}}, "decode_split")
-    model, info = bench.build_model(bench.load_model_spec(a.model), dtype="float32")
+    model, info = models.build_model(models.load_model_spec(a.model), dtype="float32")
     cfg = model.cfg
     variants = {"fused_in_proj": model, "in_proj_parts": split_in_proj_model(model)}
     fns, hlo = {}, {}

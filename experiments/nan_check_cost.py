@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from mamba2_jax.eval import bench
+from mamba2_jax.eval import bench, models
 from mamba2_jax.eval.hardware import StreamBench
 from mamba2_jax.eval.results import write_results
 
@@ -68,7 +68,7 @@ def main(argv=None):
     ctx = bench.setup_run({"profile_name": "cpu_bench", "cpu_measure": {"reps": 3}}, "nan_check_cost")
     recs = []
     # -- decode ------------------------------------------------------------------------------------
-    model, info = bench.build_model(bench.load_model_spec(a.model), dtype="float32")
+    model, info = models.build_model(models.load_model_spec(a.model), dtype="float32")
     fns, dbs = {}, {}
     for b in a.batches:
         for chk in (True, False):
@@ -101,7 +101,7 @@ def main(argv=None):
     del dbs, model, fns
     # -- loading -----------------------------------------------------------------------------------
     for i, name in enumerate(a.load_models):
-        cfg = bench.model_config(bench.load_model_spec(name))
+        cfg = models.model_config(models.load_model_spec(name))
         sd = _random_fp16_sd(cfg)
         nbytes = sum(v.nbytes for v in sd.values())
         assert check_finite(sd) == {}

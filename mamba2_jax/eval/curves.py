@@ -91,7 +91,9 @@ def length_curve(spec, lengths, n_layer: int, rounds: int, dtype: str, seed: int
     from mamba2_jax.checkpoint import init_state_dict
     from mamba2_jax.loading import model_from_state_dict
 
-    cfg = bench.model_config(spec, data).replace(n_layer=int(n_layer))
+    from .models import model_config
+
+    cfg = model_config(spec, data).replace(n_layer=int(n_layer))
     model = model_from_state_dict(cfg, init_state_dict(cfg, seed=seed), dtype=dtype, precision=precision,
                                   prefill_block=prefill_block)
     blk = model.prefill_block
