@@ -37,6 +37,27 @@ from omegaconf import OmegaConf
 from mamba2_jax.paths import CONF_DIR, results_dir
 
 PHASES = ("claims", "all")
+# the files that define the compiled programs: a record compiled at another commit is reused by
+# --resume only if these are unchanged since (and its tree was clean)
+PROGRAM_FILES = ("mamba2_jax/model.py", "mamba2_jax/ssd.py", "mamba2_jax/cache.py", "mamba2_jax/sharding.py",
+                 "mamba2_jax/generate.py", "mamba2_jax/config.py", "mamba2_jax/params.py", "mamba2_jax/loading.py",
+                 "mamba2_jax/ops.py", "mamba2_jax/checkpoint.py")
+
+
+def reusable(rec: dict, head: dict) -> bool:
+    """Whether ``rec`` (a record of an earlier run) compiled the same programs this commit would."""
+    import subprocess
+
+    from mamba2_jax.paths import checkout_root
+
+    g = rec.get("git") or {}
+    if not g.get("sha") or g.get("dirty") or head.get("dirty") or not head.get("sha"):
+        return False
+    if g["sha"] == head["sha"]:
+        return True
+    r = subprocess.run(["git", "diff", "--quiet", g["sha"], head["sha"], "--", *PROGRAM_FILES],
+                       cwd=checkout_root(), capture_output=True)
+    return r.returncode == 0
 
 
 def paper_suite(profile: str = "paper") -> dict:
@@ -80,7 +101,11 @@ def main(argv=None) -> int:
     ap.add_argument("--target", default="tpu-v6e")
     ap.add_argument("--profile", default="paper")
     ap.add_argument("--phase", default="all", choices=PHASES)
-    ap.add_argument("--resume", action="store_true", help="skip programs already compiled at this commit")
+    ap.add_argument("--resume", action="store_true",
+                    help="skip programs already compiled from a clean tree whose program files equal this commit's")
+    ap.add_argument("--order", default="program", choices=["program", "model"],
+                    help="program: every scale's step and decode loop, then the headline prefill, then the rest "
+                         "(a stopped run covers all scales); model: one scale after the other")
     ap.add_argument("--out", default=None, help="default: results/tpu_compile")
     a = ap.parse_args(argv)
 
@@ -103,21 +128,31 @@ def main(argv=None) -> int:
           f"{suite['decode_tokens']} tokens) -> {out}/; git {str(git['sha'])[:10]}"
           f"{' (dirty tree)' if git['dirty'] else ''}", flush=True)
     total = 0.0
+    records_of: dict[str, dict] = {}
+    mesh_of: dict[str, dict | None] = {}
     for name in models:
-        cfg = get_preset(name)
-        path = out / f"{name}.json"
-        old = read_result(path) if a.resume else None
-        same = bool(old) and old.get("provenance", {}).get("git", {}).get("sha") == git["sha"] and not git["dirty"]
-        records = {r["key"]: r for r in (old or {}).get("records", [])} if same else {}
-        mesh = None
-        for p in programs(suite, a.phase):
+        old = read_result(out / f"{name}.json") if a.resume else None
+        for r in (old or {}).get("records", []):
+            r.setdefault("git", (old.get("provenance") or {}).get("git"))
+        records_of[name] = {r["key"]: r for r in (old or {}).get("records", []) if reusable(r, git)}
+        mesh_of[name] = None
+    work = [(name, p) for name in models for p in programs(suite, a.phase)]
+    if a.order == "program":  # every scale's step and decode loop first, then the prefills, shortest first
+        rank = {key(p): i for i, p in enumerate(programs(suite, a.phase))}
+        work.sort(key=lambda w: (w[1]["program"] == "prefill", w[1].get("length", 0) != suite["headline_length"],
+                                 w[1].get("length", 0), rank[key(w[1])], models.index(w[0])))
+    for name, p in work:
+        if True:
+            cfg = get_preset(name)
+            path = out / f"{name}.json"
+            records, mesh = records_of[name], mesh_of[name]
             k = key(p)
             if k in records:
                 mesh = dict(records[k]["mesh_shape"]) if records[k]["num_devices"] > 1 else mesh
                 print(f"[tpu_compile] {name} {k}: at this commit already, skipped", flush=True)
                 continue
             kw = dict(target=a.target, batch=suite["batch"], dtype=suite["dtype"],
-                      precision=suite["matmul_precision"], **{q: v for q, v in p.items()})
+                      precision=suite["matmul_precision"], **dict(p))
             ladder = [None, {"data": 1, "model": 2}, {"data": 1, "model": 4}, {"data": 1, "model": 8}]
             for m in ladder[ladder.index(mesh):]:
                 if m and m["model"] > 4:
@@ -135,7 +170,9 @@ def main(argv=None) -> int:
                       f"{r['bytes_needed_per_device'] / 2**30:.1f} GiB of {r['hbm_bytes_per_device'] / 2**30:.1f} "
                       f"GiB per chip; trying a larger model= mesh", flush=True)
             mesh = dict(r["mesh_shape"]) if r["num_devices"] > 1 else None
+            mesh_of[name] = mesh
             r["key"] = k
+            r["git"] = git
             records[k] = r
             ro = r["roofline"]
             print(f"[tpu_compile] {name} {k}: {r['compile_s']:.1f} s, {r['flops'] / 1e12:.4g} TFLOP, "

@@ -171,7 +171,8 @@ def _cmd_compile(a) -> int:
     if a.json:
         print(json.dumps(r, default=str))
         return 0
-    what = {"prefill": f"prefill b={r['batch']} L={r['length']} ({'last-only' if r['last_only'] else 'full'} logits)",
+    logits = "last-only" if r["last_only"] else "full"
+    what = {"prefill": f"prefill b={r['batch']} L={r['length']} ({logits} logits)",
             "step": f"decode step b={r['batch']}",
             "generate": f"decode loop b={r['batch']} new_tokens={r['new_tokens']}"}[r["program"]]
     pol = r["policy"]
@@ -183,7 +184,8 @@ def _cmd_compile(a) -> int:
           f"libtpu {r['versions']['libtpu']}")
     print(f"  cost        {r['flops'] / 1e9:.4g} GFLOP, {r['bytes_accessed'] / 1e9:.4g} GB accessed (XLA), "
           f"{r['transcendentals'] / 1e6:.4g} M transcendentals ({r['cost_note']})")
-    print(f"  memory      arguments {_fmt_bytes(r.get('argument_bytes'))}, outputs {_fmt_bytes(r.get('output_bytes'))}, "
+    print(f"  memory      arguments {_fmt_bytes(r.get('argument_bytes'))}, "
+          f"outputs {_fmt_bytes(r.get('output_bytes'))}, "
           f"temporaries {_fmt_bytes(r.get('temp_bytes'))}, aliased {_fmt_bytes(r.get('alias_bytes'))}, "
           f"code {_fmt_bytes(r.get('generated_code_bytes'))} per device")
     if r["hbm_bytes_per_device"]:
@@ -194,8 +196,9 @@ def _cmd_compile(a) -> int:
     ro = r["roofline"]
     if ro:
         x = ro["xla"]
-        print(f"  roofline    min time {ro['min_time_s'] * 1e3:.4g} ms ({ro['bound']}-bound, bytes = arguments + outputs): "
-              f"<= {ro['bound_tokens_per_s']:,.0f} tokens/s, MFU <= {ro['bound_mfu']:.1%}, HBU <= {ro['bound_hbu']:.1%}")
+        print(f"  roofline    min time {ro['min_time_s'] * 1e3:.4g} ms ({ro['bound']}-bound, bytes = arguments + "
+              f"outputs): <= {ro['bound_tokens_per_s']:,.0f} tokens/s, MFU <= {ro['bound_mfu']:.1%}, "
+              f"HBU <= {ro['bound_hbu']:.1%}")
         print(f"              with XLA's byte count: {x['min_time_s'] * 1e3:.4g} ms ({x['bound']}-bound), "
               f"<= {x['bound_tokens_per_s']:,.0f} tokens/s, <= {x['bound_tflops']:.4g} TFLOP/s")
     return 0
@@ -260,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("compile", help="compile one program for a target (TPU without a TPU) from shapes only: "
                                        "cost, memory, HBM fit, roofline")
     s.add_argument("--model", default=None,
-                   help="checkpoint dir, config.json, preset (e.g. mamba2-2.7b) or hub id (default: the embedded model)")
+                   help="checkpoint dir, config.json, preset (e.g. mamba2-2.7b) or hub id "
+                        "(default: the embedded model)")
     s.add_argument("--target", default="tpu-v6e",
                    help="tpu-v6e | tpu-v5e | tpu-v5p | tpu-v4 | cpu (TPU targets need `make install-tpu`)")
     s.add_argument("--program", default="prefill", choices=["prefill", "step", "generate"])

@@ -61,9 +61,12 @@ PROGRAMS = ("prefill", "step", "generate")
 # target → platform, default topology (the smallest libtpu 0.0.42 accepts: one host's chips,
 # "v6e:1x1" is refused as not divisible by chips_per_host_bounds 2x2x1), hardware profile
 TARGETS: dict[str, dict[str, Any]] = {
-    "tpu-v6e": {"name": "TPU v6e", "platform": "tpu", "topology": "v6e:2x2", "profile": "tpu_v6e", "accelerator": "v6e-4"},
-    "tpu-v5e": {"name": "TPU v5e", "platform": "tpu", "topology": "v5e:2x2", "profile": "tpu_v5e", "accelerator": "v5litepod-4"},
-    "tpu-v5p": {"name": "TPU v5p", "platform": "tpu", "topology": "v5p:2x2x1", "profile": "tpu_v5p", "accelerator": "v5p-8"},
+    "tpu-v6e": {"name": "TPU v6e", "platform": "tpu", "topology": "v6e:2x2", "profile": "tpu_v6e",
+                "accelerator": "v6e-4"},
+    "tpu-v5e": {"name": "TPU v5e", "platform": "tpu", "topology": "v5e:2x2", "profile": "tpu_v5e",
+                "accelerator": "v5litepod-4"},
+    "tpu-v5p": {"name": "TPU v5p", "platform": "tpu", "topology": "v5p:2x2x1", "profile": "tpu_v5p",
+                "accelerator": "v5p-8"},
     "tpu-v4": {"name": "TPU v4", "platform": "tpu", "topology": "v4:2x2x1", "profile": "tpu_v4", "accelerator": "v4-8"},
     "cpu": {"name": "CPU", "platform": "cpu", "topology": None, "profile": "cpu", "accelerator": None},
 }
@@ -94,7 +97,10 @@ def ensure_libtpu(accelerator: str | None = "v6e-4") -> str:
     appended to ``sys.path`` for this process only.  Off a TPU VM, libtpu's start-up looks for the
     accelerator type and worker hostnames (metadata server, then environment) and prints two
     warnings; the environment variables it reads are set (``setdefault``: a real TPU VM's own values
-    win) so that it finds them and stays quiet."""
+    win) so that it finds them and stays quiet.  libtpu also takes a machine-wide lock
+    (/tmp/libtpu_lockfile) that makes a second process fail ("Internal error when accessing libtpu
+    multi-process lockfile"); compiling needs no TPU to own, so ``ALLOW_MULTIPLE_LIBTPU_LOAD=1``
+    lets several compiles (tests beside a running suite) share the machine."""
     if importlib.util.find_spec("libtpu") is None:
         d = libtpu_dir()
         if d is not None and (d / "libtpu").is_dir() and str(d) not in sys.path:
@@ -106,8 +112,9 @@ def ensure_libtpu(accelerator: str | None = "v6e-4") -> str:
                 f"[tpu] extra pins, into .tpu/ of the checkout, outside the venv) or point {LIBTPU_ENV} at a "
                 f"directory holding the libtpu package")
     if accelerator:
-        for k, v in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_ACCELERATOR_TYPE", accelerator),
-                     ("TPU_WORKER_HOSTNAMES", "localhost"), ("TPU_WORKER_ID", "0")):
+        for k, v in (("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"), ("TPU_SKIP_MDS_QUERY", "1"),
+                     ("TPU_ACCELERATOR_TYPE", accelerator), ("TPU_WORKER_HOSTNAMES", "localhost"),
+                     ("TPU_WORKER_ID", "0")):
             os.environ.setdefault(k, v)
     return libtpu_version() or "unknown"
 
@@ -184,7 +191,8 @@ def _single_device_params(cfg, dtype, sharding) -> dict[str, Any]:
 
     from .sharding import _param_shapes
 
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), _param_shapes(cfg, dtype))
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                        _param_shapes(cfg, dtype))
 
 
 def abstract_model(cfg, dtype, mesh, sharded: bool, policy: dict[str, Any], precision):
@@ -251,7 +259,8 @@ def roofline(flops: float, min_bytes: float, tokens: int, peak: float, bandwidth
     out = {"peak_flops": peak, "bandwidth": bandwidth, "compute_s": t_c, "memory_s": t_m, "min_time_s": t,
            "bound": "compute" if t_c >= t_m else "memory", "tokens": tokens,
            "bound_tokens_per_s": tokens / t if t > 0 else None,
-           "bound_mfu": (flops / t) / peak if t > 0 else None, "bound_hbu": (min_bytes / t) / bandwidth if t > 0 else None,
+           "bound_mfu": (flops / t) / peak if t > 0 else None,
+           "bound_hbu": (min_bytes / t) / bandwidth if t > 0 else None,
            "bound_tflops": flops / t / 1e12 if t > 0 else None}
     if xla_bytes is not None:
         tx = max(t_c, xla_bytes / bandwidth)
@@ -340,7 +349,8 @@ def compile_program(model: Any, target: str = "tpu-v6e", program: str = "prefill
             m = nnx.merge(graphdef, state)
             return m.prefill(ids, last_only=last_only)
 
-        args = (state, jax.ShapeDtypeStruct((batch, length), jnp.int32, sharding=NamedSharding(jmesh, P("data", None))))
+        ids = jax.ShapeDtypeStruct((batch, length), jnp.int32, sharding=NamedSharding(jmesh, P("data", None)))
+        args = (state, ids)
         jitted, kwargs = jax.jit(fn), {}
         tokens = batch * length
     elif program == "step":
@@ -417,7 +427,8 @@ def compile_program(model: Any, target: str = "tpu-v6e", program: str = "prefill
         "cost_note": ("per device; a while loop's body is counted once by XLA's cost analysis"
                       if program == "generate" else "per device"),
         "versions": vers,
-        "status": NOT_RUN.format(kind=t["name"]) if t["platform"] == "tpu" else "compiled for this machine's CPU, not run",
+        "status": (NOT_RUN.format(kind=t["name"]) if t["platform"] == "tpu"
+                   else "compiled for this machine's CPU, not run"),
     }
     if keep_hlo:
         out["hlo"] = hlo
