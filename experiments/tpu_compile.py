@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     suite = paper_suite(a.profile)
     models = a.models.split(",") if a.models else suite["models"]
     out = Path(a.out) if a.out else results_dir() / "tpu_compile"
-    git = git_info()
+    git = git_info()  # at start: the modules are imported now; later edits to the tree do not change this run
     prof = get_profile(t["profile"])
     print(f"[tpu_compile] {t['name']} via libtpu {libtpu} (jax {versions()['jax']}), no TPU: compiling "
           f"profile={suite['profile']} ({', '.join(models)}; {suite['dtype']}, matmul precision "
@@ -187,7 +187,7 @@ def main(argv=None) -> int:
                 "status": f"compiled for {t['name']}, not run",
                 "config": {"suite": suite, "target": a.target, "phase": a.phase, "model": name,
                            "argv": sys.argv[1:]},
-                "provenance": provenance(compile={**versions(), "target": a.target, "topology": r["topology"],
+                "provenance": provenance(git=git, compile={**versions(), "target": a.target, "topology": r["topology"],
                                                   "device_kind": r["device_kind"]}),
             }, experiment="tpu_compile", run=name, records=recs,
                 hardware={"profile": prof.to_dict(), "device": {"platform": "tpu", "device_kind": r["device_kind"],
