@@ -109,20 +109,25 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="default: results/tpu_compile")
     a = ap.parse_args(argv)
 
-    from mamba2_jax.compile import TARGETS, CompileError, compile_program, ensure_libtpu, versions
+    from mamba2_jax.compile import TARGETS, CompileError, compile_program, ensure_cuda_plugin, ensure_libtpu, versions
     from mamba2_jax.config import get_preset
     from mamba2_jax.eval.hardware import get_profile
     from mamba2_jax.eval.provenance import git_info, provenance
     from mamba2_jax.eval.results import read_result, write_document
 
     t = TARGETS[a.target]
-    libtpu = ensure_libtpu(t["accelerator"])
+    if t["platform"] == "tpu":
+        compiler = f"libtpu {ensure_libtpu(t['accelerator'])}"
+    elif t["platform"] == "cuda":
+        compiler = f"jax-cuda12-pjrt {ensure_cuda_plugin()}"
+    else:
+        compiler = "XLA:CPU"
     suite = paper_suite(a.profile)
     models = a.models.split(",") if a.models else suite["models"]
-    out = Path(a.out) if a.out else results_dir() / "tpu_compile"
+    out = Path(a.out) if a.out else results_dir() / ("tpu_compile" if a.target == "tpu-v6e" else f"compile-{a.target}")
     git = git_info()  # at start: the modules are imported now; later edits to the tree do not change this run
     prof = get_profile(t["profile"])
-    print(f"[tpu_compile] {t['name']} via libtpu {libtpu} (jax {versions()['jax']}), no TPU: compiling "
+    print(f"[tpu_compile] {t['name']} via {compiler} (jax {versions()['jax']}), no {t['platform'].upper()}: compiling "
           f"profile={suite['profile']} ({', '.join(models)}; {suite['dtype']}, matmul precision "
           f"{suite['matmul_precision']}; prefill lengths {suite['prefill_lengths']}; decode loops of "
           f"{suite['decode_tokens']} tokens) -> {out}/; git {str(git['sha'])[:10]}"
@@ -155,6 +160,8 @@ def main(argv=None) -> int:
                       precision=suite["matmul_precision"], **dict(p))
             ladder = [None, {"data": 1, "model": 2}, {"data": 1, "model": 4}, {"data": 1, "model": 8}]
             for m in ladder[ladder.index(mesh):]:
+                if m and t["platform"] != "tpu":
+                    break  # one GPU: no mesh to grow into
                 if m and m["model"] > 4:
                     kw["topology"] = t["topology"].split(":")[0] + ":2x4"
                 t0 = time.perf_counter()
@@ -189,8 +196,9 @@ def main(argv=None) -> int:
                            "argv": sys.argv[1:]},
                 "provenance": provenance(git=git, compile={**versions(), "target": a.target, "topology": r["topology"],
                                                   "device_kind": r["device_kind"]}),
-            }, experiment="tpu_compile", run=name, records=recs,
-                hardware={"profile": prof.to_dict(), "device": {"platform": "tpu", "device_kind": r["device_kind"],
+            }, experiment="tpu_compile" if t["platform"] == "tpu" else "gpu_compile", run=name, records=recs,
+                hardware={"profile": prof.to_dict(), "device": {"platform": t["platform"],
+                                                                "device_kind": r["device_kind"],
                                                                 "topology": r["topology"], "compiled_only": True},
                           "matches_device": False})
     print(f"[tpu_compile] done: {total:.0f} s of compilation; results in {out}/ (compiled for {t['name']}, "

@@ -180,8 +180,10 @@ def _cmd_compile(a) -> int:
           f"scan chunk {pol['scan_chunk_size']}, prefill block {pol['prefill_block']}")
     print(f"  target      {r['target']}: {r['device_kind']}, topology {r['topology']}, program on "
           f"{r['num_devices']} of {r['topology_devices']} devices, mesh {r['mesh_shape']}")
-    print(f"  compile     {r['compile_s']:.1f} s (lowering {r['lower_s']:.1f} s); jax {r['versions']['jax']}, "
-          f"libtpu {r['versions']['libtpu']}")
+    v = r["versions"]
+    comp = {"tpu": f"libtpu {v['libtpu']}", "cuda": f"jax-cuda12-pjrt {v['jax_cuda12_pjrt']}"}.get(r["platform"],
+                                                                                                 "XLA:CPU")
+    print(f"  compile     {r['compile_s']:.1f} s (lowering {r['lower_s']:.1f} s); jax {v['jax']}, {comp}")
     print(f"  cost        {r['flops'] / 1e9:.4g} GFLOP, {r['bytes_accessed'] / 1e9:.4g} GB accessed (XLA), "
           f"{r['transcendentals'] / 1e6:.4g} M transcendentals ({r['cost_note']})")
     print(f"  memory      arguments {_fmt_bytes(r.get('argument_bytes'))}, "

@@ -68,10 +68,15 @@ TARGETS: dict[str, dict[str, Any]] = {
     "tpu-v5p": {"name": "TPU v5p", "platform": "tpu", "topology": "v5p:2x2x1", "profile": "tpu_v5p",
                 "accelerator": "v5p-8"},
     "tpu-v4": {"name": "TPU v4", "platform": "tpu", "topology": "v4:2x2x1", "profile": "tpu_v4", "accelerator": "v4-8"},
+    "cuda-l40s": {"name": "NVIDIA L40S", "platform": "cuda", "topology": "1x1x1", "profile": "l40s",
+                  "accelerator": None, "target_config": "l40s"},
+    "cuda-h100": {"name": "NVIDIA H100 SXM", "platform": "cuda", "topology": "1x1x1", "profile": "h100_sxm",
+                  "accelerator": None, "target_config": "h100_sxm"},
     "cpu": {"name": "CPU", "platform": "cpu", "topology": None, "profile": "cpu", "accelerator": None},
 }
 NOT_RUN = "compiled for {kind}, not run"
 LIBTPU_ENV = "MAMBA2_JAX_LIBTPU_DIR"
+CUDA_ENV = "MAMBA2_JAX_CUDA_PLUGIN_DIR"
 
 
 class CompileError(ValueError):
@@ -119,6 +124,56 @@ def ensure_libtpu(accelerator: str | None = "v6e-4") -> str:
     return libtpu_version() or "unknown"
 
 
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # the parent package is missing
+        return False
+
+
+def cuda_plugin_dir() -> Path | None:
+    """Where ``make install-cuda-plugin`` put jax-cuda12-plugin/-pjrt: ``$MAMBA2_JAX_CUDA_PLUGIN_DIR``,
+    else ``<checkout>/.cuda``."""
+    env = os.environ.get(CUDA_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    from .paths import checkout_root
+
+    root = checkout_root()
+    return (root / ".cuda") if root is not None else None
+
+
+def ensure_cuda_plugin() -> str:
+    """Make JAX's CUDA plugin loadable for a compile-only CUDA target; returns its version.
+
+    JAX registers PJRT plugins (the ``jax_plugins`` namespace) when its backends start, so the
+    plugin's directory must be on ``sys.path`` before that: a fresh process (the CLI).  The backends
+    are then limited to the CPU (``jax_platforms="cpu"``, unless the caller chose): without a GPU
+    driver the CUDA backend cannot start, and only the plugin's compiler is used."""
+    import jax
+    from jax._src import xla_bridge as xb
+
+    if not _has_module("jax_plugins.xla_cuda12"):
+        d = cuda_plugin_dir()
+        if d is not None and (d / "jax_plugins").is_dir() and str(d) not in sys.path:
+            if xb.backends_are_initialized():
+                raise CompileError("a CUDA target must be compiled in a fresh process (JAX's backends are "
+                                   "already started here, so the CUDA plugin can no longer register)")
+            sys.path.append(str(d))
+            importlib.invalidate_caches()
+        if not _has_module("jax_plugins.xla_cuda12"):
+            raise CompileError(f"JAX's CUDA plugin is not installed: run `make install-cuda-plugin` "
+                               f"(jax-cuda12-plugin and jax-cuda12-pjrt 0.10.2 into .cuda/ of the checkout) or "
+                               f"point {CUDA_ENV} at a directory holding them")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    if not xb.backends_are_initialized() and not os.environ.get("JAX_PLATFORMS"):
+        jax.config.update("jax_platforms", "cpu")
+    try:
+        return importlib.metadata.version("jax-cuda12-pjrt")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def libtpu_version() -> str | None:
     try:
         return importlib.metadata.version("libtpu")
@@ -130,7 +185,11 @@ def versions() -> dict[str, Any]:
     import jax
     import jaxlib
 
-    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "libtpu": libtpu_version()}
+    try:
+        cuda = importlib.metadata.version("jax-cuda12-pjrt")
+    except importlib.metadata.PackageNotFoundError:
+        cuda = None
+    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "libtpu": libtpu_version(), "jax_cuda12_pjrt": cuda}
 
 
 # ------------------------------------------------------------------------------ targets
@@ -146,8 +205,23 @@ def target_devices(target: str, topology: str | None = None) -> tuple[list, str,
 
         devs = jax.devices("cpu")
         return devs, f"cpu:{len(devs)}", devs[0].device_kind
-    ensure_libtpu(t["accelerator"])
     from jax.experimental import topologies
+
+    if t["platform"] == "cuda":
+        from .gpu_targets import TARGET_CONFIGS
+
+        ensure_cuda_plugin()
+        if topology and topology != t["topology"]:
+            raise CompileError(f"{target}: only topology {t['topology']} (one GPU) is supported")
+        try:
+            topo = topologies.get_topology_desc(platform="cuda", target_config=TARGET_CONFIGS[t["target_config"]],
+                                                topology=t["topology"])
+        except Exception as e:
+            raise CompileError(f"the CUDA plugin refused the {t['name']} target description: "
+                               f"{type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+        devs = list(topo.devices)
+        return devs, f"{t['target_config']}:{t['topology']}", devs[0].device_kind
+    ensure_libtpu(t["accelerator"])
 
     name = topology or t["topology"]
     gen = t["topology"].split(":")[0]
@@ -250,6 +324,17 @@ def _mem(compiled) -> dict[str, int]:
     return {k: int(getattr(m, v, 0) or 0) for k, v in keys.items()}
 
 
+def _lowered_cost(lowered) -> dict[str, float]:
+    """XLA's cost analysis of a lowered (not yet optimised) module, run by the CPU client."""
+    try:
+        from jax._src import xla_bridge as xb
+        from jax._src.lib import _jax
+
+        return dict(_jax.hlo_module_cost_analysis(xb.get_backend("cpu"), lowered._lowering.hlo().as_hlo_module()))
+    except Exception:  # private API: no cost rather than no compile
+        return {}
+
+
 def roofline(flops: float, min_bytes: float, tokens: int, peak: float, bandwidth: float,
              xla_bytes: float | None = None) -> dict[str, Any]:
     """Minimum time = max(flops / peak, bytes / bandwidth) and the upper bounds that follow:
@@ -297,48 +382,16 @@ def _config(model: Any):
     return Mamba2Config.from_json(d / "config.json"), s
 
 
-def compile_program(model: Any, target: str = "tpu-v6e", program: str = "prefill", *, batch: int = 1,
-                    length: int = 2048, new_tokens: int = 128, last_only: bool = True, dtype: str = "bfloat16",
-                    mesh: Any = None, topology: str | None = None, precision: str | None = None,
-                    keep_hlo: bool = False) -> dict[str, Any]:
-    """Compile one program for one target (see the module docstring); returns the report dict."""
+def build_program(cfg, program: str, jdt, jmesh, sharded: bool, policy: dict[str, Any], prec, *, batch: int,
+                  length: int, new_tokens: int, last_only: bool):
+    """(jitted function, abstract arguments, static keyword arguments, tokens per call) of ``program``
+    for the abstract model on ``jmesh`` (the shardings of its arguments)."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
     from flax import nnx
-    from jax.sharding import AxisType, Mesh, NamedSharding
+    from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from .eval.hardware import get_profile
-    from .sharding import describe_mesh, parse_mesh
-
-    if program not in PROGRAMS:
-        raise CompileError(f"unknown program {program!r}; programs: {', '.join(PROGRAMS)}")
-    if target not in TARGETS:
-        raise CompileError(f"unknown target {target!r}; known targets: {', '.join(TARGETS)}")
-    for name, v in (("batch", batch), ("length", length), ("new_tokens", new_tokens)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise CompileError(f"{name} must be a positive integer, got {v!r}")
-    try:
-        jdt = jnp.dtype(dtype)
-    except TypeError:
-        raise CompileError(f"unknown dtype {dtype!r} (float32 | bfloat16 | float16)") from None
-    cfg, model_name = _config(model)
-    t = TARGETS[target]
-    devices, topo_name, kind = target_devices(target, topology)
-    shape = parse_mesh(mesh) or {"data": 1, "model": 1}
-    D, M = shape["data"], shape["model"]
-    if D * M > len(devices):
-        raise CompileError(f"mesh data={D},model={M} needs {D * M} devices; topology {topo_name} has "
-                           f"{len(devices)} (pass a larger --topology, e.g. {t['topology'].split(':')[0]}:2x4)")
-    if batch % D:
-        raise CompileError(f"batch {batch} does not divide by the mesh's data axis ({D})")
-    used = devices[:D * M]
-    jmesh = Mesh(np.array(used).reshape(D, M), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
-    sharded = D * M > 1
-    policy = _structure_policy(cfg, t["platform"])
-    prec_pol = _precision_policy(jdt)
-    prec = precision if precision is not None else prec_pol["matmul_precision"]
     abstract = abstract_model(cfg, jdt, jmesh, sharded, policy, prec)
     graphdef, state = nnx.split(abstract)
     batch_sh = NamedSharding(jmesh, P("data"))
@@ -374,6 +427,123 @@ def compile_program(model: Any, target: str = "tpu-v6e", program: str = "prefill
         jitted, kwargs = gen._decode, {"sampling": SamplingConfig(), "n_steps": int(new_tokens)}
         tokens = batch  # per loop iteration (XLA counts a while body once)
 
+    return jitted, args, kwargs, tokens
+
+
+def _ensure_flatbuffers() -> None:
+    """``Exported.serialize`` needs ``flatbuffers``; ``make install-cuda-plugin`` puts it in .cuda/."""
+    if _has_module("flatbuffers"):
+        return
+    d = cuda_plugin_dir()
+    if d is not None and (d / "flatbuffers").is_dir():
+        from jax._src import xla_bridge as xb
+
+        if not xb.backends_are_initialized() and not os.environ.get("JAX_PLATFORMS"):
+            import jax
+
+            jax.config.update("jax_platforms", "cpu")  # the CUDA plugin beside it cannot start without a GPU
+        sys.path.append(str(d))
+        importlib.invalidate_caches()
+
+
+def export_program(model: Any, program: str = "prefill", *, platforms=("cuda",), batch: int = 1, length: int = 2048,
+                   new_tokens: int = 128, last_only: bool = True, dtype: str = "bfloat16",
+                   precision: str | None = None) -> dict[str, Any]:
+    """``jax.export`` one program for ``platforms`` from shapes only (no device of that kind needed),
+    serialize it (the ``flatbuffers`` package: ``make install-cuda-plugin`` installs it beside the
+    plugin) and list the custom calls of its StableHLO.  The structure policy is the first
+    platform's."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import AxisType, Mesh
+
+    if program not in PROGRAMS:
+        raise CompileError(f"unknown program {program!r}; programs: {', '.join(PROGRAMS)}")
+    cfg, model_name = _config(model)
+    jdt = jnp.dtype(dtype)
+    cpu = jax.devices("cpu")[:1]
+    jmesh = Mesh(np.array(cpu).reshape(1, 1), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+    plat = {"gpu": "cuda"}.get(platforms[0], platforms[0])
+    policy = _structure_policy(cfg, plat)
+    prec_pol = _precision_policy(jdt)
+    prec = precision if precision is not None else prec_pol["matmul_precision"]
+    jitted, args, kwargs, tokens = build_program(cfg, program, jdt, jmesh, False, policy, prec, batch=batch,
+                                                 length=length, new_tokens=new_tokens, last_only=last_only)
+    # flat arguments and results: an nnx State or a Mamba2Cache has no serialization registered with
+    # jax.export, and a flat signature is what another runtime would call anyway
+    # (and a typed PRNG key travels as its raw uint32 data, which jax.export can serialize)
+    leaves, treedef = jax.tree.flatten(args)
+    is_key = [jnp.issubdtype(x.dtype, jax.dtypes.prng_key) for x in leaves]
+    raw = [jax.ShapeDtypeStruct(x.shape + (2,), jnp.uint32) if k else x for x, k in zip(leaves, is_key)]
+
+    def flat(*xs):
+        xs = [jax.random.wrap_key_data(x) if k else x for x, k in zip(xs, is_key)]
+        return jax.tree.leaves(jitted(*jax.tree.unflatten(treedef, xs), **kwargs))
+
+    _ensure_flatbuffers()
+    t0 = time.perf_counter()
+    exp = jax.export.export(jax.jit(flat), platforms=tuple(platforms))(*raw)
+    t1 = time.perf_counter()
+    text = exp.mlir_module()
+    try:
+        blob = exp.serialize()
+        ser = {"serialized_bytes": len(blob), "serialize_error": None}
+    except Exception as e:  # flatbuffers missing
+        ser = {"serialized_bytes": None, "serialize_error": f"{type(e).__name__}: {e}"}
+    calls = custom_calls(text)
+    return {"model": model_name, "config": cfg.name, "program": program, "platforms": list(exp.platforms),
+            "batch": batch, "length": length if program == "prefill" else None,
+            "new_tokens": new_tokens if program == "generate" else None, "dtype": jdt.name, "precision": str(prec),
+            "policy": {**policy, **prec_pol, "matmul_precision": str(prec)}, "export_s": t1 - t0,
+            "stablehlo_chars": len(text), **ser,
+            "custom_calls": [c for c in calls if c not in PARTITIONER_ANNOTATIONS],
+            "partitioner_annotations": [c for c in calls if c in PARTITIONER_ANNOTATIONS],
+            "versions": versions()}
+
+
+def compile_program(model: Any, target: str = "tpu-v6e", program: str = "prefill", *, batch: int = 1,
+                    length: int = 2048, new_tokens: int = 128, last_only: bool = True, dtype: str = "bfloat16",
+                    mesh: Any = None, topology: str | None = None, precision: str | None = None,
+                    keep_hlo: bool = False) -> dict[str, Any]:
+    """Compile one program for one target (see the module docstring); returns the report dict."""
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import AxisType, Mesh
+
+    from .eval.hardware import get_profile
+    from .sharding import describe_mesh, parse_mesh
+
+    if program not in PROGRAMS:
+        raise CompileError(f"unknown program {program!r}; programs: {', '.join(PROGRAMS)}")
+    if target not in TARGETS:
+        raise CompileError(f"unknown target {target!r}; known targets: {', '.join(TARGETS)}")
+    for name, v in (("batch", batch), ("length", length), ("new_tokens", new_tokens)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise CompileError(f"{name} must be a positive integer, got {v!r}")
+    try:
+        jdt = jnp.dtype(dtype)
+    except TypeError:
+        raise CompileError(f"unknown dtype {dtype!r} (float32 | bfloat16 | float16)") from None
+    cfg, model_name = _config(model)
+    t = TARGETS[target]
+    devices, topo_name, kind = target_devices(target, topology)
+    shape = parse_mesh(mesh) or {"data": 1, "model": 1}
+    D, M = shape["data"], shape["model"]
+    if D * M > len(devices):
+        raise CompileError(f"mesh data={D},model={M} needs {D * M} devices; topology {topo_name} has "
+                           f"{len(devices)} (pass a larger --topology, e.g. {t['topology'].split(':')[0]}:2x4)")
+    if batch % D:
+        raise CompileError(f"batch {batch} does not divide by the mesh's data axis ({D})")
+    used = devices[:D * M]
+    jmesh = Mesh(np.array(used).reshape(D, M), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+    sharded = D * M > 1
+    policy = _structure_policy(cfg, t["platform"])
+    prec_pol = _precision_policy(jdt)
+    prec = precision if precision is not None else prec_pol["matmul_precision"]
+    jitted, args, kwargs, tokens = build_program(cfg, program, jdt, jmesh, sharded, policy, prec, batch=batch,
+                                                 length=length, new_tokens=new_tokens, last_only=last_only)
+
     t0 = time.perf_counter()
     lowered = jitted.lower(*args, **kwargs)
     t1 = time.perf_counter()
@@ -383,6 +553,11 @@ def compile_program(model: Any, target: str = "tpu-v6e", program: str = "prefill
         raise CompileError(f"{target} compiler failed: {str(e).splitlines()[0][:500]}") from e
     t2 = time.perf_counter()
     cost, mem = _cost(compiled), _mem(compiled)
+    cost_source = "compiled"
+    if not cost:  # the CUDA plugin's compile-only executable reports none: XLA's count on the unoptimised HLO
+        cost = _lowered_cost(lowered)
+        cost_source = ("XLA's HloCostAnalysis of the program before the target's optimisations (the CUDA plugin's "
+                       "compile-only executable reports no cost analysis)")
     hlo = compiled.as_text() or ""
     program_calls = custom_calls(lowered.as_text())
     prof = get_profile(t["profile"]) if t["profile"] != "cpu" else None
@@ -424,10 +599,11 @@ def compile_program(model: Any, target: str = "tpu-v6e", program: str = "prefill
         "tokens_per_call": tokens,
         "bound_tokens_per_s": roof["bound_tokens_per_s"] if roof else None,
         "roofline": roof,
+        "cost_source": cost_source,
         "cost_note": ("per device; a while loop's body is counted once by XLA's cost analysis"
                       if program == "generate" else "per device"),
         "versions": vers,
-        "status": (NOT_RUN.format(kind=t["name"]) if t["platform"] == "tpu"
+        "status": (NOT_RUN.format(kind=t["name"]) if t["platform"] != "cpu"
                    else "compiled for this machine's CPU, not run"),
     }
     if keep_hlo:

@@ -5,10 +5,12 @@
 #   make reproduce-tpu    on a TPU: the paper's TPU v6e runs (throughput, sweep, cache speedup), then the
 #                         same suite compiled; elsewhere: the suite compiled for TPU v6e by libtpu's compiler,
 #                         nothing run (results/tpu_compile/<model>.json; experiments/tpu_compile.py)
+#   make install-cuda-plugin  jax-cuda12-plugin + jax-cuda12-pjrt 0.10.2 (JAX's CUDA plugin; --no-deps: no CUDA
+#                         libraries) into $(CUDA_DIR)/, for `mamba2-jax compile --target cuda-l40s|cuda-h100`
 #   make tpu-compile-claims   the programs the paper's TPU claims rest on only (step, decode loop, prefill 4096)
 #   TPU_COMPILE_ARGS="--models mamba2-130m --resume"   extra arguments for experiments/tpu_compile.py
 
-.PHONY: install-tpu reproduce-tpu tpu-compile tpu-compile-claims
+.PHONY: install-tpu install-cuda-plugin reproduce-tpu tpu-compile tpu-compile-claims
 
 TPU_DIR ?= .tpu
 LIBTPU_VERSION := 0.0.42.*
@@ -21,6 +23,18 @@ $(TPU_DIR)/.installed: | $(STAMP)
 	touch $@
 
 install-tpu: $(TPU_DIR)/.installed
+
+CUDA_DIR ?= .cuda
+CUDA_PLUGIN_VERSION := 0.10.2
+export MAMBA2_JAX_CUDA_PLUGIN_DIR ?= $(abspath $(CUDA_DIR))
+
+$(CUDA_DIR)/.installed: | $(STAMP)
+	$(PY) -m pip install -q --no-deps --upgrade --target $(CUDA_DIR) \
+	  "jax-cuda12-plugin==$(CUDA_PLUGIN_VERSION)" "jax-cuda12-pjrt==$(CUDA_PLUGIN_VERSION)" "flatbuffers==25.12.19"
+	test -d $(CUDA_DIR)/jax_plugins/xla_cuda12
+	touch $@
+
+install-cuda-plugin: $(CUDA_DIR)/.installed
 
 tpu-compile: $(STAMP) $(TPU_DIR)/.installed
 	$(PY) experiments/tpu_compile.py $(TPU_COMPILE_ARGS)
@@ -41,3 +55,12 @@ reproduce-tpu: $(STAMP) $(TPU_DIR)/.installed
 	  echo "[reproduce-tpu] compiler from $(TPU_DIR)/ -- programs compiled for TPU v6e, not run; nothing is a measurement"; \
 	  $(PY) experiments/tpu_compile.py $(TPU_COMPILE_ARGS); \
 	fi
+
+# GPU without a GPU: every program of the suite exported for CUDA (jax.export, serialized, custom calls
+# listed), and the decode programs the L40S claim rests on compiled for an L40S by the CUDA plugin
+.PHONY: gpu-export gpu-compile
+gpu-export: $(STAMP) $(CUDA_DIR)/.installed
+	$(PY) experiments/gpu_export.py $(GPU_EXPORT_ARGS)
+
+gpu-compile: $(STAMP) $(CUDA_DIR)/.installed
+	$(PY) experiments/tpu_compile.py --target cuda-l40s --phase claims $(TPU_COMPILE_ARGS)
