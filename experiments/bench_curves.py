@@ -5,6 +5,7 @@ The curves themselves are :mod:`mamba2_jax.eval.curves`."""
 from __future__ import annotations
 
 from mamba2_jax.eval import bench
+from mamba2_jax.eval import models as model_specs
 from mamba2_jax.eval.curves import length_curve
 from mamba2_jax.eval.results import write_results
 
@@ -23,7 +24,7 @@ def main(argv=None):
     ap.add_argument("--out-dir", default=None)
     a = ap.parse_args(argv)
     ctx = bench.setup_run({"profile_name": "cpu_bench", "cpu_measure": {"reps": 3}}, "bench_curves")
-    recs = length_curve(bench.load_model_spec(a.model), a.lengths, a.n_layer, a.rounds, "float32",
+    recs = length_curve(model_specs.load_model_spec(a.model), a.lengths, a.n_layer, a.rounds, "float32",
                         segment=a.segment)
     for r in recs:
         r["model"] = a.model

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from mamba2_jax.eval import report, reported
+from mamba2_jax.eval.windows import primary_metric
 
 from . import style
 
@@ -27,8 +28,7 @@ BACKEND_COLORS = {"jax_fp32": "#0072B2", "jax_bf16": "#56B4E9", "transformers": 
 
 
 def metric_of(d) -> str:
-    return (d.get("comparison") or {}).get("primary_metric") or (
-        "word_perplexity" if d.get("protocol") == "lm_eval_rolling" else "token_perplexity")
+    return (d.get("comparison") or {}).get("primary_metric") or primary_metric(d["protocol"])
 
 
 def build(results: Path) -> style.Figure:

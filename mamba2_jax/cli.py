@@ -99,8 +99,9 @@ def _sampling(a, SamplingConfig):
 def _cmd_generate(a) -> int:
     import jax
 
-    from .checkpoint import load_pretrained, resolve_model_dir
+    from .checkpoint import resolve_model_dir
     from .generate import Generator, SamplingConfig
+    from .loading import load_pretrained
     from .sharding import describe_mesh, initialize_distributed, is_primary, make_mesh
     from .tokenizer import TokenizerError, load_tokenizer
 

@@ -114,7 +114,8 @@ class Generator:
     def __init__(self, model, eos_id: int | None = 0, min_bucket: int = 16, mesh=None,
                  prefill_segment: int | None = 8192):
         if mesh is not None:  # a jax.sharding.Mesh or "data=2,model=4" (see sharding.py)
-            from .sharding import make_mesh, shard_model
+            from .loading import shard_model
+            from .sharding import make_mesh
 
             model = shard_model(model, make_mesh(mesh))
         self.mesh = getattr(model, "mesh", None)

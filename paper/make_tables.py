@@ -22,6 +22,7 @@ from typing import Any
 from mamba2_jax.eval import compiled, report, reported
 from mamba2_jax.eval.report import MAKE_TARGET, tex
 from mamba2_jax.eval.results import load_results
+from mamba2_jax.eval.windows import primary_metric
 from mamba2_jax.fileio import atomic_write_text
 from mamba2_jax.paths import checkout_root, results_dir
 
@@ -195,7 +196,7 @@ def perplexity_table(results: Path, rep: dict[str, Any]) -> Table:
     for p, d in items:
         comp = d.get("comparison") or {}
         ref = comp.get("reference_backend")
-        metric = comp.get("primary_metric") or "word_perplexity"
+        metric = comp.get("primary_metric") or primary_metric(d["protocol"])
         b = d.get("backends") or {}
 
         def val(name, b=b, metric=metric):
@@ -243,6 +244,14 @@ def parity_table(results: Path, rep: dict[str, Any]) -> Table:
                     f"{j.get('param_dtype')} params, matmul precision {j.get('matmul_precision')}; references on "
                     f"{d['reference'].get('device')} in {d['reference'].get('dtype')}; git {report.short_sha(pv)}, "
                     f"{pv.get('date_utc', '?')}.")
+    seen = set()
+    for _, d in items:  # the references against each other: the fp32 noise scale
+        for pair, v in (d.get("reference_spread") or {}).items():
+            if (d["model"], pair) not in seen:
+                seen.add((d["model"], pair))
+                prov.append(f"Reference spread, {d['model']}, {pair}: hidden max rel {v['hidden']['max_rel']:.2e}, "
+                            f"logits max rel {v['logits']['max_rel']:.2e}, greedy identical "
+                            f"{v['greedy_identical_prompts']}/{v['prompts']}.")
     tol = next(((d.get("tolerance") or {}).get("max_rel") for _, d in items), None)
     return Table("parity", "Parity with mamba_ssm v2.2.2 and HF transformers",
                  ["Model", "Weights", "Reference", "Hidden max rel", "Hidden ulps", "Logits max rel",

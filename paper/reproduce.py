@@ -34,8 +34,8 @@ SUMMARY = REPO / "paper" / "reproduce_summary.md"
 TINY = REPO / "checkpoints" / "mamba2-tiny-wikitext"
 
 OUTPUTS = [
-    ("parity", "results/parity/ (one JSON per model x reference, summary__<label>.csv/.md)"),
-    ("perplexity", "results/perplexity/<model>/<protocol>[-limitN].json, summary.md/.tex"),
+    ("parity", "results/parity/ (one JSON per model x reference, summary__<label>.csv); paper/tables/parity.*"),
+    ("perplexity", "results/perplexity/<model>/<protocol>[-limitN].json; paper/tables/perplexity.*"),
     ("throughput", "results/throughput/<profile>-<device>.json/.csv"),
     ("sweep", "results/sweep/<profile>-<device>.json/.csv"),
     ("cache speedup", "results/cache_speedup/<profile>-<device>.json/.csv"),

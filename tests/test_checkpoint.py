@@ -5,17 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from mamba2_jax.checkpoint import (
-    CheckpointError,
-    init_state_dict,
-    load_pretrained,
-    read_state_dict,
-    resolve_model_dir,
-    save_pretrained,
-    write_checkpoint,
-)
+from mamba2_jax.checkpoint import CheckpointError, init_state_dict, read_state_dict, resolve_model_dir, write_checkpoint
 from mamba2_jax.config import get_preset
-from mamba2_jax.params import state_dict_from_model
+from mamba2_jax.loading import load_pretrained, save_pretrained, state_dict_from_model
 
 
 @pytest.fixture(scope="module")

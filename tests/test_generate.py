@@ -5,10 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
+from mamba2_jax.checkpoint import init_state_dict
 from mamba2_jax.config import get_preset
 from mamba2_jax.eval.oracle import OracleModel, perturbed_sd
 from mamba2_jax.generate import GenerationError, Generator, SamplingConfig, bucket_length
+from mamba2_jax.loading import model_from_state_dict
 
 
 @pytest.fixture(scope="module")

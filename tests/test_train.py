@@ -6,11 +6,12 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
+from mamba2_jax.checkpoint import init_state_dict
 from mamba2_jax.config import Mamba2Config
 from mamba2_jax.eval.data import split_articles
 from mamba2_jax.eval.train import _STEPS, TokenBatcher, TrainConfig, Trainer, lm_loss, weight_decay_mask
 from mamba2_jax.generate import stepwise_greedy
+from mamba2_jax.loading import model_from_state_dict
 
 # small vocabulary, two groups (per-group B/C path), several chunks per sequence
 CFG = Mamba2Config(name="train-test", d_model=32, n_layer=2, vocab_size=61, pad_vocab_size_multiple=16,

@@ -28,68 +28,15 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..paths import CONF_DIR, require_data_dir
+from ..paths import require_data_dir
+from .models import build_model, load_model_spec
 
-__all__ = ["load_model_spec", "build_model", "PrefillBench", "DecodeBench",
+__all__ = ["PrefillBench", "DecodeBench",
            "alternate", "median", "random_ids", "utilisation"]
-
-
-def load_model_spec(name: str, conf_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The Hydra ``model`` group entry ``mamba2_jax/eval/conf/model/<name>.yaml`` as a plain dict
-    (falls back to a bare preset name if there is no such file)."""
-    conf_dir = Path(conf_dir) if conf_dir else CONF_DIR
-    p = conf_dir / "model" / f"{name}.yaml"
-    if not p.exists():
-        return {"name": name, "preset": name}
-    from omegaconf import OmegaConf
-
-    d = OmegaConf.to_container(OmegaConf.load(p), resolve=False)
-    d.setdefault("name", name)
-    return d
-
-
-def model_config(spec: dict[str, Any], data: Path | None = None):
-    """Mamba2Config for a model spec: ``config_json`` (relative to the data dir) else ``preset``."""
-    from ..config import Mamba2Config, get_preset
-
-    cj = spec.get("config_json")
-    if cj:
-        p = Path(cj)
-        if not p.is_absolute():
-            p = (data or require_data_dir()) / p
-        if p.exists():
-            cfg = Mamba2Config.from_json(p)
-            return cfg.replace(name=spec.get("name", cfg.name))
-    return get_preset(spec.get("preset", spec["name"]))
-
-
-def build_model(spec: dict[str, Any] | str, dtype: str = "float32", checkpoint: str | None = None,
-                seed: int = 0, precision: str | None = None, data: Path | None = None, mesh=None):
-    """(model, info): weights from ``checkpoint`` (or ``spec['checkpoint']``) if given, else the
-    mamba_ssm-style random init of the spec's shape; ``mesh`` shards it (mamba2_jax.sharding)."""
-    from ..checkpoint import init_state_dict, load_pretrained, model_from_state_dict
-    from ..sharding import describe_mesh
-
-    spec = load_model_spec(spec) if isinstance(spec, str) else dict(spec)
-    ckpt = checkpoint or spec.get("checkpoint")
-    if ckpt:
-        model = load_pretrained(ckpt, dtype=dtype, precision=precision, mesh=mesh)
-        info = {"weights": "checkpoint", "checkpoint": str(ckpt), **getattr(model, "source", {})}
-    else:
-        cfg = model_config(spec, data)
-        sd = init_state_dict(cfg, seed=seed)
-        model = model_from_state_dict(cfg, sd, dtype=dtype, precision=precision, mesh=mesh)
-        info = {"weights": "random-init", "seed": seed}
-        del sd
-    info.update({"model": spec.get("name", model.cfg.name), "dtype": dtype,
-                 "policy": getattr(model, "policy", None), "num_params": model.cfg.num_params(),
-                 "mesh": describe_mesh(mesh)})
-    return model, info
 
 
 def random_ids(batch: int, length: int, vocab: int, seed: int = 0) -> np.ndarray:

@@ -123,7 +123,8 @@ def length_curve(spec, lengths, n_layer: int, rounds: int, dtype: str, seed: int
                  precision=None, segment: int | None = None) -> list[dict[str, Any]]:
     """Prefill µs/token at each length on an ``n_layer``-layer model of ``spec``'s width; lengths
     above ``segment`` are prefilled in segments carrying the cache (flat memory, as Generator)."""
-    from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
+    from mamba2_jax.checkpoint import init_state_dict
+    from mamba2_jax.loading import model_from_state_dict
 
     cfg = bench.model_config(spec, data).replace(n_layer=int(n_layer))
     model = model_from_state_dict(cfg, init_state_dict(cfg, seed=seed), dtype=dtype, precision=precision)

@@ -1,7 +1,7 @@
 """Training utilities: language-model loss, an optax train step, and token batching.
 
 Training runs through exactly the modules used for inference: the model is a
-:class:`~mamba2_jax.model.Mamba2LMHeadModel` built by :func:`mamba2_jax.checkpoint.model_from_state_dict`,
+:class:`~mamba2_jax.model.Mamba2LMHeadModel` built by :func:`mamba2_jax.loading.model_from_state_dict`,
 the forward pass is its chunked-SSD ``backbone.prefill`` and its tied ``logits`` head, and the
 gradients are taken with respect to the model's ``nnx.Param`` state (``nnx.split`` / ``nnx.merge``).
 
@@ -29,9 +29,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ..checkpoint import init_state_dict, model_from_state_dict
+from ..checkpoint import init_state_dict
 from ..config import Mamba2Config
+from ..loading import model_from_state_dict
 from ..model import Mamba2LMHeadModel
+from ..params import GLOBAL_PARAMS, LAYER_PARAMS
 from .data import rows_from_raw_file, split_articles
 
 __all__ = [
@@ -174,9 +176,8 @@ class TrainConfig:
         return asdict(self)
 
 
-# parameters that get weight decay (matrices); norms, conv, A_log, dt_bias, D and biases do not,
-# following mamba_ssm's ``_no_weight_decay`` on A_log / D / dt_bias and the usual no-decay norms.
-_DECAY = {"embedding", "in_proj", "out_proj", "lm_head"}
+# parameters that get weight decay: the parameter table's ``decay`` rows (the matrices)
+_DECAY = {s.name for s in (*LAYER_PARAMS, *GLOBAL_PARAMS) if s.decay}
 
 
 def _path_names(path) -> list[str]:
