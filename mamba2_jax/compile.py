@@ -29,14 +29,18 @@ the custom calls in the optimised HLO, and a roofline (:func:`roofline`).
 Two byte counts, because they answer different questions (see docs/compile.md):
 
 * ``bytes_accessed`` is XLA's cost model: the sum over the optimised program's instructions of the
-  bytes each one reads and writes.  On TPU it includes the compiler's estimate of operand re-reads
-  by the tiled matmul (a 1024² bf16 matmul, 2 MiB per operand and output, counts 14.7 MB: its
-  "utilization" per operand is 3 and 1 and its output is counted 4×), and it counts every
-  intermediate a fusion boundary writes to and reads back from HBM.  It is an estimate of traffic
-  for *this* compiled program, not a lower bound.
+  bytes each one reads and writes, in *every* memory space.  Measured here on libtpu 0.0.42: a
+  donated ``x + 1`` over 256 MiB counts exactly 2 × 256 MiB (one read, one write); a lone GEMV
+  counts its weight once; a 1024² bf16 matmul counts 14.7 MB for 6 MiB of operands and output
+  (operand re-reads of the tiled matmul).  But a whole decode step counts ~3.2-3.6× its weights:
+  the compiled program prefetches weights from HBM into on-chip VMEM with asynchronous
+  ``copy-start``/``copy-done`` and ``slice-start``/``slice-done`` (their results are in memory space
+  ``S(1)`` in the HLO), and the cost model counts the HBM read, the VMEM write and the consumer's
+  VMEM read alike.  So it is not HBM traffic and not a bound; it is reported for information.
 * ``min_bytes`` = argument + output bytes: what any program computing the same function must move
-  at least once (weights and cache read, cache and logits written).  The roofline bound uses it, so
-  the bound is an upper bound on speed; ``xla_roofline`` gives the same with XLA's byte count.
+  through HBM at least once (weights and cache read, cache and logits written).  The roofline bound
+  uses it, so the bound is an upper bound on speed; ``roofline["xla"]`` gives the same arithmetic
+  with XLA's count, for comparison only.
 
 XLA's cost analysis counts the body of a ``while`` loop once (it does not know the trip count):
 ``generate``'s flops and bytes are one loop iteration's, which is why its bound is per step.
@@ -243,20 +247,14 @@ def _chips(devices) -> int:
 
 # ------------------------------------------------------------------------------ the abstract model
 def _structure_policy(cfg, platform: str) -> dict[str, Any]:
-    try:
-        from .loading import structure_policy
-    except ImportError:  # stand-in until loading.structure_policy lands (same rule)
-        cpu = platform == "cpu"
-        return {"platform": platform, "scan_chunk_size": min(cfg.chunk_size, 64) if cpu else cfg.chunk_size,
-                "prefill_block": 512 if cpu else None, "prefill_layers": "unrolled"}
+    from .loading import structure_policy
+
     return structure_policy(cfg, platform)
 
 
 def _precision_policy(dtype) -> dict[str, Any]:
-    try:
-        from .loading import precision_policy
-    except ImportError:
-        from .checkpoint import precision_policy
+    from .loading import precision_policy
+
     return precision_policy(dtype)
 
 
