@@ -26,6 +26,8 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default=None)
     ap.add_argument("--profile", default="paper")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--phase", default="all", choices=["claims", "all"],
+                    help="claims: the step, the decode loop and the headline prefill only")
     a = ap.parse_args(argv)
 
     from mamba2_jax.compile import export_program
@@ -40,7 +42,7 @@ def main(argv=None) -> int:
     bad = 0
     for name in models:
         recs = []
-        for p in programs(suite, "all"):
+        for p in programs(suite, a.phase):
             r = export_program(get_preset(name), p["program"], platforms=("cuda",), batch=suite["batch"],
                                dtype=suite["dtype"], precision=suite["matmul_precision"],
                                **{k: v for k, v in p.items() if k != "program"})

@@ -276,6 +276,7 @@ def split_comparison(results: Path, rep: dict[str, Any]) -> tuple[list[compare.R
     """(rows of the main table, CPU-analogue rows).  A claim about a TPU or a GPU keeps in the main table
     only results from an accelerator; when there is none, its one row says it was not tested here."""
     rows = compare.compare(results, rep)
+    comp = compiled.load_compiled(results)
     claims = {c["id"]: c for c in rep["claims"]}
     main, cpu = [], []
     for cid, c in claims.items():
@@ -285,9 +286,37 @@ def split_comparison(results: Path, rep: dict[str, Any]) -> tuple[list[compare.R
             continue
         cpu += [r for r in mine if _cpu_row(r)]
         accel = [r for r in mine if not _cpu_row(r) and not r.status.startswith("not run: ")]
-        main += accel or [compare.Row(cid, c["claim"], compare.paper_value(c), compare.tolerance_text(c), "-",
-                                      f"needs {reported.device_name(c)}", compiled.NOT_TESTED)]
+        main += accel or [compare.Row(cid, c["claim"], compare.paper_value(c), compare.tolerance_text(c),
+                                      _compiled_summary(c, comp), f"needs {reported.device_name(c)}",
+                                      compiled.NOT_TESTED)]
     return main, cpu
+
+
+def _rng(xs, spec: str, pct: bool = False) -> str:
+    lo, hi = min(xs), max(xs)
+    f = (lambda v: f"{100 * v:{spec}}%") if pct else (lambda v: f"{v:{spec}}")
+    return f(lo) if f(lo) == f(hi) else f"{f(lo)}-{f(hi)}"
+
+
+def _compiled_summary(c: dict[str, Any], comp: dict[str, Any]) -> str:
+    """One line on what the compiled v6e programs imply for a TPU claim (details: compiled_tpu.md)."""
+    xs = compiled.implications(c, comp) if (c.get("comparable_when") or {}).get("device") == "tpu_v6e" else []
+    if not xs:
+        return "-"
+    n = f"{len(xs)} scale(s), compiled for TPU v6e, not run"
+    if c["id"] == "prefill_tflops":
+        ok = sum(x["verdict"] == compiled.PLAUSIBLE for x in xs)
+        return (f"bound {_rng([x['bound_tflops'] for x in xs], '.4g')} TFLOP/s per chip ({n}); within the bound at "
+                f"{ok} of {len(xs)} scales: plausible, not reproduced")
+    if c["id"] == "prefill_mfu":
+        return f"bound MFU {_rng([x['bound_mfu'] for x in xs], '.3g', True)} ({n})"
+    if c["id"] == "decode_hbu":
+        return (f"step bound {_rng([x['bound_tokens_per_s'] for x in xs], ',.0f')} tokens/s at 100% HBU; 64% HBU = "
+                f"{_rng([x['claim_tokens_per_s'] for x in xs], ',.0f')} tokens/s ({n})")
+    if c["id"] == "cache_speedup_4096":
+        return (f"roofline recompute/cached ratio {_rng([x['roofline_ratio'] for x in xs], '.3g')}x ({n}; a ratio of "
+                f"bounds, not of achieved times)")
+    return "-"
 
 
 def comparison_table(results: Path, rep: dict[str, Any]) -> Table:
