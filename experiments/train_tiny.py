@@ -157,7 +157,7 @@ def main(c: DictConfig) -> None:
     if c.eval.get("card_note"):
         metrics["card_note"] = str(c.eval.card_note)
     metrics[f"{c.stage}_stage_wall_s"] = round(time.perf_counter() - t_start, 1)
-    metrics["provenance"] = provenance(hydra_overrides=list(hydra.core.hydra_config.HydraConfig.get().overrides.task))
+    metrics["provenance"] = provenance()  # records the Hydra overrides and the command line
     records = [{"split": "train", "loss": metrics.get("final_train_loss")},
                {"split": "validation", "loss": metrics.get("final_val_loss"), "ppl": metrics.get("final_val_ppl")}]
     records += [{"split": "test", "protocol": k, **{m: v.get(m) for m in ("token_perplexity", "word_perplexity")}}

@@ -3,14 +3,17 @@
 #                             setup, parity, perplexity, throughput, sweep, cache speedup, figures + paper
 #   make figures              figures/out/*.{png,pdf,caption.md} from the results in results/ (no recomputation;
 #                             each figure is python -m figures.figN_... from the repository root)
-#   make paper                paper/tables/*.{tex,md} from results/ (python -m paper.make_tables), then
-#                             paper/main.pdf if LaTeX is installed
+#   make paper                paper/tables/*.{tex,md} from results/ (python -m paper.make_tables), the
+#                             numbers in the docs (make docs), then paper/main.pdf if LaTeX is installed
+#   make docs                 the generated numbers and tables in README.md, reference/README.md and
+#                             docs/*.md from results/ and paper/reproduce_summary.json
+#                             (python -m paper.doc_numbers; registry paper/doc_numbers.yaml)
 #   make reproduce REPRO_PPL_LIMIT=         perplexity over the full test set instead of a 3-document smoke run
 #   make reproduce REPRO_PROFILE=cpu_bench  benchmark profile (auto: cpu_smoke on CPU, paper on TPU/GPU)
 #   make figures FIG_ARGS=--strict          a figure whose results are missing is an error, not a skip
 # Variables of the other fragments (MODEL, BACKENDS, MODELS, BENCH_ARGS, PARITY_ARGS, PPL_ARGS) pass through.
 
-.PHONY: reproduce figures paper paper-tables paper-pdf
+.PHONY: reproduce figures paper paper-tables paper-pdf docs
 
 REPRO_PROFILE ?= auto
 REPRO_PPL_LIMIT ?= 3
@@ -30,7 +33,10 @@ figures: $(STAMP)
 paper-tables: $(STAMP)
 	$(PY) -m paper.make_tables
 
-paper: paper-tables
+docs: $(STAMP)
+	$(PY) -m paper.doc_numbers
+
+paper: paper-tables docs
 	@if [ -n "$(LATEXMK)" ]; then \
 	  cd paper && latexmk -pdf -interaction=nonstopmode -halt-on-error main.tex >/dev/null \
 	    && echo "[paper] wrote paper/main.pdf" || { echo "[paper] LaTeX failed: see paper/main.log"; exit 1; }; \

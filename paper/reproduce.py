@@ -11,17 +11,25 @@ Steps (each one is an existing make target of another fragment, run as a sub-mak
   [4/7] throughput     make throughput    BENCH_PROFILE=P
   [5/7] sweep          make sweep         BENCH_PROFILE=P
   [6/7] cache speedup  make cache-speedup BENCH_PROFILE=P
-  [7/7] figures+paper  make figures paper
+  [7/7] figures+paper  make figures paper     (paper includes `make docs`: the numbers in the docs)
+
+After the last step the summary is written and the docs regenerated once more, so that their
+runtimes are this run's.  A run with --only writes paper/reproduce_summary-partial.{md,json}
+instead and leaves the docs alone.
 
 P (REPRO_PROFILE=auto) is cpu_smoke on CPU and paper on TPU or GPU (on GPU with require_platform=null:
 the paper profile otherwise refuses to run off-TPU).  A failed step is reported and the chain goes on
 (figures and tables are built from whatever results exist); the exit status is 1 if any step failed.
-Step timings and output locations go to paper/reproduce_summary.md.
+Step timings and output locations go to paper/reproduce_summary.md, and the same as JSON to
+paper/reproduce_summary.json (with the machine, the git commit and whether the caches were cold),
+which is where the runtimes in the docs come from (paper/doc_numbers.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import shlex
 import subprocess
@@ -31,6 +39,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY = REPO / "paper" / "reproduce_summary.md"
+SUMMARY_JSON = SUMMARY.with_suffix(".json")
 TINY = REPO / "checkpoints" / "mamba2-tiny-wikitext"
 
 OUTPUTS = [
@@ -99,7 +108,9 @@ def main(argv=None) -> int:
     model = ("checkpoints/mamba2-tiny-wikitext (trained, embedded)" if (TINY / "config.json").exists()
              else "no checkpoints/mamba2-tiny-wikitext yet: synthetic (random-init) checkpoints only")
     print(f"[reproduce] JAX backend: {backend}; shared data: {data}; model: {model}", flush=True)
-    print(f"[reproduce] load average at start: {os.getloadavg()}", flush=True)
+    load_start = list(os.getloadavg())
+    caches = {d: (REPO / d).exists() for d in ("outputs", ".cache")}   # cold run: neither exists
+    print(f"[reproduce] load average at start: {tuple(load_start)}; caches present: {caches}", flush=True)
     timings, failed = [], []
     for i, (name, cmds) in enumerate(steps, 1):
         if only and i not in only:
@@ -115,7 +126,7 @@ def main(argv=None) -> int:
             if rc:
                 break
         dt = time.monotonic() - t0
-        timings.append((i, name, dt, rc, os.getloadavg()[0]))
+        timings.append((i, name, dt, rc, list(os.getloadavg())))
         print(f"[{i}/{n}] {name} {'done' if rc == 0 else f'FAILED (exit {rc})'} in {dt / 60:.1f} min", flush=True)
         if rc:
             failed.append(name)
@@ -131,16 +142,42 @@ def main(argv=None) -> int:
              f"{args.ppl_limit or 'none (full test set)'}; finished {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; "
              f"load average at the end {os.getloadavg()}.", "",
              "| step | seconds | minutes | exit | 1-min load after |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| [{i}/{n}] {name} | {dt:.0f} | {dt / 60:.1f} | {rc} | {ld:.1f} |" for i, name, dt, rc, ld in timings]
+    lines += [f"| [{i}/{n}] {name} | {dt:.0f} | {dt / 60:.1f} | {rc} | {ld[0]:.1f} |"
+              for i, name, dt, rc, ld in timings]
     lines += [f"| total | {total:.0f} | {total / 60:.1f} | {1 if failed else 0} | |", "", "Outputs:", ""]
     lines += [f"- {k}: {v}" for k, v in OUTPUTS] + [""]
     if not args.dry_run:
-        SUMMARY.write_text("\n".join(lines))
+        from mamba2_jax.eval.provenance import cpu_model, git_info, utc_now
+        from mamba2_jax.fileio import atomic_write_text
+
+        mem = None
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+        doc = {"kind": "reproduce_summary", "finished_utc": utc_now(), "backend": backend, "model": model,
+               "profile": args.profile, "ppl_limit": args.ppl_limit or None, "only": sorted(only) or None,
+               "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "mem_gib": mem},
+               "git": git_info(REPO), "caches_present_at_start": caches, "load_start": load_start,
+               "load_end": list(os.getloadavg()), "n_steps": n,
+               "steps": [{"index": i, "name": name, "seconds": dt, "exit": rc, "load_after": ld}
+                         for i, name, dt, rc, ld in timings],
+               "total_seconds": total, "exit": 1 if failed else 0}
+        if only:   # a partial run: its own files, so that the docs keep quoting the last whole run
+            summary = SUMMARY.with_name("reproduce_summary-partial.md")
+            atomic_write_text(summary, "\n".join(lines))
+            atomic_write_text(summary.with_suffix(".json"), json.dumps(doc, indent=1) + "\n")
+        else:
+            atomic_write_text(SUMMARY, "\n".join(lines))
+            atomic_write_text(SUMMARY_JSON, json.dumps(doc, indent=1) + "\n")
+            from . import doc_numbers  # the docs quote these runtimes: regenerate them now
+
+            if doc_numbers.main([]) != 0:
+                failed.append("docs")
     print(f"\n[reproduce] {'FAILED steps: ' + ', '.join(failed) if failed else 'all steps done'} "
           f"in {total / 60:.1f} min. Where everything is:")
     for k, v in OUTPUTS:
         print(f"    {k:14s} {v}")
-    print(f"    {'summary':14s} {SUMMARY.relative_to(REPO)} (step timings)")
+    print(f"    {'summary':14s} {SUMMARY.relative_to(REPO)} and .json (step timings; "
+          f"reproduce_summary-partial.* for a run with --only)")
     return 1 if failed else 0
 
 

@@ -102,7 +102,7 @@ def perplexity_doc(name="synthetic-d64", synthetic=True, scope="first 3 of 62 do
 
 
 def bench_curves_doc():
-    """A `make bench` document with only the batch and length curves (experiments/bench_curves.py)."""
+    """A `make bench` document with only the batch and length curves (experiments/bench.py)."""
     m = {"model": "mamba2-130m", "dtype": "float32"}
     recs = [{**m, "metric": "decode_batch_tokens_per_s", "value": 30.0 * b ** 0.8, "unit": "tokens/s", "batch": b,
              "bound_tokens_per_s": 90.0 * b / (1 + 0.07 * b), "bandwidth_fraction": 0.4 + 0.005 * b}

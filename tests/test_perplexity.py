@@ -261,6 +261,7 @@ _KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     import numpy as np
     from mamba2_jax.eval import windows as P
+    from mamba2_jax.eval.scorer import JaxScorer
     from mamba2_jax.checkpoint import init_state_dict
     from mamba2_jax.loading import model_from_state_dict
     from mamba2_jax.config import get_preset
@@ -303,6 +304,7 @@ def test_sharded_over_two_devices_matches_one(tmp_path):
         import sys, jax, numpy as np
         jax.config.update("jax_default_matmul_precision", "highest")
         from mamba2_jax.eval import windows as P
+        from mamba2_jax.eval.scorer import JaxScorer
         from mamba2_jax.checkpoint import init_state_dict
         from mamba2_jax.loading import model_from_state_dict
         from mamba2_jax.config import get_preset

@@ -63,6 +63,7 @@ _PPL_CHILD = textwrap.dedent("""
     import sys
     import numpy as np
     from mamba2_jax.eval import windows as P
+    from mamba2_jax.eval.scorer import JaxScorer
     from mamba2_jax.checkpoint import init_state_dict
     from mamba2_jax.loading import model_from_state_dict
     from mamba2_jax.config import get_preset

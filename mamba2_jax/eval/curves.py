@@ -10,8 +10,7 @@
   rate re-measured in the same rounds.
 
 Every record carries min and median seconds and the raw times; callers add them to the bench
-results document (``experiments/bench.py``); ``experiments/bench_curves.py`` runs the length curve
-alone.
+results document (``experiments/bench.py``; ``make bench`` runs the length curve up to 256k tokens).
 """
 
 from __future__ import annotations

@@ -156,7 +156,7 @@ def evaluate_one(spec: dict[str, Any], protocol: str, windows: ppl.Windows, winf
                                   desc=f"{spec['label']}/{protocol}/{b}",
                                   checkpoint_every_s=float(cfg.jax.checkpoint_every_s))
                 sc.info["policy"] = getattr(scorer.model, "policy", None)
-            elif b in ppl.REFERENCE_BACKENDS:
+            elif b in refproc.REFERENCE_BACKENDS:
                 env = dict(os.environ)
                 extra_args = []
                 if cfg.reference.threads:
@@ -168,7 +168,8 @@ def evaluate_one(spec: dict[str, Any], protocol: str, windows: ppl.Windows, winf
                     env.update({k: env.get(k, n) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
                 sc = _run_reference(b, spec, windows, windows_path, work, cfg, env, extra_args)
             else:
-                raise ValueError(f"unknown backend {b!r} (jax_fp32 | jax_bf16 | {' | '.join(ppl.REFERENCE_BACKENDS)})")
+                known = " | ".join(("jax_fp32", "jax_bf16", *refproc.REFERENCE_BACKENDS))
+                raise ValueError(f"unknown backend {b!r} ({known})")
             m = ppl.aggregate(windows, sc, words, nbytes)
             backends[b] = {"status": "ok", **m, "seconds": time.perf_counter() - t0, "run": to_jsonable(sc.info)}
             per_window[b] = sc.loglik
@@ -325,7 +326,7 @@ def evaluate(cfg) -> list[dict[str, Any]]:
                                  **{f"loglik_{k}": v for k, v in r["per_window"].items()})
             log(f"wrote {stem.with_suffix('.json')}")
             out.append(res)
-            bad_ref = [b for b, v in r["backends"].items() if v["status"] != "ok" and b in ppl.REFERENCE_BACKENDS]
+            bad_ref = [b for b, v in r["backends"].items() if v["status"] != "ok" and b in refproc.REFERENCE_BACKENDS]
             bad_jax = [b for b, v in r["backends"].items() if v["status"] != "ok" and b in JAX_BACKENDS]
             if bad_jax or (cfg.require_reference and bad_ref):
                 failures.append(f"{spec['label']}/{protocol}: {bad_jax + bad_ref}")

@@ -12,12 +12,13 @@ import datetime as _dt
 import importlib.metadata as _md
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["provenance", "git_info", "package_versions", "cpu_model", "utc_now"]
+__all__ = ["provenance", "command_line", "hydra_overrides", "git_info", "package_versions", "cpu_model", "utc_now"]
 
 from ..paths import checkout_root
 
@@ -107,11 +108,35 @@ def _torch_info() -> dict[str, Any] | None:
     return info
 
 
+def hydra_overrides() -> list[str] | None:
+    """The full Hydra override list of the running task (``HydraConfig.get().overrides.task``: every
+    override given on the command line, in order), or ``None`` outside a Hydra app.  Hydra is only
+    queried if it is already imported."""
+    if "hydra" not in sys.modules:
+        return None
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+    except Exception:
+        return None
+
+
+def command_line() -> dict[str, Any]:
+    """How this process was started: ``argv`` (``sys.argv``) and ``command`` (the interpreter and its
+    arguments, ``sys.orig_argv``, shell-quoted), so that a run can be repeated exactly."""
+    orig = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+    return {"argv": list(sys.argv), "command": shlex.join(orig), "cwd": os.getcwd()}
+
+
 def provenance(packages=DEFAULT_PACKAGES, **extra: Any) -> dict[str, Any]:
-    """Everything needed to say where a number came from.  ``extra`` keys are merged in."""
+    """Everything needed to say where a number came from, and how to run it again: the command line
+    and (in a Hydra app) the full override list.  ``extra`` keys are merged in."""
     out: dict[str, Any] = {
         "date_utc": utc_now(),
         "git": git_info(),
+        "command_line": command_line(),
+        "hydra_overrides": hydra_overrides(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "machine": platform.machine(),
