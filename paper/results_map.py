@@ -140,7 +140,8 @@ def plan_lines(m: ResultsMap, steps: list[Step], times: dict[str, float]) -> lis
     for i, s in enumerate(steps, 1):
         est, src = estimate(s, times)
         total += est or 0.0
-        t = f"~{est:.0f} min ({src})" if est is not None else "? min"
+        t = f"~{est:.1f} min ({src})" if est is not None and est < 10 else (
+            f"~{est:.0f} min ({src})" if est is not None else "? min")
         flags = " [quiet machine]" if s.quiet else ""
         lines.append(f"[{i}/{len(steps)}] {s.id:22s} {t:22s} {s.command}{flags}")
     lines.append(f"total ~{total:.0f} min")
