@@ -15,7 +15,10 @@ HEAD's (``git diff --quiet SHA HEAD -- NUMERICS_CODE``).  A file is
   machine  if a block's machine is not the majority machine over all files (or is not recorded).
 
 The producer's own code (the map's ``code`` paths, paper/results_map.yaml) is shown for information:
-a change there (an experiment driver, a table layout) may or may not change the numbers.
+a change there (an experiment driver, a table layout) may or may not change the numbers.  So is what
+uses each file: the figures whose caption lists it (figures/out/*.caption.md), the tables that name
+it (paper/tables/*.md), and the docs that quote a number or table generated from it
+(paper/doc_numbers.yaml, or a mention of the file or its directory).  A result nothing uses is a candidate for removal.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class FileAudit:
     machines: list[str | None] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     inputs: list[Block] = field(default_factory=list)    # INPUT_BLOCKS, not judged
+    used_by: list[str] = field(default_factory=list)     # figures, tables, docs (shown, not judged)
 
 
 def provenance_blocks(doc: Any, where: str = "") -> list[Block]:
@@ -129,6 +133,35 @@ class Git:
         return self._cached(("behind", sha), count)
 
 
+def usage_index(root: Path) -> list[tuple[str, Any]]:
+    """(user, matcher) pairs: a matcher is a path glob (doc_numbers entries) or a text to search."""
+    import fnmatch
+    import re
+
+    import yaml
+
+    users: list[tuple[str, Any]] = []
+    for f in sorted((root / "figures" / "out").glob("*.caption.md")):
+        text = f.read_text()
+        users.append((f.name.split(".")[0], lambda rel, t=text: f"`{rel}`" in t))
+    for f in sorted((root / "paper" / "tables").glob("*.md")):
+        text = f.read_text()
+        users.append((f"table {f.stem}", lambda rel, t=text: rel in t))
+    reg = root / "paper" / "doc_numbers.yaml"
+    spec = yaml.safe_load(reg.read_text()) if reg.exists() else {}
+    globs = {name: e.get("file") for sect in ("numbers", "blocks") for name, e in (spec.get(sect) or {}).items()
+             if isinstance(e, dict) and e.get("file")}
+    for g in ("README.md", "reference/README.md", "docs/*.md"):
+        for f in sorted(root.glob(g)):
+            text = f.read_text()
+            names = set(re.findall(r"<!-- (?:n|begin):([^ ]+?) -->", text))
+            pats = [globs[n] for n in names if n in globs]
+            users.append((f.relative_to(root).as_posix(),
+                          lambda rel, t=text, pats=pats: rel in t or rel.rsplit("/", 1)[0] + "/" in t
+                          or any(fnmatch.fnmatchcase(rel, p) for p in pats)))
+    return users
+
+
 def result_files(root: Path) -> list[Path]:
     files = sorted((root / "results").rglob("*.json")) if (root / "results").is_dir() else []
     return files + [root / f for f in EXTRA_FILES if (root / f).exists()]
@@ -141,6 +174,7 @@ def audit(root: Path = REPO, files: list[Path] | None = None, producers: Any = N
     majority machine."""
     git = Git(root)
     files = result_files(root) if files is None else files
+    users = usage_index(root)
     audits: list[FileAudit] = []
     for f in files:
         rel = f.relative_to(root).as_posix()
@@ -153,6 +187,7 @@ def audit(root: Path = REPO, files: list[Path] | None = None, producers: Any = N
         blocks = provenance_blocks(doc)
         a = FileAudit(rel, step.command if step else None, [b for b in blocks if not b.input],
                       inputs=[b for b in blocks if b.input])
+        a.used_by = [u for u, match in users if match(rel)]
         a.shas = list(dict.fromkeys(b.sha for b in a.blocks))
         a.machines = list(dict.fromkeys(b.cpu_model for b in a.blocks))
         if not a.blocks:
@@ -204,8 +239,8 @@ def markdown(audits: list[FileAudit], majority: str | None, head: str) -> str:
     lines = [f"# Results audit (HEAD {head[:8]})", "",
              f"Numerics code: {', '.join(NUMERICS_CODE)}.", f"Majority machine: {majority or 'unknown'}.", "",
              "| file | producer | git sha (commits behind HEAD) | numerics = HEAD | producer code = HEAD "
-             "| dirty | machine | date | verdict |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| dirty | machine | date | used by | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     yn = {True: "yes", False: "**no**", None: "?"}
     for a in audits:
         shas = "; ".join(f"{s[:8]} ({a.behind.get(s) if a.behind.get(s) is not None else '?'})" if s else "none"
@@ -219,7 +254,7 @@ def markdown(audits: list[FileAudit], majority: str | None, head: str) -> str:
         kinds = dict.fromkeys(p.split(":")[0].split(" (")[0] for p in a.problems)
         verdict = "ok" if not a.problems else "**" + "; ".join(kinds) + "**"
         lines.append(f"| `{a.path}` | {a.producer or '?'} | {shas} | {num} | {yn[a.producer_code_equal]} | {dirty} "
-                     f"| {machines} | {', '.join(dates)} | {verdict} |")
+                     f"| {machines} | {', '.join(dates)} | {', '.join(a.used_by) or '**nothing**'} | {verdict} |")
     n_bad = sum(1 for a in audits if a.problems)
     lines += ["", f"{n_bad} of {len(audits)} result files are stale, dirty or from another machine."
               if n_bad else f"All {len(audits)} result files come from a clean tree with HEAD's numerics code "
@@ -227,6 +262,10 @@ def markdown(audits: list[FileAudit], majority: str | None, head: str) -> str:
     for a in audits:
         if a.problems:
             lines.append(f"- `{a.path}`: " + "; ".join(a.problems))
+    unused = [a.path for a in audits if not a.used_by and a.path.startswith("results/")]
+    if unused:
+        lines.append("- used by no figure, table or doc (candidates for removal): "
+                     + ", ".join(f"`{u}`" for u in unused))
     for a in audits:
         for b in a.inputs:
             lines.append(f"- `{a.path}` input, not judged: {b.where} at {(b.sha or 'no sha')[:8]}"

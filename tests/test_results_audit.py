@@ -60,6 +60,13 @@ def repo(tmp_path):
     for name, doc in results.items():
         (root / "results" / "x").mkdir(parents=True, exist_ok=True)
         (root / "results" / "x" / name).write_text(json.dumps(doc))
+    # users: a figure caption that lists one file, a doc quoting a number generated from another
+    (root / "figures" / "out").mkdir(parents=True)
+    (root / "figures" / "out" / "fig9_x.caption.md").write_text("- `results/x/ok.json`: run\n")
+    (root / "paper").mkdir()
+    (root / "paper" / "doc_numbers.yaml").write_text("numbers:\n  x.err: {file: results/x/st*.json, key: e}\n")
+    (root / "docs").mkdir()
+    (root / "docs" / "a.md").write_text("error <!-- n:x.err -->1e-7<!-- /n -->\n")
     return root, old, new
 
 
@@ -77,6 +84,8 @@ def test_verdicts_follow_the_history(repo):
     assert by["stale.json"].numerics_equal == {old: False} and by["stale.json"].behind == {old: 2}
     assert by["ok.json"].numerics_equal == {new: True} and by["ok.json"].behind == {new: 1}
     assert [b.where for b in by["input.json"].inputs] == ["train_provenance"]
+    assert by["ok.json"].used_by == ["fig9_x"] and by["stale.json"].used_by == ["docs/a.md"]
+    assert by["dirty.json"].used_by == []
     # widening the numerics code to the driver, changed after `new`, makes every result at `new` stale
     audits2, _ = RA.audit(root, numerics=("mamba2_jax/model.py", "experiments/run.py"))
     assert all(any(p.startswith("stale") for p in a.problems) for a in audits2 if a.blocks)
@@ -88,6 +97,8 @@ def test_strict_exit_status(repo, capsys):
     table = capsys.readouterr().out
     assert "`results/x/stale.json`" in table, table
     assert "6 of 8 result files" in table, table
+    unused = next(ln for ln in table.splitlines() if "candidates for removal" in ln)
+    assert "`results/x/dirty.json`" in unused and "`results/x/ok.json`" not in unused
     assert RA.main(["--root", str(root), "--strict"]) == 1
     for f in (root / "results" / "x").iterdir():               # keep only the good files
         if f.name not in ("ok.json", "input.json"):
