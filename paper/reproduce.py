@@ -170,6 +170,12 @@ def main(argv=None) -> int:
     load_start = list(os.getloadavg())
     caches = {d: (REPO / d).exists() for d in ("outputs", ".cache")}   # cold run: neither exists
     print(f"[reproduce] load average at start: {tuple(load_start)}; caches present: {caches}", flush=True)
+    from mamba2_jax.eval.provenance import git_info
+
+    g = git_info(REPO)
+    if g.get("dirty"):   # results record it (provenance git.dirty); the committed set must come from a clean tree
+        print("[reproduce] WARNING: code differs from the commit, so every result will record dirty=true: "
+              + ", ".join(g.get("dirty_files") or []), flush=True)
     timings, failed = [], []
     for i, (name, cmds) in enumerate(steps, 1):
         if only and i not in only:
