@@ -140,7 +140,7 @@ def run(cfg) -> dict:
         LC = B.length_curve
         lrecs = curves.length_curve(spec, [int(x) for x in LC.lengths], int(LC.n_layer), int(LC.rounds), base,
                                           int(cfg.seed), dd, cfg.matmul_precision,
-                                          segment=LC.get("segment"))
+                                          prefill_block=LC.get("prefill_block", "auto"))
         recs.extend(lrecs)
         len_ratio = max(r["ratio_to_shortest"] for r in lrecs)
     for r in recs:

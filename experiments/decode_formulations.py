@@ -100,22 +100,12 @@ def _patched(**kw):
             setattr(M, k, v)
 
 
-def compiled_decode(model, n_tokens: int, options=None):
-    graphdef, state = nnx.split(model)
-    loop = bench.greedy_decode_loop(graphdef, n_tokens)
-    cache, tok = model.init_cache(1), jnp.array([5], jnp.int32)
-    comp = jax.jit(loop, donate_argnums=(1,)).lower(state, cache, tok).compile(compiler_options=options or {})
-    hold = {"c": cache, "t": tok}
-
-    def run():
-        t0 = time.perf_counter()
-        c, t = comp(state, hold["c"], hold["t"])
-        jax.block_until_ready(c)
-        hold["c"], hold["t"] = c, t
-        return (time.perf_counter() - t0) / n_tokens
-
-    run()
-    return run, comp.as_text()
+def compiled_decode(model, n_tokens: int, options=None, check_finite: bool = True):
+    """The Generator's decode loop (bench.DecodeBench) for ``model``, batch 1, empty cache:
+    (run() → seconds per token, compiled HLO text)."""
+    db = bench.DecodeBench(model, n_tokens=n_tokens, batch=1, compiler_options=options, check_finite=check_finite)
+    db.add_context("c0", 0)
+    return (lambda: db.run("c0") / n_tokens), db.hlo
 
 
 def _bf16_to_f32_shift(w16):

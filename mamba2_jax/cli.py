@@ -36,7 +36,7 @@ def _cmd_info(a) -> int:
     from .checkpoint import check_finite, read_state_dict, resolve_model_dir
 
     d = resolve_model_dir(a.model)
-    cfg, sd, fmt = read_state_dict(d)
+    cfg, sd, fmt = read_state_dict(d, check_finite=False)  # reported below, not refused
     nonfinite = check_finite({k: v for k, v in sd.items() if not (k == "lm_head.weight" and cfg.tie_embeddings)})
     uniq = {id(v): v for v in sd.values()}
     dtypes = sorted({str(np.asarray(v).dtype) for v in sd.values()})
@@ -74,7 +74,7 @@ def _cmd_info(a) -> int:
 def _cmd_convert(a) -> int:
     from .checkpoint import convert
 
-    out = convert(a.src, a.dst, fmt=a.format, dtype=a.dtype, check_finite=a.check_finite)
+    out = convert(a.src, a.dst, fmt=a.format, dtype=a.dtype, allow_nonfinite=a.allow_nonfinite)
     print(f"wrote {a.format} checkpoint to {out}")
     return 0
 
@@ -128,7 +128,7 @@ def _cmd_generate(a) -> int:
         ids = tok.encode(a.prompt)
     else:
         ids = _parse_ids(a.prompt_ids)
-    model = load_pretrained(model_dir, dtype=a.dtype, mesh=mesh, check_finite=a.check_finite)
+    model = load_pretrained(model_dir, dtype=a.dtype, mesh=mesh, allow_nonfinite=a.allow_nonfinite)
     sampling = _sampling(a, SamplingConfig)
     gen = Generator(model, eos_id=None if a.ignore_eos else 0)
     if a.stream and not a.json:
@@ -229,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dst")
     s.add_argument("--format", required=True, choices=["state-spaces", "hf"])
     s.add_argument("--dtype", default=None, choices=[None, "float16", "float32"])
-    s.add_argument("--check-finite", action="store_true", help="refuse weights holding NaN or Inf")
+    s.add_argument("--allow-nonfinite", action="store_true",
+                   help="load weights holding NaN or Inf (refused by default)")
     s.set_defaults(fn=_cmd_convert)
 
     s = sub.add_parser("generate", help="generate text (compiled on-device decode loop)")
@@ -251,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     s.add_argument("--precision", default=None, choices=[None, "highest", "default", "high"])
     s.add_argument("--ignore-eos", action="store_true")
-    s.add_argument("--check-finite", action="store_true", help="refuse weights holding NaN or Inf")
+    s.add_argument("--allow-nonfinite", action="store_true",
+                   help="load weights holding NaN or Inf (refused by default)")
     s.add_argument("--no-decode", action="store_true", help="with --prompt-ids: print ids, do not look for a tokenizer")
     s.add_argument("--stream", action="store_true")
     s.add_argument("--stream-chunk", type=int, default=8)

@@ -175,7 +175,7 @@ def model_from_state_dict(cfg: Mamba2Config, sd: dict[str, np.ndarray], dtype="f
 def load_pretrained(path_or_hub_id: str | Path, dtype="float32", revision: str | None = None, precision=None, *,
                     platform: str | None = None, scan_chunk_size: int | None = None,
                     prefill_block: int | None | str = "auto", scan_layers: bool = False, mesh=None,
-                    check_finite: bool = False):
+                    allow_nonfinite: bool = False):
     """Load a Mamba-2 checkpoint (local dir in either format, or a hub id) as a JAX model.
 
     dtype "float32" is the parity mode (matmul precision "highest"); "bfloat16"/"float16" is the
@@ -183,11 +183,12 @@ def load_pretrained(path_or_hub_id: str | Path, dtype="float32", revision: str |
     structure policy (:func:`structure_policy`; default: where the model will run).  ``mesh`` (a
     ``jax.sharding.Mesh`` with axes ("data", "model"), or a string such as "data=2,model=4") shards
     the parameters over devices, each device receiving only its own shards; see
-    :mod:`mamba2_jax.sharding`.  ``check_finite=True`` refuses NaN/Inf weights.  The policy in
-    effect is recorded on ``model.policy``.
+    :mod:`mamba2_jax.sharding`.  Weights holding NaN or Inf are refused (a CheckpointError naming
+    the tensors) unless ``allow_nonfinite=True``.  The policy in effect is recorded on
+    ``model.policy``.
     """
     model_dir = resolve_model_dir(path_or_hub_id, revision)
-    cfg, sd, fmt = read_state_dict(model_dir, check_finite=check_finite)
+    cfg, sd, fmt = read_state_dict(model_dir, check_finite=not allow_nonfinite)
     model = model_from_state_dict(cfg, sd, dtype=dtype, precision=precision, platform=platform,
                                   scan_chunk_size=scan_chunk_size, prefill_block=prefill_block,
                                   scan_layers=scan_layers, mesh=mesh)

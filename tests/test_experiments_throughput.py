@@ -99,7 +99,7 @@ def test_bench_tiny(tmp_path):
         assert abs(r["value"] - bf[b]["value"] / fp[b]["value"]) < 1e-9 * r["value"]
     lengths = {r["length"]: r for r in recs if r["metric"] == "prefill_us_per_token"}
     assert sorted(lengths) == [32, 64, 128] and lengths[32]["ratio_to_shortest"] == 1.0
-    assert lengths[128]["segment"] == 64 and lengths[64]["segment"] is None
+    assert lengths[128]["prefill_block"] == 64 and lengths[64]["prefill_block"] is None
     assert {r["length"] for r in recs if r["metric"] == "prefill_matmul_fraction"} == {40}
 
 

@@ -308,6 +308,39 @@ def test_reproduce_plan(monkeypatch):
     assert tpu["sweep"].endswith("sweep BENCH_PROFILE=paper")
     full = dict(reproduce.plan(argparse.Namespace(make="make", profile="auto", ppl_limit=""), "cpu"))
     assert full["perplexity"] == [["make", "--no-print-directory", "perplexity"]]
+    # the interpreted Triton backend runs on one small model here; `make parity` (all) on the config's list
+    monkeypatch.delenv("PARITY_ARGS", raising=False)
+    assert full["parity"] == [["make", "--no-print-directory", "parity",
+                               "PARITY_ARGS='triton.cpu_models=[random-mamba2-130m-2l]'"]]
+    every = dict(reproduce.plan(argparse.Namespace(make="make", profile="auto", ppl_limit="", triton_models="all"),
+                                "cpu"))
+    assert every["parity"] == [["make", "--no-print-directory", "parity"]]
+    monkeypatch.setenv("PARITY_ARGS", "n_new=8")
+    two = dict(reproduce.plan(argparse.Namespace(make="make", profile="auto", ppl_limit="",
+                                                 triton_models="random-tiny-g2,random-mamba2-130m-2l"), "cpu"))
+    assert two["parity"][0][-1] == "PARITY_ARGS='triton.cpu_models=[random-tiny-g2,random-mamba2-130m-2l]' n_new=8"
+
+
+def test_reproduce_lists_what_it_rewrote_and_who_writes_the_rest(tmp_path, monkeypatch):
+    """The end-of-run report: files modified since the start are "rewritten"; every other committed
+    result is listed under the step of paper/results_map.yaml that produces it."""
+    import os
+    import time
+
+    from paper import reproduce
+
+    monkeypatch.setattr("paper.results_map.committed_results",
+                        lambda root: ["results/oracle/errors.json", "results/throughput/cpu_smoke-cpu.json",
+                                      "results/perplexity/README.md"])
+    for f in ("results/oracle/errors.json", "results/throughput/cpu_smoke-cpu.json"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("{}")
+    start = time.time()
+    os.utime(tmp_path / "results/oracle/errors.json", (start - 100, start - 100))   # from an earlier run
+    os.utime(tmp_path / "results/throughput/cpu_smoke-cpu.json", (start + 1, start + 1))
+    rep = reproduce.results_report(start, tmp_path)
+    assert rep == {"regenerated": ["results/throughput/cpu_smoke-cpu.json"],
+                   "not_regenerated": {"oracle: make oracle": ["results/oracle/errors.json"]}}
 
 
 # ------------------------------------------------------------------------------ one source for the paper's numbers

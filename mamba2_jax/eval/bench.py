@@ -5,10 +5,11 @@ separately:
 
 * :class:`PrefillBench` – one ``jax.jit`` of ``model.prefill`` for a fixed (batch, length); records
   lower+compile seconds, the first execution, then repeated executions.
-* :class:`DecodeBench` – the cached decode loop: one jitted ``lax.fori_loop`` of ``model.step``
-  over ``n_tokens`` tokens (greedy argmax feeds the next token, as generation does), with the
-  cache *donated* so XLA updates it in place.  The loop compiles once per (batch, n_tokens) and is
-  independent of the context length, so caches built at several contexts share one executable.
+* :class:`DecodeBench` – the cached decode loop users run: the ``Generator``'s compiled
+  ``lax.while_loop`` of ``model.step`` over ``n_tokens`` tokens (greedy argmax feeds the next token),
+  with its state (cache included) *donated* so XLA updates it in place.  The loop compiles once per
+  (batch, n_tokens) and is independent of the context length, so caches built at several contexts
+  share one executable.
   ms/token = loop seconds / n_tokens; results quote the median over repetitions.
 * full-prefix recompute: producing one token without a cache costs one prefill over the whole
   prefix (last-position logits only); it is a :class:`PrefillBench` with ``last_only=True``,
@@ -146,55 +147,38 @@ class PrefillBench:
 
 
 # ------------------------------------------------------------------------------ decode
-def greedy_decode_loop(graphdef, n_tokens: int):
-    """``loop(state, cache, tok) -> (cache, tok)``: ``n_tokens`` greedy steps of the model in one
-    ``lax.fori_loop`` (what the decode benchmarks compile, with the cache donated)."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    def loop(state, cache, tok):
-        m = nnx.merge(graphdef, state)
-
-        def body(_, carry):
-            c, t = carry
-            logits, c = m.step(t, c)
-            return c, jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-        return jax.lax.fori_loop(0, n_tokens, body, (cache, tok))
-
-    return loop
-
-
 @dataclass
 class DecodeBench:
-    """A compiled, cache-donating decode loop of ``n_tokens`` greedy steps.
+    """The decode loop users run, timed: ``mamba2_jax.generate.Generator``'s compiled program
+    (``decode_loop``: greedy, no EOS, the non-finite check on) filling an ``n_tokens``-column buffer.
 
     ``add_context(name, context)`` prefills ``context`` random tokens (context 0: empty cache) and
-    keeps the resulting cache under ``name``; ``run(name)`` decodes ``n_tokens`` from it (the cache
-    is donated and replaced by the new one, so successive runs keep extending that sequence) and
-    returns the loop's wall seconds."""
+    keeps the resulting decode state under ``name``; ``run(name)`` decodes ``n_tokens`` from it (the
+    state is donated and replaced by the new one, so successive runs keep extending that sequence)
+    and returns the loop's wall seconds.  ``compiler_options`` and ``check_finite`` exist for
+    experiments/decode_formulations.py; ``hlo`` is the compiled program's text."""
 
     model: Any
     n_tokens: int = 64
     batch: int = 1
     seed: int = 0
+    compiler_options: dict | None = None
+    check_finite: bool = True
     compile_s: float = field(init=False, default=float("nan"))
     first_run_s: float = field(init=False, default=float("nan"))
 
     def __post_init__(self):
-        import jax
-        from flax import nnx
+        from ..generate import Generator
 
-        graphdef, self._state = nnx.split(self.model)
-        self._jit = jax.jit(greedy_decode_loop(graphdef, int(self.n_tokens)), donate_argnums=(1,))
-        self._caches: dict[str, Any] = {}
-        self._tokens: dict[str, Any] = {}
+        self._gen = Generator(self.model, eos_id=None, check_finite=self.check_finite, share_programs=False)
+        self._states: dict[str, Any] = {}
         self._contexts: dict[str, int] = {}
         self._prefills: dict[int, PrefillBench] = {}
         self._compiled = None
+        self.hlo = None
 
     def add_context(self, name: str, context: int, cache=None, token=None) -> None:
+        import jax
         import jax.numpy as jnp
 
         if cache is None:
@@ -210,16 +194,19 @@ class DecodeBench:
             tok = _on_mesh(self.model, random_ids(self.batch, 1, self.model.cfg.vocab_size, self.seed)[:, 0])
         if token is not None:
             tok = jnp.asarray(token, jnp.int32)
-        # private copy: the loop donates it
-        import jax
-
-        self._caches[name] = jax.tree.map(lambda x: jnp.array(x, copy=True), cache)
-        self._tokens[name] = tok
+        # private copies: the loop donates its state
+        cache = jax.tree.map(lambda x: jnp.array(x, copy=True), cache)
+        st = self._gen.start_state(cache, jnp.array(tok, copy=True), n=self.n_tokens)
+        self._states[name] = st.replace(step=jnp.int32(0))
         self._contexts[name] = context
         if self._compiled is None:
             t0 = time.perf_counter()
-            self._compiled = self._jit.lower(self._state, self._caches[name], tok).compile()
+            from ..generate import GREEDY
+
+            lowered = self._gen._decode.lower(self._gen.state, self._states[name], sampling=GREEDY)
+            self._compiled = lowered.compile(compiler_options=self.compiler_options or {})
             self.compile_s = time.perf_counter() - t0
+            self.hlo = self._compiled.as_text()
             self.first_run_s = self.run(name)
 
     def prefill_bench(self, context: int) -> PrefillBench | None:
@@ -229,14 +216,17 @@ class DecodeBench:
         import jax
 
         t0 = time.perf_counter()
-        cache, tok = self._compiled(self._state, self._caches[name], self._tokens[name])
-        jax.block_until_ready((cache, tok))
+        st = self._compiled(self._gen.state, self._states[name])
+        jax.block_until_ready(st)
         dt = time.perf_counter() - t0
-        self._caches[name], self._tokens[name] = cache, tok
+        if bool(st.nonfinite.any()):
+            raise FloatingPointError(f"decode benchmark {name!r}: non-finite logits at new token "
+                                     f"{int(st.nonfinite_at.min())}")
+        self._states[name] = st.replace(step=st.step * 0)  # the buffer is refilled from column 0
         return dt
 
     def seqlen(self, name: str) -> int:
-        return int(np.asarray(self._caches[name].seqlen)[0])
+        return int(np.asarray(self._states[name].cache.seqlen)[0])
 
     def times(self, name: str, reps: int) -> list[float]:
         return [self.run(name) for _ in range(reps)]

@@ -31,6 +31,7 @@ from flax import nnx
 
 from ..checkpoint import init_state_dict
 from ..config import Mamba2Config
+from ..generate import program_key
 from ..loading import model_from_state_dict
 from ..model import Mamba2LMHeadModel
 from ..params import GLOBAL_PARAMS, LAYER_PARAMS
@@ -207,14 +208,14 @@ def make_optimizer(tc: TrainConfig) -> tuple[optax.GradientTransformation, optax
 
 
 # ------------------------------------------------------------------------------ trainer
-_STEPS: dict[tuple[Mamba2Config, TrainConfig], tuple[Callable, Callable]] = {}
+_STEPS: dict[tuple[Any, TrainConfig], tuple[Callable, Callable]] = {}
 
 
-def _compiled_steps(cfg: Mamba2Config, graphdef, tc: TrainConfig):
-    """Jitted (train_step, eval_step) for one model config (float32 parameters, hence one graph
-    structure) and training config; cached so that trainers of the same shape share one compilation.
-    ``_STEPS.clear()`` forgets them."""
-    key = (cfg, tc)
+def _compiled_steps(graphdef, tc: TrainConfig):
+    """Jitted (train_step, eval_step) for one model structure (``generate.program_key`` of its
+    graphdef) and training config; cached so that trainers of the same structure share one
+    compilation, and only they.  ``_STEPS.clear()`` forgets them."""
+    key = (program_key(graphdef), tc)
     if key not in _STEPS:
         _STEPS[key] = _build_steps(graphdef, tc)
     return _STEPS[key]
@@ -258,7 +259,7 @@ class Trainer:
         self.tx, self.schedule = make_optimizer(tc)
         self.opt_state = self.tx.init(self.params)
         self.n_steps = 0
-        self._train_step, self._eval_step = _compiled_steps(cfg, self.graphdef, tc)
+        self._train_step, self._eval_step = _compiled_steps(self.graphdef, tc)
 
     def step(self, tokens: np.ndarray) -> tuple[float, float]:
         """One optimiser step on ``tokens`` (b, seq_len+1).  Returns (loss, grad global norm) before the update."""
