@@ -55,3 +55,29 @@ def test_provenance_outside_hydra_has_no_overrides(monkeypatch):
     p = provenance(packages=())
     assert p["hydra_overrides"] is None
     assert p["command_line"]["argv"] == sys.argv
+
+
+def test_git_info_dirty_ignores_what_the_experiments_write(tmp_path):
+    """A chain of experiments writes results/ and the generated docs between its steps: that must not
+    make a later step's provenance say "dirty"; a changed code file must."""
+    from mamba2_jax.eval.provenance import git_info
+
+    def git(*a):
+        subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "results" / "r.json").write_text("{}")
+    (tmp_path / "pkg" / "m.py").write_text("x = 1\n")
+    (tmp_path / "README.md").write_text("n = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    assert git_info(tmp_path)["dirty"] is False
+    (tmp_path / "results" / "r.json").write_text('{"a": 1}')
+    (tmp_path / "README.md").write_text("n = 2\n")
+    g = git_info(tmp_path)
+    assert g["dirty"] is False and g["dirty_files"] == []
+    (tmp_path / "pkg" / "m.py").write_text("x = 2\n")
+    g = git_info(tmp_path)
+    assert g["dirty"] is True and g["dirty_files"] == ["pkg/m.py"]

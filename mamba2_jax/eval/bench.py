@@ -261,8 +261,9 @@ def setup_run(cfg, experiment: str) -> dict[str, Any]:
         if not force:
             print(f"[{experiment}] REFUSING: this configuration is meant for platform {req!r} but JAX runs on "
                   f"{desc['platform']!r} ({desc['device_kind']}). Timings here would be labelled with {req} peaks. "
-                  f"Re-run with FORCE=1 (make) or force=true (hydra) to run anyway; results are then labelled "
-                  f"with the actual device.", file=sys.stderr)
+                  f"Re-run with force=true (Hydra; make: BENCH_ARGS=force=true) to run anyway; results are then "
+                  f"labelled with the actual device. Without a TPU, `make reproduce-tpu` compiles the paper's "
+                  f"TPU programs instead (docs/compile.md).", file=sys.stderr)
             raise SystemExit(2)
         print(f"[{experiment}] FORCED: running a {req!r} configuration on {desc['platform']!r}", file=sys.stderr)
     hw_name = _get(_get(cfg, "hardware", {}), "name", "auto")

@@ -38,16 +38,30 @@ def _git(*args: str, cwd: Path) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+# What the experiments themselves write (and Markdown, which no number is computed from): a change
+# there does not make the code differ from the commit.  Without this, the second step of a chain
+# (`make reproduce`, `make regenerate`) would record "dirty" because the first one wrote its results.
+OUTPUT_PATHSPECS = ("results", "figures/out", "paper/tables", "paper/reproduce_summary*",
+                    "paper/regenerate_summary*", "paper/main.pdf", "*.md")
+
+
 def git_info(cwd: str | Path | None = None) -> dict[str, Any]:
-    """{"sha": full sha or None, "dirty": bool or None, "branch": name or None} of the checkout the
-    package runs from (or of ``cwd``); all None from an installed wheel."""
+    """{"sha": full sha or None, "dirty": bool or None, "branch": name or None, "dirty_files": [...]}
+    of the checkout the package runs from (or of ``cwd``); all None from an installed wheel.
+    ``dirty``: a tracked file outside OUTPUT_PATHSPECS differs from the commit (``dirty_files``
+    lists the first 20 of them)."""
     cwd = Path(cwd) if cwd is not None else checkout_root()
     if cwd is None:
-        return {"sha": None, "dirty": None, "branch": None}
+        return {"sha": None, "dirty": None, "branch": None, "dirty_files": None}
     sha = _git("rev-parse", "HEAD", cwd=cwd)
-    status = _git("status", "--porcelain", "--untracked-files=no", cwd=cwd)
+    # tracked files that differ from HEAD, staged or not (untracked files are not code the run used
+    # unless imported; `git status --untracked-files=no` did not count them either)
+    changed = _git("diff", "--name-only", "HEAD", "--", ".", *(f":(exclude){p}" for p in OUTPUT_PATHSPECS),
+                   cwd=cwd) if sha else None
     branch = _git("rev-parse", "--abbrev-ref", "HEAD", cwd=cwd)
-    return {"sha": sha, "dirty": None if status is None else bool(status), "branch": branch}
+    files = None if changed is None else changed.splitlines()
+    return {"sha": sha, "dirty": None if files is None else bool(files), "branch": branch,
+            "dirty_files": None if files is None else files[:20]}
 
 
 def package_versions(names=DEFAULT_PACKAGES) -> dict[str, str | None]:
