@@ -424,4 +424,28 @@ class Mamba2LMHeadModel(nnx.Module):
         return (logits, new_cache, hidden) if collect_hidden else (logits, new_cache)
 
     def __call__(self, input_ids, cache: Mamba2Cache | None = None):
-        return self.prefill(input_ids, cache)
+        """``model(ids[, cache]) → (logits (b, l, V), cache)``: the prefill with every position's logits.
+
+        Called eagerly (not inside ``jax.jit`` / ``nnx.jit`` or another transform), it runs one
+        compiled program: a ``jax.jit`` over the model's split state (``nnx.split``), cached per graph
+        structure, the same program the benchmarks time.  (An ``nnx.jit`` around the model would
+        re-traverse and re-merge the graph on every call on the host.)  Inside a transform it is the
+        plain ``prefill``, traced into the caller's program."""
+        if _is_traced(self.backbone.embedding[...], input_ids, cache):
+            return self.prefill(input_ids, cache)
+        graphdef, state = nnx.split(self)
+        fn = _CALL_JIT.get(graphdef)
+        if fn is None:
+            if len(_CALL_JIT) >= 16:  # many distinct model structures in one process (tests): drop the oldest
+                _CALL_JIT.pop(next(iter(_CALL_JIT)))
+            fn = _CALL_JIT[graphdef] = jax.jit(lambda st, ids, c: nnx.merge(graphdef, st).prefill(ids, c))
+        return fn(state, jnp.asarray(input_ids), cache)
+
+
+# model(ids) outside a transform: one jax.jit per graph structure (graphdefs are hashable; models of
+# the same structure share it, and jax.jit's own cache keys on shapes and dtypes)
+_CALL_JIT: dict[Any, Any] = {}
+
+
+def _is_traced(*xs) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for x in xs for leaf in jax.tree.leaves(x))

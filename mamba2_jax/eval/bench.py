@@ -5,9 +5,10 @@ separately:
 
 * :class:`PrefillBench` – one ``jax.jit`` of ``model.prefill`` for a fixed (batch, length); records
   lower+compile seconds, the first execution, then repeated executions.
-* :class:`DecodeBench` – the cached decode loop: one jitted ``lax.fori_loop`` of ``model.step``
-  over ``n_tokens`` tokens (greedy argmax feeds the next token, as generation does), with the
-  cache *donated* so XLA updates it in place.  The loop compiles once per (batch, n_tokens) and is
+* :class:`DecodeBench` – the cached decode loop users run: :class:`mamba2_jax.generate.Generator`'s
+  compiled decode program (one on-device ``lax.while_loop`` of ``model.step`` over ``n_tokens``
+  tokens, greedy argmax over the real vocabulary feeding the next token), with the cache *donated*
+  so XLA updates it in place.  The loop compiles once per (batch, n_tokens) and is
   independent of the context length, so caches built at several contexts share one executable.
   ms/token = loop seconds / n_tokens; results quote the median over repetitions.
 * full-prefix recompute: producing one token without a cache costs one prefill over the whole
@@ -237,10 +238,16 @@ class DecodeBench:
 
     def __post_init__(self):
         import jax
-        from flax import nnx
 
-        graphdef, self._state = nnx.split(self.model)
-        self._jit = jax.jit(greedy_decode_loop(graphdef, int(self.n_tokens)), donate_argnums=(1,))
+        from ..generate import Generator, SamplingConfig
+
+        # the decode program users run: Generator's on-device while_loop (greedy, padded vocabulary
+        # masked, output buffer, per-row done mask), compiled for n_tokens steps with the cache donated;
+        # eos_id=None so that no row stops early and every run decodes exactly n_tokens
+        self._gen = Generator(self.model, eos_id=None)
+        self._state = self._gen.state
+        self._greedy = SamplingConfig(greedy=True)
+        self._key = jax.random.key(0)
         self._caches: dict[str, Any] = {}
         self._tokens: dict[str, Any] = {}
         self._contexts: dict[str, int] = {}
@@ -271,7 +278,11 @@ class DecodeBench:
         self._contexts[name] = context
         if self._compiled is None:
             t0 = time.perf_counter()
-            self._compiled = self._jit.lower(self._state, self._caches[name], tok).compile()
+            done = jnp.zeros(tok.shape, bool)
+            self._done = done
+            self._compiled = self._gen._decode.lower(self._state, self._caches[name], tok, done, jnp.int32(0),
+                                                     self._key, sampling=self._greedy,
+                                                     n_steps=int(self.n_tokens)).compile()
             self.compile_s = time.perf_counter() - t0
             self.first_run_s = self.run(name)
 
@@ -280,10 +291,12 @@ class DecodeBench:
 
     def run(self, name: str) -> float:
         import jax
+        import jax.numpy as jnp
 
         t0 = time.perf_counter()
-        cache, tok = self._compiled(self._state, self._caches[name], self._tokens[name])
-        jax.block_until_ready((cache, tok))
+        out, cache, tok, _, _ = self._compiled(self._state, self._caches[name], self._tokens[name], self._done,
+                                               jnp.int32(0), self._key)
+        jax.block_until_ready((out, cache, tok))
         dt = time.perf_counter() - t0
         self._caches[name], self._tokens[name] = cache, tok
         return dt

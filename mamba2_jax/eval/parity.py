@@ -88,6 +88,11 @@ def _worst(errs: list[dict[str, float]]) -> dict[str, float]:
     return {k: max(e[k] for e in errs) for k in ("max_abs", "max_rel", "ulps")} if errs else {}
 
 
+def _f(d: dict[str, Any] | None, key: str, fmt: str, missing: str = "") -> str:
+    """``d[key]`` formatted, or ``missing`` (a backend without hidden states has an empty worst-case)."""
+    return format(d[key], fmt) if d and key in d else missing
+
+
 # ------------------------------------------------------------------------------ checkpoints
 def model_tag(spec: Any) -> str:
     if isinstance(spec, dict) or hasattr(spec, "keys"):
@@ -254,14 +259,28 @@ class JaxRunner:
     def __init__(self, model):
         self.model = model
 
-    def run(self, input_ids: list[int], n_new: int) -> dict[str, np.ndarray]:
+    def run(self, input_ids: list[int], n_new: int, mask_padded_vocab: bool = False) -> dict[str, np.ndarray]:
         from mamba2_jax.generate import stepwise_greedy
 
-        r = stepwise_greedy(self.model, input_ids, n_new, mask_padded_vocab=False)
+        r = stepwise_greedy(self.model, input_ids, n_new, mask_padded_vocab=mask_padded_vocab)
         sl = r["step_logits"]
         top2 = -np.sort(-sl, axis=-1)[:, :2]
         return {"hidden": r["hidden"], "logits": r["logits"], "tokens": r["tokens"],
                 "step_logits": sl, "margin": top2[:, 0] - top2[:, 1], "absmax": np.abs(sl).max(-1)}
+
+
+def llama_cpp_unavailable() -> str | None:
+    """Why the llama_cpp reference cannot run here (not built, build failed), or None."""
+    from .llama_cpp import unavailable
+
+    return unavailable()
+
+
+def greedy_vocab(golden: Path) -> str:
+    """"real" when the reference's greedy picks from the real vocabulary only (its golden metadata
+    says so: llama.cpp), else "padded"."""
+    meta = json.loads(Path(golden).with_suffix(".json").read_text())
+    return (meta.get("backend_meta") or {}).get("greedy_vocab", "padded")
 
 
 # ------------------------------------------------------------------------------ comparison
@@ -325,10 +344,11 @@ def compare_golden(jax_results: list[dict], golden: Path, tol: dict[str, float])
                    if p["greedy"]["first_divergence"] is not None and not p["greedy"]["below_noise_floor"]]
     dec = [p["decode_topk_max_rel"] for p in per_prompt.values() if p["decode_topk_max_rel"] is not None]
     checks = {
-        "hidden_max_rel_ok": hidden_worst["max_rel"] <= tol["max_rel"],
         "logits_max_rel_ok": logits_worst["max_rel"] <= tol["max_rel"],
         "greedy_ok": not unexplained,
     }
+    if hidden_worst:  # llama.cpp exposes no hidden states: logits and greedy only
+        checks = {"hidden_max_rel_ok": hidden_worst["max_rel"] <= tol["max_rel"], **checks}
     return {
         "golden": str(golden.relative_to(REPO) if golden.is_relative_to(REPO) else golden),
         "reference": {k: meta.get(k) for k in ("backend", "device", "dtype", "packages", "tf32", "backend_meta",
@@ -363,7 +383,8 @@ def reference_spread(goldens: dict[str, Path]) -> dict[str, Any] | None:
     for other in names[1:]:
         _, o = read_golden(goldens[other])
         out[f"{names[0]} vs {other}"] = {
-            "hidden": _worst([tensor_error(a["hidden"], b["hidden"]) for a, b in zip(o, base)]),
+            "hidden": _worst([tensor_error(a["hidden"], b["hidden"]) for a, b in zip(o, base)
+                              if a["hidden"].size and b["hidden"].size]),
             "logits": _worst([tensor_error(a["logits"], b["logits"]) for a, b in zip(o, base)]),
             "greedy_identical_prompts": int(sum(np.array_equal(a["greedy_tokens"], b["greedy_tokens"])
                                                 for a, b in zip(o, base))),
@@ -393,7 +414,7 @@ def run_parity(cfg) -> dict[str, Any]:
             models.append(str(opt) if isinstance(opt, str) else opt)
     tol = {"max_rel": float(cfg.tolerance.max_rel), "margin_rel": float(cfg.tolerance.margin_rel)}
     prov = provenance()
-    rows, reports = [], []
+    rows, reports, skipped = [], [], {}
     for spec in models:
         tag = model_tag(spec)
         model_dir, desc = ensure_checkpoint(spec, work)
@@ -402,6 +423,12 @@ def run_parity(cfg) -> dict[str, Any]:
         n_new = int(spec.get("n_new") or cfg.n_new) if not isinstance(spec, str) else int(cfg.n_new)
         goldens = {}
         for backend in cfg.backends:
+            if backend == "llama_cpp":
+                why = llama_cpp_unavailable()
+                if why:
+                    print(f"[parity] {tag}: llama_cpp SKIPPED: {why}", flush=True)
+                    skipped[tag, backend] = why
+                    continue
             extra = [] if backend == "mamba_ssm_triton" or not cfg.get("ref_threads") else \
                 ["--threads", str(int(cfg.ref_threads))]
             py = backend_python(cfg, backend)
@@ -428,20 +455,28 @@ def run_parity(cfg) -> dict[str, Any]:
         t0 = time.time()
         model, jmeta = load_jax_model(model_dir, cfg.jax.dtype, cfg.jax.matmul_precision, cfg.get("plant_bug"))
         runner = JaxRunner(model)
-        jax_results = []
-        for p in mprompts["prompts"]:
-            r = runner.run(p["input_ids"], n_new)
-            r["input_ids"] = np.asarray(p["input_ids"], np.int32)
-            jax_results.append(r)
+        # greedy over the padded vocabulary (as mamba_ssm / HF) and, for references that pick from the
+        # real vocabulary only (llama.cpp: its padded ids are [PAD] tokens), over the real one
+        vocabs = {"padded"} | {greedy_vocab(g) for g in goldens.values()}
+        jax_by_vocab = {}
+        for voc in sorted(vocabs):
+            jax_by_vocab[voc] = []
+            for p in mprompts["prompts"]:
+                r = runner.run(p["input_ids"], n_new, mask_padded_vocab=(voc == "real"))
+                r["input_ids"] = np.asarray(p["input_ids"], np.int32)
+                jax_by_vocab[voc].append(r)
         t_jax = time.time() - t0
         print(f"[parity] {tag}: JAX run {t_jax:.1f}s", flush=True)
         for backend, golden in goldens.items():
-            rep = compare_golden(jax_results, golden, tol)
+            own_tol = (cfg.get("tolerance_backend") or {}).get(backend) or {}
+            btol = {**tol, **{k: float(v) for k, v in own_tol.items()}}
+            rep = compare_golden(jax_by_vocab[greedy_vocab(golden)], golden, btol)
             rep.update({
                 "model": tag, "model_dir": str(model_dir), "checkpoint": desc, "checkpoint_fingerprint": fp,
                 "config": {k: getattr(model.cfg, k) for k in ("d_model", "n_layer", "ngroups", "d_state", "headdim",
                                                               "chunk_size", "nheads", "vocab_size")},
-                "jax": jmeta, "jax_seconds": round(t_jax, 2), "tolerance": tol, "paper_tolerances": paper_tolerances(),
+                "jax": jmeta, "jax_seconds": round(t_jax, 2), "tolerance": btol, "greedy_vocab": greedy_vocab(golden),
+                "paper_tolerances": paper_tolerances(),
                 "reference_spread": spread,
                 "prompts": {"file": prompts_doc["source"], "version": prompts_doc["version"],
                             "sha256": mprompts["sha256"], "lengths": [len(p["input_ids"]) for p in mprompts["prompts"]],
@@ -454,8 +489,9 @@ def run_parity(cfg) -> dict[str, Any]:
             reports.append(rep)
             rows.append(row)
             g = rep["greedy_summary"]
-            print(f"[parity] {tag} vs {backend}: hidden max_rel {rep['hidden_worst']['max_rel']:.2e} "
-                  f"({rep['hidden_worst']['ulps']:.1f} ulp), logits max_rel {rep['logits_worst']['max_rel']:.2e}, "
+            print(f"[parity] {tag} vs {backend}: hidden max_rel {_f(rep['hidden_worst'], 'max_rel', '.2e', '-')} "
+                  f"({_f(rep['hidden_worst'], 'ulps', '.1f', '-')} ulp), "
+                  f"logits max_rel {rep['logits_worst']['max_rel']:.2e}, "
                   f"greedy {g['tokens_matching_total']}/{g['tokens_total']} "
                   f"({g['identical_64_of_64']}/{g['prompts']} identical, {g['divergences_below_noise_floor']} below "
                   f"noise floor) -> {'PASS' if rep['pass'] else 'FAIL'}", flush=True)
@@ -464,7 +500,8 @@ def run_parity(cfg) -> dict[str, Any]:
     write_markdown(results_dir / csv_name.replace(".csv", ".md"), reports, prov, str(cfg.label))
     total = time.time() - t_start
     print(f"[parity] wrote {results_dir / csv_name} ({len(rows)} rows) in {total:.0f}s", flush=True)
-    return {"reports": reports, "rows": rows, "pass": all(r["pass"] for r in reports), "seconds": total}
+    return {"reports": reports, "rows": rows, "pass": all(r["pass"] for r in reports), "seconds": total,
+            "skipped": {f"{m}/{b}": why for (m, b), why in skipped.items()}}
 
 
 CSV_FIELDS = ["model", "backend", "pass", "hidden_max_abs", "hidden_max_rel", "hidden_ulps", "logits_max_abs",
@@ -483,9 +520,9 @@ def summary_row(rep: dict[str, Any], backend: str) -> dict[str, Any]:
     pk, rpk = prov["packages"], (ref.get("packages") or {})
     return {
         "model": rep["model"], "backend": backend, "pass": rep["pass"],
-        "hidden_max_abs": f"{rep['hidden_worst']['max_abs']:.3e}",
-        "hidden_max_rel": f"{rep['hidden_worst']['max_rel']:.3e}",
-        "hidden_ulps": f"{rep['hidden_worst']['ulps']:.2f}",
+        "hidden_max_abs": _f(rep["hidden_worst"], "max_abs", ".3e"),
+        "hidden_max_rel": _f(rep["hidden_worst"], "max_rel", ".3e"),
+        "hidden_ulps": _f(rep["hidden_worst"], "ulps", ".2f"),
         "logits_max_abs": f"{rep['logits_worst']['max_abs']:.3e}",
         "logits_max_rel": f"{rep['logits_worst']['max_rel']:.3e}",
         "logits_ulps": f"{rep['logits_worst']['ulps']:.2f}",
@@ -521,7 +558,8 @@ def _timing_cols(t: dict[str, Any] | None) -> dict[str, str]:
 def _spread_cols(spread: dict[str, Any] | None) -> dict[str, str]:
     if not spread:
         return {"ref_spread_hidden_max_rel": "", "ref_spread_logits_max_rel": ""}
-    return {"ref_spread_hidden_max_rel": f"{max(v['hidden']['max_rel'] for v in spread.values()):.3e}",
+    hid = [v["hidden"]["max_rel"] for v in spread.values() if v["hidden"]]
+    return {"ref_spread_hidden_max_rel": f"{max(hid):.3e}" if hid else "",
             "ref_spread_logits_max_rel": f"{max(v['logits']['max_rel'] for v in spread.values()):.3e}"}
 
 
@@ -557,8 +595,9 @@ def write_markdown(path: Path, reports: list[dict[str, Any]], prov: dict[str, An
         lines.append(
             f"| {r['model']} ({r['checkpoint'].get('kind')}, stored {r['jax']['stored_dtype']}) | "
             f"{r['reference']['backend']}{f' ({dev})' if dev and dev != 'cpu' else ''} | "
-            f"{r['hidden_worst']['max_rel']:.2e} | "
-            f"{r['hidden_worst']['ulps']:.1f} | {r['logits_worst']['max_rel']:.2e} | {r['logits_worst']['ulps']:.1f} | "
+            f"{_f(r['hidden_worst'], 'max_rel', '.2e', '-')} | "
+            f"{_f(r['hidden_worst'], 'ulps', '.1f', '-')} | {r['logits_worst']['max_rel']:.2e} | "
+            f"{r['logits_worst']['ulps']:.1f} | "
             f"{'-' if dec is None else f'{dec:.2e}'} | {g['identical_64_of_64']}/{g['prompts']} | "
             f"{g['tokens_matching_total']}/{g['tokens_total']} | {g['divergences_below_noise_floor']} / "
             f"{len(g['divergences_unexplained'])} | {tc['ref_prefill_s_per_token'] or '-'} | "
@@ -577,11 +616,13 @@ def write_markdown(path: Path, reports: list[dict[str, Any]], prov: dict[str, An
                 if (r["model"], pair) in seen:
                     continue
                 seen.add((r["model"], pair))
-                lines.append(f"- {r['model']}, {pair}: hidden max_rel {v['hidden']['max_rel']:.2e} "
-                             f"({v['hidden']['ulps']:.1f} ulp), logits max_rel {v['logits']['max_rel']:.2e}, "
+                lines.append(f"- {r['model']}, {pair}: hidden max_rel {_f(v['hidden'], 'max_rel', '.2e', '-')} "
+                             f"({_f(v['hidden'], 'ulps', '.1f', '-')} ulp), "
+                             f"logits max_rel {v['logits']['max_rel']:.2e}, "
                              f"greedy identical {v['greedy_identical_prompts']}/{v['prompts']}")
         lines += ["", "Per-layer worst max_rel (hidden states):", ""]
         for r in reports:
             lines.append(f"- {r['model']} vs {r['reference']['backend']}: "
-                         + " ".join(f"{e['max_rel']:.1e}" for e in r["hidden_per_layer"]))
+                         + (" ".join(f"{e['max_rel']:.1e}" for e in r["hidden_per_layer"])
+                            or "no hidden states (logits and greedy only)"))
     atomic_write_text(path, "\n".join(lines) + "\n")

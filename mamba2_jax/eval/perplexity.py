@@ -78,7 +78,7 @@ __all__ = [
 PROTOCOLS = ("lm_eval_rolling", "strided")
 LM_EVAL_VERSION = "0.4.9"
 REFERENCE_MODULE = "reference.score"
-REFERENCE_BACKENDS = ("mamba_ssm_ref_cpu", "transformers", "mamba_ssm_triton")
+REFERENCE_BACKENDS = ("mamba_ssm_ref_cpu", "transformers", "mamba_ssm_triton", "llama_cpp")
 
 
 def _json_array(d: dict[str, Any]) -> np.ndarray:

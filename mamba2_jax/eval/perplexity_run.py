@@ -225,6 +225,12 @@ def evaluate_one(spec: dict[str, Any], protocol: str, windows: ppl.Windows, winf
                                   checkpoint_every_s=float(cfg.jax.checkpoint_every_s))
                 sc.info["policy"] = getattr(scorer.model, "policy", None)
             elif b in ppl.REFERENCE_BACKENDS:
+                if b == "llama_cpp":
+                    from .llama_cpp import unavailable
+
+                    why = unavailable()
+                    if why:
+                        raise ppl.ReferenceUnavailable(why)
                 env = dict(os.environ)
                 extra_args = []
                 if cfg.reference.threads:

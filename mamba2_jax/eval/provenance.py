@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["provenance", "git_info", "package_versions", "cpu_model", "utc_now"]
+__all__ = ["provenance", "git_info", "package_versions", "cpu_model", "utc_now", "invocation"]
 
 from ..paths import checkout_root
 
@@ -107,6 +107,23 @@ def _torch_info() -> dict[str, Any] | None:
     return info
 
 
+def invocation() -> dict[str, Any]:
+    """How this process was started: the command line, and under Hydra every override it was given
+    (``hydra.overrides.task``, the full list, with the config name), so a result names all its settings."""
+    out: dict[str, Any] = {"argv": list(sys.argv), "executable": sys.executable, "cwd": os.getcwd()}
+    if "hydra" in sys.modules:
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            if HydraConfig.initialized():
+                hc = HydraConfig.get()
+                out["hydra_overrides"] = list(hc.overrides.task)
+                out["hydra_config_name"] = hc.job.config_name
+        except Exception:  # noqa: BLE001 - provenance never raises
+            pass
+    return out
+
+
 def provenance(packages=DEFAULT_PACKAGES, **extra: Any) -> dict[str, Any]:
     """Everything needed to say where a number came from.  ``extra`` keys are merged in."""
     out: dict[str, Any] = {
@@ -119,6 +136,7 @@ def provenance(packages=DEFAULT_PACKAGES, **extra: Any) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "packages": package_versions(packages),
         "jax": _jax_info(),
+        "invocation": invocation(),
     }
     t = _torch_info()
     if t is not None:
