@@ -262,7 +262,8 @@ class DecodeBench:
                 pb = self._prefills.get(context) or PrefillBench(self.model, context, self.batch, True, self.seed)
                 self._prefills[context] = pb
                 logits, cache = pb.last_output
-                tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+                # the first token as Generator picks it: greedy over the real vocabulary
+                tok = jnp.argmax(logits[..., : self.model.cfg.vocab_size], axis=-1).astype(jnp.int32)
             else:
                 cache = self.model.init_cache(self.batch)
                 tok = _on_mesh(self.model, random_ids(self.batch, 1, self.model.cfg.vocab_size, self.seed)[:, 0])
