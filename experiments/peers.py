@@ -348,10 +348,10 @@ def run(cfg) -> dict:
                               "check_tokens_equal": setups[name]["check_tokens"] == setups["ours"]["check_tokens"]}
     targets = {}  # the project's targets (paper/reported.yaml, targets:), for the peers that ran
     for t in reported.targets("peers"):
-        v = ratios.get(t["peer"], {}).get(t["ratio"])
-        if t.get("bandwidth_fraction") is not None:
-            row = table.get("ours", {}).get(t["task"], {})
-            v = row.get("bandwidth_fraction")
+        if t.get("metric") == "bandwidth_fraction":  # achieved / bound of one of our tasks
+            v = table.get("ours", {}).get(t["task"], {}).get("bandwidth_fraction")
+        else:
+            v = ratios.get(t["peer"], {}).get(t["ratio"])
         if v is not None:
             targets[t["id"]] = {"target": f">= {t['min']:g}", "value": v, "pass": v >= t["min"]}
     for k, v in targets.items():
