@@ -38,6 +38,7 @@ import numpy as np
 
 from mamba2_jax.eval import bench, reported
 from mamba2_jax.eval.results import write_results
+from mamba2_jax.fileio import atomic_write_text
 from mamba2_jax.paths import require_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -375,9 +376,51 @@ def run(cfg) -> dict:
                                                   "rounds_end": load1 if peers else None}}
     paths = write_results("peers", ctx["run"], recs, hardware=ctx["hardware"], config=bench.config_dict(cfg),
                           label=label, out_dir=cfg.out_dir, extra=extra)
-    print(f"[peers] wrote {paths[0]}")
+    md = Path(paths[0]).with_suffix(".md")
+    atomic_write_text(md, markdown_table(label, table, ratios, targets, skipped, setups, bw, L0))
+    print(f"[peers] wrote {paths[0]} and {md.name}")
     return {"records": recs, "summary": summary, "ratios": ratios, "fidelity": fidelity, "skipped": skipped,
             "targets": targets, "paths": paths, "run": ctx["run"], "tasks": table}
+
+
+def markdown_table(label, table, ratios, targets, skipped, setups, bw, L0) -> str:
+    """The run as a Markdown table: every task's median tokens/s per peer, ours ÷ peer on the fp32
+    tasks, our achieved ÷ bound, the targets, and what was skipped and why (same numbers as the JSON)."""
+    peers = list(table)
+    keys = list(dict.fromkeys(k for rows in table.values() for k in rows))
+    lines = [f"# Peers: {label}", "",
+             "Median over the rounds of one alternating run. tokens/s (recompute: ms per token). "
+             "Lower-precision rows (ours bf16; llama.cpp GGUF f16 / bf16 / q8_0) are never ranked against fp32. "
+             "full / last: logits at every position / at the last one.", "",
+             "| task | " + " | ".join(peers) + " | " + " | ".join(f"ours ÷ {p}" for p in peers if p != "ours")
+             + " | ours achieved ÷ bound |",
+             "|---" * (2 + len(peers) + len([p for p in peers if p != "ours"])) + "|"]
+    for k in keys:
+        cells = []
+        for p in peers:
+            row = table[p].get(k)
+            cells.append("" if row is None else f"{row.get('tokens_per_s', row.get('ms_per_token')):.4g}")
+        rat = [ratios.get(p, {}).get("recompute" if k == "recompute" else k) for p in peers if p != "ours"]
+        frac = (table.get("ours", {}).get(k) or {}).get("bandwidth_fraction")
+        lines.append(f"| {k} | " + " | ".join(cells) + " | " + " | ".join("" if r is None else f"{r:.2f}x" for r in rat)
+                     + f" | {'' if frac is None else f'{frac:.2f}'} |")
+    if "ours" in ratios:
+        lines += ["", "ours bf16 ÷ ours fp32 (batched, same rounds): "
+                  + ", ".join(f"{k.removeprefix('bf16_over_fp32_')}: {v:.2f}x" for k, v in ratios["ours"].items())]
+    if bw:
+        lines += ["", f"Streaming bandwidth (median of the probe in the same rounds): {bw / 1e9:.1f} GB/s."]
+    if targets:
+        lines += ["", "| target | value | required | |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['value']:.2f} | {v['target']} | {'PASS' if v['pass'] else 'MISS'} |"
+                  for k, v in targets.items()]
+    for p, why in skipped.items():
+        lines.append(f"\n- skipped {p}: {why.splitlines()[0]}")
+    b = (setups.get("llama_cpp") or {}).get("build")
+    if b:
+        lines += ["", f"llama.cpp {b.get('llama_cpp_commit')} from {b.get('sdist')}; "
+                  f"cmake {' '.join(b['cmake_flags'])}; "
+                  f"ggml CPU features {', '.join(b.get('cpu_features') or [])}; built in {b.get('build_wall_s')} s."]
+    return "\n".join(lines) + "\n"
 
 
 @hydra.main(config_path="pkg://mamba2_jax.eval.conf", config_name="peers", version_base="1.3")
