@@ -41,7 +41,7 @@ perplexity-timing: $(STAMP)
 	$(PY) $(PPL_SCRIPT) mode=timing $(PPL_ARGS)
 
 perplexity-tables: $(STAMP)
-	$(PY) -c "import sys; sys.argv=['x']; sys.path.insert(0, 'experiments'); import perplexity as p, pathlib; p.write_tables(pathlib.Path('results/perplexity'))"
+	$(PY) -m paper.make_tables
 
 test-perplexity: $(STAMP)
 	$(PY) -m pytest -q tests/test_perplexity.py tests/test_data.py

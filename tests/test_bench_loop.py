@@ -1,7 +1,5 @@
 """The benchmarked code paths are the ones users run (issue 20, item 4).
 
-* ``DecodeBench`` (every decode number of make bench / throughput / sweep / peers) runs
-  ``Generator``'s compiled decode program: its tokens are the host-driven stepwise greedy's.
 * ``model(ids)`` called eagerly runs one cached ``jax.jit`` of the split graph: the same logits and
   cache as ``nnx.jit`` / ``jax.jit`` around the model and as the float64 oracle, compiled once.
 * provenance records the command line and, under Hydra, every override.
@@ -15,31 +13,16 @@ import jax
 import numpy as np
 from flax import nnx
 
-from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
 from mamba2_jax.config import get_preset
-from mamba2_jax.eval import bench
 from mamba2_jax.eval.oracle import OracleModel, rel_err
-from mamba2_jax.generate import stepwise_greedy
+from mamba2_jax.loading import model_from_state_dict
+from mamba2_jax.params import init_state_dict
 
 
 def _tiny():
     cfg = get_preset("tiny")
     sd = init_state_dict(cfg, seed=3)
     return cfg, sd, model_from_state_dict(cfg, sd, dtype="float32")
-
-
-def test_decode_bench_is_the_generator_loop():
-    cfg, _, model = _tiny()
-    n, b, ctx = 6, 2, 5
-    db = bench.DecodeBench(model, n_tokens=n, batch=b, seed=1)
-    db.add_context("c", ctx)  # compiles and runs once (first_run_s): n tokens after the prompt
-    db.run("c")  # n more
-    assert db._gen.trace_counts["decode"] == 1  # Generator's own decode program, compiled once
-    ids = bench.random_ids(b, ctx, cfg.vocab_size, 1)
-    for r in range(b):
-        ref = stepwise_greedy(model, ids[r].tolist(), 2 * n + 1, mask_padded_vocab=True)["tokens"]
-        assert int(np.asarray(db._tokens["c"])[r]) == int(ref[2 * n])
-    assert db.seqlen("c") == ctx + 2 * n
 
 
 def test_model_call_eager_compiled_and_equal():
@@ -78,12 +61,12 @@ def test_provenance_records_command_line_and_hydra_overrides(monkeypatch):
     from mamba2_jax.eval.provenance import provenance
 
     monkeypatch.setattr(sys, "argv", ["experiments/peers.py", "profile=tiny", "peers.rounds=2"])
-    assert provenance()["invocation"]["argv"] == ["experiments/peers.py", "profile=tiny", "peers.rounds=2"]
+    assert provenance()["command_line"]["argv"] == ["experiments/peers.py", "profile=tiny", "peers.rounds=2"]
     with initialize_config_module(config_module="mamba2_jax.eval.conf", version_base="1.3"):
         cfg = compose("peers", overrides=["profile=tiny", "peers.rounds=2"], return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)
         try:
-            inv = provenance()["invocation"]
+            over = provenance()["hydra_overrides"]
         finally:
             HydraConfig.instance().cfg = None
-    assert inv["hydra_overrides"] == ["profile=tiny", "peers.rounds=2"] and inv["hydra_config_name"] == "peers"
+    assert over == ["profile=tiny", "peers.rounds=2"]

@@ -81,7 +81,8 @@ def test_param_bytes_match_the_model():
     import numpy as np
     from flax import nnx
 
-    from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
+    from mamba2_jax.checkpoint import init_state_dict
+    from mamba2_jax.loading import model_from_state_dict
 
     for dt in ("float32", "bfloat16"):
         m = model_from_state_dict(TINY, init_state_dict(TINY, 0), dtype=dt)

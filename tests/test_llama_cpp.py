@@ -105,9 +105,9 @@ def test_llama_cpp_logits_match_oracle(tiny_golden):
 def test_llama_cpp_matches_our_fp32_and_greedy(tiny_golden):
     """Our fp32 logits at every position, and our greedy tokens (over the real vocabulary), are
     llama.cpp's."""
-    from mamba2_jax.checkpoint import load_pretrained
     from mamba2_jax.eval.oracle import rel_err
     from mamba2_jax.generate import stepwise_greedy
+    from mamba2_jax.loading import load_pretrained
 
     _, golden = tiny_golden
     model = load_pretrained(TINY, dtype="float32")

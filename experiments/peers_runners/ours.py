@@ -34,9 +34,9 @@ def setup(weights_dir, prefill_lengths, prefill_modes, decode_prompt, decode_tok
     import numpy as np
     from flax import nnx
 
-    from mamba2_jax.checkpoint import load_pretrained
     from mamba2_jax.eval import bench
     from mamba2_jax.generate import Generator
+    from mamba2_jax.loading import load_pretrained
 
     t0 = time.perf_counter()
     model = load_pretrained(weights_dir, dtype="float32")

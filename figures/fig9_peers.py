@@ -1,4 +1,4 @@
-"""Figure 8: this project against its CPU peers, one alternating run (make bench-peers).
+"""Figure 9: this project against its CPU peers, one alternating run (make bench-peers).
 
 Input: results/peers/*.json (experiments/peers.py), records with metric ``tokens_per_s`` and a
 ``task`` (prefill_{full,last}_<L>, decode, batched_b<b>, with a ``_<variant>`` suffix for the
@@ -14,7 +14,7 @@ from mamba2_jax.eval.results import load_results
 
 from . import style
 
-NAME = "fig8_peers"
+NAME = "fig9_peers"
 TITLE = "CPU peers: prefill, decode and batched decode, one alternating run"
 DESCRIPTION = """
     Median tokens/s over the rounds of one run in which every peer (this project; mamba2-jax 1.1.2; HF
