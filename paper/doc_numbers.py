@@ -322,7 +322,31 @@ def _parity_table(spec: dict[str, Any], root: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+def _compiled_suite(spec: dict[str, Any], root: Path) -> str:
+    """One row per compiled program (experiments/tpu_compile.py results): compile s, devices, memory per
+    device, XLA FLOPs, arguments + outputs, XLA bytes, and the roofline bound on arguments + outputs."""
+    from mamba2_jax.eval.report import model_key
+
+    docs_ = sorted((read_json(p) for p in source_files(spec, root)), key=lambda d: model_key(d["run"]))
+    rows = ["| scale | program | compile s | devices | memory per device | XLA FLOPs | arguments + outputs | "
+            "XLA bytes | roofline bound (arguments + outputs) |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for d in docs_:
+        for r in sorted(d["records"], key=lambda r: (r["program"] != "step", r["program"] != "generate",
+                                                     r.get("length") or 0)):
+            ro = r["roofline"]
+            b = (f"{ro['bound_tflops']:.4g} TFLOP/s" if r["program"] == "prefill"
+                 else f"{ro['bound_tokens_per_s']:,.0f} tokens/s") + f" ({ro['bound']}-bound)"
+            gf = r["flops"] / 1e9
+            mem = f"{r['bytes_needed_per_device'] / 2**30:.2f} of {r['hbm_bytes_per_device'] / 2**30:.1f} GiB"
+            rows.append(f"| {d['run']} | {r['key']} | {r['compile_s']:.0f} | {r['num_devices']} | {mem} | "
+                        f"{gf:,.0f} G | " if gf >= 100 else f"| {d['run']} | {r['key']} | {r['compile_s']:.0f} | "
+                        f"{r['num_devices']} | {mem} | {gf:.4g} G | ")
+            rows[-1] += f"{r['min_bytes'] / 1e9:.3g} GB | {r['bytes_accessed'] / 1e9:.3g} GB | {b} |"
+    return "\n".join(rows) + "\n"
+
+
 BLOCKS: dict[str, Callable[[dict[str, Any], Path], str]] = {
+    "compiled_suite": _compiled_suite,
     "md_table": _md_table,
     "reproduce_runtimes": _reproduce_runtimes,
     "robustness_areas": _robustness_areas,

@@ -14,7 +14,7 @@ from mamba2_jax.params import init_state_dict
 CORE = Path(__file__).resolve().parents[1] / "mamba2_jax"
 # docs/design.md: each module may import only modules of an earlier rank
 RANK = {"params": 0, "config": 1, "fileio": 1, "paths": 1, "hub": 1, "gpu_targets": 1, "ops": 2, "ssd": 2, "cache": 2,
-        "gpu_targets": 1, "sharding": 3, "model": 4, "checkpoint": 4, "loading": 5, "generate": 6, "tokenizer": 6, "compile": 7,
+        "sharding": 3, "model": 4, "checkpoint": 4, "loading": 5, "generate": 6, "tokenizer": 6, "compile": 7,
         "cli": 8}
 
 
