@@ -1,16 +1,25 @@
-"""Peers: this project vs mamba2-jax 1.1.2 (the paper's package) vs HF transformers, side by side.
+"""Peers: this project vs mamba2-jax 1.1.2 (the paper's package) vs HF transformers vs llama.cpp, side by side.
 
     make bench-peers             (python experiments/peers.py profile=cpu_bench)
 
 One set of random weights (mamba_ssm-style init of the ``peers.model`` shape, float32) is written
-once as a state-spaces checkpoint (read by this project and by mamba2-jax 1.1.2) and as an HF
-checkpoint (read by transformers).  Every peer runs in its own subprocess
-(experiments/peers_runners/<peer>.py), set up one after the other, then timed round-robin: in each
-round every peer (rotating the start) runs prefill, decode and recompute once while the others
-wait, so all peers see the same machine load.  Runners time themselves.
+once as a state-spaces checkpoint (read by this project and by mamba2-jax 1.1.2), as an HF
+checkpoint (read by transformers) and, for llama.cpp, converted from the state-spaces one to GGUF
+(``reference.llama_gguf``: ``mamba2-jax convert --format hf`` + the GPT-NeoX tokenizer files +
+llama.cpp's ``convert_hf_to_gguf.py``; f32, plus f16/bf16/q8_0 rows labelled lower precision).
+Every peer runs in its own subprocess (experiments/peers_runners/<peer>.py), set up one after the
+other; at setup each runner lists the tasks it can run (prefill at every ``prefill_lengths`` x
+``prefill_modes`` -- "full": logits at every position, "last": the last position only --, decode at
+batch 1, recompute, batched decode at ``batch_sizes``).  Then they are timed round-robin: in each
+round every peer (rotating the start) runs all its tasks back to back while the others wait, so
+all peers see the same machine load; a streaming-bandwidth probe takes its turn in the same rounds
+(the bound for the decode rows).  Runners time themselves; medians over rounds are reported.
 
-Fidelity is checked on the way: the last-position logits of the prefill and a few greedy tokens
-after the decode prompt are compared with this project's.
+A peer that cannot run (llama.cpp not built or not convertible, mamba2-jax 1.1.2 not installed, a
+setup that fails) is skipped with the reason, in the results and on the console; the others run.
+
+Fidelity is checked on the way: the last-position logits of the first prefill length and a few
+greedy tokens (over the real vocabulary) after the decode prompt are compared with this project's.
 """
 
 from __future__ import annotations
@@ -30,9 +39,12 @@ import numpy as np
 from mamba2_jax.eval import bench, reported
 from mamba2_jax.eval import models as model_specs
 from mamba2_jax.eval.results import write_results
+from mamba2_jax.fileio import atomic_write_text
 from mamba2_jax.paths import require_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # reference/ (llama.cpp build status and GGUF conversion)
+    sys.path.insert(0, str(REPO))
 
 RUNNERS = REPO / "experiments" / "peers_runners"
 MARK = "@@PEER "
@@ -43,6 +55,9 @@ PEERS = {
                          "desc": "mamba2-jax 1.1.2 from PyPI (jitted forward, Python decode loop)"},
     "hf_transformers": {"script": "hf.py", "weights": "hf", "decode": "fast",
                         "desc": "transformers Mamba2ForCausalLM, torch eager fp32 (no mamba_ssm kernels)"},
+    "llama_cpp": {"script": "llama_cpp.py", "weights": "gguf", "decode": "fast",
+                  "desc": "llama.cpp (ggml Mamba-2 graph, C API via llama-cpp-python's ctypes), GGUF f32 "
+                          "(+ f16/bf16/q8_0 lower-precision rows) converted with its convert_hf_to_gguf.py"},
 }
 
 
@@ -113,9 +128,39 @@ def _collect_setup(name, peers, setups, skipped, t0) -> None:
         setups[name] = peers[name].recv("setup")
     except Exception as e:
         skipped[name] = f"setup failed: {e}"
+        print(f"[peers] {name}: SKIPPED ({skipped[name].splitlines()[0]})", flush=True)
         peers.pop(name).close()
         return
     print(f"[peers] {name}: ready in {time.perf_counter() - t0:.1f} s", flush=True)
+
+
+def prepare_llama(P, weights: dict[str, Path], work: Path) -> tuple[dict | None, str | None]:
+    """(llama.cpp setup args with the converted GGUFs, None) or (None, why it is skipped): not built,
+    build failed, or the conversion failed.  Nothing is built here (``make llama-cpp`` does that)."""
+    from reference.llama_cpp_capi import build_status
+    from reference.llama_gguf import ConversionError, convert
+
+    L = P.get("llama_cpp") or {}
+    ok, info = build_status()
+    if not ok:
+        return None, str(info)
+    outtypes = list(L.get("outtypes") or ["f32"])
+    if "f32" not in outtypes:
+        outtypes = ["f32", *outtypes]
+    t0 = time.perf_counter()
+    try:
+        ggufs = convert(weights["state-spaces"], work / "gguf", outtypes)
+    except ConversionError as e:
+        return None, f"GGUF conversion failed: {e}"
+    print(f"[peers] llama_cpp: GGUF {', '.join(ggufs)} ready in {time.perf_counter() - t0:.1f} s "
+          f"(llama.cpp {info.get('llama_cpp_commit')}, ggml CPU features {','.join(info.get('cpu_features') or [])})",
+          flush=True)
+    return {"ggufs": {k: str(v) for k, v in ggufs.items()}, "threads": L.get("threads"),
+            "n_ubatch": L.get("n_ubatch"), "lowp_batch_sizes": list(L.get("lowp_batch_sizes") or [])}, None
+
+
+def _lst(x) -> list:
+    return [x] if isinstance(x, (int, str)) else list(x)
 
 
 def run(cfg) -> dict:
@@ -138,129 +183,245 @@ def run(cfg) -> dict:
         # torch's OpenMP threads spin-wait by default; on a shared machine a spinning thread whose
         # partner core is busy stalls every op (measured: HF decode 0.1-2.5 s/token instead of 75 ms)
         base_env["OMP_WAIT_POLICY"] = str(P.omp_wait_policy)
-    for name in P.list:
-        env = dict(base_env)
-        if name == "mamba2_jax_1_1_2":
-            if not (anchor / "mamba2_jax" / "__init__.py").exists():
-                skipped[name] = f"not installed in {anchor} (make anchor-install)"
-                continue
-            env["PYTHONPATH"] = str(anchor)
-        peers[name] = Peer(name, sys.executable, env, work / f"{name}.log", float(P.timeout_s))
-    common = {"prefill_length": int(P.prefill_length), "decode_prompt": int(P.decode_prompt),
-              "decode_tokens": int(P.decode_tokens), "recompute_context": int(P.recompute_context), "seed": seed,
+    prefill_lengths = [int(x) for x in _lst(P.prefill_lengths)]
+    prefill_modes = [str(x) for x in _lst(P.get("prefill_modes") or ["full"])]
+    batch_sizes = [int(x) for x in _lst(P.get("batch_sizes") or [])]
+    tokens = {n: int(P.decode_tokens if PEERS[n]["decode"] == "fast" else P.decode_tokens_slow) for n in P.list}
+    common = {"prefill_lengths": prefill_lengths, "prefill_modes": prefill_modes,
+              "decode_prompt": int(P.decode_prompt), "recompute_context": int(P.recompute_context), "seed": seed,
               "check_tokens": 8, "torch_threads": P.torch_threads, "vocab": mcfg.vocab_size,
+              "batch_sizes": batch_sizes, "batch_prompt": int(P.get("batch_prompt") or P.decode_prompt),
+              "batch_tokens": int(P.get("batch_tokens") or P.decode_tokens),
+              "batch_dtypes": [str(x) for x in _lst(P.get("batch_dtypes") or ["float32"])],
               "model_cfg": {"padded_vocab_size": mcfg.padded_vocab_size, "d_model": mcfg.d_model,
                             "d_state": mcfg.d_state, "headdim": mcfg.headdim, "chunk_size": mcfg.chunk_size,
                             "expand": mcfg.expand, "d_conv": mcfg.d_conv, "n_layer": mcfg.n_layer,
                             "norm_epsilon": mcfg.norm_epsilon, "ngroups": mcfg.ngroups}}
+    extra_args: dict[str, dict] = {}
+    for name in P.list:
+        if name not in PEERS:
+            raise ValueError(f"unknown peer {name!r}; known: {sorted(PEERS)}")
+        env = dict(base_env)
+        if name == "mamba2_jax_1_1_2":
+            if not (anchor / "mamba2_jax" / "__init__.py").exists():
+                skipped[name] = f"not installed in {anchor} (make anchor-install)"
+                print(f"[peers] {name}: SKIPPED ({skipped[name]})", flush=True)
+                continue
+            env["PYTHONPATH"] = str(anchor)
+        if name == "llama_cpp":
+            largs, why = prepare_llama(P, weights, work)
+            if why:
+                skipped[name] = why
+                print(f"[peers] {name}: SKIPPED ({why.splitlines()[0]})", flush=True)
+                continue
+            extra_args[name] = {"llama": largs}
+        peers[name] = Peer(name, sys.executable, env, work / f"{name}.log", float(P.timeout_s))
     setups, times = {}, {}
+    stream = None
     try:
         # setup (load + compile) one after the other, or all at once with peers.parallel_setup (tests)
         parallel = bool(P.get("parallel_setup", False))
         t0 = time.perf_counter()
         for name, peer in list(peers.items()):
-            peer.send("setup", weights_dir=str(weights[PEERS[name]["weights"]]),
-                      dump=str(work / f"{name}_logits.npy"), **common)
+            peer.send("setup", weights_dir=str(weights.get(PEERS[name]["weights"], "")),
+                      dump=str(work / f"{name}_logits.npy"), **common, decode_tokens=tokens[name],
+                      **extra_args.get(name, {}))
             if not parallel:
                 _collect_setup(name, peers, setups, skipped, t0)
                 t0 = time.perf_counter()
         if parallel:
             for name in list(peers):
                 _collect_setup(name, peers, setups, skipped, t0)
-        tokens = {n: int(P.decode_tokens if PEERS[n]["decode"] == "fast" else P.decode_tokens_slow) for n in peers}
+        specs = {name: {t["key"]: t for t in setups[name]["tasks"]} for name in peers}
         tasks = {}
         for name, peer in peers.items():
-            tasks[f"{name}:prefill"] = (lambda p=peer: p.call("prefill")["seconds"])
-            tasks[f"{name}:decode"] = (lambda p=peer, n=name: p.call("decode", tokens=tokens[n])["seconds"] / tokens[n])
-            tasks[f"{name}:recompute"] = (lambda p=peer: p.call("recompute")["seconds"])
-            if name == "ours":
-                tasks["ours:decode_stepwise"] = (
-                    lambda p=peer: p.call("decode_stepwise", tokens=int(P.decode_tokens))["seconds"]
-                    / int(P.decode_tokens))
-        # round-robin over peers (rotating), each peer's tasks back to back
-        names = list(peers)
+            for key, t in specs[name].items():
+                tasks[f"{name}:{key}"] = (lambda p=peer, t=t: p.call(t["cmd"], **t["args"])["seconds"])
+        if P.get("stream_bytes"):
+            from mamba2_jax.eval.hardware import StreamBench
+
+            stream = StreamBench(int(P.stream_bytes))
+            tasks["stream"] = stream.run
+        # round-robin over peers (rotating), each peer's tasks back to back; the streaming probe is one more "peer"
+        names = list(peers) + (["stream"] if stream else [])
         times = {k: [] for k in tasks}
+        load0 = bench.load_avg()
         for r in range(int(P.rounds)):
             k = r % max(1, len(names))
             for name in names[k:] + names[:k]:
-                for t in [t for t in tasks if t.startswith(name + ":")]:
+                for t in [t for t in tasks if t == name or t.startswith(name + ":")]:
                     times[t].append(float(tasks[t]()))
-            print(f"[peers] round {r + 1}/{P.rounds} done", flush=True)
+            print(f"[peers] round {r + 1}/{P.rounds} done (load {bench.load_avg()})", flush=True)
+        load1 = bench.load_avg()
     finally:
         for peer in peers.values():
             peer.close()
+        if stream is not None:
+            stream.close()
 
     med = {k: bench.median(v) for k, v in times.items()}
-    L, R = int(P.prefill_length), int(P.recompute_context)
+    bw = stream.bytes_per_call / med["stream"] if stream else None
+    L0 = prefill_lengths[0]
     recs = []
 
     def rec(peer, metric, value, unit, **kw):
         recs.append({"peer": peer, "metric": metric, "value": value, "unit": unit, **kw})
 
-    summary = {}
+    table: dict[str, dict[str, dict]] = {}  # peer -> task key -> row
     for name in peers:
         if name not in setups:
             continue
-        s = {"prefill_tokens_per_s": L / med[f"{name}:prefill"],
-             "decode_ms_per_token": med[f"{name}:decode"] * 1e3,
-             "decode_tokens_per_s": 1.0 / med[f"{name}:decode"],
-             "recompute_ms_per_token": med[f"{name}:recompute"] * 1e3,
-             "cached_over_recompute": med[f"{name}:recompute"] / med[f"{name}:decode"]}
-        if f"{name}:decode_stepwise" in med:
-            s["decode_stepwise_ms_per_token"] = med[f"{name}:decode_stepwise"] * 1e3
-            s["decode_stepwise_tokens_per_s"] = 1.0 / med[f"{name}:decode_stepwise"]
+        table[name] = {}
+        for key, t in specs[name].items():
+            s = med[f"{name}:{key}"]
+            row = {k: t.get(k) for k in ("kind", "variant", "lower_precision", "length", "logits", "batch", "context")
+                   if t.get(k) is not None}
+            row.update({"median_s": s, "tokens": t["tokens"], "times_s": times[f"{name}:{key}"]})
+            if t["kind"] == "recompute":
+                row["ms_per_token"] = s * 1e3
+            else:
+                row["tokens_per_s"] = t["tokens"] / s
+            if bw and name == "ours" and t["kind"] in ("decode", "batched", "decode_stepwise"):
+                from mamba2_jax.eval import flops
+
+                b = int(t.get("batch") or 1)
+                dt = "bfloat16" if t.get("variant") == "bf16" else "float32"
+                by = flops.decode_bytes(mcfg, b, dt)["total"]
+                row.update({"bytes_per_step": by, "bound_tokens_per_s": b * bw / by,
+                            "bandwidth_fraction": row["tokens_per_s"] / (b * bw / by)})
+            table[name][key] = row
+            rec(name, "ms_per_token" if t["kind"] == "recompute" else "tokens_per_s",
+                row.get("ms_per_token", row.get("tokens_per_s")), "ms" if t["kind"] == "recompute" else "tokens/s",
+                task=key, **{k: v for k, v in row.items() if k not in ("times_s", "tokens_per_s", "ms_per_token")})
+    summary = {}
+    for name, rows in table.items():
+        pf = rows.get(f"prefill_full_{L0}") or rows.get(f"prefill_last_{L0}")
+        s = {"prefill_tokens_per_s": pf["tokens_per_s"] if pf else None,
+             "decode_ms_per_token": 1e3 / rows["decode"]["tokens_per_s"],
+             "decode_tokens_per_s": rows["decode"]["tokens_per_s"],
+             "recompute_ms_per_token": rows["recompute"]["ms_per_token"],
+             "cached_over_recompute": rows["recompute"]["ms_per_token"] / (1e3 / rows["decode"]["tokens_per_s"])}
+        if "decode_stepwise" in rows:
+            s["decode_stepwise_ms_per_token"] = 1e3 / rows["decode_stepwise"]["tokens_per_s"]
+            s["decode_stepwise_tokens_per_s"] = rows["decode_stepwise"]["tokens_per_s"]
         summary[name] = s
-        units = {"prefill_tokens_per_s": "tokens/s", "decode_ms_per_token": "ms", "decode_tokens_per_s": "tokens/s",
-                 "recompute_ms_per_token": "ms", "cached_over_recompute": "ratio",
-                 "decode_stepwise_ms_per_token": "ms", "decode_stepwise_tokens_per_s": "tokens/s"}
-        for m, v in s.items():
-            rec(name, m, v, units[m], length=L if m.startswith("prefill") else (R if "recompute" in m else None),
-                decode_tokens=tokens.get(name))
+    # ratios, ours ÷ peer, over the tasks both ran at fp32 (lower-precision rows are never ranked)
     ratios = {}
-    if "ours" in summary:
-        o = summary["ours"]
-        for name, s in summary.items():
+    if "ours" in table:
+        o = table["ours"]
+        for name, rows in table.items():
             if name == "ours":
                 continue
-            ratios[name] = {"prefill": o["prefill_tokens_per_s"] / s["prefill_tokens_per_s"],
-                            "decode": o["decode_tokens_per_s"] / s["decode_tokens_per_s"],
-                            "recompute": s["recompute_ms_per_token"] / o["recompute_ms_per_token"]}
-            if "decode_stepwise_tokens_per_s" in o:
-                ratios[name]["decode_stepwise"] = o["decode_stepwise_tokens_per_s"] / s["decode_tokens_per_s"]
-            for m, v in ratios[name].items():
-                rec(name, f"ours_over_peer_{m}", v, "ratio")
+            r = {}
+            for key, row in rows.items():
+                if row.get("lower_precision") or key not in o:
+                    continue
+                if row["kind"] == "recompute":
+                    r["recompute"] = row["ms_per_token"] / o[key]["ms_per_token"]
+                else:
+                    r[key] = o[key]["tokens_per_s"] / row["tokens_per_s"]
+            if f"prefill_full_{L0}" in r:
+                r["prefill"] = r[f"prefill_full_{L0}"]
+            if "decode_stepwise" in o and "decode" in rows:
+                r["decode_stepwise"] = o["decode_stepwise"]["tokens_per_s"] / rows["decode"]["tokens_per_s"]
+            ratios[name] = r
+        # ours bf16 ÷ ours fp32 (same rounds), per batch size
+        own = {}
+        for row in o.values():
+            fp = o.get(f"batched_b{row.get('batch')}")
+            if row["kind"] == "batched" and row.get("variant") == "bf16" and fp:
+                own[f"bf16_over_fp32_b{row['batch']}"] = row["tokens_per_s"] / fp["tokens_per_s"]
+        if own:
+            ratios["ours"] = own
+        for name, r in ratios.items():
+            for m, v in r.items():
+                rec(name, f"ours_over_peer_{m}" if name != "ours" else m, v, "ratio")
     # fidelity vs ours
     fidelity = {}
     if "ours" in setups:
         ref = np.load(work / "ours_logits.npy")
         for name in setups:
             lg = np.load(work / f"{name}_logits.npy")
-            fidelity[name] = {"max_abs_logit_diff_vs_ours": float(np.max(np.abs(lg - ref))),
-                              "max_abs_logit": float(np.max(np.abs(ref))),
-                              "argmax_equal": bool(np.argmax(lg) == np.argmax(ref)),
+            V = mcfg.vocab_size
+            fidelity[name] = {"max_abs_logit_diff_vs_ours": float(np.max(np.abs(lg[:V] - ref[:V]))),
+                              "max_abs_logit": float(np.max(np.abs(ref[:V]))),
+                              "argmax_equal": bool(np.argmax(lg[:V]) == np.argmax(ref[:V])),
                               "check_tokens": setups[name]["check_tokens"],
                               "check_tokens_equal": setups[name]["check_tokens"] == setups["ours"]["check_tokens"]}
     targets = {}  # the project's targets (paper/reported.yaml, targets:), for the peers that ran
     for t in reported.targets("peers"):
-        v = ratios.get(t["peer"], {}).get(t["ratio"])
+        if t.get("metric") == "bandwidth_fraction":  # achieved / bound of one of our tasks
+            v = table.get("ours", {}).get(t["task"], {}).get("bandwidth_fraction")
+        else:
+            v = ratios.get(t["peer"], {}).get(t["ratio"])
         if v is not None:
             targets[t["id"]] = {"target": f">= {t['min']:g}", "value": v, "pass": v >= t["min"]}
     for k, v in targets.items():
         print(f"[peers] {k}: {v['value']:.2f} (target {v['target']}): {'PASS' if v['pass'] else 'MISS'}", flush=True)
     for name, s in summary.items():
-        print(f"[peers] {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in s.items()), flush=True)
+        print(f"[peers] {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in s.items() if v is not None), flush=True)
+    for name, why in skipped.items():
+        print(f"[peers] {name}: skipped: {why.splitlines()[0]}", flush=True)
     if not recs:
         raise RuntimeError(f"no peer produced results: {skipped}")
-    label = (f"{ctx['label']}; {mcfg.name} shape, synthetic (random-init) weights, float32, batch 1; "
-             f"peers alternated round-robin in one run")
+    if bw:
+        rec("stream", "stream_bandwidth", bw, "B/s", times_s=times["stream"], array_bytes=stream.array_bytes,
+            note="median of the streaming probe alternated with the peers in the same rounds")
+    label = (f"{ctx['label']}; {mcfg.name} shape, synthetic (random-init) weights, float32 (bf16 / GGUF f16, bf16, "
+             f"q8_0 rows: lower precision, not ranked), batch 1 unless batched; peers alternated round-robin "
+             f"in one run")
     extra = {"summary": summary, "ratios": ratios, "targets": targets, "fidelity": fidelity, "skipped": skipped,
-             "setups": setups, "peers": {n: PEERS[n]["desc"] for n in P.list}, "times_s": times,
-             "decode_tokens": tokens, "omp_wait_policy": P.get("omp_wait_policy")}
+             "setups": setups, "peers": {n: PEERS[n]["desc"] for n in P.list if n in PEERS}, "tasks": table,
+             "times_s": times, "decode_tokens": tokens, "omp_wait_policy": P.get("omp_wait_policy"),
+             "stream_bandwidth": bw, "load_avg": {"rounds_start": load0 if peers else None,
+                                                  "rounds_end": load1 if peers else None}}
     paths = write_results("peers", ctx["run"], recs, hardware=ctx["hardware"], config=bench.config_dict(cfg),
-                                label=label, out_dir=cfg.out_dir, extra=extra)
-    print(f"[peers] wrote {paths[0]}")
+                          label=label, out_dir=cfg.out_dir, extra=extra)
+    md = Path(paths[0]).with_suffix(".md")
+    atomic_write_text(md, markdown_table(label, table, ratios, targets, skipped, setups, bw, L0))
+    print(f"[peers] wrote {paths[0]} and {md.name}")
     return {"records": recs, "summary": summary, "ratios": ratios, "fidelity": fidelity, "skipped": skipped,
-            "targets": targets, "paths": paths, "run": ctx["run"]}
+            "targets": targets, "paths": paths, "run": ctx["run"], "tasks": table}
+
+
+def markdown_table(label, table, ratios, targets, skipped, setups, bw, L0) -> str:
+    """The run as a Markdown table: every task's median tokens/s per peer, ours ÷ peer on the fp32
+    tasks, our achieved ÷ bound, the targets, and what was skipped and why (same numbers as the JSON)."""
+    peers = list(table)
+    keys = list(dict.fromkeys(k for rows in table.values() for k in rows))
+    lines = [f"# Peers: {label}", "",
+             "Median over the rounds of one alternating run. tokens/s (recompute: ms per token). "
+             "Lower-precision rows (ours bf16; llama.cpp GGUF f16 / bf16 / q8_0) are never ranked against fp32. "
+             "full / last: logits at every position / at the last one.", "",
+             "| task | " + " | ".join(peers) + " | " + " | ".join(f"ours ÷ {p}" for p in peers if p != "ours")
+             + " | ours achieved ÷ bound |",
+             "|---" * (2 + len(peers) + len([p for p in peers if p != "ours"])) + "|"]
+    for k in keys:
+        cells = []
+        for p in peers:
+            row = table[p].get(k)
+            cells.append("" if row is None else f"{row.get('tokens_per_s', row.get('ms_per_token')):.4g}")
+        rat = [ratios.get(p, {}).get("recompute" if k == "recompute" else k) for p in peers if p != "ours"]
+        frac = (table.get("ours", {}).get(k) or {}).get("bandwidth_fraction")
+        lines.append(f"| {k} | " + " | ".join(cells) + " | " + " | ".join("" if r is None else f"{r:.2f}x" for r in rat)
+                     + f" | {'' if frac is None else f'{frac:.2f}'} |")
+    if "ours" in ratios:
+        lines += ["", "ours bf16 ÷ ours fp32 (batched, same rounds): "
+                  + ", ".join(f"{k.removeprefix('bf16_over_fp32_')}: {v:.2f}x" for k, v in ratios["ours"].items())]
+    if bw:
+        lines += ["", f"Streaming bandwidth (median of the probe in the same rounds): {bw / 1e9:.1f} GB/s."]
+    if targets:
+        lines += ["", "| target | value | required | |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['value']:.2f} | {v['target']} | {'PASS' if v['pass'] else 'MISS'} |"
+                  for k, v in targets.items()]
+    for p, why in skipped.items():
+        lines.append(f"\n- skipped {p}: {why.splitlines()[0]}")
+    b = (setups.get("llama_cpp") or {}).get("build")
+    if b:
+        lines += ["", f"llama.cpp {b.get('llama_cpp_commit')} from {b.get('sdist')}; "
+                  f"cmake {' '.join(b['cmake_flags'])}; "
+                  f"ggml CPU features {', '.join(b.get('cpu_features') or [])}; built in {b.get('build_wall_s')} s."]
+    return "\n".join(lines) + "\n"
 
 
 @hydra.main(config_path="pkg://mamba2_jax.eval.conf", config_name="peers", version_base="1.3")

@@ -112,7 +112,8 @@ def build(results: Path) -> style.Figure:
         prov_lines.append(
             f"- `{report.rel(p)}`: {d['model']} vs {d['reference']['backend']}; {device_of(d)}; {precision_of(d)}; "
             f"{report.parity_weights(d)}; label {d.get('label')}; git {report.short_sha(d.get('provenance'))}; "
-            f"{(d.get('provenance') or {}).get('date_utc')}; hidden max_rel {d['hidden_worst']['max_rel']:.2e}, "
+            f"{(d.get('provenance') or {}).get('date_utc')}; "
+            f"hidden max_rel {d['hidden_worst'].get('max_rel', float('nan')):.2e}, "
             f"greedy {g['tokens_matching_total']}/{g['tokens_total']} tokens, pass={d.get('pass')}")
     summary = style.footer_text((device_of(d), precision_of(d), report.parity_weights(d)) for _, d in docs)
     return style.Figure(fig, NAME, TITLE, style.prose(DESCRIPTION, steps=steps), prov_lines, [NOTE], summary)

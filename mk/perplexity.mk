@@ -2,7 +2,7 @@
 #   make perplexity                                    default model (tiny-wikitext if present, else synthetic), full test set
 #   make perplexity MODELS="mamba2-130m mamba2-370m"   real checkpoints (state-spaces/<name>, or checkpoints/<name>)
 #   make perplexity PPL_LIMIT=3                        smoke run: first 3 documents / first 3 strided windows
-#   make perplexity-smoke                              offline smoke run (PPL_LIMIT defaults to 3), then the
+#   make perplexity-smoke                              offline smoke run (PPL_LIMIT defaults to 3; + llama.cpp), then the
 #                                                      Triton reference on short windows (PPL_TRITON_SMOKE)
 #   make perplexity-timing                             130m-shape CPU runtime, measured on a few windows, extrapolated
 #   make perplexity PPL_ARGS="protocol=strided strided.stride=1024 backends=[jax_fp32,transformers]"
@@ -28,9 +28,12 @@ perplexity: $(STAMP) $(ppl_ref_deps)
 PPL_TRITON_SMOKE ?= protocol=strided strided.max_length=256 strided.stride=256 limit=4 tag=triton \
   'backends=[jax_fp32,mamba_ssm_ref_cpu,transformers,mamba_ssm_triton]' reference_backend=mamba_ssm_triton
 
-perplexity-smoke: $(STAMP) $(ppl_ref_deps)
+# the smoke run adds llama.cpp (mk/llama.mk; skipped as "unavailable", with the reason, if it cannot be built)
+PPL_SMOKE_BACKENDS ?= 'backends=[jax_fp32,jax_bf16,mamba_ssm_ref_cpu,transformers,llama_cpp]'
+
+perplexity-smoke: $(STAMP) $(ppl_ref_deps) llama-cpp-try
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) $(PPL_SCRIPT) $(ppl_models) limit=$(or $(strip $(PPL_LIMIT)),3) \
-	  $(ppl_ref_py) $(PPL_ARGS)
+	  $(PPL_SMOKE_BACKENDS) $(ppl_ref_py) $(PPL_ARGS)
 	$(if $(strip $(PPL_TRITON_SMOKE)),HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) $(PPL_SCRIPT) $(ppl_models) \
 	  $(PPL_TRITON_SMOKE) $(ppl_ref_py) $(PPL_ARGS))
 

@@ -315,7 +315,8 @@ def _parity_table(spec: dict[str, Any], root: Path) -> str:
         g = d["greedy_summary"]
         n_prompts = g["prompts"]
         rows.append(f"| {model}, {n_prompts} prompts × {d['n_new']} tokens | {ref} "
-                    f"| {format_value(d['hidden_worst']['max_rel'], 'e1')} ({d['hidden_worst']['ulps']:.0f}) "
+                    f"| {format_value(d['hidden_worst'].get('max_rel', float('nan')), 'e1')} "
+                    f"({d['hidden_worst'].get('ulps', float('nan')):.0f}) "
                     f"| {format_value(d['logits_worst']['max_rel'], 'e1')} "
                     f"| {g['tokens_matching_total']}/{g['tokens_total']} |")
     return "\n".join(rows) + "\n"

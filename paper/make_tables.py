@@ -229,7 +229,7 @@ def parity_table(results: Path, rep: dict[str, Any]) -> Table:
         g = d["greedy_summary"]
         ck = d.get("checkpoint") or {}
         rows.append([d["model"], "synthetic" if ck.get("kind") == "random-init" else str(ck.get("source")),
-                     d["reference"]["backend"], f"{d['hidden_worst']['max_rel']:.2e}",
+                     d["reference"]["backend"], f"{d['hidden_worst'].get('max_rel', float('nan')):.2e}",
                      f"{d['hidden_worst'].get('ulps', float('nan')):.1f}", f"{d['logits_worst']['max_rel']:.2e}",
                      f"{g['identical_64_of_64']}/{g['prompts']}", f"{g['tokens_matching_total']}/{g['tokens_total']}",
                      "PASS" if d.get("pass") else "FAIL"])
@@ -249,7 +249,8 @@ def parity_table(results: Path, rep: dict[str, Any]) -> Table:
         for pair, v in (d.get("reference_spread") or {}).items():
             if (d["model"], pair) not in seen:
                 seen.add((d["model"], pair))
-                prov.append(f"Reference spread, {d['model']}, {pair}: hidden max rel {v['hidden']['max_rel']:.2e}, "
+                hid = v["hidden"].get("max_rel", float("nan"))  # nan: a reference without hidden states
+                prov.append(f"Reference spread, {d['model']}, {pair}: hidden max rel {hid:.2e}, "
                             f"logits max rel {v['logits']['max_rel']:.2e}, greedy identical "
                             f"{v['greedy_identical_prompts']}/{v['prompts']}.")
     tol = next(((d.get("tolerance") or {}).get("max_rel") for _, d in items), None)

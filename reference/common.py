@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-BACKENDS = ("mamba_ssm_ref_cpu", "transformers", "mamba_ssm_triton")
+BACKENDS = ("mamba_ssm_ref_cpu", "transformers", "mamba_ssm_triton", "llama_cpp")
 TOPK = 8
 
 

@@ -1,6 +1,6 @@
 """Write a golden file for one backend, checkpoint and prompt set.
 
-    python -m reference.golden --backend {mamba_ssm_ref_cpu,transformers,mamba_ssm_triton} \
+    python -m reference.golden --backend {mamba_ssm_ref_cpu,transformers,mamba_ssm_triton,llama_cpp} \
         --model DIR --prompts PROMPTS.json --out OUT.npz [--n-new 64] [--device cpu|cuda]
         [--tf32 on|off] [--triton-f32 default|ieee] [--cuda-graph auto|on|off] [--threads N]
 
@@ -60,8 +60,8 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
             args.tf32 == "on" or args.triton_f32 != "default" or args.cuda_graph == "on"):
         raise ReferenceError_("--tf32 on / --triton-f32 ieee / --cuda-graph on need --device cuda (on CPU "
                               "mamba_ssm_triton runs the Triton interpreter)")
-    if args.backend == "mamba_ssm_ref_cpu" and args.device != "cpu":
-        raise ReferenceError_("--backend mamba_ssm_ref_cpu is the CPU reference: --device must be cpu")
+    if args.backend in ("mamba_ssm_ref_cpu", "llama_cpp") and args.device != "cpu":
+        raise ReferenceError_(f"--backend {args.backend} is a CPU reference: --device must be cpu")
     if args.backend != "mamba_ssm_triton" and (args.tf32 == "on" or args.triton_f32 != "default"):
         raise ReferenceError_("--tf32 / --triton-f32 only apply to --backend mamba_ssm_triton")
     if getattr(args, "n_new", 1) < 1:
@@ -87,6 +87,10 @@ def load_backend(args: argparse.Namespace):
         from . import hf_backend
 
         model, meta = hf_backend.load(args.model, args.device)
+    elif args.backend == "llama_cpp":
+        from . import llama_backend
+
+        model, meta = llama_backend.load(args.model, args.device, threads=args.threads)
     else:
         from . import triton_backend
 
@@ -146,7 +150,7 @@ def run(args: argparse.Namespace) -> Path:
         t2 = time.perf_counter()
         steps = greedy_steps(model, ids, args.n_new, logits[0, -1], cache)
         greedy_s.append(time.perf_counter() - t2)
-        w.add(i, p["id"], p["input_ids"], hidden[:, 0], logits[0], steps)
+        w.add(i, p["id"], p["input_ids"], None if hidden is None else hidden[:, 0], logits[0], steps)
         timings.append(round(time.time() - t1, 3))
         print(f"[{args.backend}] prompt {p['id']}: T={len(p['input_ids'])} {timings[-1]:.1f}s", file=sys.stderr)
     meta = torch_provenance(bmeta.get("device_label", args.device), backend=args.backend,

@@ -127,6 +127,7 @@ def write_synthetic_results(root: Path) -> Path:
     write_json(root / "sweep" / "cpu_smoke-cpu.json", bench_doc("sweep", sweep_records()))
     write_json(root / "cache_speedup" / "cpu_smoke-cpu.json", bench_doc("cache_speedup", cache_records()))
     write_json(root / "bench" / "cpu_bench-cpu.json", bench_curves_doc())
+    write_json(root / "peers" / "cpu_bench-cpu.json", peers_doc())
     write_json(root / "parity" / "random-tiny__mamba_ssm_ref_cpu.json", parity_doc())
     write_json(root / "parity" / "random-tiny__transformers.json", parity_doc(backend="transformers", matched=40))
     write_json(root / "perplexity" / "synthetic-d64" / "lm_eval_rolling-limit3.json", perplexity_doc())
@@ -134,6 +135,28 @@ def write_synthetic_results(root: Path) -> Path:
                perplexity_doc(protocol="strided", scope="first 3 of 141 windows", delta=-3e-4, ppl=800.0))
     write_json(root / "tpu_compile" / "mamba2-130m.json", compiled_doc())
     return root
+
+
+def peers_doc():
+    """A `make bench-peers` document: per-task records (experiments/peers.py)."""
+    recs = []
+
+    def task(peer, key, kind, value, variant="float32", lowp=False, **kw):
+        recs.append({"peer": peer, "metric": "tokens_per_s", "value": value, "unit": "tokens/s", "task": key,
+                     "kind": kind, "variant": variant, "dtype": variant, "lower_precision": lowp,
+                     "model": "mamba2-130m", "weights": "random-init", "matmul_precision": "highest", **kw})
+
+    for peer, f in (("ours", 2.0), ("llama_cpp", 1.0), ("hf_transformers", 0.5)):
+        for L in (1024, 4096):
+            for m in ("full", "last"):
+                task(peer, f"prefill_{m}_{L}", "prefill", 500.0 * f, length=L, logits=m)
+        task(peer, "decode", "decode", 50.0 * f, batch=1)
+        for b in (1, 4, 16):
+            task(peer, f"batched_b{b}", "batched", 50.0 * f * b ** 0.5, batch=b)
+    task("ours", "batched_b4_bf16", "batched", 300.0, variant="bfloat16", lowp=True, batch=4)
+    task("llama_cpp", "batched_b4_q8_0", "batched", 200.0, variant="gguf-q8_0", lowp=True, batch=4)
+    recs.append({"peer": "llama_cpp", "metric": "ours_over_peer_decode", "value": 2.0, "unit": "ratio"})
+    return {**bench_doc("peers", recs, run="cpu_bench-cpu"), "skipped": {"mamba2_jax_1_1_2": "not installed"}}
 
 
 def compiled_record(key, flops, min_bytes, xla_bytes, tokens, need=1 << 30):

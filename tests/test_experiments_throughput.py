@@ -117,6 +117,13 @@ def test_peers_tiny(tmp_path):
         assert f["max_abs_logit_diff_vs_ours"] < 1e-4 and f["check_tokens_equal"]
     if len(peers) > 1:
         assert "decode_vs_mamba2_jax_1_1_2" in out["targets"]
+    # every task timed once per round: prefill in both modes, decode through the Generator loop
+    ours = out["tasks"]["ours"]
+    assert {"prefill_full_40", "prefill_last_40", "decode", "decode_stepwise", "recompute"} <= set(ours)
+    assert ours["prefill_full_40"]["logits"] == "full" and ours["prefill_last_40"]["logits"] == "last"
+    assert all(len(r["times_s"]) == 1 for r in ours.values())
+    # the invocation is recorded (issue 22 item 3)
+    assert doc["provenance"]["command_line"]["argv"]
 
 
 @pytest.mark.integration

@@ -29,9 +29,9 @@ def png_size(p: Path) -> tuple[int, int]:
     return struct.unpack(">II", b[16:24])
 
 
-def test_eight_figure_scripts():
+def test_figure_scripts():
     assert SCRIPTS == ["fig1_cache_speedup", "fig2_decode_flatness", "fig3_prefill", "fig4_decode", "fig5_parity",
-                       "fig6_perplexity", "fig7_bench_curves", "fig8_tpu_compiled"]
+                       "fig6_perplexity", "fig7_bench_curves", "fig8_tpu_compiled", "fig9_peers"]
 
 
 @pytest.fixture(scope="module")

@@ -379,7 +379,14 @@ def test_reported_loader_errors(tmp_path):
 def test_peer_targets_are_in_reported_yaml():
     """experiments/peers.py checks the project's peer targets read from reported.yaml (targets:)."""
     ts = reported.targets("peers", REPORTED)
-    assert {t["peer"] for t in ts} == {"mamba2_jax_1_1_2", "hf_transformers"}
+    assert {t["peer"] for t in ts} == {"mamba2_jax_1_1_2", "hf_transformers", "llama_cpp", "ours"}
+    ratios = ("decode", "prefill", "recompute", "decode_stepwise", *(f"prefill_{m}_{L}" for m in ("full", "last")
+                                                                      for L in (1024, 4096)),
+              *(f"batched_b{b}" for b in (4, 16, 64)), *(f"bf16_over_fp32_b{b}" for b in (4, 16, 64)))
     for t in ts:
-        assert t["ratio"] in ("decode", "prefill", "recompute", "decode_stepwise") and t["min"] > 1 and t["source"]
+        assert t["source"]
+        if t.get("metric") == "bandwidth_fraction":  # achieved / bound of one of our tasks, in (0, 1]
+            assert t["peer"] == "ours" and t["task"] and 0 < t["min"] <= 1
+        else:
+            assert t["ratio"] in ratios and t["min"] > 1
     assert not {t["id"] for t in ts} & {c["id"] for c in REPORTED["claims"]}   # targets are not paper claims

@@ -5,7 +5,7 @@ that its ``mamba2_jax`` shadows this project's; its dependencies (jax, jaxlib, f
 project venv's, checked against its requirements at setup.  Used through its public API:
 ``mamba2_jax.forward`` (``jax.jit`` of ``Mamba2ForCausalLM.__call__``):
 
-* prefill: ``forward(model, ids)`` (full logits, no initial state);
+* prefill: ``forward(model, ids)`` (full logits, no initial state; its API has no last-position option);
 * decode: the documented cached generation, ``forward(model, token[:, None], cache=cache)`` in a
   Python loop with greedy argmax (each step runs its chunked SSD on one token padded to a chunk);
 * recompute: ``forward(model, ids)`` over the whole prefix (its API has no last-position-only
@@ -24,7 +24,7 @@ import _protocol as P
 S: dict = {}
 
 
-def setup(weights_dir, prefill_length, decode_prompt, decode_tokens, recompute_context, seed, dump,
+def setup(weights_dir, prefill_lengths, prefill_modes, decode_prompt, decode_tokens, recompute_context, seed, dump,
           check_tokens, model_cfg, vocab, **_):
     import time
 
@@ -48,7 +48,8 @@ def setup(weights_dir, prefill_length, decode_prompt, decode_tokens, recompute_c
     load_s = time.perf_counter() - t0
     fwd = m2.forward
     V = int(vocab)  # real (unpadded) vocabulary: the same ids in every peer
-    ids = jnp.asarray(P.random_ids(1, prefill_length, V, seed))
+    S["ids"] = {int(L): jnp.asarray(P.random_ids(1, int(L), V, seed)) for L in prefill_lengths}
+    ids = S["ids"][int(prefill_lengths[0])]
     rids = jnp.asarray(P.random_ids(1, recompute_context, V, seed))
     prompt = jnp.asarray(P.random_ids(1, decode_prompt, V, seed))
 
@@ -63,43 +64,56 @@ def setup(weights_dir, prefill_length, decode_prompt, decode_tokens, recompute_c
     _, rc_first = first(lambda: fwd(model, rids))
     out, _ = first(lambda: fwd(model, prompt))
     cache = out["cache"]
-    tok = jnp.argmax(out["logits"][:, -1], -1).astype(jnp.int32)
+    tok = jnp.argmax(out["logits"][:, -1, :V], -1).astype(jnp.int32)
     toks = []
     t0 = time.perf_counter()
     for i in range(check_tokens):
         toks.append(int(tok[0]))
         o = fwd(model, tok[:, None], cache=cache)
-        cache, tok = o["cache"], jnp.argmax(o["logits"][:, -1], -1).astype(jnp.int32)
+        cache, tok = o["cache"], jnp.argmax(o["logits"][:, -1, :V], -1).astype(jnp.int32)
         if i == 0:
             jax.block_until_ready(tok)
             step_first = time.perf_counter() - t0
-    S.update(model=model, fwd=fwd, ids=ids, rids=rids, cache=cache, tok=tok)
-    return {"load_s": load_s, "compile_s": {}, "first_run_s": {"prefill": pf_first, "recompute": rc_first,
+    for L in S["ids"]:  # compile every prefill length before timing
+        first(lambda L=L: fwd(model, S["ids"][L]))
+    S.update(model=model, fwd=fwd, rids=rids, cache=cache, tok=tok, V=V)
+    # its API has no last-position option: every prefill computes full logits (listed as "full")
+    meta = {"variant": "fp32", "lower_precision": False}
+    tasks = [{"key": f"prefill_full_{L}", "cmd": "prefill", "args": {"length": int(L)}, "kind": "prefill",
+              "tokens": int(L), "length": int(L), "logits": "full", **meta} for L in prefill_lengths]
+    tasks += [{"key": "decode", "cmd": "decode", "args": {"tokens": int(decode_tokens)}, "kind": "decode",
+               "tokens": int(decode_tokens), "batch": 1,
+               "context": int(decode_prompt), **meta},
+              {"key": "recompute", "cmd": "recompute", "args": {}, "kind": "recompute", "tokens": 1,
+               "length": int(recompute_context), "logits": "full", **meta}]
+    return {"tasks": tasks, "load_s": load_s, "compile_s": {},
+            "first_run_s": {"prefill": pf_first, "recompute": rc_first,
                                                                "decode_step": step_first},
             "check_tokens": toks, "versions": P.versions("mamba2-jax", "jax", "jaxlib", "flax", "optax"),
             "module": m2.__file__}
 
 
-def prefill():
+def prefill(length, **_):
     import jax
 
-    return {"seconds": P.timed(lambda: jax.block_until_ready(S["fwd"](S["model"], S["ids"])["logits"]))}
+    ids = S["ids"][int(length)]
+    return {"seconds": P.timed(lambda: jax.block_until_ready(S["fwd"](S["model"], ids)["logits"]))}
 
 
-def recompute():
+def recompute(**_):
     import jax
 
     return {"seconds": P.timed(lambda: jax.block_until_ready(S["fwd"](S["model"], S["rids"])["logits"]))}
 
 
-def decode(tokens):
+def decode(tokens, **_):
     import jax.numpy as jnp
 
-    fwd, model = S["fwd"], S["model"]
+    fwd, model, V = S["fwd"], S["model"], S["V"]
 
     def advance(c, t):
         o = fwd(model, t[:, None], cache=c)
-        return o["cache"], jnp.argmax(o["logits"][:, -1], -1).astype(jnp.int32)
+        return o["cache"], jnp.argmax(o["logits"][:, -1, :V], -1).astype(jnp.int32)
 
     return P.timed_decode(S, "cache", "tok", advance, tokens)
 

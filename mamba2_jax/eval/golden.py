@@ -34,14 +34,15 @@ class GoldenWriter:
         self.prompt_ids: list[str] = []
 
     def add(self, i: int, pid: str, input_ids, hidden, logits_all, steps: list[dict]) -> None:
-        """hidden (n_layer, T, d), logits_all (T, V) (numpy or torch), steps from step_record."""
+        """hidden (n_layer, T, d) or None (a backend without hidden states: stored as (0, T, 0)),
+        logits_all (T, V) (numpy or torch), steps from step_record."""
         T = len(input_ids)
         pos = logit_positions(T)
         to_np = lambda a: (a.detach().cpu().float().numpy() if hasattr(a, "detach") else np.asarray(a)
                            ).astype(np.float32)
         pre = f"p{i}."
         self.arrays[pre + "input_ids"] = np.asarray(input_ids, np.int32)
-        self.arrays[pre + "hidden"] = to_np(hidden)
+        self.arrays[pre + "hidden"] = np.zeros((0, T, 0), np.float32) if hidden is None else to_np(hidden)
         self.arrays[pre + "logits_pos"] = pos
         self.arrays[pre + "logits"] = to_np(logits_all)[pos]
         self.arrays[pre + "greedy_tokens"] = np.array([s["token"] for s in steps], np.int32)

@@ -21,14 +21,19 @@ CSV_FIELDS = ["model", "backend", "pass", "hidden_max_abs", "hidden_max_rel", "h
               "ref_decode_s_per_step"]
 
 
+
+def _f(d: dict[str, Any] | None, key: str, fmt: str, missing: str = "") -> str:
+    """``d[key]`` formatted, or ``missing`` (a backend without hidden states has an empty worst-case)."""
+    return format(d[key], fmt) if d and key in d else missing
+
 def summary_row(rep: dict[str, Any], backend: str) -> dict[str, Any]:
     prov, ref, g = rep["provenance"], rep["reference"], rep["greedy_summary"]
     pk, rpk = prov["packages"], (ref.get("packages") or {})
     return {
         "model": rep["model"], "backend": backend, "pass": rep["pass"],
-        "hidden_max_abs": f"{rep['hidden_worst']['max_abs']:.3e}",
-        "hidden_max_rel": f"{rep['hidden_worst']['max_rel']:.3e}",
-        "hidden_ulps": f"{rep['hidden_worst']['ulps']:.2f}",
+        "hidden_max_abs": _f(rep["hidden_worst"], "max_abs", ".3e"),
+        "hidden_max_rel": _f(rep["hidden_worst"], "max_rel", ".3e"),
+        "hidden_ulps": _f(rep["hidden_worst"], "ulps", ".2f"),
         "logits_max_abs": f"{rep['logits_worst']['max_abs']:.3e}",
         "logits_max_rel": f"{rep['logits_worst']['max_rel']:.3e}",
         "logits_ulps": f"{rep['logits_worst']['ulps']:.2f}",
@@ -64,7 +69,8 @@ def _timing_cols(t: dict[str, Any] | None) -> dict[str, str]:
 def _spread_cols(spread: dict[str, Any] | None) -> dict[str, str]:
     if not spread:
         return {"ref_spread_hidden_max_rel": "", "ref_spread_logits_max_rel": ""}
-    return {"ref_spread_hidden_max_rel": f"{max(v['hidden']['max_rel'] for v in spread.values()):.3e}",
+    hid = [v["hidden"]["max_rel"] for v in spread.values() if v["hidden"]]
+    return {"ref_spread_hidden_max_rel": f"{max(hid):.3e}" if hid else "",
             "ref_spread_logits_max_rel": f"{max(v['logits']['max_rel'] for v in spread.values()):.3e}"}
 
 

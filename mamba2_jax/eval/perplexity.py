@@ -157,6 +157,12 @@ def evaluate_one(spec: dict[str, Any], protocol: str, windows: ppl.Windows, winf
                                   checkpoint_every_s=float(cfg.jax.checkpoint_every_s))
                 sc.info["policy"] = getattr(scorer.model, "policy", None)
             elif b in refproc.REFERENCE_BACKENDS:
+                if b == "llama_cpp":  # built by make llama-cpp; unavailable (with the reason) otherwise
+                    from .llama_cpp import unavailable
+
+                    why = unavailable()
+                    if why:
+                        raise refproc.ReferenceUnavailable(why)
                 env = dict(os.environ)
                 extra_args = []
                 if cfg.reference.threads:

@@ -29,7 +29,7 @@ REPO = checkout_root() or Path.cwd()
 REFERENCE_MODULE = "reference.score"
 
 
-REFERENCE_BACKENDS = ("mamba_ssm_ref_cpu", "transformers", "mamba_ssm_triton")
+REFERENCE_BACKENDS = ("mamba_ssm_ref_cpu", "transformers", "mamba_ssm_triton", "llama_cpp")
 
 
 class ReferenceUnavailable(RuntimeError):

@@ -1,0 +1,59 @@
+# llama.cpp (issue 20): a CPU peer in `make bench-peers` and a fifth implementation in parity / perplexity.
+#   make llama-cpp        download the llama-cpp-python sdist once, build the vendored llama.cpp tools and
+#                         shared library into $(LLAMA_DIR)/build (ignored, cached); writes build-info.json
+#   make llama-cpp-try    the same, but a failure is recorded and does not stop the caller (make test, bench-peers)
+#   make llama-cpp-clean  remove the build (keeps the downloaded sdist)
+# Nothing here touches .venv: the binaries and libllama live in $(LLAMA_DIR); the llama_cpp Python binding is
+# used straight from the unpacked sdist (pure ctypes) with LLAMA_CPP_LIB_PATH pointing at the build.
+# If there is no compiler or no network the target fails; the consumers (peers, parity, tests) then skip
+# llama.cpp with the reason, read from $(LLAMA_DIR)/build-failed.txt.
+
+.PHONY: llama-cpp llama-cpp-try llama-cpp-clean
+
+LLAMA_DIR ?= .llama
+LLAMA_PY_VERSION := 0.3.36
+LLAMA_SDIST := llama_cpp_python-$(LLAMA_PY_VERSION).tar.gz
+LLAMA_SDIST_SHA256 := 832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+LLAMA_SRC := $(LLAMA_DIR)/src/llama_cpp_python-$(LLAMA_PY_VERSION)
+LLAMA_CPP_SRC := $(LLAMA_SRC)/vendor/llama.cpp
+LLAMA_BUILD := $(LLAMA_DIR)/build
+LLAMA_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+LLAMA_CMAKE_FLAGS := -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=ON \
+	-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DBUILD_SHARED_LIBS=ON
+LLAMA_TARGETS := llama-bench llama-batched-bench llama-perplexity llama-simple llama
+
+llama_fail = { mkdir -p $(LLAMA_BUILD); echo "$(1)" > $(LLAMA_BUILD)/build-failed.txt; echo "llama.cpp: $(1)" >&2; exit 1; }
+
+# pip download prepares the sdist's metadata (a build-isolation env with scikit-build-core): ~2 min, once
+$(LLAMA_DIR)/dl/$(LLAMA_SDIST):
+	mkdir -p $(LLAMA_DIR)/dl
+	$(PY_SYS) -m pip download -q --no-deps --no-binary :all: -d $(LLAMA_DIR)/dl.tmp "llama-cpp-python==$(LLAMA_PY_VERSION)" \
+		|| $(call llama_fail,pip download llama-cpp-python==$(LLAMA_PY_VERSION) failed (no network?))
+	echo "$(LLAMA_SDIST_SHA256)  $(LLAMA_DIR)/dl.tmp/$(LLAMA_SDIST)" | sha256sum -c --quiet \
+		|| $(call llama_fail,$(LLAMA_SDIST) does not have the expected sha256 $(LLAMA_SDIST_SHA256))
+	mv $(LLAMA_DIR)/dl.tmp/$(LLAMA_SDIST) $@ && rm -rf $(LLAMA_DIR)/dl.tmp
+
+$(LLAMA_SRC)/.unpacked: $(LLAMA_DIR)/dl/$(LLAMA_SDIST)
+	rm -rf $(LLAMA_SRC) && mkdir -p $(LLAMA_DIR)/src
+	tar xzf $< -C $(LLAMA_DIR)/src || $(call llama_fail,could not unpack $<)
+	touch $@
+
+# The build runs through a script so that the flags, the timing and the CPU features end up in build-info.json.
+$(LLAMA_BUILD)/build-info.json: $(LLAMA_SRC)/.unpacked mk/llama.mk experiments/peers_runners/llama_build.py
+	$(PY_SYS) experiments/peers_runners/llama_build.py --src $(LLAMA_CPP_SRC) --build $(LLAMA_BUILD) \
+		--sdist $(LLAMA_DIR)/dl/$(LLAMA_SDIST) --sdist-sha256 $(LLAMA_SDIST_SHA256) --jobs $(LLAMA_JOBS) \
+		--targets "$(LLAMA_TARGETS)" -- $(LLAMA_CMAKE_FLAGS)
+
+llama-cpp: $(LLAMA_BUILD)/build-info.json
+
+# The same, but a failure (no compiler, no network) does not stop the caller: it is recorded in
+# $(LLAMA_BUILD)/build-failed.txt and the llama.cpp peer / parity backend / tests skip with that reason.
+# Built once; later calls find build-info.json and do nothing.
+llama-cpp-try:
+	@$(MAKE) --no-print-directory llama-cpp || echo "llama.cpp: build failed, continuing without it (see $(LLAMA_BUILD)/build-failed.txt)"
+
+# CI (`make test` on a clean clone) builds it first, so the integration tests run against it (~5 min on 2 cores)
+test: llama-cpp-try
+
+llama-cpp-clean:
+	rm -rf $(LLAMA_BUILD)
