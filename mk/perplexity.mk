@@ -5,6 +5,7 @@
 #   make perplexity-smoke                              offline smoke run (PPL_LIMIT defaults to 3), then the
 #                                                      Triton reference on short windows (PPL_TRITON_SMOKE)
 #   make perplexity-timing                             130m-shape CPU runtime, measured on a few windows, extrapolated
+#   make perplexity-tables                             results/perplexity/summary.{md,tex} again from the result JSONs
 #   make perplexity PPL_ARGS="protocol=strided strided.stride=1024 backends=[jax_fp32,transformers]"
 .PHONY: perplexity perplexity-smoke perplexity-timing perplexity-tables test-perplexity
 
@@ -38,7 +39,7 @@ perplexity-timing: $(STAMP)
 	$(PY) $(PPL_SCRIPT) mode=timing $(PPL_ARGS)
 
 perplexity-tables: $(STAMP)
-	$(PY) -c "import sys; sys.argv=['x']; sys.path.insert(0, 'experiments'); import perplexity as p, pathlib; p.write_tables(pathlib.Path('results/perplexity'))"
+	$(PY) $(PPL_SCRIPT) mode=tables $(PPL_ARGS)
 
 test-perplexity: $(STAMP)
 	$(PY) -m pytest -q tests/test_perplexity.py tests/test_data.py

@@ -70,6 +70,26 @@ def test_identical_greedy():
     assert g["first_divergence"] is None and g["n_match_positions"] == g["n"] == 5
 
 
+def test_model_prompts_rewrite_is_atomic(tmp_path, monkeypatch):
+    """A model's prompt subset that changes is rewritten atomically: a write that fails (here: the disk
+    is full when the data is flushed) leaves the previous file whole and no temporary file behind."""
+    import errno
+    import os
+
+    doc = {"version": "v1", "sha256": "abc",
+           "prompts": [{"id": f"p{i}", "text": "", "input_ids": list(range(10 * (i + 1)))} for i in range(3)]}
+    _, path = parity.model_prompts(doc, {"name": "m", "max_prompts": 2}, tmp_path / "x.json")
+    before = path.read_text()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space"):
+        parity.model_prompts(doc, {"name": "m", "max_prompts": 3}, tmp_path / "x.json")
+    assert path.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
 @pytest.mark.integration
 def test_end_to_end_tiny_ngroups2_passes():
     run = tiny_parity_run()

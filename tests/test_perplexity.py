@@ -443,3 +443,23 @@ def test_default_model_switches_to_tiny_wikitext_when_present(tmp_path):
                                                  "checkpoint": None})) == "mamba2-370m"
     with pytest.raises(ValueError, match="random-weight"):
         exp.model_from_group(OmegaConf.create({"name": "tiny", "hf_id": None, "checkpoint": None}))
+
+
+@pytest.mark.integration
+def test_make_perplexity_tables_rewrites_the_committed_summary(tmp_path):
+    """``make perplexity-tables`` (the make target itself, run with this interpreter) rebuilds
+    summary.md and summary.tex from the committed result JSONs: byte for byte the committed ones,
+    which ``make perplexity`` wrote at the end of its run."""
+    import shutil
+
+    committed = REPO / "results" / "perplexity"
+    if not (committed / "summary.md").exists():
+        pytest.skip("no committed results/perplexity/summary.md to compare with")
+    shutil.copytree(committed, tmp_path / "r", ignore=shutil.ignore_patterns("summary.*"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run(["make", "-s", "perplexity-tables", "-o", ".venv/.installed", f"PY={sys.executable}",
+                        f"PPL_ARGS=paths.results_dir={tmp_path / 'r'} paths.work_dir={tmp_path / 'work'}"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name in ("summary.md", "summary.tex"):
+        assert (tmp_path / "r" / name).read_text() == (committed / name).read_text(), name

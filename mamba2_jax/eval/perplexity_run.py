@@ -78,7 +78,8 @@ def synthetic_checkpoint(cfg) -> Path:
         mcfg = Mamba2Config(name=name, d_model=int(s.d_model), n_layer=int(s.n_layer), d_state=int(s.d_state),
                             headdim=int(s.headdim), chunk_size=int(s.chunk_size))
         write_checkpoint(mcfg, init_state_dict(mcfg, seed=int(s.seed)), out)
-        (out / "SYNTHETIC_WEIGHTS.txt").write_text(
+        atomic_write_text(
+            out / "SYNTHETIC_WEIGHTS.txt",
             f"Random initialisation (mamba_ssm init scheme, seed {s.seed}); NOT a trained model.\n"
             f"Written by experiments/perplexity.py for pipeline runs until a trained checkpoint exists.\n")
         log(f"wrote synthetic checkpoint {out}")
@@ -309,9 +310,6 @@ def compare(backends: dict[str, dict[str, Any]], protocol: str, ref_name: str, t
     return out
 
 
-
-
-
 # ------------------------------------------------------------------------------ tables
 def _fmt(x, nd=4):
     if x is None:
@@ -497,9 +495,8 @@ def evaluate(cfg) -> list[dict[str, Any]]:
                 write_document(stem.with_suffix(".json"), res, experiment="perplexity",
                                run=f"{spec['label']}/{stem.name}", records=table_rows([res]))
             if r["per_window"] and _primary():
-                atomic_savez(stem.with_suffix(".scores.npz"), compress=True,
-                                 windows_sha256=np.array(w.sha256()),
-                                 **{f"loglik_{k}": v for k, v in r["per_window"].items()})
+                atomic_savez(stem.with_suffix(".scores.npz"), compress=True, windows_sha256=np.array(w.sha256()),
+                             **{f"loglik_{k}": v for k, v in r["per_window"].items()})
             log(f"wrote {stem.with_suffix('.json')}")
             out.append(res)
             bad_ref = [b for b, v in r["backends"].items() if v["status"] != "ok" and b in ppl.REFERENCE_BACKENDS]
@@ -598,5 +595,7 @@ def main(cfg: DictConfig) -> None:
         timing(cfg)
     elif cfg.mode == "evaluate":
         evaluate(cfg)
+    elif cfg.mode == "tables":
+        write_tables(_abs(cfg.paths.results_dir))
     else:
-        raise SystemExit(f"unknown mode {cfg.mode!r} (evaluate | timing)")
+        raise SystemExit(f"unknown mode {cfg.mode!r} (evaluate | timing | tables)")
