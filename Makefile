@@ -22,7 +22,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 # everything, integration tests included (CI)
-test: install lint
+test: install lint install-tpu
 	$(PY) -m pytest -q
 
 # the fast tests only: no make, subprocess venvs or LaTeX

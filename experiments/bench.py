@@ -20,6 +20,7 @@ from __future__ import annotations
 import hydra
 
 from mamba2_jax.eval import bench, curves, flops
+from mamba2_jax.eval import models as model_specs
 from mamba2_jax.eval.hardware import StreamBench
 from mamba2_jax.eval.results import write_results
 from mamba2_jax.paths import require_data_dir
@@ -34,13 +35,13 @@ def run(cfg) -> dict:
     rc = int(B.recompute_context)
     dtypes = [str(d) for d in B.dtypes]
     base = dtypes[0]
-    spec = bench.load_model_spec(str(B.model))
+    spec = model_specs.load_model_spec(str(B.model))
     dd = require_data_dir(cfg.paths.data_dir)
     ckpt = (dict(cfg.checkpoints or {})).get(str(B.model))
 
     models, infos, dbs = {}, {}, {}
     for dt in dtypes:
-        models[dt], infos[dt] = bench.build_model(spec, dtype=dt, checkpoint=ckpt, seed=int(cfg.seed),
+        models[dt], infos[dt] = model_specs.build_model(spec, dtype=dt, checkpoint=ckpt, seed=int(cfg.seed),
                                                   precision=cfg.matmul_precision, data=dd)
         dbs[dt] = bench.DecodeBench(models[dt], n_tokens=n, batch=b, seed=int(cfg.seed))
     mcfg = models[base].cfg
@@ -139,7 +140,7 @@ def run(cfg) -> dict:
         LC = B.length_curve
         lrecs = curves.length_curve(spec, [int(x) for x in LC.lengths], int(LC.n_layer), int(LC.rounds), base,
                                           int(cfg.seed), dd, cfg.matmul_precision,
-                                          segment=LC.get("segment"))
+                                          prefill_block=LC.get("prefill_block", "auto"))
         recs.extend(lrecs)
         len_ratio = max(r["ratio_to_shortest"] for r in lrecs)
     for r in recs:

@@ -40,6 +40,7 @@ from flax import nnx
 
 from mamba2_jax import model as M
 from mamba2_jax.eval import bench, flops
+from mamba2_jax.eval import models as model_specs
 from mamba2_jax.eval.hardware import StreamBench
 from mamba2_jax.eval.results import write_results
 
@@ -82,7 +83,7 @@ def _ssd_step_grouped_dot(state, x, dt, A, B, C, D=None, precision=None):
 
 
 def _dot_in_out(x, w, precision, out_dtype=None):
-    """model._dot for a weight stored (in, out): the layout before issue 12."""
+    """ops.dot (as bound in model) for a weight stored (in, out): the layout before issue 12."""
     return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=precision,
                                preferred_element_type=out_dtype or F32)
 
@@ -99,22 +100,12 @@ def _patched(**kw):
             setattr(M, k, v)
 
 
-def compiled_decode(model, n_tokens: int, options=None):
-    graphdef, state = nnx.split(model)
-    loop = bench.greedy_decode_loop(graphdef, n_tokens)
-    cache, tok = model.init_cache(1), jnp.array([5], jnp.int32)
-    comp = jax.jit(loop, donate_argnums=(1,)).lower(state, cache, tok).compile(compiler_options=options or {})
-    hold = {"c": cache, "t": tok}
-
-    def run():
-        t0 = time.perf_counter()
-        c, t = comp(state, hold["c"], hold["t"])
-        jax.block_until_ready(c)
-        hold["c"], hold["t"] = c, t
-        return (time.perf_counter() - t0) / n_tokens
-
-    run()
-    return run, comp.as_text()
+def compiled_decode(model, n_tokens: int, options=None, check_finite: bool = True):
+    """The Generator's decode loop (bench.DecodeBench) for ``model``, batch 1, empty cache:
+    (run() → seconds per token, compiled HLO text)."""
+    db = bench.DecodeBench(model, n_tokens=n_tokens, batch=1, compiler_options=options, check_finite=check_finite)
+    db.add_context("c0", 0)
+    return (lambda: db.run("c0") / n_tokens), db.hlo
 
 
 def _bf16_to_f32_shift(w16):
@@ -173,23 +164,23 @@ def main(argv=None):
     a = ap.parse_args(argv)
 
     ctx = bench.setup_run({"profile_name": "cpu_bench", "cpu_measure": {"reps": 3}}, "decode_formulations")
-    spec = bench.load_model_spec(a.model)
-    model, info = bench.build_model(spec, dtype="float32")
+    spec = model_specs.load_model_spec(a.model)
+    model, info = model_specs.build_model(spec, dtype="float32")
     cfg = model.cfg
-    tmodel, _ = bench.build_model(spec, dtype="float32")
+    tmodel, _ = model_specs.build_model(spec, dtype="float32")
     for blk in tmodel.backbone.layers:  # the old (in, out) layout for the two per-layer GEMVs
         mx = blk.mixer
         mx.in_proj = nnx.Param(jnp.asarray(np.ascontiguousarray(np.asarray(mx.in_proj[...]).T)))
         mx.out_proj = nnx.Param(jnp.asarray(np.ascontiguousarray(np.asarray(mx.out_proj[...]).T)))
 
     fns, hlo_ops = {}, {}
-    with _patched(ssd_step=_ssd_step_reduce, _dot=_dot_in_out):
+    with _patched(ssd_step=_ssd_step_reduce, dot=_dot_in_out):
         fns["readout_reduce"], h1 = compiled_decode(tmodel, a.tokens)
         fns["readout_reduce_no_ynn"], h2 = compiled_decode(tmodel, a.tokens,
                                                            {"xla_cpu_experimental_ynn_fusion_type": ""})
-    with _patched(ssd_step=_ssd_step_grouped_dot, _dot=_dot_in_out):
+    with _patched(ssd_step=_ssd_step_grouped_dot, dot=_dot_in_out):
         fns["readout_dot_grouped_state"], h5 = compiled_decode(tmodel, a.tokens)
-    with _patched(_dot=_dot_in_out):
+    with _patched(dot=_dot_in_out):
         fns["readout_dot"], h3 = compiled_decode(tmodel, a.tokens)
     fns["weights_out_in"], h4 = compiled_decode(model, a.tokens)
     for k, h in zip(["readout_reduce", "readout_reduce_no_ynn", "readout_dot_grouped_state", "readout_dot",

@@ -9,11 +9,11 @@ import jax
 import numpy as np
 import pandas as pd
 
-from mamba2_jax.checkpoint import model_from_state_dict
 from mamba2_jax.eval.oracle import CHUNKS, VARIANTS, jax_cache_from_oracle, oracle_run
 from mamba2_jax.eval.provenance import provenance
 from mamba2_jax.eval.results import write_document
 from mamba2_jax.fileio import atomic_write
+from mamba2_jax.loading import model_from_state_dict
 from mamba2_jax.paths import results_dir
 
 

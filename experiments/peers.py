@@ -28,6 +28,7 @@ import hydra
 import numpy as np
 
 from mamba2_jax.eval import bench, reported
+from mamba2_jax.eval import models as model_specs
 from mamba2_jax.eval.results import write_results
 from mamba2_jax.paths import require_data_dir
 
@@ -124,8 +125,8 @@ def run(cfg) -> dict:
     work = Path(P.work_dir)
     work = (work if work.is_absolute() else REPO / work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    spec = bench.load_model_spec(str(P.model))
-    mcfg = bench.model_config(spec, require_data_dir(cfg.paths.data_dir))
+    spec = model_specs.load_model_spec(str(P.model))
+    mcfg = model_specs.model_config(spec, require_data_dir(cfg.paths.data_dir))
     weights = make_weights(mcfg, seed, work)
     anchor = Path(P.anchor_dir)
     anchor = (anchor if anchor.is_absolute() else REPO / anchor).resolve()

@@ -27,7 +27,7 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 import hydra
 from omegaconf import OmegaConf
 
-from mamba2_jax.eval import bench
+from mamba2_jax.eval import models as model_specs
 from mamba2_jax.eval.results import write_results
 from mamba2_jax.fileio import atomic_write_text
 from mamba2_jax.paths import require_data_dir, results_dir
@@ -42,7 +42,7 @@ def measure(cfg_model, mesh, batch: int, dtype: str, precision: str | None = Non
     from jax.sharding import PartitionSpec as P
 
     from mamba2_jax import sharding
-    from mamba2_jax.checkpoint import precision_policy
+    from mamba2_jax.loading import precision_policy
     from mamba2_jax.model import Mamba2LMHeadModel
 
     prec = precision or precision_policy(dtype)["matmul_precision"]
@@ -123,7 +123,7 @@ def run(cfg) -> list[dict]:
     dd = require_data_dir(cfg.paths.data_dir)
     records = []
     for name in cfg.models:
-        mcfg = bench.model_config(bench.load_model_spec(str(name)), dd)
+        mcfg = model_specs.model_config(model_specs.load_model_spec(str(name)), dd)
         for spec in cfg.meshes:
             mesh = sharding.make_mesh(str(spec))
             for b in cfg.batches:

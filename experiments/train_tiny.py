@@ -22,9 +22,9 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from mamba2_jax.checkpoint import load_pretrained, write_checkpoint
+from mamba2_jax.checkpoint import write_checkpoint
 from mamba2_jax.config import Mamba2Config
-from mamba2_jax.eval import perplexity as P
+from mamba2_jax.eval import windows as P
 from mamba2_jax.eval.data import (
     count_bytes,
     count_words,
@@ -35,10 +35,11 @@ from mamba2_jax.eval.data import (
 )
 from mamba2_jax.eval.provenance import provenance
 from mamba2_jax.eval.results import write_document
+from mamba2_jax.eval.scorer import JaxScorer
 from mamba2_jax.eval.train import TokenBatcher, TrainConfig, Trainer, wikitext_train_val
 from mamba2_jax.fileio import atomic_write_bytes, atomic_write_text, sha256_file
 from mamba2_jax.generate import stepwise_greedy
-from mamba2_jax.params import state_dict_from_model
+from mamba2_jax.loading import load_pretrained, state_dict_from_model
 from mamba2_jax.paths import checkout_root
 from mamba2_jax.tokenizer import load_tokenizer
 
@@ -56,7 +57,7 @@ def test_perplexities(model, tok, test_file: Path, e: DictConfig) -> dict:
     ``wikitext``)."""
     rows = rows_from_raw_file(test_file)
     out: dict = {"test_file_sha256": sha256_file(test_file)}
-    scorer = P.JaxScorer(model, batch_size=int(e.batch_size), bucket=int(e.bucket), logits_chunk=int(e.logits_chunk))
+    scorer = JaxScorer(model, batch_size=int(e.batch_size), bucket=int(e.bucket), logits_chunk=int(e.logits_chunk))
     t0 = time.perf_counter()
     w = P.strided_windows(tok.encode("\n\n".join(rows)), int(e.max_length), int(e.stride))
     m = P.aggregate(w, scorer.score(w, progress=False))
@@ -156,7 +157,7 @@ def main(c: DictConfig) -> None:
     if c.eval.get("card_note"):
         metrics["card_note"] = str(c.eval.card_note)
     metrics[f"{c.stage}_stage_wall_s"] = round(time.perf_counter() - t_start, 1)
-    metrics["provenance"] = provenance(hydra_overrides=list(hydra.core.hydra_config.HydraConfig.get().overrides.task))
+    metrics["provenance"] = provenance()  # records the Hydra overrides and the command line
     records = [{"split": "train", "loss": metrics.get("final_train_loss")},
                {"split": "validation", "loss": metrics.get("final_val_loss"), "ppl": metrics.get("final_val_ppl")}]
     records += [{"split": "test", "protocol": k, **{m: v.get(m) for m in ("token_perplexity", "word_perplexity")}}
@@ -263,7 +264,7 @@ The `lm_eval_rolling` numbers are much worse than the `strided` ones because tha
 only ever saw the raw WikiText tokenization; word perplexity also divides by words rather than tokens.
 
 Perplexities are of the fp16 checkpoint as shipped, loaded with `load_pretrained` (float32 compute),
-scored with {impl or "mamba2_jax.eval.perplexity"}; protocol definitions are in `mamba2_jax/eval/perplexity.py`.
+scored with {impl or "mamba2_jax.eval.perplexity"}; protocol definitions are in `mamba2_jax/eval/windows.py`.
 
 Greedy continuation of `{m['sample']['prompt']!r}` ({len(m['sample']['token_ids'])} tokens):
 

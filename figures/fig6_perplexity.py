@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from mamba2_jax.eval import report, reported
+from mamba2_jax.eval.windows import primary_metric
 
 from . import style
 
@@ -27,8 +28,7 @@ BACKEND_COLORS = {"jax_fp32": "#0072B2", "jax_bf16": "#56B4E9", "transformers": 
 
 
 def metric_of(d) -> str:
-    return (d.get("comparison") or {}).get("primary_metric") or (
-        "word_perplexity" if d.get("protocol") == "lm_eval_rolling" else "token_perplexity")
+    return (d.get("comparison") or {}).get("primary_metric") or primary_metric(d["protocol"])
 
 
 def build(results: Path) -> style.Figure:
@@ -39,14 +39,18 @@ def build(results: Path) -> style.Figure:
     paper_tol = float(claim["tolerance"]["value"])      # the paper's +- around the reference perplexity
     docs = style.need(results, "perplexity")
     rows = []   # (label, doc, metric, ref backend)
+    refs_all = [(d.get("comparison") or {}).get("reference_backend") for _, d in docs]
+    main_ref = max(set(refs_all), key=refs_all.count) if refs_all else None
     for p, d in docs:
         ref = (d.get("comparison") or {}).get("reference_backend")
         proto = {"lm_eval_rolling": "rolling"}.get(d["protocol"], d["protocol"])
         star = "" if d.get("scope") == "full test set" else "*"
-        rows.append((f"{d['model']['label'].removeprefix('mamba2-')}\n{proto}{star}", p, d, metric_of(d), ref))
+        # runs of one model and protocol differ by their reference (e.g. the Triton smoke run): say which
+        other = f" vs {ref.removeprefix('mamba_ssm_')}" if ref and ref != main_ref else ""
+        rows.append((f"{d['model']['label'].removeprefix('mamba2-')}\n{proto}{star}{other}", p, d, metric_of(d), ref))
     backends = list(dict.fromkeys(b for _, _, d, _, _ in rows for b, v in d["backends"].items()
                                   if v.get("status") == "ok"))
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9.5, 3.8))
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11.0, 4.2))
     # (a) backend perplexity against the reference's, log-log, y = x drawn: points on the line agree
     x = np.arange(len(rows))
     allv = []
@@ -70,11 +74,16 @@ def build(results: Path) -> style.Figure:
         lo = lo / 20      # room on the left for the labels
         ax0.set_xlim(lo, hi)
         ax0.set_ylim(lo, hi)
-        for label, _, d, metric, ref in rows:
+        placed: list[float] = []
+        for label, _, d, metric, ref in sorted(rows, key=lambda row: (row[2]["backends"].get(row[4]) or {})
+                                               .get(row[3]) or 0.0):
             r = (d["backends"].get(ref) or {}).get(metric)
             if r is not None:   # label above-left of the y = x line: points sit on it, text does not
+                # labels of nearby points (within x1.6) are stacked, not printed over each other
+                near = sum(1 for q in placed if abs(np.log10(q / r)) < 0.2)
+                placed.append(r)
                 ax0.annotate(label.replace("\n", " ") + f": {r:.6g}",
-                             (r, r), textcoords="offset points", xytext=(-7, 5), fontsize=6.5,
+                             (r, r), textcoords="offset points", xytext=(-7, 5 + 9 * near), fontsize=6.5,
                              color="#333333", ha="right", va="bottom")
     ax0.set_xscale("log")
     ax0.set_yscale("log")
@@ -97,13 +106,14 @@ def build(results: Path) -> style.Figure:
         if xs:
             ax1.plot(xs, ys, ls="none", marker=style.MARKERS[k % len(style.MARKERS)], ms=6,
                      color=BACKEND_COLORS.get(b, style.PALETTE[k % len(style.PALETTE)]), label=b)
-    ax1.axhline(paper_tol, color="#D55E00", ls="--", lw=1.0, label=f"paper: +-{paper_tol:g}")
+    ax1.axhline(paper_tol, color="#D55E00", ls="--", lw=1.0, label=f"paper: ±{paper_tol:g}")
     ax1.set_yscale("log")
     ax1.set_xticks(x)
     ax1.set_xticklabels([r[0].replace("\n", " ") for r in rows], fontsize=7, rotation=20, ha="right")
-    ax1.set_ylabel(f"|ppl - reference ppl|  (reference: {', '.join(refs) or '?'})")
+    ax1.set_ylabel("|ppl − reference ppl|")
     ax1.set_title("(b) absolute difference from the reference")
-    ax1.legend(loc="best")
+    # outside the axes: inside, it covered the paper's ±tolerance line and its label
+    ax1.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     ax1.margins(x=0.15)
     prov_lines, foot = [], []
     for _, p, d, metric, ref in rows:

@@ -61,9 +61,12 @@ def build(results: Path) -> style.Figure:
             ax0.plot(x, [r["bound_tokens_per_s"] for r in bc], marker=mk, ls="--", mfc="white",
                      color=line.get_color(), label=f"bound ({dl})")
             ax1.plot(x, [100 * r["bandwidth_fraction"] for r in bc], marker=mk, color=line.get_color(), label=dl)
-            for r in bc:
+            for r in bc:   # the higher series labelled above its point, the lower below: no overprinting
+                others = [o["bandwidth_fraction"] for o in brecs if o["batch"] == r["batch"] and o.get("dtype") != dt]
+                above = r["bandwidth_fraction"] >= max(others, default=0.0)
                 ax1.annotate(f"{100 * r['bandwidth_fraction']:.0f}%", (r["batch"], 100 * r["bandwidth_fraction"]),
-                             textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
+                             textcoords="offset points", xytext=(0, 6 if above else -7), fontsize=7, ha="center",
+                             va="bottom" if above else "top", color=line.get_color())
         lc = sorted((r for r in d["records"] if r.get("metric") == "prefill_us_per_token"), key=lambda r: r["length"])
         if lc:
             x = [r["length"] for r in lc]
@@ -96,12 +99,15 @@ def build(results: Path) -> style.Figure:
         ax2.legend(loc="best", fontsize=7)
     ax2.set_xlabel("prompt length (tokens)")
     ax2.set_ylabel("prefill time per token / at shortest")
-    ax2.set_ylim(bottom=0)
+    ax2.set_ylim(0, max(1.4, 1.1 * float(ratio_target or 0)))   # the target line inside the axes, not on its edge
+    ax2.margins(x=0.1)
     ax2.set_title("(c) prefill cost per token vs length")
-    notes = ["Medians of alternating rounds (experiments/bench.py, experiments/bench_curves.py); the load average "
+    notes = ["Medians of alternating rounds (experiments/bench.py); the load average "
              "is recorded in each record."]
+    curves = ("decode_batch_tokens_per_s", "prefill_us_per_token")   # the footer describes the plotted records only
+    plotted = [(p, {**d, "records": [r for r in d["records"] if r.get("metric") in curves]}) for p, d in docs]
     return style.Figure(fig, NAME, TITLE, style.prose(DESCRIPTION), style.bench_provenance_lines(docs), notes,
-                        style.bench_footer(docs))
+                        style.bench_footer(plotted))
 
 
 main = style.figure_main(NAME, build, __doc__)

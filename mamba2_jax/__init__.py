@@ -13,8 +13,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Mamba2Cache": "cache",
     "CheckpointError": "checkpoint",
-    "load_pretrained": "checkpoint",
-    "save_pretrained": "checkpoint",
+    "load_pretrained": "loading",
+    "save_pretrained": "loading",
     "ConfigError": "config",
     "Mamba2Config": "config",
     "get_preset": "config",

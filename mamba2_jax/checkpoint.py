@@ -1,4 +1,6 @@
-"""Checkpoint I/O: random initialisation, state-spaces and HF formats, hub access.
+"""Checkpoint files: the state-spaces and HF formats, read and written as numpy, and hub access.
+
+No JAX here: building a model from these tensors is :mod:`mamba2_jax.loading`.
 
 Formats
 -------
@@ -32,7 +34,7 @@ from .params import expected_shapes, init_state_dict
 
 __all__ = [
     "CheckpointError", "init_state_dict", "expected_shapes", "validate_state_dict", "read_state_dict",
-    "write_checkpoint", "load_pretrained", "save_pretrained", "resolve_model_dir", "convert", "precision_policy",
+    "write_checkpoint", "resolve_model_dir", "convert", "config_from_arg", "check_finite",
 ]
 
 WEIGHT_FILES = ("pytorch_model.bin", "model.safetensors")
@@ -210,24 +212,49 @@ def _read_safetensors(path: Path, expected: dict[str, tuple[int, ...]] | None = 
         raise _cause(path, "cannot read safetensors file (truncated or corrupt?)", e) from None
 
 
+# float dtype -> (same-width unsigned int, mask without the sign bit, exponent all ones): a value is
+# NaN or Inf exactly when its bits, sign masked off, are >= the all-ones exponent
+_NONFINITE_BITS = {"float16": (np.uint16, 0x7FFF, 0x7C00), "bfloat16": (np.uint16, 0x7FFF, 0x7F80),
+                   "float32": (np.uint32, 0x7FFF_FFFF, 0x7F80_0000),
+                   "float64": (np.uint64, 0x7FFF_FFFF_FFFF_FFFF, 0x7FF0_0000_0000_0000)}
+_CHUNK = 1 << 18  # elements per step: the masked copy stays in cache
+
+
+def has_nonfinite(a: np.ndarray) -> bool:
+    """Whether a float array holds any NaN or Inf, tested on its raw bits in cache-sized chunks
+    (exact; numpy's ``isfinite`` runs about 8x slower on float16 and writes an array-sized mask)."""
+    a = np.asarray(a)
+    spec = _NONFINITE_BITS.get(a.dtype.name)
+    if spec is None:
+        return bool(a.dtype.kind in "fc" and not np.isfinite(a).all())
+    u, mask, exp = spec
+    flat = np.ascontiguousarray(a).reshape(-1).view(u)
+    buf = np.empty(min(_CHUNK, flat.size), u)
+    for i in range(0, flat.size, _CHUNK):
+        part = flat[i:i + _CHUNK]
+        masked = np.bitwise_and(part, u(mask), out=buf[:part.size])
+        if masked.max() >= exp:
+            return True
+    return False
+
+
 def check_finite(sd: dict[str, np.ndarray]) -> dict[str, int]:
     """name -> number of NaN/Inf entries, for the tensors that have any."""
     out = {}
     for k, v in sd.items():
         a = np.asarray(v)
-        if a.dtype.kind == "f":
-            bad = int(a.size - np.count_nonzero(np.isfinite(a)))
-            if bad:
-                out[k] = bad
+        if (a.dtype.kind == "f" or a.dtype.name in _NONFINITE_BITS) and has_nonfinite(a):
+            out[k] = int(a.size - np.count_nonzero(np.isfinite(a)))
     return out
 
 
-def read_state_dict(model_dir: str | Path, check_finite: bool = False
+def read_state_dict(model_dir: str | Path, check_finite: bool = True
                     ) -> tuple[Mamba2Config, dict[str, np.ndarray], str]:
     """Read config and tensors from a local directory → (config, state-spaces-named dict, format).
 
-    ``check_finite=True`` also refuses weights holding NaN or Inf (a flipped exponent bit, a
-    diverged training run): a CheckpointError names the tensors and counts."""
+    Weights holding NaN or Inf (a flipped exponent bit, a diverged training run) are refused: a
+    CheckpointError names the tensors and counts.  ``check_finite=False`` reads them anyway (what
+    ``info`` does to report them, and ``allow_nonfinite=True`` / ``--allow-nonfinite`` above)."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: not a directory")
@@ -252,7 +279,8 @@ def read_state_dict(model_dir: str | Path, check_finite: bool = False
     if check_finite:
         bad = _nonfinite_summary(sd)
         if bad:
-            err = CheckpointError(f"{model_dir}: non-finite weights (NaN/Inf; corrupt or diverged checkpoint): {bad}")
+            err = CheckpointError(f"{model_dir}: non-finite weights (NaN/Inf; corrupt or diverged checkpoint): {bad}. "
+                                  f"To load them anyway: --allow-nonfinite (CLI) or allow_nonfinite=True (API)")
             err.cause = "NonFiniteWeights"
             raise err
     if "lm_head.weight" not in sd:
@@ -387,84 +415,12 @@ def resolve_model_dir(path_or_hub_id: str | Path, revision: str | None = None) -
     return Path(local)
 
 
-# ------------------------------------------------------------------------------ public API
-def precision_policy(dtype) -> dict[str, str]:
-    """The precision policy in effect for a param dtype (recorded by every run)."""
-    import jax.numpy as jnp
-
-    name = jnp.dtype(dtype).name
-    if name == "float32":
-        return {"mode": "parity", "param_dtype": name, "state_dtype": "float32", "accum_dtype": "float32",
-                "matmul_precision": "highest"}
-    if name in ("bfloat16", "float16"):
-        return {"mode": "fast", "param_dtype": name, "state_dtype": "float32", "accum_dtype": "float32",
-                "matmul_precision": "default"}
-    raise ValueError(f"unsupported param dtype {name!r} (float32 | bfloat16 | float16)")
-
-
-def model_from_state_dict(cfg: Mamba2Config, sd: dict[str, np.ndarray], dtype="float32", precision=None,
-                          scan_chunk_size=None, mesh=None, scan_layers: bool = False, prefill_block="auto"):
-    import jax.numpy as jnp
-
-    from .model import Mamba2LMHeadModel
-    from .params import jax_params_from_state_dict
-
-    pol = precision_policy(dtype)
-    prec = precision if precision is not None else pol["matmul_precision"]
-    if mesh is None:
-        params = jax_params_from_state_dict(cfg, sd, jnp.dtype(dtype))
-    else:
-        from . import sharding
-
-        params = sharding.shard_params(cfg, sharding.host_params(cfg, sd, dtype), mesh)
-    model = Mamba2LMHeadModel(cfg, params, precision=prec, scan_chunk_size=scan_chunk_size, scan_layers=scan_layers,
-                              prefill_block=prefill_block)
-    model.policy = {**pol, "matmul_precision": str(prec), "scan_chunk_size": model.scan_chunk_size,
-                    "prefill_layers": "scan" if scan_layers else "unrolled", "prefill_block": model.prefill_block}
-    if mesh is not None:
-        model.mesh = mesh
-        model.policy["mesh"] = sharding.describe_mesh(mesh)
-    return model
-
-
-def load_pretrained(path_or_hub_id: str | Path, dtype="float32", revision: str | None = None, precision=None,
-                    scan_chunk_size=None, mesh=None, check_finite: bool = False, scan_layers: bool = False,
-                    prefill_block="auto"):
-    """Load a Mamba-2 checkpoint (local dir in either format, or a hub id) as a JAX model.
-
-    dtype "float32" is the parity mode (matmul precision "highest"); "bfloat16"/"float16" is the
-    fast mode (low-precision params, float32 SSM state and accumulation).  The policy in effect is
-    recorded on ``model.policy``.  ``mesh`` (a ``jax.sharding.Mesh`` with axes ("data", "model"),
-    or a string such as "data=2,model=4") shards the parameters over devices, each device
-    receiving only its own shards; see :mod:`mamba2_jax.sharding`.  ``check_finite=True`` refuses
-    NaN/Inf weights.  ``scan_layers=True`` compiles prefill as a scan over layers (compile time
-    independent of depth, slower prefill; see ``Mamba2Backbone``).  ``prefill_block`` (tokens, None
-    for one pass; "auto": 512 on CPU, one pass on accelerators) prefills long prompts block by
-    block; see ``default_prefill_block``.
-    """
-    model_dir = resolve_model_dir(path_or_hub_id, revision)
-    cfg, sd, fmt = read_state_dict(model_dir, check_finite=check_finite)
-    if mesh is not None and not hasattr(mesh, "devices"):
-        from .sharding import make_mesh
-        mesh = make_mesh(mesh)
-    model = model_from_state_dict(cfg, sd, dtype=dtype, precision=precision, scan_chunk_size=scan_chunk_size,
-                                  mesh=mesh, scan_layers=scan_layers, prefill_block=prefill_block)
-    model.source = {"path": str(model_dir), "format": fmt,
-                    "stored_dtype": str(np.asarray(sd["backbone.embedding.weight"]).dtype)}
-    return model
-
-
-def save_pretrained(model, out_dir: str | Path, format: str = "state-spaces", dtype: str | None = None,
-                    weights: str | None = None) -> Path:
-    from .params import state_dict_from_model
-
-    sd = state_dict_from_model(model)
-    return write_checkpoint(model.cfg, sd, out_dir, fmt=format, dtype=dtype, weights=weights)
-
-
-def convert(src: str | Path, dst: str | Path, fmt: str, dtype: str | None = None, check_finite: bool = False) -> Path:
-    """Convert a checkpoint between the state-spaces and HF layouts, without going through JAX."""
-    cfg, sd, _ = read_state_dict(resolve_model_dir(src), check_finite=check_finite)
+# ------------------------------------------------------------------------------ conversion
+def convert(src: str | Path, dst: str | Path, fmt: str, dtype: str | None = None,
+            allow_nonfinite: bool = False) -> Path:
+    """Convert a checkpoint between the state-spaces and HF layouts, without going through JAX
+    (non-finite weights refused unless ``allow_nonfinite``)."""
+    cfg, sd, _ = read_state_dict(resolve_model_dir(src), check_finite=not allow_nonfinite)
     return write_checkpoint(cfg, sd, dst, fmt=fmt, dtype=dtype)
 
 

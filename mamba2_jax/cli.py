@@ -1,4 +1,4 @@
-"""``mamba2-jax`` command line: init-random, info, convert, generate."""
+"""``mamba2-jax`` command line: init-random, info, convert, generate, compile."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def _cmd_info(a) -> int:
     from .checkpoint import check_finite, read_state_dict, resolve_model_dir
 
     d = resolve_model_dir(a.model)
-    cfg, sd, fmt = read_state_dict(d)
+    cfg, sd, fmt = read_state_dict(d, check_finite=False)  # reported below, not refused
     nonfinite = check_finite({k: v for k, v in sd.items() if not (k == "lm_head.weight" and cfg.tie_embeddings)})
     dtypes = sorted({str(np.asarray(v).dtype) for v in sd.values()})
     files = [f for f in ("pytorch_model.bin", "model.safetensors") if (d / f).exists()]
@@ -72,7 +72,7 @@ def _cmd_info(a) -> int:
 def _cmd_convert(a) -> int:
     from .checkpoint import convert
 
-    out = convert(a.src, a.dst, fmt=a.format, dtype=a.dtype, check_finite=a.check_finite)
+    out = convert(a.src, a.dst, fmt=a.format, dtype=a.dtype, allow_nonfinite=a.allow_nonfinite)
     print(f"wrote {a.format} checkpoint to {out}")
     return 0
 
@@ -97,8 +97,9 @@ def _sampling(a, SamplingConfig):
 def _cmd_generate(a) -> int:
     import jax
 
-    from .checkpoint import load_pretrained, resolve_model_dir
+    from .checkpoint import resolve_model_dir
     from .generate import Generator, SamplingConfig
+    from .loading import load_pretrained
     from .sharding import describe_mesh, initialize_distributed, is_primary, make_mesh
     from .tokenizer import TokenizerError, load_tokenizer
 
@@ -125,7 +126,7 @@ def _cmd_generate(a) -> int:
         ids = tok.encode(a.prompt)
     else:
         ids = _parse_ids(a.prompt_ids)
-    model = load_pretrained(model_dir, dtype=a.dtype, mesh=mesh, check_finite=a.check_finite)
+    model = load_pretrained(model_dir, dtype=a.dtype, mesh=mesh, allow_nonfinite=a.allow_nonfinite)
     sampling = _sampling(a, SamplingConfig)
     gen = Generator(model, eos_id=None if a.ignore_eos else 0)
     if a.stream and not a.json:
@@ -156,6 +157,54 @@ def _cmd_generate(a) -> int:
     return 0
 
 
+def _fmt_bytes(x) -> str:
+    return "n/a" if x is None else f"{x / 2**30:.3g} GiB" if x >= 2**30 else f"{x / 2**20:.3g} MiB"
+
+
+def _cmd_compile(a) -> int:
+    from .compile import compile_program
+
+    r = compile_program(a.model, target=a.target, program=a.program, batch=a.batch, length=a.length,
+                        new_tokens=a.new_tokens, last_only=a.last_only, dtype=a.dtype, mesh=a.mesh,
+                        topology=a.topology, precision=a.precision)
+    if a.json:
+        print(json.dumps(r, default=str))
+        return 0
+    logits = "last-only" if r["last_only"] else "full"
+    what = {"prefill": f"prefill b={r['batch']} L={r['length']} ({logits} logits)",
+            "step": f"decode step b={r['batch']}",
+            "generate": f"decode loop b={r['batch']} new_tokens={r['new_tokens']}"}[r["program"]]
+    pol = r["policy"]
+    print(f"{r['status']}: {r['config']} {what}, {r['dtype']} (matmul precision {r['precision']}), "
+          f"scan chunk {pol['scan_chunk_size']}, prefill block {pol['prefill_block']}")
+    print(f"  target      {r['target']}: {r['device_kind']}, topology {r['topology']}, program on "
+          f"{r['num_devices']} of {r['topology_devices']} devices, mesh {r['mesh_shape']}")
+    v = r["versions"]
+    comp = {"tpu": f"libtpu {v['libtpu']}", "cuda": f"jax-cuda12-pjrt {v['jax_cuda12_pjrt']}"}.get(r["platform"],
+                                                                                                 "XLA:CPU")
+    print(f"  compile     {r['compile_s']:.1f} s (lowering {r['lower_s']:.1f} s); jax {v['jax']}, {comp}")
+    print(f"  cost        {r['flops'] / 1e9:.4g} GFLOP, {r['bytes_accessed'] / 1e9:.4g} GB accessed (XLA), "
+          f"{r['transcendentals'] / 1e6:.4g} M transcendentals ({r['cost_note']})")
+    print(f"  memory      arguments {_fmt_bytes(r.get('argument_bytes'))}, "
+          f"outputs {_fmt_bytes(r.get('output_bytes'))}, "
+          f"temporaries {_fmt_bytes(r.get('temp_bytes'))}, aliased {_fmt_bytes(r.get('alias_bytes'))}, "
+          f"code {_fmt_bytes(r.get('generated_code_bytes'))} per device")
+    if r["hbm_bytes_per_device"]:
+        print(f"  HBM         {_fmt_bytes(r['bytes_needed_per_device'])} of {_fmt_bytes(r['hbm_bytes_per_device'])} "
+              f"per device: {'fits' if r['fits'] else 'DOES NOT FIT'}")
+    print(f"  custom calls {', '.join(r['custom_calls']) or 'none'} in the program "
+          f"(the compiler adds: {', '.join(r['compiler_custom_calls']) or 'none'})")
+    ro = r["roofline"]
+    if ro:
+        x = ro["xla"]
+        print(f"  roofline    min time {ro['min_time_s'] * 1e3:.4g} ms ({ro['bound']}-bound, bytes = arguments + "
+              f"outputs): <= {ro['bound_tokens_per_s']:,.0f} tokens/s, MFU <= {ro['bound_mfu']:.1%}, "
+              f"HBU <= {ro['bound_hbu']:.1%}")
+        print(f"              with XLA's byte count: {x['min_time_s'] * 1e3:.4g} ms ({x['bound']}-bound), "
+              f"<= {x['bound_tokens_per_s']:,.0f} tokens/s, <= {x['bound_tflops']:.4g} TFLOP/s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mamba2-jax", description="Pure-JAX Mamba-2 inference")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -178,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dst")
     s.add_argument("--format", required=True, choices=["state-spaces", "hf"])
     s.add_argument("--dtype", default=None, choices=[None, "float16", "float32"])
-    s.add_argument("--check-finite", action="store_true", help="refuse weights holding NaN or Inf")
+    s.add_argument("--allow-nonfinite", action="store_true",
+                   help="load weights holding NaN or Inf (refused by default)")
     s.set_defaults(fn=_cmd_convert)
 
     s = sub.add_parser("generate", help="generate text (compiled on-device decode loop)")
@@ -200,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     s.add_argument("--precision", default=None, choices=[None, "highest", "default", "high"])
     s.add_argument("--ignore-eos", action="store_true")
-    s.add_argument("--check-finite", action="store_true", help="refuse weights holding NaN or Inf")
+    s.add_argument("--allow-nonfinite", action="store_true",
+                   help="load weights holding NaN or Inf (refused by default)")
     s.add_argument("--no-decode", action="store_true", help="with --prompt-ids: print ids, do not look for a tokenizer")
     s.add_argument("--stream", action="store_true")
     s.add_argument("--stream-chunk", type=int, default=8)
@@ -211,6 +262,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-processes", type=int, default=None, help="multi-process: default $JAX_NUM_PROCESSES")
     s.add_argument("--process-id", type=int, default=None, help="multi-process: default $JAX_PROCESS_ID")
     s.set_defaults(fn=_cmd_generate)
+
+    s = sub.add_parser("compile", help="compile one program for a target (TPU without a TPU) from shapes only: "
+                                       "cost, memory, HBM fit, roofline")
+    s.add_argument("--model", default=None,
+                   help="checkpoint dir, config.json, preset (e.g. mamba2-2.7b) or hub id "
+                        "(default: the embedded model)")
+    s.add_argument("--target", default="tpu-v6e",
+                   help="tpu-v6e | tpu-v5e | tpu-v5p | tpu-v4 | cpu (TPU targets need `make install-tpu`)")
+    s.add_argument("--program", default="prefill", choices=["prefill", "step", "generate"])
+    s.add_argument("--batch", type=int, default=1)
+    s.add_argument("--length", type=int, default=2048, help="prefill: prompt length")
+    s.add_argument("--new-tokens", type=int, default=128, help="generate: tokens of the decode loop")
+    lo = s.add_mutually_exclusive_group()
+    lo.add_argument("--last-only", dest="last_only", action="store_true", default=True,
+                    help="prefill returns the last position's logits (default)")
+    lo.add_argument("--full-logits", dest="last_only", action="store_false", help="prefill returns (b, L, V) logits")
+    s.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--precision", default=None, choices=[None, "highest", "default", "high"],
+                   help="matmul precision (default: the dtype's policy: float32 highest, 16-bit default)")
+    s.add_argument("--mesh", default=None, help="e.g. 'data=1,model=4' (default: one device)")
+    s.add_argument("--topology", default=None, help="TPU topology, e.g. v6e:2x4 (default: the smallest accepted)")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(fn=_cmd_compile)
     return p
 
 
@@ -219,7 +293,10 @@ def main(argv=None) -> int:
     if getattr(args, "greedy", False) and any(x is not None for x in (args.temperature, args.top_k, args.top_p)):
         print("error: --greedy cannot be combined with --temperature/--top-k/--top-p", file=sys.stderr)
         return 2
+    if getattr(args, "cmd", None) == "compile" and args.model is None:
+        args.model = default_model_dir()
     from .checkpoint import CheckpointError
+    from .compile import CompileError
     from .config import ConfigError
     from .generate import GenerationError
     from .sharding import MeshError
@@ -227,7 +304,7 @@ def main(argv=None) -> int:
 
     try:
         return args.fn(args)
-    except (CheckpointError, ConfigError, GenerationError, TokenizerError, MeshError) as e:
+    except (CheckpointError, CompileError, ConfigError, GenerationError, TokenizerError, MeshError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # disk full, permission denied: not the input's fault, but no traceback either

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .params import num_params as count_params
+
 __all__ = ["Mamba2Config", "ConfigError", "PRESETS", "get_preset"]
 
 
@@ -476,18 +478,8 @@ class Mamba2Config:
         return dataclasses.replace(self, **kw)
 
     def num_params(self) -> int:
-        """Unique parameter count (tied LM head counted once)."""
-        per_layer = (
-            self.d_model  # block norm
-            + self.d_in_proj * self.d_model + (self.d_in_proj if self.bias else 0)
-            + self.conv_dim * self.d_conv + (self.conv_dim if self.conv_bias else 0)
-            + 3 * self.nheads - (0 if not self.D_has_hdim else self.nheads - self.ssm_dim)
-            + self.ssm_dim  # gated norm
-            + self.d_inner * self.d_model + (self.d_model if self.bias else 0)
-        )
-        emb = self.padded_vocab_size * self.d_model
-        head = 0 if self.tie_embeddings else emb
-        return emb + head + self.n_layer * per_layer + self.d_model
+        """Unique parameter count (tied LM head counted once), from the parameter table."""
+        return count_params(self)
 
 
 def _ss(name: str, d_model: int, n_layer: int, **kw: Any) -> Mamba2Config:

@@ -3,18 +3,26 @@
 * Prefill is jitted; prompts are right-padded to a length bucket (powers of two, at least
   ``min_bucket``) so that new prompt lengths inside a bucket reuse the compiled program.
   Padding positions are exact no-ops (dt = 0, x = 0 in the scan; the conv state is gathered at
-  each row's own end), so a ragged batch gives each row the result it would get alone.
-* The decode loop is one ``lax.while_loop`` on device: the cache is donated, sampling happens
-  on device with explicit PRNG keys, every row stops at its own EOS, the loop stops when all
-  rows are done, and the host sees tokens once, when the loop ends.
+  each row's own end), so a ragged batch gives each row the result it would get alone.  Long
+  prompts are the model's business: ``model.prefill_block`` runs them block by block inside the
+  one program (see ``Mamba2LMHeadModel.prefill``).
+* The decode loop is one ``lax.while_loop`` on device (:func:`decode_loop`), built once: the
+  ``Generator``, its streaming mode and the decode benchmarks all run it.  Its carry is a typed,
+  registered PyTree, :class:`DecodeState` (cache, last token, output buffer, step, done flags,
+  PRNG key, non-finite flags).  The state is donated, sampling happens on device with explicit
+  PRNG keys, every row stops at its own EOS, the loop stops when all rows are done, and the host
+  sees tokens once, when the loop ends.
 * Streaming runs the same loop in chunks of ``k`` tokens: one device round trip per chunk.
+* A non-finite logit is never turned into a token silently: the loop records, per row, the first
+  step whose logits hold a NaN or Inf (and stops that row); the host then raises
+  :class:`GenerationError` naming the step and the row.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Hashable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jax
@@ -22,15 +30,26 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-__all__ = ["SamplingConfig", "GenerationResult", "Generator", "generate", "sample_logits", "bucket_length",
-           "stepwise_greedy"]
+from .cache import Mamba2Cache
+
+__all__ = ["SamplingConfig", "GenerationResult", "GenerationError", "Generator", "DecodeState", "decode_loop",
+           "generate", "sample_logits", "bucket_length", "stepwise_greedy", "program_key"]
 
 
 class GenerationError(ValueError):
-    pass
+    """Bad generation input, or a non-finite logit met while generating.
+
+    For the latter, ``step`` (index of the new token whose logits were not finite: 0 is the token
+    from the prompt's last position), ``row`` (the prompt's index), ``rows`` ({row: step} for every
+    row that met one) and ``result`` (the :class:`GenerationResult` up to there) are set."""
+
+    step: int | None = None
+    row: int | None = None
+    rows: dict[int, int] | None = None
+    result: Any = None
 
 
-# The output buffer is (batch, max_new_tokens) int32 on device and the loop counter is int32.
+# The output buffer is (batch, max_new_tokens) int32 on device and the step counters are int32.
 MAX_NEW_TOKENS = 1 << 24
 
 
@@ -52,6 +71,9 @@ class SamplingConfig:
                 raise GenerationError(f"top_k must be >= 0, got {self.top_k}")
             if not 0 < self.top_p <= 1:
                 raise GenerationError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+GREEDY = SamplingConfig()
 
 
 def sample_logits(logits: jax.Array, key: jax.Array, cfg: SamplingConfig, vocab_size: int) -> jax.Array:
@@ -76,12 +98,101 @@ def sample_logits(logits: jax.Array, key: jax.Array, cfg: SamplingConfig, vocab_
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
+def _finite_rows(logits: jax.Array, vocab_size: int) -> jax.Array:
+    """(b, V) logits → (b,) bool: every logit of the real vocabulary is finite."""
+    return jnp.all(jnp.isfinite(logits[:, :vocab_size]), axis=-1)
+
+
 def bucket_length(n: int, min_bucket: int = 16) -> int:
     """The prompt-length bucket: the next power of two ≥ n (and ≥ min_bucket)."""
     b = max(int(min_bucket), 1)
     while b < n:
         b *= 2
     return b
+
+
+def program_key(graphdef) -> Hashable:
+    """A hashable key for the program a ``graphdef`` compiles to, for caches of jitted functions that
+    close over it: two models share a program only if their graph definitions are equal (same
+    structure: layers, in_proj layout, ``scan_chunk_size``, ``prefill_block``, precision, ...).
+    A graphdef whose static attributes are not all hashable (``model.policy`` is a dict) is keyed
+    by its text, which lists every static attribute."""
+    try:
+        hash(graphdef)
+        return graphdef
+    except TypeError:
+        return repr(graphdef)
+
+
+# ------------------------------------------------------------------------------ the decode loop
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class DecodeState:
+    """The carry of :func:`decode_loop`, a registered PyTree (every field is an array).
+
+    Token positions count the new tokens of one generation: position 0 is the token sampled from
+    the prompt's last logits; the token at position p is drawn with ``fold_in(key, p)``.
+    """
+
+    cache: Mamba2Cache
+    token: jax.Array  # (b,) int32: the last token (the next step's input)
+    position: jax.Array  # () int32: the position of ``token``
+    tokens: jax.Array  # (b, n) int32: the output buffer; after a row is done, its EOS id (or 0)
+    step: jax.Array  # () int32: columns of ``tokens`` written; the loop runs while step < n
+    done: jax.Array  # (b,) bool: the row emitted EOS or met a non-finite logit
+    nonfinite: jax.Array  # (b,) bool: the row met a non-finite logit ...
+    nonfinite_at: jax.Array  # (b,) int32: ... at this position (where ``nonfinite``)
+    key: jax.Array  # the PRNG key of the generation
+
+    @classmethod
+    def start(cls, cache: Mamba2Cache, token, finite, key, n: int, eos_id: int | None,
+              position: int = 0) -> DecodeState:
+        """The state after the token at ``position`` (from prefill: 0), with an ``n``-column buffer
+        whose first column holds it.  ``finite`` (b,) bool: its logits were finite."""
+        token = jnp.asarray(token, jnp.int32)
+        finite = jnp.asarray(finite, bool)
+        done = ~finite if eos_id is None else (token == eos_id) | ~finite
+        pad = 0 if eos_id is None else eos_id
+        tokens = jnp.full((token.shape[0], n), pad, jnp.int32).at[:, 0].set(token)
+        # the loop donates its state: a private copy of the caller's key
+        return cls(cache=cache, token=token, position=jnp.int32(position), tokens=tokens, step=jnp.int32(1),
+                   done=done, nonfinite=~finite, nonfinite_at=jnp.full(token.shape, position, jnp.int32),
+                   key=jnp.array(key, copy=True))
+
+    def replace(self, **kw) -> DecodeState:
+        return replace(self, **kw)
+
+
+def decode_loop(model, state: DecodeState, sampling: SamplingConfig = GREEDY, eos_id: int | None = None,
+                check_finite: bool = True) -> DecodeState:
+    """Fill ``state.tokens`` from column ``state.step`` on: one ``model.step`` and one sample per
+    column, in a ``lax.while_loop`` that stops early when every row is done.  Traced (call it
+    inside ``jax.jit``).  A row is done after its EOS (``eos_id``; None: never) or after a step whose
+    logits (real vocabulary) hold a NaN or Inf: the loop then records that position in
+    ``nonfinite_at`` and stops the row (the token it writes there is not a sample).
+    ``check_finite=False`` drops the check (only to measure its cost)."""
+    n = state.tokens.shape[1]
+    V = model.cfg.vocab_size
+    pad = 0 if eos_id is None else eos_id
+
+    def cond(s: DecodeState):
+        return (s.step < n) & ~jnp.all(s.done)
+
+    def body(s: DecodeState):
+        logits, cache = model.step(s.token, s.cache)
+        pos = s.position + 1
+        nxt = jnp.where(s.done, pad, sample_logits(logits, jax.random.fold_in(s.key, pos), sampling, V))
+        done = s.done if eos_id is None else s.done | (nxt == eos_id)
+        nonfinite, nonfinite_at = s.nonfinite, s.nonfinite_at
+        if check_finite:
+            bad = ~_finite_rows(logits, V) & ~s.done
+            nonfinite, nonfinite_at = nonfinite | bad, jnp.where(bad, pos, nonfinite_at)
+            done = done | bad
+        tokens = jax.lax.dynamic_update_slice(s.tokens, nxt[:, None], (jnp.int32(0), s.step))
+        return s.replace(cache=cache, token=nxt, position=pos, tokens=tokens, step=s.step + 1, done=done,
+                         nonfinite=nonfinite, nonfinite_at=nonfinite_at)
+
+    return jax.lax.while_loop(cond, body, state)
 
 
 @dataclass
@@ -92,7 +203,6 @@ class GenerationResult:
     prefill_s: float
     decode_s: float
     decode_steps: int
-    compile_s: dict = field(default_factory=dict)
 
     @property
     def decode_tok_s(self) -> float:
@@ -104,82 +214,33 @@ class GenerationResult:
         return [list(map(int, self.tokens[i, : self.num_generated[i]])) for i in range(self.tokens.shape[0])]
 
 
-class Generator:
-    """Holds the compiled prefill and decode programs for one model.
+class _Programs:
+    """The jitted prefill and decode programs of one model structure (graphdef), EOS id, mesh and
+    check setting, shared by every :class:`Generator` with these: a second Generator over a model of
+    the same structure (other weights) compiles nothing new."""
 
-    ``trace_counts`` counts how many times each program was traced (= compiled), which the
-    tests use to check that prompt bucketing avoids recompiles.
-    """
+    def __init__(self, graphdef, eos_id: int | None, mesh, check_finite: bool):
+        self.graphdef, self.eos_id, self.mesh, self.check_finite = graphdef, eos_id, mesh, check_finite
+        self.trace_counts = {"prefill": 0, "decode": 0}
+        self.prefill = jax.jit(self._prefill, static_argnames=("sampling",))
+        self.decode = jax.jit(self._decode, static_argnames=("sampling",), donate_argnums=(1,))
 
-    def __init__(self, model, eos_id: int | None = 0, min_bucket: int = 16, mesh=None,
-                 prefill_segment: int | None = 8192):
-        if mesh is not None:  # a jax.sharding.Mesh or "data=2,model=4" (see sharding.py)
-            from .sharding import make_mesh, shard_model
-
-            model = shard_model(model, make_mesh(mesh))
-        self.mesh = getattr(model, "mesh", None)
-        self.model = model
-        self.cfg = model.cfg
-        self.eos_id = eos_id
-        self.min_bucket = min_bucket
-        if prefill_segment is not None and (prefill_segment < min_bucket or prefill_segment & (prefill_segment - 1)):
-            raise GenerationError(f"prefill_segment must be a power of two >= min_bucket ({min_bucket}), "
-                                  f"got {prefill_segment}")
-        # Prompts whose bucket is longer than this are prefilled in segments of this many tokens,
-        # carrying the cache, so peak memory does not grow with the prompt (None: never segment).
-        self.prefill_segment = prefill_segment
-        self.graphdef, self.state = nnx.split(model)
-        self.trace_counts = {"prefill": 0, "decode": 0, "prefill_segment": 0}
-        self._prefill = jax.jit(self._prefill_impl, static_argnames=("sampling",))
-        self._prefill_seg = jax.jit(self._prefill_seg_impl, donate_argnums=(3, 4))
-        self._sample_first = jax.jit(
-            lambda logits, key, sampling: sample_logits(logits, jax.random.fold_in(key, 0), sampling,
-                                                        self.cfg.vocab_size), static_argnames=("sampling",))
-        self._decode = jax.jit(self._decode_impl, static_argnames=("sampling", "n_steps"), donate_argnums=(1,))
-
-    # -- compiled programs ------------------------------------------------------------------
-    def _prefill_impl(self, state, ids, lengths, key, sampling: SamplingConfig):
+    def _prefill(self, state, ids, lengths, key, sampling: SamplingConfig):
+        """→ (first token (b,), its logits finite (b,), cache)."""
         self.trace_counts["prefill"] += 1
         model = nnx.merge(self.graphdef, state)
+        V = model.cfg.vocab_size
         logits, cache = model.prefill(ids, lengths=lengths, last_only=True)
-        tok = sample_logits(logits, jax.random.fold_in(key, 0), sampling, self.cfg.vocab_size)
-        return self._replicated(tok), cache
+        tok = sample_logits(logits, jax.random.fold_in(key, 0), sampling, V)
+        return self._replicated(tok), self._replicated(_finite_rows(logits, V)), cache
 
-    def _prefill_seg_impl(self, state, ids, lengths, cache, last_logits):
-        """One segment of a long prompt: (b, S) ids with per-row real lengths in [0, S] (0: the row's
-        prompt has ended; its state passes through unchanged).  Keeps each row's last real logits."""
-        self.trace_counts["prefill_segment"] += 1
-        model = nnx.merge(self.graphdef, state)
-        logits, cache = model.prefill(ids, cache, lengths=lengths, last_only=True)
-        return jnp.where((lengths > 0)[:, None], logits, last_logits), cache
-
-    def _decode_impl(self, state, cache, first_tok, done, start, key, sampling: SamplingConfig, n_steps: int):
-        """Generate tokens start+1 .. start+n_steps-… into a (b, n_steps) buffer.
-
-        Carry: (i, cache, last token, done mask, out buffer).  Stops early when all rows are done.
-        """
+    def _decode(self, state, dstate: DecodeState, sampling: SamplingConfig) -> DecodeState:
         self.trace_counts["decode"] += 1
         model = nnx.merge(self.graphdef, state)
-        b = first_tok.shape[0]
-        eos = -1 if self.eos_id is None else self.eos_id
-        pad = 0 if self.eos_id is None else self.eos_id
-        out0 = jnp.full((b, n_steps), pad, jnp.int32)
-
-        def cond(c):
-            i, _, _, done, _ = c
-            return (i < n_steps) & ~jnp.all(done)
-
-        def body(c):
-            i, cache, tok, done, out = c
-            logits, cache = model.step(tok, cache)
-            nxt = sample_logits(logits, jax.random.fold_in(key, start + i + 1), sampling, self.cfg.vocab_size)
-            nxt = jnp.where(done, pad, nxt)
-            out = jax.lax.dynamic_update_slice(out, nxt[:, None], (0, i))
-            done = done | (nxt == eos)
-            return i + 1, cache, nxt, done, out
-
-        i, cache, tok, done, out = jax.lax.while_loop(cond, body, (jnp.int32(0), cache, first_tok, done, out0))
-        return self._replicated(out), cache, self._replicated(tok), self._replicated(done), i
+        s = decode_loop(model, dstate, sampling, self.eos_id, self.check_finite)
+        r = self._replicated
+        return s.replace(token=r(s.token), tokens=r(s.tokens), done=r(s.done), nonfinite=r(s.nonfinite),
+                         nonfinite_at=r(s.nonfinite_at))
 
     def _replicated(self, x):
         """Tokens leave the device program replicated, so every process can read them (mesh only)."""
@@ -188,6 +249,63 @@ class Generator:
         from .sharding import replicate
 
         return replicate(x, self.mesh)
+
+
+_PROGRAMS: dict[Any, _Programs] = {}
+
+
+def _programs(graphdef, eos_id: int | None, mesh, check_finite: bool) -> _Programs:
+    key = (program_key(graphdef), eos_id, mesh, check_finite)
+    if key not in _PROGRAMS:
+        _PROGRAMS[key] = _Programs(graphdef, eos_id, mesh, check_finite)
+    return _PROGRAMS[key]
+
+
+class Generator:
+    """Prefill and decode for one model, through compiled programs shared by all Generators of the
+    same model structure (see :func:`program_key`), EOS id and mesh.
+
+    ``trace_counts`` counts how many times these programs were traced (= compiled), which the tests
+    use to check that prompt bucketing avoids recompiles.  ``check_finite=False`` drops the
+    non-finite-logit check from the loop; it exists only to measure the check's cost.
+    ``share_programs=False`` gives this Generator programs of its own (benchmarks that compile
+    variants of the model code in one process).
+    """
+
+    def __init__(self, model, eos_id: int | None = 0, min_bucket: int = 16, mesh=None, *,
+                 check_finite: bool = True, share_programs: bool = True):
+        if mesh is not None:  # a jax.sharding.Mesh or "data=2,model=4" (see sharding.py)
+            from .loading import shard_model
+            from .sharding import make_mesh
+
+            model = shard_model(model, make_mesh(mesh))
+        self.mesh = getattr(model, "mesh", None)
+        self.model = model
+        self.cfg = model.cfg
+        self.eos_id = eos_id
+        self.min_bucket = min_bucket
+        self.graphdef, self.state = nnx.split(model)
+        self._programs = (_programs(self.graphdef, eos_id, self.mesh, bool(check_finite)) if share_programs
+                          else _Programs(self.graphdef, eos_id, self.mesh, bool(check_finite)))
+        self._prefill = self._programs.prefill
+        self._decode = self._programs.decode
+
+    @property
+    def trace_counts(self) -> dict[str, int]:
+        return self._programs.trace_counts
+
+    def decode(self, dstate: DecodeState, sampling: SamplingConfig = GREEDY) -> DecodeState:
+        """Run the compiled decode loop from ``dstate`` (donated: do not reuse it)."""
+        return self._decode(self.state, dstate, sampling=sampling)
+
+    def start_state(self, cache: Mamba2Cache, token, key=None, n: int = 1, position: int = 0,
+                    finite=None) -> DecodeState:
+        """A :class:`DecodeState` for this generator's EOS after ``token`` (b,) at ``position``, with an
+        ``n``-column buffer; ``finite`` defaults to all True."""
+        token = jnp.asarray(token, jnp.int32)
+        finite = jnp.ones(token.shape, bool) if finite is None else finite
+        return DecodeState.start(cache, token, finite, jax.random.key(0) if key is None else key, n, self.eos_id,
+                                 position)
 
     # -- host API ---------------------------------------------------------------------------
     def _validate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
@@ -212,7 +330,8 @@ class Generator:
             out.append(p)
         return out
 
-    def prefill(self, prompts, key=None, sampling: SamplingConfig = SamplingConfig()):
+    def _prefill_raw(self, prompts, key, sampling):
+        """→ ((first token, finite, cache), lengths) for the (bucketed, padded) prompts."""
         if self.mesh is not None:  # pad the batch to a multiple of the "data" axis with copies of row 0
             prompts = list(prompts) + [prompts[0]] * (-len(prompts) % self.mesh.shape["data"])
         lens = np.array([len(p) for p in prompts], np.int32)
@@ -224,95 +343,105 @@ class Generator:
         if self.mesh is not None:
             from .sharding import put_batch
 
-            return self._prefill(self.state, put_batch(ids, self.mesh), put_batch(lens, self.mesh), key,
-                                 sampling=sampling), lens
-        S = self.prefill_segment
-        if S is None or T <= S:
-            return self._prefill(self.state, jnp.asarray(ids), jnp.asarray(lens), key, sampling=sampling), lens
-        # segmented: fixed (b, S) programs, the cache carried from one to the next
-        b = len(prompts)
-        n_seg = -(-T // S)
-        ids = np.pad(ids, ((0, 0), (0, n_seg * S - T)))
-        cache = self.model.init_cache(b)
-        logits = jnp.zeros((b, self.cfg.padded_vocab_size), jnp.float32)
-        for k in range(n_seg):
-            seg_len = np.clip(lens - k * S, 0, S).astype(np.int32)
-            if not seg_len.any():
-                break
-            logits, cache = self._prefill_seg(self.state, jnp.asarray(ids[:, k * S:(k + 1) * S]),
-                                              jnp.asarray(seg_len), cache, logits)
-        return (self._sample_first(logits, key, sampling=sampling), cache), lens
+            ids, lens_d = put_batch(ids, self.mesh), put_batch(lens, self.mesh)
+        else:
+            ids, lens_d = jnp.asarray(ids), jnp.asarray(lens)
+        return self._prefill(self.state, ids, lens_d, key, sampling=sampling), lens
+
+    def prefill(self, prompts, key=None, sampling: SamplingConfig = GREEDY):
+        """((first token (b,), cache), prompt lengths) for the prompts (padded to a bucket)."""
+        (tok, _, cache), lens = self._prefill_raw(prompts, key, sampling)
+        return (tok, cache), lens
 
     def warmup(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-               sampling: SamplingConfig = SamplingConfig()) -> dict:
+               sampling: SamplingConfig = GREEDY) -> dict:
         """Compile the programs ``generate`` will use for these shapes; returns seconds spent.
 
         The decode program is compiled by running it with every row already done (0 iterations).
         """
         prompts = self._validate(prompts, max_new_tokens)
         t0 = time.perf_counter()
-        (tok, cache), _ = self.prefill(prompts, jax.random.key(0), sampling)
+        (tok, finite, cache), _ = self._prefill_raw(prompts, jax.random.key(0), sampling)
         tok.block_until_ready()
         t1 = time.perf_counter()
         if max_new_tokens > 1:
-            out = self._decode(self.state, cache, tok, jnp.ones_like(tok, dtype=bool), jnp.int32(0),
-                               jax.random.key(0), sampling=sampling, n_steps=max_new_tokens - 1)
-            jax.block_until_ready(out)
+            st = DecodeState.start(cache, tok, finite, jax.random.key(0), max_new_tokens, self.eos_id)
+            jax.block_until_ready(self.decode(st.replace(done=jnp.ones_like(st.done)), sampling))
         return {"prefill_compile_s": t1 - t0, "decode_compile_s": time.perf_counter() - t1}
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                 sampling: SamplingConfig = SamplingConfig(), seed: int | jax.Array = 0) -> GenerationResult:
+                 sampling: SamplingConfig = GREEDY, seed: int | jax.Array = 0) -> GenerationResult:
+        """Generate ``max_new_tokens`` per prompt (fewer for a row that emits EOS).  Raises
+        :class:`GenerationError` (with the partial ``result``) if any row meets a non-finite logit."""
         prompts = self._validate(prompts, max_new_tokens)
         key = jax.random.key(seed) if isinstance(seed, (int, np.integer)) else seed
         t0 = time.perf_counter()
-        (tok, cache), lens = self.prefill(prompts, key, sampling)
+        (tok, finite, cache), lens = self._prefill_raw(prompts, key, sampling)
         tok.block_until_ready()
         t1 = time.perf_counter()
-        eos = -2 if self.eos_id is None else self.eos_id
-        done = tok == eos
+        st = DecodeState.start(cache, tok, finite, key, max_new_tokens, self.eos_id)
         if max_new_tokens > 1:
-            out, cache, _, done, steps = self._decode(self.state, cache, tok, done, jnp.int32(0), key,
-                                                      sampling=sampling, n_steps=max_new_tokens - 1)
-            out = np.asarray(out)  # the only device→host transfer of the loop
-            steps = int(steps)
-        else:
-            out, steps = np.zeros((tok.shape[0], 0), np.int32), 0
+            st = self.decode(st, sampling)
+        tokens = np.asarray(st.tokens)  # the only device→host transfer of the loop
         t2 = time.perf_counter()
-        tokens = np.concatenate([np.asarray(tok)[:, None], out], axis=1)[: len(prompts)]
-        return GenerationResult(tokens=tokens, num_generated=_num_generated(tokens, self.eos_id),
-                                prompt_lengths=lens[: len(prompts)], prefill_s=t1 - t0, decode_s=t2 - t1,
-                                decode_steps=steps)
+        b = len(prompts)
+        res = GenerationResult(tokens=tokens[:b], num_generated=_num_generated(tokens[:b], self.eos_id),
+                               prompt_lengths=lens[:b], prefill_s=t1 - t0, decode_s=t2 - t1,
+                               decode_steps=int(st.step) - 1)
+        _raise_if_nonfinite(st, b, res)
+        return res
 
     def stream(self, prompt: Sequence[int], max_new_tokens: int, chunk: int = 8,
-               sampling: SamplingConfig = SamplingConfig(), seed: int = 0) -> Iterator[list[int]]:
-        """Yield lists of new tokens, ``chunk`` tokens per device round trip."""
+               sampling: SamplingConfig = GREEDY, seed: int = 0) -> Iterator[list[int]]:
+        """Yield lists of new tokens, ``chunk`` tokens per device round trip (the same compiled loop
+        as ``generate``, with a ``chunk``-column buffer).  A non-finite logit: the tokens before it
+        are yielded, then :class:`GenerationError` is raised."""
         (prompt,) = self._validate([prompt], max_new_tokens)
         key = jax.random.key(seed)
-        (tok, cache), _ = self.prefill([prompt], key, sampling)
-        first = int(tok[0])
-        yield [first]
-        eos = -2 if self.eos_id is None else self.eos_id
-        done = tok == eos
+        (tok, finite, cache), _ = self._prefill_raw([prompt], key, sampling)
+        st = DecodeState.start(cache, tok, finite, key, 1, self.eos_id)
+        _raise_if_nonfinite(st, 1)
+        yield [int(tok[0])]
         produced = 1
-        while produced < max_new_tokens and not bool(done[0]):
+        while produced < max_new_tokens and not bool(st.done[0]):
             n = min(chunk, max_new_tokens - produced)
-            # fixed chunk size keeps one compiled program; extra tokens are dropped
-            out, cache, tok, done, steps = self._decode(self.state, cache, tok, done, jnp.int32(produced - 1), key,
-                                                        sampling=sampling, n_steps=chunk)
-            toks = np.asarray(out)[0, : min(int(steps), n)].tolist()
+            # a fixed chunk keeps one compiled program; tokens past max_new_tokens are dropped
+            pad = 0 if self.eos_id is None else self.eos_id
+            st = self.decode(st.replace(tokens=jnp.full((st.tokens.shape[0], chunk), pad, jnp.int32),
+                                        step=jnp.int32(0)), sampling)
+            toks = np.asarray(st.tokens)[0, : min(int(st.step), n)].tolist()
+            if bool(st.nonfinite[0]):
+                good = toks[: int(st.nonfinite_at[0]) - produced]
+                if good:
+                    yield good
+                _raise_if_nonfinite(st, 1)
             if self.eos_id is not None and self.eos_id in toks:
                 toks = toks[: toks.index(self.eos_id) + 1]
-                done = jnp.ones_like(done)
             produced += len(toks)
             yield toks
             if n < chunk:
                 break
 
 
+def _raise_if_nonfinite(st: DecodeState, b: int, result: GenerationResult | None = None) -> None:
+    bad = np.asarray(st.nonfinite)[:b]
+    if not bad.any():
+        return
+    at = np.asarray(st.nonfinite_at)[:b]
+    rows = {int(r): int(at[r]) for r in np.nonzero(bad)[0]}
+    row = min(rows, key=lambda r: (rows[r], r))
+    err = GenerationError(
+        f"non-finite logits (NaN/Inf) at new token {rows[row]} of row {row} (token 0 comes from the prompt's "
+        f"last position); no token was emitted from them. Rows affected {{row: token}}: {rows}. "
+        f"Non-finite weights or activations: check the checkpoint (mamba2-jax info) and the dtype.")
+    err.step, err.row, err.rows, err.result = rows[row], row, rows, result
+    raise err
+
+
 def _num_generated(tokens: np.ndarray, eos_id: int | None) -> np.ndarray:
-    if eos_id is None:
-        return np.full((tokens.shape[0],), tokens.shape[1], np.int64)
     n = np.full((tokens.shape[0],), tokens.shape[1], np.int64)
+    if eos_id is None:
+        return n
     for i in range(tokens.shape[0]):
         hits = np.nonzero(tokens[i] == eos_id)[0]
         if hits.size:
@@ -320,7 +449,7 @@ def _num_generated(tokens: np.ndarray, eos_id: int | None) -> np.ndarray:
     return n
 
 
-def generate(model, prompts, max_new_tokens: int, sampling: SamplingConfig = SamplingConfig(), seed=0,
+def generate(model, prompts, max_new_tokens: int, sampling: SamplingConfig = GREEDY, seed=0,
              eos_id: int | None = 0) -> GenerationResult:
     """One-shot convenience wrapper (compiles on first use; keep a ``Generator`` to reuse)."""
     return Generator(model, eos_id=eos_id).generate(prompts, max_new_tokens, sampling, seed)
@@ -330,9 +459,10 @@ def generate(model, prompts, max_new_tokens: int, sampling: SamplingConfig = Sam
 _STEPWISE_JIT: dict[Any, Any] = {}
 
 
-def _stepwise_programs(graphdef, key):
+def _stepwise_programs(graphdef):
     """Jitted prefill (with per-layer hidden states) and step closed over ``graphdef``, cached by
-    ``key``: models of one structure share compilations."""
+    :func:`program_key`: models of one structure share compilations, and only they."""
+    key = program_key(graphdef)
     if key not in _STEPWISE_JIT:
         def prefill(state, ids):
             return nnx.merge(graphdef, state).prefill(ids, collect_hidden=True)
@@ -355,7 +485,7 @@ def stepwise_greedy(model, prompt_ids: Sequence[int], max_new_tokens: int, *, eo
     ``mask_padded_vocab=False`` takes the argmax over the padded vocabulary too (as mamba_ssm's
     ``generate`` does when it is not given ``vocab_size``)."""
     graphdef, state = nnx.split(model)
-    prefill, step = _stepwise_programs(graphdef, (model.cfg, str(model.dtype), str(getattr(model, "precision", None))))
+    prefill, step = _stepwise_programs(graphdef)
     V = model.cfg.vocab_size if mask_padded_vocab else model.cfg.padded_vocab_size
 
     def pick(lg: np.ndarray) -> int:

@@ -30,58 +30,13 @@ from flax import nnx
 
 from .cache import Mamba2Cache
 from .config import Mamba2Config
-from .sharding import constrain_cache, in_proj_parts
+from .ops import F32, dot, gated_rms_norm, rms_norm, silu
+from .params import in_proj_slices
+from .sharding import constrain_cache
 from .ssd import discretize_dt, ssd_chunked, ssd_step
 
-__all__ = ["Mamba2Mixer", "Mamba2Block", "Mamba2Backbone", "Mamba2LMHeadModel", "rms_norm", "gated_rms_norm", "silu"]
+__all__ = ["Mamba2Mixer", "Mamba2Block", "Mamba2Backbone", "Mamba2LMHeadModel"]
 
-F32 = jnp.float32
-
-
-
-def silu(x: jax.Array) -> jax.Array:
-    """SiLU as ``x / (1 + exp(-x))``, the form ending in a division.
-
-    The value is SiLU to a rounding (``jax.nn.silu`` is ``x * sigmoid(x)``), but the fusion
-    boundary differs on XLA:CPU: with ``x * sigmoid(x)`` the compiler materialises only the
-    sigmoid and re-derives ``x`` (the whole depthwise conv, in prefill) inside every consumer
-    fusion: 7 copies of the conv per layer on the 130m shape.  A division at the root is "expensive"
-    to XLA, so the activation is computed once and read by its consumers.
-    """
-    return x / (1.0 + jnp.exp(-x))
-
-
-def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
-    """RMSNorm in float32 (mamba_ssm ``rms_norm_fn`` / ``rms_norm_ref`` semantics)."""
-    xf = x.astype(F32)
-    rstd = jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
-    return xf * rstd * w.astype(F32)
-
-
-def gated_rms_norm(y: jax.Array, z: jax.Array, w: jax.Array, ngroups: int, eps: float,
-                   norm_before_gate: bool = False) -> jax.Array:
-    """Gated RMSNorm computed per group of size d_ssm / ngroups (``RMSNormGated``), float32."""
-    yf, zf = y.astype(F32), z.astype(F32)
-    if not norm_before_gate:
-        # y·silu(z) written to end in the division (see ``silu``): XLA:CPU then materialises the
-        # gated value once, instead of re-deriving y (a transposed sum of two SSD einsums) inside
-        # both the reduction and the scaling fusion
-        yf = (yf * zf) / (1.0 + jnp.exp(-zf))
-    shp = yf.shape
-    yg = yf.reshape(shp[:-1] + (ngroups, shp[-1] // ngroups))
-    rstd = jax.lax.rsqrt(jnp.mean(yg * yg, axis=-1, keepdims=True) + eps)
-    out = (yg * rstd).reshape(shp) * w.astype(F32)
-    if norm_before_gate:
-        out = out * silu(zf)
-    return out
-
-
-def _dot(x: jax.Array, w: jax.Array, precision, out_dtype=None) -> jax.Array:
-    """x (..., k) @ w.T for a weight w (m, k) stored "out × in" (torch layout), accumulating in float32."""
-    return jax.lax.dot_general(
-        x, w, (((x.ndim - 1,), (1,)), ((), ())), precision=precision,
-        preferred_element_type=out_dtype or F32,
-    )
 
 
 def _at_position(h: jax.Array, pos: jax.Array) -> jax.Array:
@@ -97,7 +52,7 @@ class Mamba2Mixer(nnx.Module):
         self.cfg = cfg
         self.precision = precision
         # The chunk size is an execution choice, not part of the math (outputs are chunk-size
-        # invariant to fp32 rounding; tested).  See ``default_scan_chunk_size``.
+        # invariant to fp32 rounding; tested).  The loading policy picks it per target platform.
         self.scan_chunk_size = int(scan_chunk_size or cfg.chunk_size)
         if "in_proj_parts" in params:  # split into its output parts for a mesh (see sharding.py)
             self.in_proj = None
@@ -116,19 +71,30 @@ class Mamba2Mixer(nnx.Module):
 
     # -- shared pieces ---------------------------------------------------------------------
     def _in_proj(self, u):
+        """u (..., d) → (z0, x0, z, xBC, dt), the in_proj output split as mamba_ssm splits it."""
         cfg = self.cfg
+        at = {k: (a, b) for k, a, b in in_proj_slices(cfg)}
         if self.in_proj is None:
-            return in_proj_parts(self, u)
-        zxbcdt = _dot(u, self.in_proj[...], self.precision, out_dtype=F32)
-        if self.in_proj_bias is not None:
-            zxbcdt = zxbcdt + self.in_proj_bias[...].astype(F32)
-        zxbcdt = zxbcdt.astype(u.dtype)
-        m, s, cd = cfg.d_mlp, cfg.ssm_dim, cfg.conv_dim
-        z0, x0 = zxbcdt[..., :m], zxbcdt[..., m:2 * m]
-        z = zxbcdt[..., 2 * m:2 * m + s]
-        xBC = zxbcdt[..., 2 * m + s:2 * m + s + cd]
-        dt = zxbcdt[..., 2 * m + s + cd:]
-        return z0, x0, z, xBC, dt
+            # split for a mesh: one matmul per output part, so each part keeps its own sharding
+            parts = self.in_proj_parts
+
+            def part(k):
+                y = dot(u, parts[k][...], self.precision, out_dtype=F32)
+                if "bias_" + k in parts:
+                    y = y + parts["bias_" + k][...].astype(F32)
+                return y.astype(u.dtype)
+
+            got = {k: part(k) for k in at}
+            xBC = jnp.concatenate([got["x"], got["B"], got["C"]], axis=-1)
+        else:
+            zxbcdt = dot(u, self.in_proj[...], self.precision, out_dtype=F32)
+            if self.in_proj_bias is not None:
+                zxbcdt = zxbcdt + self.in_proj_bias[...].astype(F32)
+            zxbcdt = zxbcdt.astype(u.dtype)
+            got = {k: zxbcdt[..., a:b] for k, (a, b) in at.items()}
+            xBC = zxbcdt[..., at["x"][0]:at["C"][1]]  # one contiguous slice
+        empty = got["z"][..., :0]
+        return got.get("z0", empty), got.get("x0", empty), got["z"], xBC, got["dt"]
 
     def _split_xbc(self, xBC):
         cfg = self.cfg
@@ -141,7 +107,7 @@ class Mamba2Mixer(nnx.Module):
         y = y.astype(dtype)
         if cfg.d_mlp > 0:
             y = jnp.concatenate([(silu(z0.astype(F32)) * x0.astype(F32)).astype(dtype), y], axis=-1)
-        out = _dot(y, self.out_proj[...], self.precision, out_dtype=F32)
+        out = dot(y, self.out_proj[...], self.precision, out_dtype=F32)
         if self.out_proj_bias is not None:
             out = out + self.out_proj_bias[...].astype(F32)
         return out
@@ -211,33 +177,6 @@ class Mamba2Mixer(nnx.Module):
         )
         out = self._out(y.reshape(b, cfg.ssm_dim), z, z0, x0, u.dtype)
         return out, window[:, 1:].astype(conv_state.dtype), new_ssm
-
-
-def default_scan_chunk_size(cfg: Mamba2Config) -> int:
-    """The prefill chunk size used unless one is given.
-
-    On CPU, min(config chunk, 64): the quadratic intra-chunk work and the (q × q) decay
-    matrices shrink with q while the inter-chunk recurrence stays cheap; measured on the 130m
-    shape at L=1024, q=64 prefills ~20% faster than q=256.  On accelerators the checkpoint's own
-    chunk size (256), whose larger matmuls suit tensor cores / the MXU.
-    """
-    return min(cfg.chunk_size, 64) if jax.default_backend() == "cpu" else cfg.chunk_size
-
-
-def default_prefill_block(cfg: Mamba2Config) -> int | None:
-    """Tokens per block of a long prefill, or None for one pass.
-
-    On CPU, a prompt longer than ``PREFILL_BLOCK_CPU`` (and a multiple of it) is prefilled in
-    blocks, a ``lax.scan`` carrying the cache from block to block: the same recurrence with the
-    state handed over, so the result equals one pass to fp32 rounding (tested).  A block's
-    activations stay cache-sized.  Measured on the 130m shape (fp32, 2-core CPU, alternating
-    rounds): L = 4096 prefill 3.30 s in one pass, 2.64 / 2.67 / 2.82 s in blocks of 512 / 1024 /
-    2048; L = 1024 0.70 s in one pass, 0.67 s in blocks of 512.  Accelerators run one pass.
-    """
-    return PREFILL_BLOCK_CPU if jax.default_backend() == "cpu" else None
-
-
-PREFILL_BLOCK_CPU = 512
 
 
 class Mamba2Block(nnx.Module):
@@ -334,11 +273,11 @@ class Mamba2LMHeadModel(nnx.Module):
     mesh = None
 
     def __init__(self, cfg: Mamba2Config, params: dict[str, Any], precision=None, scan_chunk_size=None,
-                 scan_layers: bool = False, prefill_block: int | None | str = "auto"):
+                 scan_layers: bool = False, prefill_block: int | None = None):
         self.cfg = cfg
         self.precision = precision
-        self.scan_chunk_size = int(scan_chunk_size or default_scan_chunk_size(cfg))
-        self.prefill_block = default_prefill_block(cfg) if prefill_block == "auto" else prefill_block
+        self.scan_chunk_size = int(scan_chunk_size or cfg.chunk_size)
+        self.prefill_block = None if prefill_block is None else int(prefill_block)
         self.backbone = Mamba2Backbone(cfg, params, precision, self.scan_chunk_size, scan_layers)
         self.lm_head = None if cfg.tie_embeddings else nnx.Param(params["lm_head"])
 
@@ -370,7 +309,7 @@ class Mamba2LMHeadModel(nnx.Module):
         at its own end.  ``last_only`` returns only the logits at each row's last real position,
         shape (b, V), which avoids the (b, l, V) logits tensor.  Prompts longer than
         ``prefill_block`` (a multiple of it, without ``collect_hidden``) run block by block,
-        carrying the cache (see ``default_prefill_block``).
+        carrying the cache (see ``loading.structure_policy``).
         """
         input_ids = jnp.asarray(input_ids)
         b, l = input_ids.shape

@@ -3,8 +3,15 @@
 Every parameter of a Mamba-2 LM is one :class:`ParamSpec` row: its state-spaces checkpoint key
 (torch layout), its shape for a config, when it exists, how it is initialised (mamba_ssm v2.2.2's
 ``Mamba2.__init__`` + ``_init_weights``), where it lives in the JAX model and how its layout is
-converted.  :func:`expected_shapes`, :func:`init_state_dict`, :func:`jax_params_from_state_dict`
-and :func:`state_dict_from_model` are all driven by this table, so a parameter is described once.
+converted.  Everything that needs a parameter's name, shape or dtype class reads this table:
+:func:`expected_shapes`, :func:`init_state_dict`, :func:`num_params` (``Mamba2Config.num_params``),
+:func:`jax_shapes` (the sharding rules' abstract params, the FLOP and byte counts), and
+``loading.jax_params_from_state_dict`` / ``loading.state_dict_from_model``.
+
+Pure numpy, and duck-typed on the config (``Mamba2Config`` is imported for type checking only), so
+that ``config`` can count its parameters from this table without an import cycle.  The in_proj
+output layout (:func:`in_proj_slices`) and fusing its split parts back (:func:`fuse_in_proj`) live
+here too.
 
 Row order is the order mamba_ssm creates (and randomly initialises) parameters; the random init
 draws from one generator in that order, so reordering rows changes ``init_state_dict``'s output.
@@ -15,14 +22,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import Mamba2Config
+if TYPE_CHECKING:
+    from .config import Mamba2Config
 
-__all__ = ["ParamSpec", "LAYER_PARAMS", "GLOBAL_PARAMS", "expected_shapes", "init_state_dict",
-           "jax_params_from_state_dict", "state_dict_from_model"]
+__all__ = ["ParamSpec", "LAYER_PARAMS", "GLOBAL_PARAMS", "rows", "expected_shapes", "init_state_dict", "num_params",
+           "fp32_params", "jax_shapes", "in_proj_slices", "fuse_in_proj"]
 
 Shape = tuple[int, ...]
 
@@ -82,8 +90,10 @@ class ParamSpec:
     owner/attr: where the ``nnx.Param`` lives (``"block"``, ``"mixer"``, ``"backbone"``, ``"model"``);
     shape: torch-layout shape for a config;  present: whether the config has it;
     init: mamba_ssm's initialiser;  fp32: kept float32 whatever the model dtype (SSM math);
+    decay: trained with weight decay (the matrices; norms, conv, A_log, dt_bias, D and biases are not,
+    following mamba_ssm's ``_no_weight_decay``);
     to_jax / from_jax: layout conversion torch ↔ JAX (identity for the projections: in_proj,
-    out_proj and the LM head keep the torch (out, in) layout, see ``model._dot``)."""
+    out_proj and the LM head keep the torch (out, in) layout, see ``ops.dot``)."""
 
     key: str
     name: str
@@ -93,14 +103,19 @@ class ParamSpec:
     init: Callable[[Mamba2Config, Shape, np.random.Generator], np.ndarray]
     present: Callable[[Mamba2Config], bool] = _always
     fp32: bool = False
+    decay: bool = False
     to_jax: Callable[[np.ndarray], np.ndarray] = _same
     from_jax: Callable[[np.ndarray], np.ndarray] = _same
+
+    def jax_shape(self, cfg: Mamba2Config) -> Shape:
+        """The shape in the JAX layout (``to_jax`` applied to a zero-strided stand-in: no memory)."""
+        return tuple(self.to_jax(np.broadcast_to(np.zeros((), np.int8), self.shape(cfg))).shape)
 
 
 LAYER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("norm.weight", "norm", "block", "norm", lambda c: (c.d_model,), _ones),
     ParamSpec("mixer.in_proj.weight", "in_proj", "mixer", "in_proj", lambda c: (c.d_in_proj, c.d_model),
-              _uniform(lambda c: 1.0 / math.sqrt(c.d_model))),
+              _uniform(lambda c: 1.0 / math.sqrt(c.d_model)), decay=True),
     ParamSpec("mixer.in_proj.bias", "in_proj_bias", "mixer", "in_proj_bias", lambda c: (c.d_in_proj,), _zeros,
               present=lambda c: bool(c.bias)),
     ParamSpec("mixer.conv1d.weight", "conv_w", "mixer", "conv_w", lambda c: (c.conv_dim, 1, c.d_conv),
@@ -113,7 +128,7 @@ LAYER_PARAMS: tuple[ParamSpec, ...] = (
               fp32=True),
     ParamSpec("mixer.norm.weight", "mixer_norm", "mixer", "norm", lambda c: (c.ssm_dim,), _ones),
     ParamSpec("mixer.out_proj.weight", "out_proj", "mixer", "out_proj", lambda c: (c.d_model, c.d_inner),
-              _uniform(lambda c: 1.0 / math.sqrt(c.d_inner), lambda c: 1.0 / math.sqrt(c.n_layer))),
+              _uniform(lambda c: 1.0 / math.sqrt(c.d_inner), lambda c: 1.0 / math.sqrt(c.n_layer)), decay=True),
     ParamSpec("mixer.out_proj.bias", "out_proj_bias", "mixer", "out_proj_bias", lambda c: (c.d_model,), _zeros,
               present=lambda c: bool(c.bias)),
 )
@@ -121,10 +136,10 @@ LAYER_PARAMS: tuple[ParamSpec, ...] = (
 # Global rows: the embedding is created before the layers and norm_f after them; lm_head is tied to
 # the embedding (the same storage) unless the config unties it.
 EMBEDDING = ParamSpec("backbone.embedding.weight", "embedding", "backbone", "embedding",
-                      lambda c: (c.padded_vocab_size, c.d_model), _embedding)
+                      lambda c: (c.padded_vocab_size, c.d_model), _embedding, decay=True)
 NORM_F = ParamSpec("backbone.norm_f.weight", "norm_f", "backbone", "norm_f", lambda c: (c.d_model,), _ones)
 LM_HEAD = ParamSpec("lm_head.weight", "lm_head", "model", "lm_head", lambda c: (c.padded_vocab_size, c.d_model),
-                    _embedding)
+                    _embedding, decay=True)
 GLOBAL_PARAMS: tuple[ParamSpec, ...] = (EMBEDDING, NORM_F, LM_HEAD)
 
 
@@ -132,8 +147,9 @@ def layer_key(i: int, spec: ParamSpec) -> str:
     return f"backbone.layers.{i}.{spec.key}"
 
 
-def _rows(cfg: Mamba2Config):
-    """(checkpoint key, spec, layer index or None) in creation order."""
+def rows(cfg: Mamba2Config):
+    """(checkpoint key, spec, layer index or None) in creation order (the LM head excluded: it is
+    the embedding unless ``cfg.tie_embeddings`` is False)."""
     yield EMBEDDING.key, EMBEDDING, None
     for i in range(cfg.n_layer):
         for spec in LAYER_PARAMS:
@@ -144,7 +160,7 @@ def _rows(cfg: Mamba2Config):
 
 def expected_shapes(cfg: Mamba2Config) -> dict[str, Shape]:
     """Tensor names and shapes of a state-spaces checkpoint for ``cfg`` (torch layout)."""
-    out = {key: spec.shape(cfg) for key, spec, _ in _rows(cfg)}
+    out = {key: spec.shape(cfg) for key, spec, _ in rows(cfg)}
     out[LM_HEAD.key] = LM_HEAD.shape(cfg)
     return out
 
@@ -159,55 +175,52 @@ def init_state_dict(cfg: Mamba2Config, seed: int = 0, dtype: str = "float32") ->
     * A_log = log(U[A_init_range]),  D = 1,  norms = 1,  embedding ~ N(0, 0.02), tied LM head.
     """
     rng = np.random.default_rng(seed)
-    sd = {key: spec.init(cfg, spec.shape(cfg), rng).astype(dtype) for key, spec, _ in _rows(cfg)}
+    sd = {key: spec.init(cfg, spec.shape(cfg), rng).astype(dtype) for key, spec, _ in rows(cfg)}
     sd[LM_HEAD.key] = sd[EMBEDDING.key]  # tied (an untied head starts as a copy of the embedding)
     return sd
 
 
-def jax_params_from_state_dict(cfg: Mamba2Config, sd: dict[str, np.ndarray], dtype=None) -> dict[str, Any]:
-    """state-spaces tensors (torch layout, numpy) → JAX-layout parameter dict (one dict per layer).
+def num_params(cfg: Mamba2Config) -> int:
+    """Unique parameter count (a tied LM head counted once)."""
+    per_layer = sum(math.prod(s.shape(cfg)) for s in LAYER_PARAMS if s.present(cfg))
+    glob = [EMBEDDING, NORM_F] + ([] if cfg.tie_embeddings else [LM_HEAD])
+    return cfg.n_layer * per_layer + sum(math.prod(s.shape(cfg)) for s in glob)
 
-    Matrices and norms take ``dtype`` (default float32); A_log, dt_bias and D stay float32 (the
-    SSM math is fp32)."""
-    import jax.numpy as jnp
 
-    npd = np.dtype(jnp.dtype(dtype or jnp.float32))
+def fp32_params(cfg: Mamba2Config) -> int:
+    """How many parameters the table keeps in float32 whatever the model dtype (A_log, dt_bias, D)."""
+    return cfg.n_layer * sum(math.prod(s.shape(cfg)) for s in LAYER_PARAMS if s.fp32 and s.present(cfg))
 
-    def cast(spec: ParamSpec, a) -> Any:
-        return jnp.asarray(spec.to_jax(np.asarray(a)).astype(np.float32 if spec.fp32 else npd))
 
+def jax_shapes(cfg: Mamba2Config) -> dict[str, Any]:
+    """The JAX-layout parameter tree (the structure of ``loading.jax_params_from_state_dict``) with
+    ``(shape, fp32)`` leaves: ``fp32`` marks the parameters kept in float32 whatever the model dtype."""
     layers: list[dict[str, Any]] = [{} for _ in range(cfg.n_layer)]
-    params: dict[str, Any] = {"layers": layers}
-    for key, spec, i in _rows(cfg):
-        (params if i is None else layers[i])[spec.name] = cast(spec, sd[key])
+    out: dict[str, Any] = {"layers": layers}
+    for _, spec, i in rows(cfg):
+        (out if i is None else layers[i])[spec.name] = (spec.jax_shape(cfg), spec.fp32)
     if not cfg.tie_embeddings:
-        params[LM_HEAD.name] = cast(LM_HEAD, sd[LM_HEAD.key])
-    return params
+        out[LM_HEAD.name] = (LM_HEAD.jax_shape(cfg), LM_HEAD.fp32)
+    return out
 
 
-def _param_of(model, spec: ParamSpec, i: int | None):
-    if spec.owner == "model":
-        return getattr(model, spec.attr)
-    if spec.owner == "backbone":
-        return getattr(model.backbone, spec.attr)
-    blk = model.backbone.layers[i]
-    return getattr(blk if spec.owner == "block" else blk.mixer, spec.attr)
+# ------------------------------------------------------------------------------ in_proj layout
+def in_proj_slices(cfg: Mamba2Config) -> list[tuple[str, int, int]]:
+    """The fused in_proj output parts, in order, as (name, start, stop) rows of its output axis:
+    [z0, x0 (the gated MLP, when d_mlp > 0), z, x, B, C, dt], as mamba_ssm splits ``zxbcdt``."""
+    m, s, gn = cfg.d_mlp, cfg.ssm_dim, cfg.ngroups * cfg.d_state
+    out, o = [], 0
+    for k, w in (("z0", m), ("x0", m), ("z", s), ("x", s), ("B", gn), ("C", gn), ("dt", cfg.nheads)):
+        if w > 0:
+            out.append((k, o, o + w))
+            o += w
+    return out
 
 
-def state_dict_from_model(model) -> dict[str, np.ndarray]:
-    """The inverse of :func:`jax_params_from_state_dict` (torch layout, numpy, model dtype).  Works for
-    sharded models too: arrays are gathered to the host, and an in_proj split into its output parts
-    for a mesh (:mod:`mamba2_jax.sharding`) is fused back."""
-    from .sharding import fused_in_proj, to_host
-
-    cfg = model.cfg
-    sd: dict[str, np.ndarray] = {}
-    for key, spec, i in _rows(cfg):
-        if spec.name in ("in_proj", "in_proj_bias") and model.backbone.layers[i].mixer.in_proj is None:
-            w, b = fused_in_proj(model.backbone.layers[i].mixer)
-            sd[key] = spec.from_jax(w if spec.name == "in_proj" else b)
-        else:
-            sd[key] = spec.from_jax(to_host(_param_of(model, spec, i)[...]))
-    head = model.lm_head
-    sd[LM_HEAD.key] = sd[EMBEDDING.key] if head is None else LM_HEAD.from_jax(to_host(head[...]))
-    return sd
+def fuse_in_proj(cfg: Mamba2Config, parts: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The fused (d_in_proj, d) in_proj weight (and bias, None without one) from its split parts
+    (keys as :func:`in_proj_slices`; biases as ``"bias_" + key``)."""
+    keys = [k for k, _, _ in in_proj_slices(cfg)]
+    w = np.concatenate([np.asarray(parts[k]) for k in keys], axis=0)
+    b = np.concatenate([np.asarray(parts["bias_" + k]) for k in keys]) if "bias_" + keys[0] in parts else None
+    return w, b

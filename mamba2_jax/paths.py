@@ -66,3 +66,12 @@ def default_model_dir() -> Path:
     """The embedded default model shipped with the checkout (``checkpoints/mamba2-tiny-wikitext``)."""
     root = checkout_root()
     return (root if root is not None else Path.cwd()) / "checkpoints" / "mamba2-tiny-wikitext"
+
+
+def repo_path(p: str | os.PathLike | None) -> Path | None:
+    """``p`` as an absolute path: relative paths (in experiment configs) are taken relative to the
+    checkout, else the working directory; None stays None."""
+    if p is None:
+        return None
+    p = Path(str(p)).expanduser()
+    return p if p.is_absolute() else ((checkout_root() or Path.cwd()) / p)

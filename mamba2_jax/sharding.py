@@ -59,10 +59,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from .cache import Mamba2Cache
+from .params import in_proj_slices, jax_shapes
+
 __all__ = [
     "AXES", "MeshError", "parse_mesh", "make_mesh", "mesh_shape", "describe_mesh", "check_mesh",
-    "param_spec", "host_params", "shard_params", "abstract_params", "cache_specs", "constrain_cache", "abstract_cache",
-    "put", "put_batch", "replicate", "to_host", "in_proj_parts", "fused_in_proj", "shard_model",
+    "param_spec", "shard_params", "abstract_params", "CACHE_SPECS", "constrain_cache", "abstract_cache",
+    "put", "put_batch", "replicate", "to_host",
     "initialize_distributed", "is_primary",
 ]
 
@@ -166,13 +169,6 @@ def check_mesh(cfg, mesh: Mesh | None) -> None:
 
 
 # ------------------------------------------------------------------------------ parameter rules
-def _in_proj_layout(cfg) -> list[tuple[str, int]]:
-    """The fused in_proj output parts, in order: (name, width)."""
-    m, s, gn = cfg.d_mlp, cfg.ssm_dim, cfg.ngroups * cfg.d_state
-    parts = [("z0", m), ("x0", m), ("z", s), ("x", s), ("B", gn), ("C", gn), ("dt", cfg.nheads)]
-    return [(k, w) for k, w in parts if w > 0]
-
-
 def _part_axis(cfg, part: str, M: int):
     """Mesh axis of an in_proj part's output dimension."""
     if M == 1:
@@ -218,12 +214,11 @@ def _split_layer(cfg, lp: dict[str, Any]) -> dict[str, Any]:
     lp = dict(lp)
     w = lp.pop("in_proj")
     b = lp.pop("in_proj_bias", None)
-    parts, o = {}, 0
-    for k, width in _in_proj_layout(cfg):
-        parts[k] = _out_rows(w, o, o + width)
+    parts = {}
+    for k, a, e in in_proj_slices(cfg):
+        parts[k] = _out_rows(w, a, e)
         if b is not None:
-            parts["bias_" + k] = _out_rows(b, o, o + width)
-        o += width
+            parts["bias_" + k] = _out_rows(b, a, e)
     lp["in_proj_parts"] = parts
     return lp
 
@@ -276,36 +271,18 @@ def _place(params: dict[str, Any], cfg, mesh: Mesh, abstract: bool) -> dict[str,
 
 
 def shard_params(cfg, params: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
-    """JAX-layout params (``model.jax_params_from_state_dict``) → the same params, with in_proj
+    """JAX-layout params (``loading.jax_params_from_state_dict``) → the same params, with in_proj
     split into its parts and every array placed on ``mesh`` by the rules above."""
     check_mesh(cfg, mesh)
     return _place(params, cfg, mesh, abstract=False)
 
 
 def _param_shapes(cfg, dtype) -> dict[str, Any]:
-    """ShapeDtypeStructs of the JAX-layout params (dtype policy of jax_params_from_state_dict:
-    A_log, dt_bias and D stay float32).  Derived from checkpoint.expected_shapes."""
-    from .params import expected_shapes
-
-    ex = expected_shapes(cfg)
-    S = lambda shape, dt=dtype: jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dt))
-    layers = []
-    for i in range(cfg.n_layer):
-        g = lambda k: ex[f"backbone.layers.{i}.{k}"]  # noqa: B023
-        lp = {"norm": S(g("norm.weight")), "in_proj": S(g("mixer.in_proj.weight")),
-              "conv_w": S((cfg.d_conv, cfg.conv_dim)), "dt_bias": S(g("mixer.dt_bias"), F32),
-              "A_log": S(g("mixer.A_log"), F32), "D": S(g("mixer.D"), F32),
-              "mixer_norm": S(g("mixer.norm.weight")), "out_proj": S(g("mixer.out_proj.weight"))}
-        if cfg.conv_bias:
-            lp["conv_b"] = S(g("mixer.conv1d.bias"))
-        if cfg.bias:
-            lp["in_proj_bias"] = S(g("mixer.in_proj.bias"))
-            lp["out_proj_bias"] = S(g("mixer.out_proj.bias"))
-        layers.append(lp)
-    out = {"embedding": S(ex["backbone.embedding.weight"]), "layers": layers, "norm_f": S(ex["backbone.norm_f.weight"])}
-    if not cfg.tie_embeddings:
-        out["lm_head"] = S(ex["lm_head.weight"])
-    return out
+    """ShapeDtypeStructs of the JAX-layout params, from the parameter table (``params.jax_shapes``):
+    the table's float32 rows (A_log, dt_bias, D) stay float32, the rest take ``dtype``."""
+    leaf = lambda t: isinstance(t, tuple) and len(t) == 2 and isinstance(t[1], bool)
+    return jax.tree.map(lambda t: jax.ShapeDtypeStruct(t[0], F32 if t[1] else jnp.dtype(dtype)), jax_shapes(cfg),
+                        is_leaf=leaf)
 
 
 def abstract_params(cfg, mesh: Mesh, dtype="float32") -> dict[str, Any]:
@@ -316,8 +293,9 @@ def abstract_params(cfg, mesh: Mesh, dtype="float32") -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ cache rules
-def cache_specs(cfg) -> dict[str, P]:
-    return {"conv": P("data", None, None), "ssm": P("data", "model", None, None), "seqlen": P("data")}
+# the same for every config: the batch over "data", the SSM heads over "model"
+CACHE_SPECS: dict[str, P] = {"conv": P("data", None, None), "ssm": P("data", "model", None, None),
+                             "seqlen": P("data")}
 
 
 def _check_batch(batch: int, mesh: Mesh, what: str = "batch") -> None:
@@ -328,10 +306,8 @@ def _check_batch(batch: int, mesh: Mesh, what: str = "batch") -> None:
 
 def constrain_cache(cache, mesh: Mesh):
     """The cache with its sharding fixed (``with_sharding_constraint``; inside or outside jit)."""
-    from .cache import Mamba2Cache
-
     _check_batch(int(cache.seqlen.shape[0]), mesh)
-    sp = cache_specs(None)
+    sp = CACHE_SPECS
     c = lambda x, k: jax.lax.with_sharding_constraint(x, NamedSharding(mesh, sp[k]))
     return Mamba2Cache(conv=tuple(c(x, "conv") for x in cache.conv), ssm=tuple(c(x, "ssm") for x in cache.ssm),
                        seqlen=c(cache.seqlen, "seqlen"))
@@ -339,11 +315,9 @@ def constrain_cache(cache, mesh: Mesh):
 
 def abstract_cache(cfg, batch: int, mesh: Mesh, dtype="float32"):
     """The sharded cache as ``jax.ShapeDtypeStruct`` leaves (allocates nothing)."""
-    from .cache import Mamba2Cache
-
     _check_batch(batch, mesh)
     check_mesh(cfg, mesh)
-    sp = cache_specs(cfg)
+    sp = CACHE_SPECS
     S = lambda shape, dt, k: jax.ShapeDtypeStruct(shape, jnp.dtype(dt), sharding=NamedSharding(mesh, sp[k]))
     return Mamba2Cache(
         conv=tuple(S((batch, cfg.d_conv - 1, cfg.conv_dim), dtype, "conv") for _ in range(cfg.n_layer)),
@@ -372,67 +346,6 @@ def to_host(x) -> np.ndarray:
 
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
-
-
-# ------------------------------------------------------------------------------ model hooks
-def in_proj_parts(mixer, u):
-    """``Mamba2Mixer._in_proj`` for split parameters: one matmul per output part, so each part keeps
-    its own sharding.  Returns (z0, x0, z, xBC, dt) exactly as the fused path does."""
-    from .model import _dot
-
-    parts = mixer.in_proj_parts
-
-    def part(k):
-        y = _dot(u, parts[k][...], mixer.precision, out_dtype=F32)
-        if "bias_" + k in parts:
-            y = y + parts["bias_" + k][...].astype(F32)
-        return y.astype(u.dtype)
-
-    z, x, B, C, dt = (part(k) for k in ("z", "x", "B", "C", "dt"))
-    empty = z[..., :0]
-    z0 = part("z0") if "z0" in parts else empty
-    x0 = part("x0") if "x0" in parts else empty
-    return z0, x0, z, jnp.concatenate([x, B, C], axis=-1), dt
-
-
-def fused_in_proj(mixer) -> tuple[np.ndarray, np.ndarray | None]:
-    """The fused (d_in_proj, d) in_proj weight (and bias) of a mixer with split parts, on the host."""
-    parts = mixer.in_proj_parts
-    keys = [k for k, _ in _in_proj_layout(mixer.cfg)]
-    w = np.concatenate([to_host(parts[k][...]) for k in keys], axis=0)
-    b = np.concatenate([to_host(parts["bias_" + k][...]) for k in keys]) if "bias_" + keys[0] in parts else None
-    return w, b
-
-
-def host_params(cfg, sd: dict[str, np.ndarray], dtype) -> dict[str, Any]:
-    """``model.jax_params_from_state_dict`` built on the host CPU device (not on an accelerator:
-    ``put`` then sends each device only its own shards)."""
-    from contextlib import nullcontext
-
-    from .params import jax_params_from_state_dict
-
-    try:
-        ctx = jax.default_device(jax.local_devices(backend="cpu")[0])
-    except RuntimeError:
-        ctx = nullcontext()
-    with ctx:
-        return jax_params_from_state_dict(cfg, sd, jnp.dtype(dtype))
-
-
-def shard_model(model, mesh: Mesh):
-    """A copy of ``model`` (single-device or on another mesh) with its parameters on ``mesh``."""
-    from .checkpoint import model_from_state_dict
-    from .params import state_dict_from_model
-
-    if getattr(model, "mesh", None) is mesh:
-        return model
-    out = model_from_state_dict(model.cfg, state_dict_from_model(model), dtype=model.dtype,
-                                precision=model.precision, scan_chunk_size=model.scan_chunk_size, mesh=mesh,
-                                scan_layers=model.backbone.scan_layers, prefill_block=model.prefill_block)
-    for k in ("policy", "source"):
-        if hasattr(model, k):
-            setattr(out, k, {**getattr(model, k), **({"mesh": describe_mesh(mesh)} if k == "policy" else {})})
-    return out
 
 
 # ------------------------------------------------------------------------------ multi-process

@@ -4,17 +4,16 @@
 #   make bench                issue-3 CPU benchmark, 130m shape (results/bench/); with the batch and length curves
 #   make decode-formulations  decode read-out / layout / XLA-flag and 16-bit GEMV formulations, one alternating run
 #   make bench-peers          this project vs mamba2-jax 1.1.2 vs HF transformers, CPU, one alternating run
-#   make reproduce-tpu        the paper's TPU v6e runs (all five scales); refuses off-TPU unless FORCE=1
+#   make reproduce-tpu        see mk/compile.mk: on a TPU the paper's TPU v6e runs; elsewhere the suite compiled for v6e
 #   BENCH_ARGS="models=[mamba2-130m] reps=3"   extra Hydra overrides for any of them
 # Results: results/<experiment>/<run>.json + .csv, run = <profile>-<hardware profile>[-on-<device>].
 
-.PHONY: throughput throughput-smoke bench-smoke sweep cache-speedup bench decode-formulations bench-peers reproduce-tpu anchor-install
+.PHONY: throughput throughput-smoke bench-smoke sweep cache-speedup bench decode-formulations bench-peers anchor-install
 
 BENCH_PROFILE ?= cpu_smoke
 BENCH_ARGS ?=
 ANCHOR_DIR ?= .anchor
 ANCHOR_VERSION := 1.1.2
-bench_force = force=$(if $(filter 1 true yes,$(FORCE)),true,false)
 
 throughput: $(STAMP)
 	$(PY) experiments/throughput.py profile=$(BENCH_PROFILE) $(BENCH_ARGS)
@@ -50,8 +49,3 @@ anchor-install: $(ANCHOR_DIR)/.installed
 
 bench-peers: $(STAMP) $(ANCHOR_DIR)/.installed
 	$(PY) experiments/peers.py profile=cpu_bench peers.anchor_dir=$(ANCHOR_DIR) $(BENCH_ARGS)
-
-reproduce-tpu: $(STAMP)
-	$(PY) experiments/throughput.py profile=paper hardware=tpu_v6e $(bench_force) $(BENCH_ARGS)
-	$(PY) experiments/sweep.py profile=paper hardware=tpu_v6e $(bench_force) $(BENCH_ARGS)
-	$(PY) experiments/cache_speedup.py profile=paper hardware=tpu_v6e $(bench_force) $(BENCH_ARGS)

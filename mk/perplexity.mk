@@ -5,7 +5,6 @@
 #   make perplexity-smoke                              offline smoke run (PPL_LIMIT defaults to 3), then the
 #                                                      Triton reference on short windows (PPL_TRITON_SMOKE)
 #   make perplexity-timing                             130m-shape CPU runtime, measured on a few windows, extrapolated
-#   make perplexity-tables                             results/perplexity/summary.{md,tex} again from the result JSONs
 #   make perplexity PPL_ARGS="protocol=strided strided.stride=1024 backends=[jax_fp32,transformers]"
 .PHONY: perplexity perplexity-smoke perplexity-timing perplexity-tables test-perplexity
 
@@ -39,7 +38,7 @@ perplexity-timing: $(STAMP)
 	$(PY) $(PPL_SCRIPT) mode=timing $(PPL_ARGS)
 
 perplexity-tables: $(STAMP)
-	$(PY) $(PPL_SCRIPT) mode=tables $(PPL_ARGS)
+	$(PY) -m paper.make_tables
 
 test-perplexity: $(STAMP)
 	$(PY) -m pytest -q tests/test_perplexity.py tests/test_data.py

@@ -19,9 +19,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from mamba2_jax.eval import report, reported
+from mamba2_jax.eval import compiled, report, reported
 from mamba2_jax.eval.report import MAKE_TARGET, tex
 from mamba2_jax.eval.results import load_results
+from mamba2_jax.eval.windows import primary_metric
 from mamba2_jax.fileio import atomic_write_text
 from mamba2_jax.paths import checkout_root, results_dir
 
@@ -30,7 +31,8 @@ from . import compare
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "tables"
 FIG_OUT = (checkout_root() or HERE.parent) / "figures" / "out"
-TABLES = ("throughput", "sweep", "cache_speedup", "perplexity", "parity", "comparison")
+TABLES = ("throughput", "sweep", "cache_speedup", "perplexity", "parity", "comparison", "comparison_cpu",
+          "compiled_tpu")
 
 
 def md(s: Any) -> str:
@@ -194,7 +196,7 @@ def perplexity_table(results: Path, rep: dict[str, Any]) -> Table:
     for p, d in items:
         comp = d.get("comparison") or {}
         ref = comp.get("reference_backend")
-        metric = comp.get("primary_metric") or "word_perplexity"
+        metric = comp.get("primary_metric") or primary_metric(d["protocol"])
         b = d.get("backends") or {}
 
         def val(name, b=b, metric=metric):
@@ -242,6 +244,14 @@ def parity_table(results: Path, rep: dict[str, Any]) -> Table:
                     f"{j.get('param_dtype')} params, matmul precision {j.get('matmul_precision')}; references on "
                     f"{d['reference'].get('device')} in {d['reference'].get('dtype')}; git {report.short_sha(pv)}, "
                     f"{pv.get('date_utc', '?')}.")
+    seen = set()
+    for _, d in items:  # the references against each other: the fp32 noise scale
+        for pair, v in (d.get("reference_spread") or {}).items():
+            if (d["model"], pair) not in seen:
+                seen.add((d["model"], pair))
+                prov.append(f"Reference spread, {d['model']}, {pair}: hidden max rel {v['hidden']['max_rel']:.2e}, "
+                            f"logits max rel {v['logits']['max_rel']:.2e}, greedy identical "
+                            f"{v['greedy_identical_prompts']}/{v['prompts']}.")
     tol = next(((d.get("tolerance") or {}).get("max_rel") for _, d in items), None)
     return Table("parity", "Parity with mamba_ssm v2.2.2 and HF transformers",
                  ["Model", "Weights", "Reference", "Hidden max rel", "Hidden ulps", "Logits max rel",
@@ -253,22 +263,170 @@ def parity_table(results: Path, rep: dict[str, Any]) -> Table:
                  empty=empty_text("parity"))
 
 
-def comparison_table(results: Path, rep: dict[str, Any]) -> Table:
+def _hardware_claim(c: dict[str, Any]) -> bool:
+    return bool((c.get("comparable_when") or {}).get("device"))
+
+
+def _cpu_row(r: compare.Row) -> bool:
+    """A row whose result ran on the CPU while its claim names an accelerator."""
+    return any(x.startswith("CPU vs ") for x in r.reasons)
+
+
+def split_comparison(results: Path, rep: dict[str, Any]) -> tuple[list[compare.Row], list[compare.Row]]:
+    """(rows of the main table, CPU-analogue rows).  A claim about a TPU or a GPU keeps in the main table
+    only results from an accelerator; when there is none, its one row says it was not tested here."""
     rows = compare.compare(results, rep)
+    comp = compiled.load_compiled(results)
+    claims = {c["id"]: c for c in rep["claims"]}
+    main, cpu = [], []
+    for cid, c in claims.items():
+        mine = [r for r in rows if r.claim_id == cid]
+        if not _hardware_claim(c):
+            main += mine
+            continue
+        cpu += [r for r in mine if _cpu_row(r)]
+        accel = [r for r in mine if not _cpu_row(r) and not r.status.startswith("not run: ")]
+        main += accel or [compare.Row(cid, c["claim"], compare.paper_value(c), compare.tolerance_text(c),
+                                      _compiled_summary(c, comp), f"needs {reported.device_name(c)}",
+                                      compiled.NOT_TESTED)]
+    return main, cpu
+
+
+def _rng(xs, spec: str, pct: bool = False) -> str:
+    lo, hi = min(xs), max(xs)
+    f = (lambda v: f"{100 * v:{spec}}%") if pct else (lambda v: f"{v:{spec}}")
+    return f(lo) if f(lo) == f(hi) else f"{f(lo)}-{f(hi)}"
+
+
+def _compiled_summary(c: dict[str, Any], comp: dict[str, Any]) -> str:
+    """One line on what the compiled v6e programs imply for a TPU claim (details: compiled_tpu.md)."""
+    xs = compiled.implications(c, comp) if (c.get("comparable_when") or {}).get("device") == "tpu_v6e" else []
+    if not xs:
+        return "-"
+    n = f"{len(xs)} scale(s), compiled for TPU v6e, not run"
+    if c["id"] == "prefill_tflops":
+        ok = sum(x["verdict"] == compiled.PLAUSIBLE for x in xs)
+        return (f"bound {_rng([x['bound_tflops'] for x in xs], '.4g')} TFLOP/s per chip ({n}); within the bound at "
+                f"{ok} of {len(xs)} scales: plausible, not reproduced")
+    if c["id"] == "prefill_mfu":
+        return f"bound MFU {_rng([x['bound_mfu'] for x in xs], '.3g', True)} ({n})"
+    if c["id"] == "decode_hbu":
+        return (f"step bound {_rng([x['bound_tokens_per_s'] for x in xs], ',.0f')} tokens/s at 100% HBU; 64% HBU = "
+                f"{_rng([x['claim_tokens_per_s'] for x in xs], ',.0f')} tokens/s ({n})")
+    if c["id"] == "cache_speedup_4096":
+        return (f"roofline recompute/cached ratio {_rng([x['roofline_ratio'] for x in xs], '.3g')}x ({n}; a ratio of "
+                f"bounds, not of achieved times)")
+    return "-"
+
+
+def comparison_table(results: Path, rep: dict[str, Any]) -> Table:
+    rows, _ = split_comparison(results, rep)
     body = [[r.claim, r.paper, r.tolerance, r.reproduced, r.setup, r.status] for r in rows]
     sources = list(dict.fromkeys(s for r in rows for s in r.sources))
     paper = rep["paper"]
-    return Table("comparison", "Reported vs reproduced",
-                 ["Claim", "Paper", "Tolerance", "Reproduced", "Setup (device; precision; weights)", "Status"],
+    return Table("comparison", "Reported vs this artifact",
+                 ["Claim", "Paper", "Tolerance", "Result here", "Setup (device; precision; weights)", "Status"],
                  "p{2.6cm}p{1.8cm}p{2.2cm}p{3.2cm}p{3.6cm}p{2.8cm}", body,
                  f"The paper's claims (paper/reported.yaml; arXiv {paper['arxiv']} "
                  f"{'/'.join(paper.get('versions') or {})} abstracts) against this "
-                 "artifact's results. PASS/FAIL only where the result is comparable (same device class, the "
-                 "paper's checkpoints, the paper's reference and setting); every other row says why it is not "
-                 "comparable and is not a reproduction of the paper's number.", [],
+                 "artifact's results. No TPU or GPU claim was tested here: this machine has no TPU or GPU, so "
+                 "each such claim's row says so; what the TPU v6e programs, compiled by the TPU compiler but not "
+                 "run, imply for those claims is in the compiled-programs table, and the CPU numbers are in the "
+                 "separate CPU-analogue table. PASS/FAIL only where the result is comparable (same device "
+                 "class, the paper's checkpoints, the paper's reference and setting); every other row says why "
+                 "it is not comparable and is not a reproduction of the paper's number.", [],
                  notes=["Tolerances marked 'ours' are this artifact's reading of an unquantified statement."]
                  + (["Result files: " + ", ".join(sources) + "."] if sources else []),
                  size="scriptsize")
+
+
+def _probe(r: compare.Row, results: Path) -> str:
+    if r.claim_id != "decode_hbu":
+        return "-"
+    if any("[make bench]" in x or "make bench" in r.setup for x in [r.setup]):
+        return "interleaved median StreamBench of the same run (make bench)"
+    return "best StreamBench round at run start (this run has no interleaved probe)"
+
+
+def cpu_analogue_table(results: Path, rep: dict[str, Any]) -> Table:
+    _, rows = split_comparison(results, rep)
+    body = [[r.claim, r.paper, r.reproduced, r.setup, _probe(r, results)] for r in rows]
+    sources = list(dict.fromkeys(s for r in rows for s in r.sources))
+    return Table("comparison_cpu", "CPU analogues of the paper's TPU and GPU claims (not reproductions)",
+                 ["Claim (device of the paper)", "Paper", "CPU analogue here", "Setup", "Bandwidth probe (HBU)"],
+                 "p{3.0cm}p{1.8cm}p{3.6cm}p{4.2cm}p{3.0cm}", body,
+                 "The same metrics measured on this CPU, for orientation only. A CPU number is never a "
+                 "reproduction of a TPU or GPU number: different device, different roofline, and (here) random "
+                 "weights. HBU-like fractions on CPU are bytes per step / time / the streaming bandwidth named "
+                 "in the last column.", [],
+                 empty="no CPU benchmark results (run `make bench` or `make throughput-smoke`)",
+                 notes=(["Result files: " + ", ".join(sources) + "."] if sources else []), size="scriptsize")
+
+
+def _gb(x) -> str:
+    return "n/a" if x is None else f"{x / 1e9:.3g} GB"
+
+
+def compiled_table(results: Path, rep: dict[str, Any]) -> Table:
+    comp = compiled.load_compiled(results)
+    rows = []
+    for c in rep["claims"]:
+        if (c.get("comparable_when") or {}).get("device") != "tpu_v6e":
+            continue
+        for x in sorted(compiled.implications(c, comp), key=lambda x: report.model_key(x["model"])):
+            fit = (f"{x['hbm_needed'] / 2**30:.3g} of {x['hbm'] / 2**30:.3g} GiB on {x['chips']} chip(s): "
+                   f"{'fits' if x['fits'] else 'does not fit'}" if x["hbm_needed"] is not None else "n/a")
+            if c["id"] in ("prefill_tflops", "prefill_mfu"):
+                prog = (f"{x['program']}: {x['flops'] / 1e12:.3g} TFLOP; {_gb(x['min_bytes'])} min, "
+                        f"{_gb(x['xla_bytes'])} XLA")
+                if c["id"] == "prefill_tflops":
+                    bound = (f"<= {x['bound_tflops']:.4g} TFLOP/s ({x['xla_bound_tflops']:.4g} with XLA bytes); "
+                             f"140 TFLOP/s = {1e3 * x['claim_time_s']:.3g} ms")
+                else:
+                    bound = f"MFU <= {x['bound_mfu']:.1%} ({x['xla_bound_mfu']:.1%} with XLA bytes)"
+                verdict = x["verdict"]
+                roof = f"{1e3 * x['min_time_s']:.3g} ms ({1e3 * x['xla_time_s']:.3g} ms with XLA bytes)"
+            elif c["id"] == "decode_hbu":
+                prog = (f"step: {x['flops'] / 1e9:.3g} GFLOP; {_gb(x['min_bytes'])} min, {_gb(x['xla_bytes'])} XLA")
+                bound = (f"<= {x['bound_tokens_per_s']:,.0f} tok/s at 100% HBU; 64% HBU = "
+                         f"{x['claim_tokens_per_s']:,.0f} tok/s ({x['xla_bound_tokens_per_s']:,.0f} with XLA bytes)")
+                verdict = x["verdict"]
+                roof = f"{1e3 * x['min_time_s']:.3g} ms ({1e3 * x['xla_time_s']:.3g} ms with XLA bytes)"
+            else:
+                prog = f"{x['program']}"
+                bound = (f"roofline recompute/cached = {x['roofline_ratio']:.3g}x (min bytes), "
+                         f"{x['xla_roofline_ratio']:.3g}x (XLA bytes)")
+                lo, hi = x["claim_range"]
+                verdict = ("paper's range below both roofline ratios: consistent with decode running further below "
+                           "its bound than prefill, not a bound" if hi <= min(x['roofline_ratio'],
+                                                                            x['xla_roofline_ratio'])
+                           else "a ratio of two achieved times, not bounded by the roofline ratio")
+                roof = (f"recompute {1e3 * x['recompute_time_s']:.3g} ms, cached {1e3 * x['cached_time_s']:.3g} ms")
+            rows.append([compare.paper_value(c), x["model"], prog, roof, bound, fit, verdict])
+    prov = []
+    for m, c in sorted(comp.items(), key=lambda kv: report.model_key(kv[0])):
+        d = c["doc"]
+        v = (d.get("provenance") or {}).get("compile") or {}
+        prov.append(f"{m}: {d.get('status')}; {len(c['records'])} programs; topology {v.get('topology')}; jax "
+                    f"{v.get('jax')}, libtpu {v.get('libtpu')}; git {report.short_sha(d.get('provenance'))} "
+                    f"({report.rel(c['path'])}).")
+    return Table("compiled_tpu", "The paper's TPU v6e claims against the compiled v6e programs (compiled, not run)",
+                 ["Paper", "Scale", "Compiled v6e program (per chip)", "Roofline time", "Bound", "HBM",
+                  "Paper's number"],
+                 "p{1.6cm}p{1.5cm}p{3.4cm}p{2.2cm}p{3.4cm}p{2.4cm}p{3.2cm}", rows,
+                 "Each TPU claim against the program the paper's setting compiles to, built by libtpu's TPU v6e "
+                 "compiler on a machine without a TPU (experiments/tpu_compile.py, make reproduce-tpu): XLA's "
+                 "FLOPs and bytes, the roofline time max(FLOPs / 918 TFLOP/s, bytes / 1.64 TB/s) and the bound "
+                 "that follows. 'min bytes' = the program's arguments + outputs (weights and cache read, cache and "
+                 "logits written once): the least any program can move, so an upper bound on speed. 'XLA bytes' = "
+                 "XLA:TPU's cost-model byte count, which also counts the weights' copies into on-chip VMEM and "
+                 "their reads there: not HBM traffic, shown for information only. Within the bound means "
+                 "plausible, not reproduced: nothing was run.", prov,
+                 empty="no results/tpu_compile/*.json: run `make reproduce-tpu` (compiles for TPU v6e without a TPU)",
+                 notes=["FLOPs are XLA:TPU's count for the compiled program (it counts a batch-1 vector-matrix "
+                        "product as 1.5x its 2mnk, see tests/test_compile.py); the paper's TFLOPS may use another "
+                        "FLOP count. HBM: the largest of the scale's compiled programs (every prefill length, the "
+                        "step and the decode loop)."], size="scriptsize")
 
 
 FIGURES = {"fig1_cache_speedup": "FigCapCacheSpeedup", "fig2_decode_flatness": "FigCapDecodeFlatness",
@@ -293,7 +451,7 @@ def figure_captions(fig_dir: Path) -> str:
 
 
 TABLE_BUILDERS = (throughput_table, sweep_table, cache_speedup_table, perplexity_table, parity_table,
-                  comparison_table)
+                  comparison_table, cpu_analogue_table, compiled_table)
 
 
 def build_all(results: Path | None, out: Path, reported_claims: Path | dict | None = None,

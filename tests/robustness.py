@@ -51,6 +51,7 @@ def budget(ci: int, fuzz: int) -> int:
 
 # ------------------------------------------------------------------------------ counts
 _T0 = time.time()
+_LOAD0 = list(os.getloadavg())   # recorded in the summary: the load when the run started
 _TARGETS: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
 _CRASHES: list[dict[str, str]] = []
 _LOST: list[dict[str, str]] = []
@@ -144,6 +145,7 @@ def write_summary(out: Path, exitstatus: int = 0) -> dict[str, Any]:
         "measurements": _NOTES,
         "pytest_exitstatus": int(exitstatus),
         "wall_seconds": round(time.time() - _T0, 1),
+        "load_average_1_5_15min_at_start": _LOAD0,
         "load_average_1_5_15min_at_end": list(os.getloadavg()),
         "cpu_count": os.cpu_count(),
         "python": sys.version.split()[0], "platform": platform.platform(),

@@ -33,7 +33,7 @@ def build(preset: str):
 
 
 def windows(cfg):
-    from mamba2_jax.eval import perplexity as ppl
+    from mamba2_jax.eval import windows as ppl
 
     rng = np.random.default_rng(1)
     seqs = [(rng.integers(2, cfg.vocab_size, n).tolist(), f, i)
@@ -50,9 +50,10 @@ def run_all(cfg, sd, mesh, logits=True):
     """(logits of a prefill, greedy tokens, per-window log-likelihoods) for ``mesh`` (None: one device)."""
     import jax
 
-    from mamba2_jax.checkpoint import model_from_state_dict
-    from mamba2_jax.eval import perplexity as ppl
+    from mamba2_jax.eval import windows as ppl
+    from mamba2_jax.eval.scorer import JaxScorer
     from mamba2_jax.generate import Generator
+    from mamba2_jax.loading import model_from_state_dict
     from mamba2_jax.sharding import put_batch, to_host
 
     model = model_from_state_dict(cfg, sd, mesh=mesh)
@@ -69,7 +70,7 @@ def run_all(cfg, sd, mesh, logits=True):
                               "seqlen": _spec(cache.seqlen)} if mesh is not None else None
     out["tokens"] = Generator(model, eos_id=None).generate(PROMPTS, N_NEW).tokens
     w = windows(cfg)
-    sc = ppl.JaxScorer(model, batch_size=4, bucket=32, logits_chunk=16).score(w, progress=False)
+    sc = JaxScorer(model, batch_size=4, bucket=32, logits_chunk=16).score(w, progress=False)
     out["loglik"] = sc.loglik
     out["ppl"] = ppl.aggregate(w, sc)["token_perplexity"]
     return out, model
@@ -117,9 +118,8 @@ def _cli_tokens(cfg, sd, mesh: str) -> list[int]:
 def cmd_meshes() -> dict:
     import jax
 
-    from mamba2_jax.checkpoint import model_from_state_dict
     from mamba2_jax.generate import Generator
-    from mamba2_jax.params import state_dict_from_model
+    from mamba2_jax.loading import model_from_state_dict, state_dict_from_model
     from mamba2_jax.sharding import MeshError, make_mesh
 
     assert len(jax.devices()) == 8, jax.devices()

@@ -5,17 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from mamba2_jax.checkpoint import (
-    CheckpointError,
-    init_state_dict,
-    load_pretrained,
-    read_state_dict,
-    resolve_model_dir,
-    save_pretrained,
-    write_checkpoint,
-)
+from mamba2_jax.checkpoint import CheckpointError, init_state_dict, read_state_dict, resolve_model_dir, write_checkpoint
 from mamba2_jax.config import get_preset
-from mamba2_jax.params import state_dict_from_model
+from mamba2_jax.loading import load_pretrained, save_pretrained, state_dict_from_model
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +133,53 @@ def test_offline_hub_id_gives_clear_error():
 def test_missing_dir_is_not_hub_id(tmp_path):
     with pytest.raises(CheckpointError, match="no such local checkpoint"):
         resolve_model_dir(str(tmp_path / "nope" / "deeper"))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_has_nonfinite_agrees_with_isfinite(dtype):
+    """The bit test (exponent all ones) against numpy's isfinite, for every float width: NaN, ±Inf
+    anywhere (chunk edges included), and the finite extremes (largest, subnormals, -0) that must
+    not be flagged."""
+    import ml_dtypes
+
+    from mamba2_jax.checkpoint import _CHUNK, check_finite, has_nonfinite
+
+    dt = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    info = ml_dtypes.finfo(dt)
+    n = 2 * _CHUNK + 17
+    base = np.random.default_rng(0).standard_normal(n).astype(dt)
+    base[:4] = [info.max, -info.max, info.smallest_subnormal, -0.0]
+    assert not has_nonfinite(base) and np.isfinite(base.astype(np.float64)).all()
+    assert not has_nonfinite(base[:0]) and not has_nonfinite(base.reshape(-1, 1)[::3])
+    for pos in (0, _CHUNK - 1, _CHUNK, n - 1):
+        for val in (np.nan, np.inf, -np.inf):
+            a = base.copy()
+            a[pos] = val
+            assert has_nonfinite(a) and has_nonfinite(a.reshape(1, -1)), (pos, val)
+            assert has_nonfinite(a) == (not np.isfinite(a.astype(np.float64)).all())
+    a = base.copy()
+    a[[5, _CHUNK + 1, n - 2]] = [np.nan, np.inf, -np.inf]
+    assert check_finite({"w": a, "ok": base}) == {"w": 3}
+
+
+def test_nonfinite_weights_refused_by_default(tiny_ckpt, tmp_path, capsys):
+    """NaN weights: load_pretrained and the CLI refuse them with a CheckpointError naming the tensor
+    and count; ``allow_nonfinite=True`` / ``--allow-nonfinite`` loads them, and generation then stops
+    with a GenerationError instead of emitting tokens from NaN logits (exit 2 in the CLI)."""
+    from mamba2_jax.cli import main as cli_main
+    from mamba2_jax.generate import GenerationError, Generator
+
+    cfg, sd, _ = tiny_ckpt
+    bad = {**sd, "backbone.layers.1.mixer.out_proj.weight": sd["backbone.layers.1.mixer.out_proj.weight"].copy()}
+    bad["backbone.layers.1.mixer.out_proj.weight"][2, [3, 5]] = [np.nan, np.inf]
+    d = write_checkpoint(cfg, bad, tmp_path / "nan", dtype="float32")
+    with pytest.raises(CheckpointError, match=r"backbone\.layers\.1\.mixer\.out_proj\.weight \(2\)") as e:
+        load_pretrained(d)
+    assert e.value.cause == "NonFiniteWeights" and "allow_nonfinite=True" in str(e.value)
+    model = load_pretrained(d, allow_nonfinite=True)
+    with pytest.raises(GenerationError, match="new token 0 of row 0"):
+        Generator(model, eos_id=None).generate([[1, 2, 3]], 4)
+    args = ["generate", "--model", str(d), "--prompt-ids", "1,2,3", "--max-new-tokens", "4", "--no-decode", "--json"]
+    capsys.readouterr()
+    assert cli_main(args) == 2 and "out_proj.weight (2)" in capsys.readouterr().err
+    assert cli_main([*args, "--allow-nonfinite"]) == 2 and "non-finite logits" in capsys.readouterr().err

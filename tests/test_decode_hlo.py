@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
+from mamba2_jax.checkpoint import init_state_dict
 from mamba2_jax.config import get_preset
+from mamba2_jax.loading import model_from_state_dict
 
 # Measured with jax 0.10.2 on XLA:CPU after issue 12: 21 ops per layer (3 dots, 17 loop fusions and
 # one small copy: the shifted conv window).  Before: 22 ops, one of them a YNNPACK custom fusion

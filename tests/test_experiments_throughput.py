@@ -99,7 +99,7 @@ def test_bench_tiny(tmp_path):
         assert abs(r["value"] - bf[b]["value"] / fp[b]["value"]) < 1e-9 * r["value"]
     lengths = {r["length"]: r for r in recs if r["metric"] == "prefill_us_per_token"}
     assert sorted(lengths) == [32, 64, 128] and lengths[32]["ratio_to_shortest"] == 1.0
-    assert lengths[128]["segment"] == 64 and lengths[64]["segment"] is None
+    assert lengths[128]["prefill_block"] == 64 and lengths[64]["prefill_block"] is None
     assert {r["length"] for r in recs if r["metric"] == "prefill_matmul_fraction"} == {40}
 
 
@@ -135,7 +135,7 @@ def test_paper_profile_refuses_on_cpu(tmp_path):
                         "hardware=tpu_v6e", f"out_dir={tmp_path}"], capture_output=True, text=True, env=env,
                        cwd=REPO, timeout=120)
     assert r.returncode == 2, r.stderr[-2000:]
-    assert "REFUSING" in r.stderr and "FORCE=1" in r.stderr
+    assert "REFUSING" in r.stderr and "force=true" in r.stderr and "make reproduce-tpu" in r.stderr
     assert not list(tmp_path.iterdir())
 
 
@@ -150,14 +150,32 @@ def test_forced_run_is_labelled_with_the_actual_device(tmp_path):
 
 
 @pytest.mark.integration
-def test_make_reproduce_tpu_refuses_without_force():
-    stamp = REPO / ".venv" / ".installed"
-    q = subprocess.run(["make", "-q", str(stamp.relative_to(REPO))], cwd=REPO, capture_output=True)
-    if q.returncode != 0:
-        pytest.skip("venv stamp not up to date; `make` would reinstall first")
-    r = subprocess.run(["make", "-s", "reproduce-tpu", "FORCE="], cwd=REPO, capture_output=True, text=True,
-                       timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-    assert r.returncode != 0
-    assert "REFUSING" in r.stderr
-    dry = subprocess.run(["make", "-n", "reproduce-tpu", "FORCE=1"], cwd=REPO, capture_output=True, text=True)
-    assert dry.stdout.count("force=true") == 3 and "profile=paper" in dry.stdout
+def test_make_reproduce_tpu_measures_on_tpu_and_compiles_elsewhere():
+    """No FORCE flag: on a TPU the paper's three experiments run (then the compiled suite); elsewhere
+    only the compiled suite (experiments/tpu_compile.py), after installing libtpu."""
+    dry = subprocess.run(["make", "-n", "reproduce-tpu"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    out = dry.stdout
+    assert "force=true" not in out and "FORCE" not in out
+    for exp in ("throughput", "sweep", "cache_speedup"):
+        assert f"experiments/{exp}.py profile=paper hardware=tpu_v6e" in out
+    assert out.count("experiments/tpu_compile.py") == 2 and "not run" in out
+
+
+def test_compiled_suite_is_the_paper_profile():
+    """experiments/tpu_compile.py compiles what profile=paper measures (paper.yaml: five scales, float32
+    with matmul precision default, batch 1, prefills of 4096 (throughput), the sweep's 128..16384 and
+    cache_speedup's 512..16384 contexts, decode loops of 128 tokens), the claims' programs first."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    try:
+        import tpu_compile
+    finally:
+        sys.path.pop(0)
+    s = tpu_compile.paper_suite("paper")
+    assert s["models"] == ["mamba2-130m", "mamba2-370m", "mamba2-780m", "mamba2-1.3b", "mamba2-2.7b"]
+    assert (s["dtype"], s["matmul_precision"], s["batch"]) == ("float32", "default", 1)
+    assert s["prefill_lengths"] == [128, 256, 512, 1024, 2048, 4096, 8192, 16384]
+    assert s["decode_tokens"] == [128]
+    keys = [tpu_compile.key(p) for p in tpu_compile.programs(s, "all")]
+    assert keys[:3] == ["step", "generate-n128", "prefill-L4096"] and len(keys) == 10 == len(set(keys))
+    assert [tpu_compile.key(p) for p in tpu_compile.programs(s, "claims")] == keys[:3]

@@ -81,7 +81,8 @@ def test_param_bytes_match_the_model():
     import numpy as np
     from flax import nnx
 
-    from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
+    from mamba2_jax.checkpoint import init_state_dict
+    from mamba2_jax.loading import model_from_state_dict
 
     for dt in ("float32", "bfloat16"):
         m = model_from_state_dict(TINY, init_state_dict(TINY, 0), dtype=dt)
@@ -106,7 +107,8 @@ def test_prefill_flops_count_the_chunk_and_blocks_the_model_runs():
     """The SSD terms use the chunk the model scans with and its prefill blocks, not cfg.chunk_size: on
     CPU a chunk-256 config scans 64-token chunks (c = ceil(L/64)) and prefills L = 1024 as 2 blocks of 512
     (each with its own inter-chunk recurrence of k = 8 chunks)."""
-    from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
+    from mamba2_jax.checkpoint import init_state_dict
+    from mamba2_jax.loading import model_from_state_dict
 
     cfg = TINY.replace(chunk_size=256)
     model = model_from_state_dict(cfg, init_state_dict(cfg, 0))

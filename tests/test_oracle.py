@@ -2,8 +2,8 @@
 
 import pytest
 
-from mamba2_jax.checkpoint import model_from_state_dict
 from mamba2_jax.eval.oracle import CHUNKS, VARIANTS, jax_cache_from_oracle, oracle_run, rel_err
+from mamba2_jax.loading import model_from_state_dict
 
 TOL = 1e-5
 

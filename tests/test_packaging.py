@@ -55,8 +55,8 @@ def test_installed_wheel_finds_packaged_configs(wheel, tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, timeout=600)
     code = ("import json, mamba2_jax, mamba2_jax.paths as p\n"
-            "from mamba2_jax.eval import bench\n"
-            "print(json.dumps([mamba2_jax.__file__, p.checkout_root(), bench.load_model_spec('mamba2-130m')]))")
+            "from mamba2_jax.eval import models\n"
+            "print(json.dumps([mamba2_jax.__file__, p.checkout_root(), models.load_model_spec('mamba2-130m')]))")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MAMBA2_JAX_DATA")}
     env["PYTHONPATH"] = str(target)
     cwd = tmp_path / "elsewhere"

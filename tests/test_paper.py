@@ -84,7 +84,7 @@ def tables(tmp_path_factory):
 
 EXPECTED = {  # table -> (columns, rows from write_synthetic_results)
     "throughput": (10, 4), "sweep": (9, 6), "cache_speedup": (6, 4), "perplexity": (10, 2), "parity": (9, 2),
-    "comparison": (6, 11)}
+    "comparison": (6, 11), "comparison_cpu": (5, 5), "compiled_tpu": (7, 4)}
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
@@ -120,6 +120,18 @@ def test_known_values_in_tables(tables):
     assert "+1.50e-04" in ppl and "mamba\\_ssm\\_ref\\_cpu" in ppl
 
 
+def test_compiled_table_against_the_bound(tables):
+    """The synthetic v6e programs: prefill 1 TFLOP and 0.5 GB is compute-bound at 918 TFLOP/s (1.09 ms), so
+    ~140 TFLOPS is within the bound; the step moves 0.5 GB per token: 3,276 tokens/s at 100% HBU
+    (1.638e12 / 5e8), 2,097 at the paper's 64%."""
+    t = (tables / "compiled_tpu.md").read_text()
+    assert "<= 918 TFLOP/s" in t and "within the bound: plausible, not reproduced" in t
+    assert "<= 3,276 tok/s at 100% HBU; 64% HBU = 2,097 tok/s" in t
+    assert "roofline recompute/cached = 3.57x" in t   # 1.089 ms / 0.3053 ms
+    comp = (tables / "comparison.md").read_text()
+    assert comp.count("not tested here: no TPU or GPU available") == 5
+
+
 def test_empty_results_still_valid_latex(tmp_path):
     empty = tmp_path / "results"
     empty.mkdir()
@@ -132,7 +144,9 @@ def test_empty_results_still_valid_latex(tmp_path):
             assert len(rows) == 1 and rf"\multicolumn{{{ncol}}}" in rows[0] and "run" in rows[0]
     comp = (tmp_path / "t" / "comparison.md").read_text()
     status = [ln.rsplit("|", 2)[-2].strip() for ln in comp.splitlines() if ln.startswith("| ")][1:]
-    assert len(status) == 8 and all(s.startswith("not run: make ") for s in status), status
+    # the five TPU / GPU claims say they were not tested here; the others which make target fills them
+    assert len(status) == 8 and status.count("not tested here: no TPU or GPU available") == 5, status
+    assert all(s.startswith("not run: make ") for s in status if not s.startswith("not tested")), status
     check_balanced((tmp_path / "t" / "figure_captions.tex").read_text())
 
 
@@ -294,6 +308,39 @@ def test_reproduce_plan(monkeypatch):
     assert tpu["sweep"].endswith("sweep BENCH_PROFILE=paper")
     full = dict(reproduce.plan(argparse.Namespace(make="make", profile="auto", ppl_limit=""), "cpu"))
     assert full["perplexity"] == [["make", "--no-print-directory", "perplexity"]]
+    # the interpreted Triton backend runs on one small model here; `make parity` (all) on the config's list
+    monkeypatch.delenv("PARITY_ARGS", raising=False)
+    assert full["parity"] == [["make", "--no-print-directory", "parity",
+                               "PARITY_ARGS='triton.cpu_models=[random-mamba2-130m-2l]'"]]
+    every = dict(reproduce.plan(argparse.Namespace(make="make", profile="auto", ppl_limit="", triton_models="all"),
+                                "cpu"))
+    assert every["parity"] == [["make", "--no-print-directory", "parity"]]
+    monkeypatch.setenv("PARITY_ARGS", "n_new=8")
+    two = dict(reproduce.plan(argparse.Namespace(make="make", profile="auto", ppl_limit="",
+                                                 triton_models="random-tiny-g2,random-mamba2-130m-2l"), "cpu"))
+    assert two["parity"][0][-1] == "PARITY_ARGS='triton.cpu_models=[random-tiny-g2,random-mamba2-130m-2l]' n_new=8"
+
+
+def test_reproduce_lists_what_it_rewrote_and_who_writes_the_rest(tmp_path, monkeypatch):
+    """The end-of-run report: files modified since the start are "rewritten"; every other committed
+    result is listed under the step of paper/results_map.yaml that produces it."""
+    import os
+    import time
+
+    from paper import reproduce
+
+    monkeypatch.setattr("paper.results_map.committed_results",
+                        lambda root: ["results/oracle/errors.json", "results/throughput/cpu_smoke-cpu.json",
+                                      "results/perplexity/README.md"])
+    for f in ("results/oracle/errors.json", "results/throughput/cpu_smoke-cpu.json"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("{}")
+    start = time.time()
+    os.utime(tmp_path / "results/oracle/errors.json", (start - 100, start - 100))   # from an earlier run
+    os.utime(tmp_path / "results/throughput/cpu_smoke-cpu.json", (start + 1, start + 1))
+    rep = reproduce.results_report(start, tmp_path)
+    assert rep == {"regenerated": ["results/throughput/cpu_smoke-cpu.json"],
+                   "not_regenerated": {"oracle: make oracle": ["results/oracle/errors.json"]}}
 
 
 # ------------------------------------------------------------------------------ one source for the paper's numbers

@@ -10,20 +10,23 @@ import numpy as np
 import pytest
 from helpers import N_NEW, N_PROMPTS, compose, load_parity_module, tiny_parity_run
 
+from mamba2_jax.eval import parity_compare, reported
+from paper import make_tables
+
 parity = load_parity_module()
 
 
 def test_tensor_error_units():
     ref = np.array([1.0, -2.0, 0.5], np.float32)
-    e = parity.tensor_error(ref, ref)
+    e = parity_compare.tensor_error(ref, ref)
     assert e == {"max_abs": 0.0, "max_rel": 0.0, "ulps": 0.0, "ref_absmax": 2.0}
     x = ref.copy()
     x[0] += np.spacing(np.float32(2.0)) * 3  # 3 ulps of the value scale (2.0)
-    e = parity.tensor_error(x, ref)
+    e = parity_compare.tensor_error(x, ref)
     assert e["ulps"] == pytest.approx(3.0) and e["max_rel"] == pytest.approx(3 * 2.0 ** -22 / 2.0)
-    assert parity.tensor_error(np.array([np.nan, 0, 0]), ref)["max_rel"] == float("inf")
+    assert parity_compare.tensor_error(np.array([np.nan, 0, 0]), ref)["max_rel"] == float("inf")
     with pytest.raises(ValueError, match="shape"):
-        parity.tensor_error(ref[:2], ref)
+        parity_compare.tensor_error(ref[:2], ref)
 
 
 # errors planted in the JAX side, relative to the reference's value scale
@@ -74,7 +77,7 @@ def _check_planted_errors(r, ref):
 
 def test_divergence_below_noise_floor_is_explained():
     jx, ref = _fake(margin_at_div=1e-7)
-    r = parity.compare_prompt(jx, ref, 1e-5)
+    r = parity_compare.compare_prompt(jx, ref, 1e-5)
     g = r["greedy"]
     assert g["first_divergence"] == 2 and g["matched_prefix"] == 2 and g["below_noise_floor"]
     assert "below the fp32 noise floor" in g["explanation"]
@@ -85,7 +88,7 @@ def test_divergence_below_noise_floor_is_explained():
 
 def test_divergence_with_large_margin_is_unexplained():
     jx, ref = _fake(margin_at_div=1e-2)
-    g = parity.compare_prompt(jx, ref, 1e-5)["greedy"]
+    g = parity_compare.compare_prompt(jx, ref, 1e-5)["greedy"]
     assert not g["below_noise_floor"] and g["explanation"].startswith("UNEXPLAINED")
     assert g["ref_margin_rel"] == pytest.approx(1e-2, rel=1e-6) and (g["ref_token"], g["jax_token"]) == (
         int(ref["greedy_tokens"][2]), int(jx["tokens"][2]))
@@ -93,7 +96,7 @@ def test_divergence_with_large_margin_is_unexplained():
 
 def test_identical_greedy():
     jx, ref = _fake(diverge_at=None)
-    r = parity.compare_prompt(jx, ref, 1e-5)
+    r = parity_compare.compare_prompt(jx, ref, 1e-5)
     g = r["greedy"]
     assert g["first_divergence"] is None and g["n_match_positions"] == g["n"] == 5
     _check_planted_errors(r, ref)
@@ -136,15 +139,20 @@ def test_end_to_end_tiny_ngroups2_passes():
     out = run["root"] / "results"
     with open(out / "summary__test.csv") as f:
         rows = list(csv.DictReader(f))
-    md = (out / "summary__test.md").read_text()
-    assert "| tiny-g2-v50k (random-init, stored float16) | mamba_ssm_ref_cpu |" in md and "arXiv 2603.09555" in md
+    tables_in = run["root"] / "tables_in"  # make_tables reads <results>/parity/
+    tables_in.mkdir(exist_ok=True)
+    if not (tables_in / "parity").exists():
+        (tables_in / "parity").symlink_to(out)
+    md = make_tables.parity_table(tables_in, reported.load_reported()).markdown()
+    assert "| tiny-g2-v50k | synthetic | mamba_ssm_ref_cpu |" in md
     assert [r["backend"] for r in rows] == ["mamba_ssm_ref_cpu", "transformers"]
     assert all(r["pass"] == "True" and r["git_sha"] and r["mamba_ssm"] in ("2.2.2", "") for r in rows)
     assert rows[0]["mamba_ssm"] == "2.2.2" and rows[1]["transformers"]
     rep = json.loads((out / "tiny-g2-v50k__transformers.json").read_text())
     spread = rep["reference_spread"]["mamba_ssm_ref_cpu vs transformers"]
     assert spread["hidden"]["max_rel"] < 1e-5 and spread["greedy_identical_prompts"] == N_PROMPTS
-    assert "Reference spread" in md and rows[0]["ref_spread_hidden_max_rel"]
+    assert "Reference spread, tiny-g2-v50k, mamba_ssm_ref_cpu vs transformers" in md
+    assert rows[0]["ref_spread_hidden_max_rel"]
     assert rep["prompts"]["version"] == "v1" and rep["paper_tolerances"]["greedy"].startswith("64/64")  # reported.yaml
 
 

@@ -14,9 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
+from mamba2_jax.checkpoint import init_state_dict
 from mamba2_jax.config import get_preset
-from mamba2_jax.eval import perplexity as P
+from mamba2_jax.eval import refproc
+from mamba2_jax.eval import windows as P
+from mamba2_jax.eval.scorer import JaxScorer
+from mamba2_jax.loading import model_from_state_dict
 from mamba2_jax.paths import CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -196,7 +199,7 @@ def _direct_loglik(model, w: P.Windows) -> np.ndarray:
 
 def test_pipeline_equals_direct_log_softmax(tiny_model):
     w = P.lm_eval_windows(_docs(), max_length=16)
-    scorer = P.JaxScorer(tiny_model, batch_size=3, bucket=8, logits_chunk=8)  # two buckets: widths 9 and 17
+    scorer = JaxScorer(tiny_model, batch_size=3, bucket=8, logits_chunk=8)  # two buckets: widths 9 and 17
     sc = scorer.score(w, progress=False)
     assert sorted(scorer.shapes_compiled) == [(3, 9), (3, 17)]
     direct = _direct_loglik(tiny_model, w)
@@ -222,7 +225,7 @@ def test_resume_after_interruption_equals_uninterrupted(tiny_model, tmp_path):
     w = P.lm_eval_windows(_docs(3), max_length=8)
     n = len(w)
     assert n >= 8
-    full = P.JaxScorer(tiny_model, batch_size=2, bucket=8, logits_chunk=8).score(w, progress=False)
+    full = JaxScorer(tiny_model, batch_size=2, bucket=8, logits_chunk=8).score(w, progress=False)
     state = tmp_path / "progress.npz"
     fp = {"model": "tiny-seed1"}
 
@@ -233,11 +236,11 @@ def test_resume_after_interruption_equals_uninterrupted(tiny_model, tmp_path):
         return cb
 
     with pytest.raises(_Killed):
-        P.JaxScorer(tiny_model, batch_size=2, bucket=8, logits_chunk=8).score(
+        JaxScorer(tiny_model, batch_size=2, bucket=8, logits_chunk=8).score(
             w, state_path=state, fingerprint=fp, progress=False, on_batch=kill_after(4))
     with np.load(state) as z:
         assert int(z["done"].sum()) == 4
-    scorer = P.JaxScorer(tiny_model, batch_size=2, bucket=8, logits_chunk=8)
+    scorer = JaxScorer(tiny_model, batch_size=2, bucket=8, logits_chunk=8)
     seen = []
     orig = scorer.token_logprobs
     scorer.token_logprobs = lambda ids, L, F: (seen.append(len(L)), orig(ids, L, F))[1]
@@ -257,8 +260,10 @@ def test_resume_after_interruption_equals_uninterrupted(tiny_model, tmp_path):
 _KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     import numpy as np
-    from mamba2_jax.eval import perplexity as P
-    from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
+    from mamba2_jax.eval import windows as P
+    from mamba2_jax.eval.scorer import JaxScorer
+    from mamba2_jax.checkpoint import init_state_dict
+    from mamba2_jax.loading import model_from_state_dict
     from mamba2_jax.config import get_preset
     cfg = get_preset("tiny")
     sd = init_state_dict(cfg, seed=1)
@@ -270,7 +275,7 @@ _KILL_SCRIPT = textwrap.dedent("""
     def cb(done):
         if done >= int(sys.argv[2]):
             os.kill(os.getpid(), signal.SIGKILL)
-    P.JaxScorer(m, batch_size=2, bucket=8, logits_chunk=8).score(
+    JaxScorer(m, batch_size=2, bucket=8, logits_chunk=8).score(
         w, state_path=sys.argv[1], fingerprint={"model": "tiny-seed1"}, progress=False, on_batch=cb)
 """)
 
@@ -286,10 +291,10 @@ def test_resume_after_sigkill(tiny_model, tmp_path):
     assert r.returncode == -9, r.stderr[-2000:]
     assert not list(tmp_path.glob("*.tmp"))
     w = P.lm_eval_windows(_docs(3), max_length=8)
-    scorer = P.JaxScorer(tiny_model, batch_size=2, bucket=8, logits_chunk=8)
+    scorer = JaxScorer(tiny_model, batch_size=2, bucket=8, logits_chunk=8)
     res = scorer.score(w, state_path=state, fingerprint={"model": "tiny-seed1"}, progress=False)
     assert res.info["resumed_windows"] == 6 and res.info["computed_windows"] == len(w) - 6
-    full = P.JaxScorer(tiny_model, batch_size=2, bucket=8, logits_chunk=8).score(w, progress=False)
+    full = JaxScorer(tiny_model, batch_size=2, bucket=8, logits_chunk=8).score(w, progress=False)
     np.testing.assert_array_equal(res.loglik, full.loglik)
 
 
@@ -298,16 +303,18 @@ def test_sharded_over_two_devices_matches_one(tmp_path):
     script = textwrap.dedent("""
         import sys, jax, numpy as np
         jax.config.update("jax_default_matmul_precision", "highest")
-        from mamba2_jax.eval import perplexity as P
-        from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
+        from mamba2_jax.eval import windows as P
+        from mamba2_jax.eval.scorer import JaxScorer
+        from mamba2_jax.checkpoint import init_state_dict
+        from mamba2_jax.loading import model_from_state_dict
         from mamba2_jax.config import get_preset
         assert len(jax.devices()) == 2
         cfg = get_preset("tiny")
         m = model_from_state_dict(cfg, init_state_dict(cfg, seed=1))
         rng = np.random.default_rng(0)
         w = P.lm_eval_windows([rng.integers(0, 250, n).tolist() for n in (5, 40, 17, 64, 3)], max_length=16)
-        two = P.JaxScorer(m, batch_size=3, bucket=16, logits_chunk=8).score(w, progress=False)
-        one = P.JaxScorer(m, batch_size=3, bucket=16, logits_chunk=8, devices=jax.devices()[:1])
+        two = JaxScorer(m, batch_size=3, bucket=16, logits_chunk=8).score(w, progress=False)
+        one = JaxScorer(m, batch_size=3, bucket=16, logits_chunk=8, devices=jax.devices()[:1])
         one = one.score(w, progress=False)
         assert two.info["n_devices"] == 2 and two.info["batch_size"] == 4
         np.testing.assert_allclose(two.loglik, one.loglik, rtol=1e-6)
@@ -348,29 +355,29 @@ def test_reference_subprocess_contract(tmp_path, fake_ref):
     w = P.lm_eval_windows(_docs(), max_length=16)
     wp = w.save(tmp_path / "w.npz")
     out = tmp_path / "runs" / "fake.out.npz"
-    sc = P.run_reference("mamba_ssm_ref_cpu", fake_ref, wp, out, module="fakeref.score", cwd=tmp_path)
+    sc = refproc.run_reference("mamba_ssm_ref_cpu", fake_ref, wp, out, module="fakeref.score", cwd=tmp_path)
     np.testing.assert_array_equal(sc.n_scored, w.n_targets)
     np.testing.assert_allclose(sc.loglik, -0.5 * w.n_targets)
     assert sc.info["backend_extra"]["meta"] == {"fake": True}
     # same windows again: the stored output is reused, the backend is not rerun
-    sc2 = P.run_reference("mamba_ssm_ref_cpu", fake_ref, wp, out, module="fakeref.score", cwd=tmp_path)
+    sc2 = refproc.run_reference("mamba_ssm_ref_cpu", fake_ref, wp, out, module="fakeref.score", cwd=tmp_path)
     assert sc2.info["reused"] and (fake_ref / "calls.txt").read_text() == "x"
-    with pytest.raises(P.ReferenceFailed, match="n_scored"):
-        P.run_reference("bad", fake_ref, wp, tmp_path / "bad.npz", module="fakeref.score", cwd=tmp_path)
+    with pytest.raises(refproc.ReferenceFailed, match="n_scored"):
+        refproc.run_reference("bad", fake_ref, wp, tmp_path / "bad.npz", module="fakeref.score", cwd=tmp_path)
 
 
 def test_missing_reference_module_is_explained(tmp_path):
     w = P.lm_eval_windows(_docs(), max_length=16)
     wp = w.save(tmp_path / "w.npz")
-    with pytest.raises(P.ReferenceUnavailable, match=r"python -m nonexistent_ref\.score") as e:
-        P.run_reference("transformers", tmp_path, wp, tmp_path / "o.npz", module="nonexistent_ref.score",
+    with pytest.raises(refproc.ReferenceUnavailable, match=r"python -m nonexistent_ref\.score") as e:
+        refproc.run_reference("transformers", tmp_path, wp, tmp_path / "o.npz", module="nonexistent_ref.score",
                         cwd=tmp_path)
     assert "--windows W.npz --out OUT.npz" in str(e.value)
 
 
 # ------------------------------------------------------------------------------ the experiment, end to end
 def _load_experiment():
-    spec = importlib.util.find_spec("mamba2_jax.eval.perplexity_run")
+    spec = importlib.util.find_spec("mamba2_jax.eval.perplexity")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -411,9 +418,7 @@ def test_experiment_end_to_end_smoke(tmp_path, data_dir, fake_ref, monkeypatch):
     j = json.loads((rdir / lm["model"]["label"] / "lm_eval_rolling-limit1.json").read_text())
     assert j["provenance"]["git"]["sha"] and j["data"]["matches_known_rows"]
     assert Path(j["windows"]["path"]).exists()
-    md = (rdir / "summary.md").read_text()
-    tex = (rdir / "summary.tex").read_text()
-    assert "synthetic" in md and "lm_eval_rolling" in md and "\\begin{tabular}" in tex
+    assert not (rdir / "summary.md").exists()  # the table is paper/tables/perplexity.md, rendered once
     # second run: everything comes from the checkpoints / stored reference outputs
     res2 = exp.evaluate(cfg)
     assert res2[0]["backends"]["jax_fp32"]["run"]["resumed_windows"] == lm["windows"]["n_windows"]

@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mamba2_jax.checkpoint import model_from_state_dict
 from mamba2_jax.config import get_preset
 from mamba2_jax.eval.oracle import OracleModel, perturbed_sd, rel_err
+from mamba2_jax.loading import model_from_state_dict
 
 pytestmark = pytest.mark.slow
 

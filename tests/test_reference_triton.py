@@ -20,6 +20,7 @@ import pytest
 from helpers import REPO, check_golden_prefill, load_parity_module, ref_python, tiny_mlp_state_dict
 
 from mamba2_jax.checkpoint import read_state_dict, write_checkpoint
+from mamba2_jax.eval import refproc
 from mamba2_jax.eval.golden import read_golden
 from mamba2_jax.eval.oracle import OracleModel
 
@@ -144,10 +145,10 @@ def test_parity_model_prompts_and_triton_models(tmp_path):
     assert [len(p["input_ids"]) for p in sub["prompts"]] == [10, 15] and sub["sha256"] != doc["sha256"]
     assert json.loads(path.read_text())["sha256"] == sub["sha256"] and path.name == "prompts_tokens__m.json"
     cfg = {"triton": {"cpu_models": ["m"]}}
-    assert parity.backend_runs(cfg, "mamba_ssm_triton", "m", "cpu")
-    assert not parity.backend_runs(cfg, "mamba_ssm_triton", "big", "cpu")
-    assert parity.backend_runs(cfg, "mamba_ssm_triton", "big", "cuda")
-    assert parity.backend_runs(cfg, "transformers", "big", "cpu")
+    assert refproc.backend_runs(cfg, "mamba_ssm_triton", "m", "cpu")
+    assert not refproc.backend_runs(cfg, "mamba_ssm_triton", "big", "cpu")
+    assert refproc.backend_runs(cfg, "mamba_ssm_triton", "big", "cuda")
+    assert refproc.backend_runs(cfg, "transformers", "big", "cpu")
 
 
 def test_comparison_reason_for_the_interpreted_triton_reference():

@@ -267,7 +267,7 @@ def test_nonfinite_weights_detected_and_reported(ckpts, tmp_path_factory, capsys
     write_checkpoint(CFG, bad, out, fmt="hf" if fmt == "hf" else "state-spaces", weights=None if fmt == "hf" else fmt)
     status, e = check(f"checkpoint/{fmt}/non-finite", lambda: _read(out), (CheckpointError,), (key,), key)
     assert status == "error" and e.cause == "NonFiniteWeights" and f"{key} ({len(idx)})" in str(e)
-    read_state_dict(out)  # without the option it loads (as before)
+    read_state_dict(out, check_finite=False)  # the opt-out loads them
     capsys.readouterr()
     assert cli_main(["info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -275,8 +275,9 @@ def test_nonfinite_weights_detected_and_reported(ckpts, tmp_path_factory, capsys
 
 
 def test_byte_flip_to_nan_found_by_hand(ckpts, tmp_path, capsys):
-    """The issue's case: one flipped exponent byte in the weights gives a NaN that loads silently
-    without the option; with it (API or CLI) it is refused, and `info` reports it."""
+    """The issue's case: one flipped exponent byte in the weights gives a NaN.  It is refused by
+    default (API and CLI), loads with the opt-out (``check_finite=False``, ``--allow-nonfinite``),
+    and `info` reports it."""
     _, dirs = ckpts
     header, body = _st_parts(dirs["safetensors"] / "model.safetensors")
     b0 = header["backbone.norm_f.weight"]["data_offsets"][0]
@@ -284,12 +285,15 @@ def test_byte_flip_to_nan_found_by_hand(ckpts, tmp_path, capsys):
     body[b0 + 3] |= 0x7F  # sign/exponent byte of the first float32: exponent all ones
     body[b0 + 2] |= 0x80
     d = _variant(dirs["safetensors"], tmp_path, weights=_st_build(header, bytes(body)))
-    _, sd, _ = read_state_dict(d)
+    _, sd, _ = read_state_dict(d, check_finite=False)
     assert not np.isfinite(sd["backbone.norm_f.weight"][0])
     with pytest.raises(CheckpointError, match="non-finite"):
-        read_state_dict(d, check_finite=True)
-    assert cli_main(["convert", str(d), str(tmp_path / "out"), "--format", "hf", "--check-finite"]) == 2
+        read_state_dict(d)  # refused by default
+    assert cli_main(["convert", str(d), str(tmp_path / "out"), "--format", "hf"]) == 2
     assert "non-finite" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert cli_main(["convert", str(d), str(tmp_path / "out"), "--format", "hf", "--allow-nonfinite"]) == 0
+    assert (tmp_path / "out" / "model.safetensors").exists()
+    capsys.readouterr()
     assert cli_main(["info", str(d)]) == 0
     assert "WARNING: 1 non-finite" in capsys.readouterr().out
 

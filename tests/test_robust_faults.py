@@ -21,7 +21,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from robustness import budget, check, data_lost, examples, note
 
-from mamba2_jax.eval import perplexity as P
+from mamba2_jax.eval import parity_report, refproc
+from mamba2_jax.eval import windows as P
+from mamba2_jax.eval.scorer import JaxScorer
 from mamba2_jax.fileio import atomic_savez, atomic_write_json, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,8 +62,10 @@ def _result_files(root: Path) -> list[Path]:
 _PPL_CHILD = textwrap.dedent("""
     import sys
     import numpy as np
-    from mamba2_jax.eval import perplexity as P
-    from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
+    from mamba2_jax.eval import windows as P
+    from mamba2_jax.eval.scorer import JaxScorer
+    from mamba2_jax.checkpoint import init_state_dict
+    from mamba2_jax.loading import model_from_state_dict
     from mamba2_jax.config import get_preset
     cfg = get_preset("tiny")
     m = model_from_state_dict(cfg, init_state_dict(cfg, seed=1))
@@ -70,7 +74,7 @@ _PPL_CHILD = textwrap.dedent("""
     w = P.lm_eval_windows(docs, max_length=8)
     def cb(done):
         print(done, flush=True)
-    P.JaxScorer(m, batch_size=2, bucket=8, logits_chunk=8).score(
+    JaxScorer(m, batch_size=2, bucket=8, logits_chunk=8).score(
         w, state_path=sys.argv[1], fingerprint={"model": "tiny-seed1"}, progress=False, on_batch=cb)
     print("DONE", flush=True)
 """)
@@ -84,13 +88,14 @@ def _ppl_windows():
 
 @pytest.fixture(scope="module")
 def ppl_full():
-    from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
+    from mamba2_jax.checkpoint import init_state_dict
     from mamba2_jax.config import get_preset
+    from mamba2_jax.loading import model_from_state_dict
 
     cfg = get_preset("tiny")
     m = model_from_state_dict(cfg, init_state_dict(cfg, seed=1))
     w = _ppl_windows()
-    return m, w, P.JaxScorer(m, batch_size=2, bucket=8, logits_chunk=8).score(w, progress=False)
+    return m, w, JaxScorer(m, batch_size=2, bucket=8, logits_chunk=8).score(w, progress=False)
 
 
 def _kill_at_random_point(cmd, rng: random.Random, max_lines: int, cwd=REPO, env=ENV) -> tuple[int, str]:
@@ -131,7 +136,7 @@ def test_perplexity_sigkill_at_random_points_then_resume(ppl_full, tmp_path):
             if state.exists() and not _complete(state):
                 data_lost("faults/perplexity-kill", f"half-written {state.name} ({where})")
             assert not state.exists() or _complete(state), where
-        res = P.JaxScorer(model, batch_size=2, bucket=8, logits_chunk=8).score(
+        res = JaxScorer(model, batch_size=2, bucket=8, logits_chunk=8).score(
             w, state_path=state, fingerprint={"model": "tiny-seed1"}, progress=False)
         equal = np.array_equal(res.loglik, full.loglik) and np.array_equal(res.n_scored, full.n_scored)
         if not equal:
@@ -234,9 +239,9 @@ def test_bad_reference_is_reported_with_stderr_and_timeout(tmp_path, monkeypatch
     wp = w.save(tmp_path / "w.npz")
     out = tmp_path / "runs" / "r.out.npz"
     t0 = time.time()
-    status, e = check("faults/bad-reference", lambda: P.run_reference(
+    status, e = check("faults/bad-reference", lambda: refproc.run_reference(
         mode, model, wp, out, w, module="badref.score", cwd=tmp_path, timeout=4, log_path=tmp_path / "r.log"),
-        (P.ReferenceFailed,), ("illegal memory access",), mode)
+        (refproc.ReferenceFailed,), ("illegal memory access",), mode)
     assert status == "error" and time.time() - t0 < 30
     assert ("timed out after 4" in str(e)) == (mode == "hang")
     assert _gone(int((model / "pid").read_text()))
@@ -248,16 +253,12 @@ def test_bad_reference_is_reported_with_stderr_and_timeout(tmp_path, monkeypatch
 @pytest.mark.parametrize("mode", ["crash", "hang"])
 def test_bad_golden_reference_is_reported_with_stderr_and_timeout(tmp_path, mode):
     """Parity's reference runner: a fake interpreter that dies or hangs."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from helpers import load_parity_module
-
-    parity = load_parity_module()
     fake = tmp_path / "fakepython"
     body = "echo 'Traceback: RuntimeError: CUDA out of memory (fake)' >&2; "
     fake.write_text("#!/bin/sh\n" + body + ("exit 3\n" if mode == "crash" else "exec sleep 600\n"))
     fake.chmod(0o755)
     t0 = time.time()
-    status, e = check("faults/bad-golden-reference", lambda: parity.run_golden(
+    status, e = check("faults/bad-golden-reference", lambda: refproc.run_golden(
         "mamba_ssm_ref_cpu", str(fake), tmp_path, tmp_path / "p.json", tmp_path / "g.npz", 4, timeout=4),
         (RuntimeError,), ("CUDA out of memory",), mode)
     assert status == "error" and time.time() - t0 < 30
@@ -269,19 +270,16 @@ def _writers(tmp: Path):
     """name -> (path, write(version)) for every kind of result writer."""
     import importlib.util
 
-    spec = importlib.util.find_spec("mamba2_jax.eval.perplexity_run")
+    spec = importlib.util.find_spec("mamba2_jax.eval.perplexity")
     sys.path.insert(0, str(REPO / "tests"))
-    from helpers import load_parity_module
-
-    parity = load_parity_module()
-    row = dict.fromkeys(parity.CSV_FIELDS, "x")
+    row = dict.fromkeys(parity_report.CSV_FIELDS, "x")
     return {
         "atomic_write_json": (tmp / "r.json", lambda v: atomic_write_json(tmp / "r.json", {"v": v, "pad": "x" * 5000})),
         "atomic_write_text": (tmp / "r.md", lambda v: atomic_write_text(tmp / "r.md", f"v={v}\n" + "x" * 5000 + "\n")),
         "atomic_savez (perplexity progress)": (tmp / "p.npz", lambda v: atomic_savez(
             tmp / "p.npz", loglik=np.full(1000, v, np.float64), done=np.ones(1000, bool))),
         "parity write_csv": (tmp / "s.csv",
-                             lambda v: parity.write_csv(tmp / "s.csv", [{**row, "model": f"v{v}"}] * 50)),
+                             lambda v: parity_report.write_csv(tmp / "s.csv", [{**row, "model": f"v{v}"}] * 50)),
         "windows save": (tmp / "w.npz", lambda v: P.pack_windows([([1, 2, 3 + v], 1, 0)] * 40).save(tmp / "w.npz")),
     }, spec
 

@@ -14,11 +14,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from robustness import FUZZ, budget, check, examples
 
-from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict, write_checkpoint
+from mamba2_jax.checkpoint import init_state_dict, write_checkpoint
 from mamba2_jax.cli import main as cli_main
 from mamba2_jax.config import get_preset
 from mamba2_jax.eval.oracle import OracleModel
 from mamba2_jax.generate import MAX_NEW_TOKENS, GenerationError, Generator, SamplingConfig, sample_logits
+from mamba2_jax.loading import model_from_state_dict
 
 CFG = get_preset("tiny")
 V = CFG.padded_vocab_size  # 256; real vocabulary 250

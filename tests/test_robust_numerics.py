@@ -14,8 +14,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from robustness import budget, check, examples, note
 
-from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
+from mamba2_jax.checkpoint import init_state_dict
 from mamba2_jax.config import get_preset
+from mamba2_jax.loading import model_from_state_dict
 
 CFG = get_preset("tiny-g2")
 

@@ -224,7 +224,8 @@ def test_no_mesh_compiles_the_unsharded_program():
     import jax.numpy as jnp
     from flax import nnx
 
-    from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
+    from mamba2_jax.checkpoint import init_state_dict
+    from mamba2_jax.loading import model_from_state_dict
     from mamba2_jax.sharding import make_mesh, put_batch
 
     cfg = get_preset("tiny")

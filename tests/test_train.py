@@ -6,13 +6,13 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
+from mamba2_jax.checkpoint import init_state_dict
 from mamba2_jax.config import Mamba2Config
 from mamba2_jax.eval.data import split_articles
 from mamba2_jax.eval.oracle import OracleModel, rel_err
 from mamba2_jax.eval.train import _STEPS, TokenBatcher, TrainConfig, Trainer, lm_loss, weight_decay_mask
 from mamba2_jax.generate import stepwise_greedy
-from mamba2_jax.params import state_dict_from_model
+from mamba2_jax.loading import model_from_state_dict, state_dict_from_model
 
 # small vocabulary, two groups (per-group B/C path), several chunks per sequence
 CFG = Mamba2Config(name="train-test", d_model=32, n_layer=2, vocab_size=61, pad_vocab_size_multiple=16,
@@ -98,3 +98,23 @@ def test_weight_decay_mask():
     decayed = {k for k, v in flat.items() if v}
     assert any("embedding" in k for k in decayed) and any("in_proj" in k for k in decayed)
     assert not any(n in k for k in decayed for n in ("A_log", "dt_bias", "/D/", "norm", "conv"))
+
+
+def test_compiled_steps_are_keyed_on_the_graph_definition():
+    """The train/eval programs are cached per model structure: a model of the same config and
+    training config but another structure (in_proj split into its parts, as on a mesh) gets its own
+    program and the same loss.  (Keyed on (cfg, tc), it reused the first model's program.)"""
+    from flax import nnx
+
+    from mamba2_jax.eval.train import _compiled_steps
+    from mamba2_jax.sharding import make_mesh
+
+    sd = init_state_dict(CFG, seed=1)
+    toks = jnp.asarray(np.random.default_rng(2).integers(0, CFG.vocab_size, (2, 33)), jnp.int32)
+    losses = []
+    for model in (model_from_state_dict(CFG, sd), model_from_state_dict(CFG, sd, mesh=make_mesh("data=1,model=1"))):
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        _, eval_step = _compiled_steps(graphdef, TC)
+        losses.append(float(eval_step(params, rest, toks, None)))
+        np.testing.assert_allclose(losses[-1], float(lm_loss(model, toks, xent_chunk=TC.xent_chunk)), rtol=1e-6)
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)

@@ -28,8 +28,8 @@ def setup(weights_dir, prefill_length, decode_prompt, decode_tokens, recompute_c
     import numpy as np
     from flax import nnx
 
-    from mamba2_jax.checkpoint import load_pretrained
     from mamba2_jax.eval import bench
+    from mamba2_jax.loading import load_pretrained
 
     t0 = time.perf_counter()
     model = load_pretrained(weights_dir, dtype="float32")

@@ -5,10 +5,11 @@ separately:
 
 * :class:`PrefillBench` – one ``jax.jit`` of ``model.prefill`` for a fixed (batch, length); records
   lower+compile seconds, the first execution, then repeated executions.
-* :class:`DecodeBench` – the cached decode loop: one jitted ``lax.fori_loop`` of ``model.step``
-  over ``n_tokens`` tokens (greedy argmax feeds the next token, as generation does), with the
-  cache *donated* so XLA updates it in place.  The loop compiles once per (batch, n_tokens) and is
-  independent of the context length, so caches built at several contexts share one executable.
+* :class:`DecodeBench` – the cached decode loop users run: the ``Generator``'s compiled
+  ``lax.while_loop`` of ``model.step`` over ``n_tokens`` tokens (greedy argmax feeds the next token),
+  with its state (cache included) *donated* so XLA updates it in place.  The loop compiles once per
+  (batch, n_tokens) and is independent of the context length, so caches built at several contexts
+  share one executable.
   ms/token = loop seconds / n_tokens; results quote the median over repetitions.
 * full-prefix recompute: producing one token without a cache costs one prefill over the whole
   prefix (last-position logits only); it is a :class:`PrefillBench` with ``last_only=True``,
@@ -28,68 +29,15 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..paths import CONF_DIR, require_data_dir
+from ..paths import require_data_dir
+from .models import build_model, load_model_spec
 
-__all__ = ["load_model_spec", "build_model", "PrefillBench", "DecodeBench",
+__all__ = ["PrefillBench", "DecodeBench",
            "alternate", "median", "random_ids", "utilisation"]
-
-
-def load_model_spec(name: str, conf_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The Hydra ``model`` group entry ``mamba2_jax/eval/conf/model/<name>.yaml`` as a plain dict
-    (falls back to a bare preset name if there is no such file)."""
-    conf_dir = Path(conf_dir) if conf_dir else CONF_DIR
-    p = conf_dir / "model" / f"{name}.yaml"
-    if not p.exists():
-        return {"name": name, "preset": name}
-    from omegaconf import OmegaConf
-
-    d = OmegaConf.to_container(OmegaConf.load(p), resolve=False)
-    d.setdefault("name", name)
-    return d
-
-
-def model_config(spec: dict[str, Any], data: Path | None = None):
-    """Mamba2Config for a model spec: ``config_json`` (relative to the data dir) else ``preset``."""
-    from ..config import Mamba2Config, get_preset
-
-    cj = spec.get("config_json")
-    if cj:
-        p = Path(cj)
-        if not p.is_absolute():
-            p = (data or require_data_dir()) / p
-        if p.exists():
-            cfg = Mamba2Config.from_json(p)
-            return cfg.replace(name=spec.get("name", cfg.name))
-    return get_preset(spec.get("preset", spec["name"]))
-
-
-def build_model(spec: dict[str, Any] | str, dtype: str = "float32", checkpoint: str | None = None,
-                seed: int = 0, precision: str | None = None, data: Path | None = None, mesh=None):
-    """(model, info): weights from ``checkpoint`` (or ``spec['checkpoint']``) if given, else the
-    mamba_ssm-style random init of the spec's shape; ``mesh`` shards it (mamba2_jax.sharding)."""
-    from ..checkpoint import init_state_dict, load_pretrained, model_from_state_dict
-    from ..sharding import describe_mesh
-
-    spec = load_model_spec(spec) if isinstance(spec, str) else dict(spec)
-    ckpt = checkpoint or spec.get("checkpoint")
-    if ckpt:
-        model = load_pretrained(ckpt, dtype=dtype, precision=precision, mesh=mesh)
-        info = {"weights": "checkpoint", "checkpoint": str(ckpt), **getattr(model, "source", {})}
-    else:
-        cfg = model_config(spec, data)
-        sd = init_state_dict(cfg, seed=seed)
-        model = model_from_state_dict(cfg, sd, dtype=dtype, precision=precision, mesh=mesh)
-        info = {"weights": "random-init", "seed": seed}
-        del sd
-    info.update({"model": spec.get("name", model.cfg.name), "dtype": dtype,
-                 "policy": getattr(model, "policy", None), "num_params": model.cfg.num_params(),
-                 "mesh": describe_mesh(mesh)})
-    return model, info
 
 
 def random_ids(batch: int, length: int, vocab: int, seed: int = 0) -> np.ndarray:
@@ -199,55 +147,38 @@ class PrefillBench:
 
 
 # ------------------------------------------------------------------------------ decode
-def greedy_decode_loop(graphdef, n_tokens: int):
-    """``loop(state, cache, tok) -> (cache, tok)``: ``n_tokens`` greedy steps of the model in one
-    ``lax.fori_loop`` (what the decode benchmarks compile, with the cache donated)."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    def loop(state, cache, tok):
-        m = nnx.merge(graphdef, state)
-
-        def body(_, carry):
-            c, t = carry
-            logits, c = m.step(t, c)
-            return c, jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-        return jax.lax.fori_loop(0, n_tokens, body, (cache, tok))
-
-    return loop
-
-
 @dataclass
 class DecodeBench:
-    """A compiled, cache-donating decode loop of ``n_tokens`` greedy steps.
+    """The decode loop users run, timed: ``mamba2_jax.generate.Generator``'s compiled program
+    (``decode_loop``: greedy, no EOS, the non-finite check on) filling an ``n_tokens``-column buffer.
 
     ``add_context(name, context)`` prefills ``context`` random tokens (context 0: empty cache) and
-    keeps the resulting cache under ``name``; ``run(name)`` decodes ``n_tokens`` from it (the cache
-    is donated and replaced by the new one, so successive runs keep extending that sequence) and
-    returns the loop's wall seconds."""
+    keeps the resulting decode state under ``name``; ``run(name)`` decodes ``n_tokens`` from it (the
+    state is donated and replaced by the new one, so successive runs keep extending that sequence)
+    and returns the loop's wall seconds.  ``compiler_options`` and ``check_finite`` exist for
+    experiments/decode_formulations.py; ``hlo`` is the compiled program's text."""
 
     model: Any
     n_tokens: int = 64
     batch: int = 1
     seed: int = 0
+    compiler_options: dict | None = None
+    check_finite: bool = True
     compile_s: float = field(init=False, default=float("nan"))
     first_run_s: float = field(init=False, default=float("nan"))
 
     def __post_init__(self):
-        import jax
-        from flax import nnx
+        from ..generate import Generator
 
-        graphdef, self._state = nnx.split(self.model)
-        self._jit = jax.jit(greedy_decode_loop(graphdef, int(self.n_tokens)), donate_argnums=(1,))
-        self._caches: dict[str, Any] = {}
-        self._tokens: dict[str, Any] = {}
+        self._gen = Generator(self.model, eos_id=None, check_finite=self.check_finite, share_programs=False)
+        self._states: dict[str, Any] = {}
         self._contexts: dict[str, int] = {}
         self._prefills: dict[int, PrefillBench] = {}
         self._compiled = None
+        self.hlo = None
 
     def add_context(self, name: str, context: int, cache=None, token=None) -> None:
+        import jax
         import jax.numpy as jnp
 
         if cache is None:
@@ -263,16 +194,19 @@ class DecodeBench:
             tok = _on_mesh(self.model, random_ids(self.batch, 1, self.model.cfg.vocab_size, self.seed)[:, 0])
         if token is not None:
             tok = jnp.asarray(token, jnp.int32)
-        # private copy: the loop donates it
-        import jax
-
-        self._caches[name] = jax.tree.map(lambda x: jnp.array(x, copy=True), cache)
-        self._tokens[name] = tok
+        # private copies: the loop donates its state
+        cache = jax.tree.map(lambda x: jnp.array(x, copy=True), cache)
+        st = self._gen.start_state(cache, jnp.array(tok, copy=True), n=self.n_tokens)
+        self._states[name] = st.replace(step=jnp.int32(0))
         self._contexts[name] = context
         if self._compiled is None:
             t0 = time.perf_counter()
-            self._compiled = self._jit.lower(self._state, self._caches[name], tok).compile()
+            from ..generate import GREEDY
+
+            lowered = self._gen._decode.lower(self._gen.state, self._states[name], sampling=GREEDY)
+            self._compiled = lowered.compile(compiler_options=self.compiler_options or {})
             self.compile_s = time.perf_counter() - t0
+            self.hlo = self._compiled.as_text()
             self.first_run_s = self.run(name)
 
     def prefill_bench(self, context: int) -> PrefillBench | None:
@@ -282,14 +216,17 @@ class DecodeBench:
         import jax
 
         t0 = time.perf_counter()
-        cache, tok = self._compiled(self._state, self._caches[name], self._tokens[name])
-        jax.block_until_ready((cache, tok))
+        st = self._compiled(self._gen.state, self._states[name])
+        jax.block_until_ready(st)
         dt = time.perf_counter() - t0
-        self._caches[name], self._tokens[name] = cache, tok
+        if bool(st.nonfinite.any()):
+            raise FloatingPointError(f"decode benchmark {name!r}: non-finite logits at new token "
+                                     f"{int(st.nonfinite_at.min())}")
+        self._states[name] = st.replace(step=st.step * 0)  # the buffer is refilled from column 0
         return dt
 
     def seqlen(self, name: str) -> int:
-        return int(np.asarray(self._caches[name].seqlen)[0])
+        return int(np.asarray(self._states[name].cache.seqlen)[0])
 
     def times(self, name: str, reps: int) -> list[float]:
         return [self.run(name) for _ in range(reps)]
@@ -324,8 +261,9 @@ def setup_run(cfg, experiment: str) -> dict[str, Any]:
         if not force:
             print(f"[{experiment}] REFUSING: this configuration is meant for platform {req!r} but JAX runs on "
                   f"{desc['platform']!r} ({desc['device_kind']}). Timings here would be labelled with {req} peaks. "
-                  f"Re-run with FORCE=1 (make) or force=true (hydra) to run anyway; results are then labelled "
-                  f"with the actual device.", file=sys.stderr)
+                  f"Re-run with force=true (Hydra; make: BENCH_ARGS=force=true) to run anyway; results are then "
+                  f"labelled with the actual device. Without a TPU, `make reproduce-tpu` compiles the paper's "
+                  f"TPU programs instead (docs/compile.md).", file=sys.stderr)
             raise SystemExit(2)
         print(f"[{experiment}] FORCED: running a {req!r} configuration on {desc['platform']!r}", file=sys.stderr)
     hw_name = _get(_get(cfg, "hardware", {}), "name", "auto")

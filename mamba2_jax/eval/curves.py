@@ -10,8 +10,7 @@
   rate re-measured in the same rounds.
 
 Every record carries min and median seconds and the raw times; callers add them to the bench
-results document (``experiments/bench.py``); ``experiments/bench_curves.py`` runs the length curve
-alone.
+results document (``experiments/bench.py``; ``make bench`` runs the length curve up to 256k tokens).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from typing import Any
 
 from . import bench, flops
 
-__all__ = ["MatmulBench", "SegmentedPrefill", "batch_curve", "length_curve", "prefill_matmul_fraction"]
+__all__ = ["MatmulBench", "batch_curve", "length_curve", "prefill_matmul_fraction"]
 
 
 class MatmulBench:
@@ -84,55 +83,23 @@ def batch_curve(models: dict[str, Any], batches, n_tokens: int, rounds: int, str
     return recs
 
 
-class SegmentedPrefill:
-    """A prompt of ``length`` tokens prefilled in segments of ``segment`` tokens carrying the cache (as
-    ``Generator`` does for long prompts): one compiled (1, segment) program, peak memory of one
-    segment.  ``run()`` → seconds for the whole prompt."""
-
-    def __init__(self, model, length: int, segment: int, seed: int = 0):
-        import jax
-        from flax import nnx
-
-        if length % segment:
-            raise ValueError(f"length {length} is not a multiple of the segment {segment}")
-        graphdef, self._state = nnx.split(model)
-        self.model, self.length, self.segment = model, int(length), int(segment)
-        self._ids = jax.numpy.asarray(bench.random_ids(1, length, model.cfg.vocab_size, seed))
-
-        def fn(state, ids, cache):
-            return nnx.merge(graphdef, state).prefill(ids, cache, last_only=True)
-
-        self._jit = jax.jit(fn, donate_argnums=(2,))
-        t0 = time.perf_counter()
-        self._compiled = self._jit.lower(self._state, self._ids[:, :segment], model.init_cache(1)).compile()
-        self.compile_s = time.perf_counter() - t0
-        self.first_run_s = self.run()
-
-    def run(self) -> float:
-        import jax
-
-        t0 = time.perf_counter()
-        cache = self.model.init_cache(1)
-        for k in range(0, self.length, self.segment):
-            logits, cache = self._compiled(self._state, self._ids[:, k:k + self.segment], cache)
-        jax.block_until_ready((logits, cache))
-        return time.perf_counter() - t0
-
-
 def length_curve(spec, lengths, n_layer: int, rounds: int, dtype: str, seed: int = 0, data=None,
-                 precision=None, segment: int | None = None) -> list[dict[str, Any]]:
-    """Prefill µs/token at each length on an ``n_layer``-layer model of ``spec``'s width; lengths
-    above ``segment`` are prefilled in segments carrying the cache (flat memory, as Generator)."""
-    from mamba2_jax.checkpoint import init_state_dict, model_from_state_dict
+                 precision=None, prefill_block: int | None | str = "auto") -> list[dict[str, Any]]:
+    """Prefill µs/token at each length on an ``n_layer``-layer model of ``spec``'s width; a length
+    above the model's ``prefill_block`` (and a multiple of it) runs block by block carrying the cache,
+    inside one program (flat memory; ``prefill_block`` "auto" is the platform's choice)."""
+    from mamba2_jax.checkpoint import init_state_dict
+    from mamba2_jax.loading import model_from_state_dict
 
-    cfg = bench.model_config(spec, data).replace(n_layer=int(n_layer))
-    model = model_from_state_dict(cfg, init_state_dict(cfg, seed=seed), dtype=dtype, precision=precision)
+    from .models import model_config
+
+    cfg = model_config(spec, data).replace(n_layer=int(n_layer))
+    model = model_from_state_dict(cfg, init_state_dict(cfg, seed=seed), dtype=dtype, precision=precision,
+                                  prefill_block=prefill_block)
+    blk = model.prefill_block
     pbs = {}
     for L in lengths:
-        if segment and L > segment:
-            pbs[L] = SegmentedPrefill(model, int(L), int(segment), seed)
-        else:
-            pbs[L] = bench.PrefillBench(model, int(L), 1, last_only=True, seed=seed)
+        pbs[L] = bench.PrefillBench(model, int(L), 1, last_only=True, seed=seed)
         print(f"[bench] length curve: L={L} compiled ({pbs[L].compile_s:.1f} s)", flush=True)
     load0 = bench.load_avg()
     times = bench.alternate({f"len:{L}": pbs[L].run for L in lengths}, rounds)
@@ -147,7 +114,7 @@ def length_curve(spec, lengths, n_layer: int, rounds: int, dtype: str, seed: int
                      "times_s": t, "ratio_to_shortest": per / base, "min_ratio_to_shortest":
                      (min(t) / L) / (min(times[f"len:{L0}"]) / L0), "load_avg": [load0, bench.load_avg()],
                      "compile_s": pbs[L].compile_s,
-                     "segment": int(segment) if segment and L > segment else None})
+                     "prefill_block": int(blk) if blk and L > blk and L % blk == 0 else None})
     return recs
 
 

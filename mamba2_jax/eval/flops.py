@@ -46,6 +46,7 @@ from __future__ import annotations
 import math
 
 from ..config import Mamba2Config
+from ..params import fp32_params, num_params
 
 __all__ = ["itemsize", "param_bytes", "state_bytes", "prefill_flops", "model_prefill_flops", "decode_flops",
            "decode_bytes", "recompute_flops"]
@@ -64,16 +65,10 @@ def itemsize(dtype) -> int:
         return jnp.dtype(dtype).itemsize
 
 
-def _fp32_param_count(cfg: Mamba2Config) -> int:
-    """A_log, dt_bias (h each) and D (h, or d_ssm with D_has_hdim) per layer: kept in float32."""
-    d_len = cfg.ssm_dim if cfg.D_has_hdim else cfg.nheads
-    return cfg.n_layer * (2 * cfg.nheads + d_len)
-
-
 def param_bytes(cfg: Mamba2Config, dtype="float32") -> dict[str, int]:
     """Parameter bytes by group (tied head counted once)."""
-    n_fp32 = _fp32_param_count(cfg)
-    n_total = cfg.num_params()
+    n_fp32 = fp32_params(cfg)
+    n_total = num_params(cfg)
     emb = cfg.padded_vocab_size * cfg.d_model
     head = 0 if cfg.tie_embeddings else emb
     n_layer_other = n_total - emb - head - n_fp32

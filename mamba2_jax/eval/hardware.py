@@ -109,6 +109,22 @@ PROFILES: dict[str, DeviceProfile] = {
         bandwidth=1638 * G, memory_bytes=32e9,
         source="Google Cloud TPU v6e (Trillium) documentation: 918 TFLOPS bf16 peak per chip, "
                "32 GB HBM, 1638 GB/s HBM bandwidth (cloud.google.com/tpu/docs/v6e)"),
+    # used by `mamba2-jax compile` (targets tpu-v5e, tpu-v5p, tpu-v4); runs are not auto-detected as these
+    "tpu_v5e": DeviceProfile(
+        name="tpu_v5e", kind="tpu", peak={"bfloat16": 197 * T, "int8": 394 * T},
+        bandwidth=819 * G, memory_bytes=16e9,
+        source="Google Cloud TPU v5e documentation: 197 TFLOPS bf16 peak per chip, 16 GB HBM2, "
+               "819 GB/s HBM bandwidth (cloud.google.com/tpu/docs/v5e)"),
+    "tpu_v5p": DeviceProfile(
+        name="tpu_v5p", kind="tpu", peak={"bfloat16": 459 * T, "int8": 918 * T},
+        bandwidth=2765 * G, memory_bytes=95e9,
+        source="Google Cloud TPU v5p documentation: 459 TFLOPS bf16 peak per chip, 95 GB HBM2e, "
+               "2765 GB/s HBM bandwidth (cloud.google.com/tpu/docs/v5p)"),
+    "tpu_v4": DeviceProfile(
+        name="tpu_v4", kind="tpu", peak={"bfloat16": 275 * T, "int8": 275 * T},
+        bandwidth=1200 * G, memory_bytes=32 * 2**30,
+        source="Google Cloud TPU v4 documentation: 275 TFLOPS bf16 peak per chip, 32 GiB HBM2, "
+               "1200 GB/s HBM bandwidth (cloud.google.com/tpu/docs/v4)"),
     "l40s": DeviceProfile(
         name="l40s", kind="gpu", peak={"bfloat16": 362.05 * T, "tf32": 183 * T, "float32": 91.6 * T},
         bandwidth=864 * G, memory_bytes=48e9,

@@ -1,583 +1,426 @@
-"""Perplexity on WikiText: evaluation protocols, scoring windows, a resumable JAX scorer, and the
-subprocess contract of the reference backends.
+"""WikiText-103 perplexity, JAX vs reference backends (``make perplexity``).
 
-Windows
--------
-Every protocol is reduced to one set of *windows*, written once to a ``.npz`` file and fed
-unchanged to every backend (JAX and the references)::
-
-    input_ids  (n, T) int32   right-padded token ids
-    lengths    (n,)   int32   real length of each row
-    score_from (n,)   int32   first scored position
-    doc_index  (n,)   int32   which document / sequence the window belongs to (extra key)
-    meta       ()     str     JSON: protocol and its parameters (extra key)
-
-For window i the targets ``t in [score_from_i, lengths_i)`` are scored as
-``log p(ids[t] | ids[:t])``; position 0 is never a target (``score_from >= 1``).  A backend
-returns ``loglik`` (n,) float64, the sum over those targets, and ``n_scored`` (n,).
-
-Protocol ``lm_eval_rolling`` (lm-evaluation-harness ``wikitext``, semantics of v0.4.9)
---------------------------------------------------------------------------------------
-1. Documents: the EleutherAI/wikitext_document_level articles (:func:`mamba2_jax.eval.data.split_documents`).
-2. Text scored: ``wikitext_detokenizer(page)``, tokenized without special tokens.
-3. Windows: ``get_rolling_token_windows(tokens, prefix_token=EOT(0), max_seq_len=max_length,
-   context_len=1)`` followed by ``make_disjoint_window`` and HFLM's ``(context + continuation)
-   [-(max_length+1):][:-1]`` input truncation.  In our format that is:
-     * first window: ``ids = [EOT] + tokens[:m]``, ``m = min(max_length, N)``, ``score_from = 1``;
-     * then, while tokens remain: ``p = min(N - done, max_length)``, ``e = done + p``,
-       ``ids = tokens[e - max_length - 1 : e]`` (length ``max_length + 1``), ``score_from =
-       max_length + 1 - p``: the final window re-reads already scored tokens as context so that it
-       is full length, and scores only the ``p`` new ones.
-   Every token is scored exactly once, each with at most ``max_length`` tokens of context.
-   An empty document has no windows (log-likelihood 0) but its words and bytes still count.
-4. Metrics (``process_results`` / ``weighted_perplexity`` / ``bits_per_byte``):
-   ``word_perplexity = exp(-ΣLL / Σwords)``, ``byte_perplexity = exp(-ΣLL / Σbytes)``,
-   ``bits_per_byte = -ΣLL / Σbytes / ln 2``, with ``words = len(re.split(r"\\s+", page))`` and
-   ``bytes = len(page.encode("utf-8"))`` on the *original* page (before detokenization).
-   We also report ``token_perplexity = exp(-ΣLL / Σtokens)``.
-
-Protocol ``strided`` (the HF "Perplexity of fixed-length models" guide)
------------------------------------------------------------------------
-``text = "\\n\\n".join(rows)`` tokenized once without special tokens (N tokens); for
-``begin = 0, stride, 2·stride, ...``: ``end = min(begin + max_length, N)``, the window is
-``tokens[begin:end]`` and its targets are the positions ``>= max(prev_end - begin, 1)`` (the new
-tokens; the window's first token has no context and is never scored); stop after the window that
-reaches N.  ``token_perplexity = exp(-ΣLL / Σscored)``.  With the default ``stride == max_length``
-this equals the guide's number exactly (N - #windows tokens scored).  For ``stride < max_length``
-we sum exact per-token log-likelihoods, whereas the guide weights each window's *mean* loss by
-``trg_len - 1``, which differs slightly when a window's first target is not its first token.
+For every model × protocol: build the scoring windows once (``results/perplexity/windows/``),
+score them with every backend (JAX fp32/bf16 in process through :mod:`.scorer`, references
+through ``python -m reference.score`` via :mod:`.refproc`), and write
+``results/perplexity/<model>/<protocol>[...].json`` (+ per-window log-likelihoods
+``.scores.npz``).  The summary table is rendered once, by ``paper/make_tables.py``
+(``paper/tables/perplexity.{md,tex}``).  ``mode=timing`` times the 130m shape on a few windows and
+extrapolates to the full test set.  Protocol rules: :mod:`.windows`.  The Hydra entry point is
+``experiments/perplexity.py``; :func:`main` is the experiment.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import os
-import subprocess
 import sys
-import tempfile
 import time
-import weakref
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import DictConfig, OmegaConf
 
-from ..fileio import atomic_savez, atomic_write_json, atomic_write_text
-from ..paths import checkout_root
+from ..fileio import atomic_savez, sha256_files, to_jsonable
+from ..paths import checkout_root, repo_path, require_data_dir
+from . import refproc
+from . import windows as ppl
+from .data import check_rows, count_bytes, count_words, load_wikitext_rows, wikitext_detokenizer
+from .models import REAL_MODELS, SYNTHETIC_LABEL, model_fingerprint, resolve_model
+from .provenance import provenance
+from .results import write_document
+from .scorer import JaxScorer
+from .windows import primary_metric
 
-__all__ = [
-    "PROTOCOLS", "LM_EVAL_VERSION", "Windows", "WindowScores", "pack_windows", "rolling_windows",
-    "lm_eval_windows", "strided_windows", "aggregate", "JaxScorer", "ReferenceUnavailable", "ReferenceFailed",
-    "REFERENCE_BACKENDS", "reference_available", "run_reference", "relative_diff",
-]
+# reference scorers (``python -m reference.score``) run from the checkout; relative paths in the
+# configuration are taken relative to it
+REPO = checkout_root() or Path.cwd()
 
-PROTOCOLS = ("lm_eval_rolling", "strided")
-LM_EVAL_VERSION = "0.4.9"
-REFERENCE_MODULE = "reference.score"
-REFERENCE_BACKENDS = ("mamba_ssm_ref_cpu", "transformers", "mamba_ssm_triton")
-
-
-def _json_array(d: dict[str, Any]) -> np.ndarray:
-    return np.array(json.dumps(d, sort_keys=True))
-
-
-# ------------------------------------------------------------------------------ windows
-@dataclass
-class Windows:
-    input_ids: np.ndarray  # (n, T) int32, right-padded
-    lengths: np.ndarray  # (n,) int32
-    score_from: np.ndarray  # (n,) int32
-    doc_index: np.ndarray  # (n,) int32
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        ids = np.asarray(self.input_ids, np.int32)
-        self.input_ids = ids.reshape(len(self.lengths), -1) if ids.size else ids.reshape(len(self.lengths), 1)
-        self.lengths = np.asarray(self.lengths, np.int32)
-        self.score_from = np.asarray(self.score_from, np.int32)
-        self.doc_index = np.asarray(self.doc_index, np.int32)
-        n = len(self.lengths)
-        if not (len(self.input_ids) == len(self.score_from) == len(self.doc_index) == n):
-            raise ValueError("windows: input_ids, lengths, score_from, doc_index must have the same length")
-        if n and (np.any(self.score_from < 1) or np.any(self.score_from > self.lengths)
-                  or np.any(self.lengths > self.input_ids.shape[1])):
-            raise ValueError("windows: need 1 <= score_from <= lengths <= width")
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    @property
-    def width(self) -> int:
-        return int(self.input_ids.shape[1])
-
-    @property
-    def n_targets(self) -> np.ndarray:
-        return (self.lengths - self.score_from).astype(np.int64)
-
-    @property
-    def total_targets(self) -> int:
-        return int(self.n_targets.sum())
-
-    def sha256(self) -> str:
-        """Content hash of the window arrays (independent of the file's compression)."""
-        h = hashlib.sha256()
-        for a in (self.input_ids, self.lengths, self.score_from, self.doc_index):
-            h.update(str(a.shape).encode())
-            h.update(np.ascontiguousarray(a).tobytes())
-        return h.hexdigest()
-
-    def subset(self, idx) -> Windows:
-        idx = np.asarray(idx)
-        return Windows(self.input_ids[idx], self.lengths[idx], self.score_from[idx], self.doc_index[idx],
-                       dict(self.meta))
-
-    def save(self, path: str | Path, compress: bool = True) -> Path:
-        path = Path(path)
-        atomic_savez(path, compress=compress, input_ids=self.input_ids, lengths=self.lengths,
-                     score_from=self.score_from,
-                     doc_index=self.doc_index, meta=_json_array({**self.meta, "sha256": self.sha256()}))
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> Windows:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"])) if "meta" in z else {}
-            meta.pop("sha256", None)
-            doc = z["doc_index"] if "doc_index" in z else np.arange(len(z["lengths"]))
-            return cls(z["input_ids"], z["lengths"], z["score_from"], doc, meta)
-
-    def targets(self, i: int) -> list[tuple[list[int], int]]:
-        """(context, target) pairs of window i (for tests and debugging)."""
-        ids = self.input_ids[i, : self.lengths[i]].tolist()
-        return [(ids[:t], ids[t]) for t in range(int(self.score_from[i]), int(self.lengths[i]))]
+JAX_BACKENDS = {"jax_fp32": "float32", "jax_bf16": "bfloat16"}
 
 
-def pack_windows(seqs: Sequence[tuple[Sequence[int], int, int]], meta: dict[str, Any] | None = None,
-                 pad_id: int = 0, width: int | None = None) -> Windows:
-    """[(ids, score_from, doc_index), ...] → right-padded :class:`Windows`."""
-    n = len(seqs)
-    w = width if width is not None else max((len(s[0]) for s in seqs), default=1)
-    ids = np.full((n, w), pad_id, np.int32)
-    lengths = np.zeros(n, np.int32)
-    score_from = np.zeros(n, np.int32)
-    doc = np.zeros(n, np.int32)
-    for i, (s, f, d) in enumerate(seqs):
-        ids[i, : len(s)] = s
-        lengths[i], score_from[i], doc[i] = len(s), f, d
-    return Windows(ids, lengths, score_from, doc, dict(meta or {}))
+def log(msg: str) -> None:
+    print(f"[perplexity] {msg}", file=sys.stderr, flush=True)
 
 
-def rolling_windows(tokens: Sequence[int], max_length: int = 2048,
-                    prefix_token: int = 0) -> list[tuple[list[int], int]]:
-    """lm-eval rolling disjoint windows (context_len=1) of one document, as (ids, score_from)."""
-    if max_length < 1:
-        raise ValueError("max_length must be >= 1")
-    toks = list(tokens)
-    n = len(toks)
-    out: list[tuple[list[int], int]] = []
-    if n == 0:
-        return out
-    m = min(max_length, n)
-    out.append(([int(prefix_token)] + toks[:m], 1))
-    done = m
-    while done < n:
-        p = min(n - done, max_length)
-        e = done + p
-        out.append((toks[e - max_length - 1: e], max_length + 1 - p))
-        done = e
-    return out
+# ------------------------------------------------------------------------------ paths / provenance
 
 
-def lm_eval_windows(doc_tokens: Sequence[Sequence[int]], max_length: int = 2048, prefix_token: int = 0,
-                    meta: dict[str, Any] | None = None) -> Windows:
-    seqs = [(ids, f, d) for d, toks in enumerate(doc_tokens)
-            for ids, f in rolling_windows(toks, max_length, prefix_token)]
-    m = {"protocol": "lm_eval_rolling", "max_length": max_length, "prefix_token": prefix_token,
-         "context_len": 1, "n_docs": len(doc_tokens), **(meta or {})}
-    return pack_windows(seqs, m, width=max_length + 1 if seqs else 1)
+def data_dir(cfg) -> Path:
+    return require_data_dir(cfg.paths.data_dir)
 
 
-def strided_windows(tokens: Sequence[int], max_length: int = 2048, stride: int = 2048,
-                    meta: dict[str, Any] | None = None) -> Windows:
-    """HF-guide sliding windows over one token stream (see module docstring)."""
-    if not 1 <= stride <= max_length:
-        raise ValueError(f"need 1 <= stride ({stride}) <= max_length ({max_length}); a larger stride would "
-                         f"leave tokens unscored")
-    if max_length < 2:
-        raise ValueError("max_length must be >= 2")
-    toks = list(tokens)
-    n = len(toks)
-    seqs = []
-    prev_end = 0
-    for begin in range(0, n, stride):
-        end = min(begin + max_length, n)
-        f = max(prev_end - begin, 1)
-        if end - begin >= 2 and f < end - begin:
-            seqs.append((toks[begin:end], f, 0))
-        prev_end = end
-        if end == n:
-            break
-    m = {"protocol": "strided", "max_length": max_length, "stride": stride, "n_stream_tokens": n, **(meta or {})}
-    return pack_windows(seqs, m, width=max_length if seqs else 1)
+# ------------------------------------------------------------------------------ models
 
 
-# ------------------------------------------------------------------------------ metrics
-@dataclass
-class WindowScores:
-    loglik: np.ndarray  # (n,) float64
-    n_scored: np.ndarray  # (n,) int64
-    info: dict[str, Any] = field(default_factory=dict)
+def model_from_group(m) -> str:
+    """An entry of the shared Hydra group mamba2_jax/eval/conf/model/ → a model name for resolve_model."""
+    if isinstance(m, str):
+        return m
+    if m.get("checkpoint"):
+        return str(m.checkpoint)
+    if m.get("hf_id"):
+        short = str(m.hf_id).removeprefix("state-spaces/")
+        return short if short in REAL_MODELS else str(m.hf_id)
+    raise ValueError(f"model group entry {m.get('name')!r} has neither `checkpoint` nor `hf_id`: it is a random-weight "
+                     f"test shape, not a model for the GPT-NeoX vocabulary; use models=[synthetic] instead")
 
 
-def aggregate(windows: Windows, scores: WindowScores, doc_words: Sequence[int] | None = None,
-              doc_bytes: Sequence[int] | None = None) -> dict[str, Any]:
-    """Totals and perplexities.  Word/byte metrics need per-document counts (lm_eval_rolling)."""
-    ll = np.asarray(scores.loglik, np.float64)
-    ns = np.asarray(scores.n_scored, np.int64)
-    expected = windows.n_targets
-    if ll.shape != (len(windows),) or not np.array_equal(ns, expected):
-        raise ValueError("scores do not match the windows (shape or number of scored tokens differ)")
-    if not np.all(np.isfinite(ll)):
-        raise ValueError(f"{int((~np.isfinite(ll)).sum())} window log-likelihoods are not finite")
-    s = float(ll.sum())
-    n_tok = int(ns.sum())
-    out: dict[str, Any] = {"sum_loglik": s, "n_tokens": n_tok, "n_windows": len(windows),
-                           "nll_per_token": -s / n_tok if n_tok else float("nan"),
-                           "token_perplexity": math.exp(-s / n_tok) if n_tok else float("nan")}
-    if doc_words is not None:
-        w = int(np.sum(doc_words))
-        b = int(np.sum(doc_bytes))
-        out.update({"n_docs": len(doc_words), "n_words": w, "n_bytes": b,
-                    "word_perplexity": math.exp(-s / w), "byte_perplexity": math.exp(-s / b),
-                    "bits_per_byte": -s / b / math.log(2)})
-    return out
+# ------------------------------------------------------------------------------ protocols
+def build_windows(protocol: str, rows, tok, cfg) -> tuple[ppl.Windows, dict[str, Any]]:
+    limit = cfg.limit
+    if protocol == "lm_eval_rolling":
+        p = cfg.lm_eval_rolling
+        docs = rows.documents()
+        n_all = len(docs)
+        if limit is not None:
+            docs = docs[: int(limit)]
+        texts = [wikitext_detokenizer(d) for d in docs]
+        toks = tok.encode_batch(texts)
+        w = ppl.lm_eval_windows(toks, int(p.max_length), int(p.prefix_token))
+        info = {"n_docs_total": n_all, "n_docs": len(docs), "doc_words": [count_words(d) for d in docs],
+                "doc_bytes": [count_bytes(d) for d in docs], "doc_tokens": [len(t) for t in toks]}
+        scope = "full test set" if limit is None or int(limit) >= n_all else f"first {len(docs)} of {n_all} documents"
+    elif protocol == "strided":
+        p = cfg.strided
+        text = "\n\n".join(rows.rows)
+        toks = tok.encode(text)
+        w = ppl.strided_windows(toks, int(p.max_length), int(p.stride))
+        n_all = len(w)
+        if limit is not None and int(limit) < n_all:
+            w = w.subset(np.arange(int(limit)))
+        info = {"n_windows_total": n_all, "n_stream_tokens": len(toks)}
+        scope = "full test set" if len(w) == n_all else f"first {len(w)} of {n_all} windows"
+    else:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {ppl.PROTOCOLS}")
+    w.meta.update({"tokenizer": tok.source, "data_source": rows.source, "split": rows.split, "scope": scope,
+                   "lm_eval_version": ppl.LM_EVAL_VERSION if protocol == "lm_eval_rolling" else None})
+    info["scope"] = scope
+    return w, info
 
 
-def relative_diff(a: float, ref: float) -> float:
-    return (a - ref) / ref if ref else float("nan")
+# ------------------------------------------------------------------------------ one model × protocol
+def _mesh(cfg):
+    """The ("data", "model") mesh of ``mesh.data`` / ``mesh.model`` (None when both are unset)."""
+    from mamba2_jax.sharding import make_mesh
+
+    m = cfg.get("mesh")
+    return make_mesh(OmegaConf.to_container(m, resolve=True)) if m is not None else None
 
 
-# ------------------------------------------------------------------------------ JAX scorer
-def _round_up(x: int, m: int) -> int:
-    return -(-x // m) * m
+def _primary() -> bool:
+    """Only process 0 of a multi-process run writes files."""
+    from mamba2_jax.sharding import is_primary
+
+    return is_primary()
 
 
-class JaxScorer:
-    """Scores windows with a :class:`~mamba2_jax.model.Mamba2LMHeadModel`.
+class JaxModels:
+    """Loads each (model dir, dtype) once and keeps its scorer (compiled shapes are reused)."""
 
-    Windows are sorted by length and grouped into batches of ``batch_size`` (right-padded; padded
-    batch rows score nothing); the model input of a batch is bucketed to a multiple of ``bucket``
-    tokens, so ``jit`` compiles once per bucket.  The LM head and the fp32 log-softmax are applied
-    ``logits_chunk`` positions at a time, so the (batch, length, vocab) logits are never
-    materialised.  With several ``jax.devices()`` the batch axis is sharded over them.  With a
-    ``mesh`` (or a model loaded on one, see :mod:`mamba2_jax.sharding`) the windows of a batch are
-    split over its "data" axis and the model over its "model" axis, also across processes.
-    """
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self._scorers: dict[tuple[str, str], JaxScorer] = {}
 
-    def __init__(self, model, batch_size: int = 4, bucket: int = 512, logits_chunk: int = 256,
-                 devices: Sequence[Any] | None = None, mesh=None):
-        import jax
-        from flax import nnx
+    def scorer(self, model_dir: str, dtype: str) -> JaxScorer:
+        key = (model_dir, dtype)
+        if key not in self._scorers:
+            from mamba2_jax.loading import load_pretrained
 
-        if bucket % logits_chunk:
-            raise ValueError(f"bucket ({bucket}) must be a multiple of logits_chunk ({logits_chunk})")
-        if mesh is not None:
-            from ..sharding import make_mesh, shard_model
+            if any(k[0] != model_dir for k in self._scorers):
+                self._scorers.clear()  # one model (in its fp32 and bf16 copies) in memory at a time
+            model = load_pretrained(model_dir, dtype=dtype, mesh=_mesh(self.cfg))
+            j = self.cfg.jax
+            self._scorers[key] = JaxScorer(model, int(j.batch_size), int(j.bucket), int(j.logits_chunk))
+        return self._scorers[key]
 
-            model = shard_model(model, make_mesh(mesh))
-        self.mesh = getattr(model, "mesh", None)
-        self.model = model
-        self.devices = list(devices) if devices is not None else jax.devices()
-        if self.mesh is not None:
-            self.devices = list(self.mesh.devices.flat)
-        nd = len(self.devices) if self.mesh is None else int(self.mesh.shape["data"])
-        self._n_batch_shards = nd
-        self.batch_size = _round_up(max(1, batch_size), nd)
-        self.bucket = bucket
-        self.logits_chunk = logits_chunk
-        graphdef, state = nnx.split(model)
-        self._in_sharding = None
-        if self.mesh is not None:
-            from jax.sharding import NamedSharding
-            from jax.sharding import PartitionSpec as P
 
-            self._in_sharding = NamedSharding(self.mesh, P("data"))
-        elif nd > 1:
-            from jax.sharding import Mesh, NamedSharding
-            from jax.sharding import PartitionSpec as P
-
-            mesh = Mesh(np.array(self.devices), ("data",))
-            state = jax.device_put(state, NamedSharding(mesh, P()))
-            self._in_sharding = NamedSharding(mesh, P("data"))
-        self._state = state
-        self._fn = _jitted_score_fn(model, graphdef, logits_chunk)
-        self.shapes_compiled: set[tuple[int, int]] = set()
-        self.compile_seconds = 0.0
-
-    # -- one batch ---------------------------------------------------------------------------
-    def _bucket_width(self, max_len: int) -> int:
-        return _round_up(max(max_len - 1, 1), self.bucket) + 1
-
-    def token_logprobs(self, ids: np.ndarray, lengths: np.ndarray, score_from: np.ndarray) -> np.ndarray:
-        """Per-target log-probabilities (b, w-1) float32 (0 where not scored); target t is at t-1."""
-        import jax
-
-        b = len(lengths)
-        w = self._bucket_width(int(np.max(lengths)))
-        B = self.batch_size if b <= self.batch_size else _round_up(b, self._n_batch_shards)
-        x = np.zeros((B, w), np.int32)
-        cols = min(w, ids.shape[1])
-        x[:b, :cols] = ids[:, :cols]
-        L = np.ones(B, np.int32)
-        F = np.ones(B, np.int32)
-        L[:b], F[:b] = lengths, score_from
-        args = [x, L, F]
-        if self.mesh is not None:
-            from ..sharding import put_batch, to_host
-
-            args = [put_batch(a, self.mesh) for a in args]
-        elif self._in_sharding is not None:
-            args = [jax.device_put(a, self._in_sharding) for a in args]
-        key = (B, w)
+def evaluate_one(spec: dict[str, Any], protocol: str, windows: ppl.Windows, winfo: dict[str, Any],
+                 windows_path: Path, cfg, jax_models: JaxModels) -> dict[str, Any]:
+    work = repo_path(cfg.paths.work_dir) / "runs" / spec["label"] / f"{protocol}-{windows.sha256()[:12]}"
+    per_window: dict[str, np.ndarray] = {}
+    backends: dict[str, dict[str, Any]] = {}
+    words = winfo.get("doc_words")
+    nbytes = winfo.get("doc_bytes")
+    for b in cfg.backends:
         t0 = time.perf_counter()
-        out = self._fn(self._state, *args)
-        out = to_host(out) if self.mesh is not None else np.asarray(out)
-        if key not in self.shapes_compiled:
-            self.shapes_compiled.add(key)
-            self.compile_seconds += time.perf_counter() - t0  # first call of a shape: compile (if new) + run
-        return out[:b]
-
-    # -- all windows -------------------------------------------------------------------------
-    def plan(self, windows: Windows) -> list[np.ndarray]:
-        """Deterministic batches: windows sorted by length (longest first), ``batch_size`` each."""
-        order = np.argsort(-windows.lengths, kind="stable")
-        return [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-
-    def score(self, windows: Windows, state_path: str | Path | None = None, fingerprint: dict | None = None,
-              progress: bool = True, desc: str = "jax", on_batch: Callable[[int], None] | None = None,
-              checkpoint_every_s: float = 0.0) -> WindowScores:
-        """Score all windows; with ``state_path`` per-window results are checkpointed atomically
-        (after every batch, or at most every ``checkpoint_every_s`` seconds) and a rerun with the
-        same windows and ``fingerprint`` resumes where the previous run stopped."""
-        from tqdm.auto import tqdm
-
-        n = len(windows)
-        meta = {"windows_sha256": windows.sha256(), "fingerprint": fingerprint or {}}
-        loglik = np.zeros(n, np.float64)
-        n_scored = np.zeros(n, np.int64)
-        done = np.zeros(n, bool)
-        resumed = 0
-        if state_path is not None and Path(state_path).exists():
-            prev = _load_progress(state_path, meta, n)
-            if prev is not None:
-                loglik, n_scored, done = prev
-                resumed = int(done.sum())
-        targets = windows.n_targets
-        todo = [bt for bt in self.plan(windows) if not done[bt].all()]
-        compile0 = self.compile_seconds
-        t_start = time.perf_counter()
-        last_save = 0.0
-        tok_done = 0
-        bar = tqdm(total=int(targets[~done].sum()), unit="tok", unit_scale=True, desc=desc, disable=not progress,
-                   dynamic_ncols=True, mininterval=1.0)
         try:
-            for bt in todo:
-                lp = self.token_logprobs(windows.input_ids[bt], windows.lengths[bt], windows.score_from[bt])
-                loglik[bt] = lp.astype(np.float64).sum(axis=1)
-                n_scored[bt] = targets[bt]
-                done[bt] = True
-                tok_done += int(targets[bt].sum())
-                bar.update(int(targets[bt].sum()))
-                bar.set_postfix(windows=f"{int(done.sum())}/{n}", compiled=len(self.shapes_compiled), refresh=False)
-                now = time.perf_counter()
-                if state_path is not None and (now - last_save >= checkpoint_every_s or done.all()):
-                    _save_progress(state_path, meta, loglik, n_scored, done)
-                    last_save = now
-                if on_batch is not None:
-                    on_batch(int(done.sum()))
-        finally:
-            bar.close()
-            if state_path is not None and done.any():
-                _save_progress(state_path, meta, loglik, n_scored, done)
-        wall = time.perf_counter() - t_start
-        first_calls = self.compile_seconds - compile0
-        info = {"resumed_windows": resumed, "computed_windows": n - resumed, "computed_tokens": tok_done,
-                "wall_seconds": wall, "first_call_seconds": first_calls,
-                "shapes_compiled": sorted(self.shapes_compiled), "batch_size": self.batch_size,
-                "bucket": self.bucket, "n_devices": len(self.devices),
-                "mesh": None if self.mesh is None else {k: int(v) for k, v in self.mesh.shape.items()},
-                "tokens_per_second_incl_compile": tok_done / wall if tok_done else None}
-        return WindowScores(loglik, n_scored, info)
+            if b in JAX_BACKENDS:
+                dtype = JAX_BACKENDS[b]
+                scorer = jax_models.scorer(spec["dir"], dtype)
+                state = work / f"{b}.progress.npz" if cfg.resume else None
+                fp = {"model": model_fingerprint(Path(spec["dir"])), "dtype": dtype, "backend": b,
+                      "bucket": scorer.bucket, "batch_size": scorer.batch_size}
+                sc = scorer.score(windows, state_path=state, fingerprint=fp, progress=bool(cfg.progress),
+                                  desc=f"{spec['label']}/{protocol}/{b}",
+                                  checkpoint_every_s=float(cfg.jax.checkpoint_every_s))
+                sc.info["policy"] = getattr(scorer.model, "policy", None)
+            elif b in refproc.REFERENCE_BACKENDS:
+                env = dict(os.environ)
+                extra_args = []
+                if cfg.reference.threads:
+                    extra_args = ["--threads", str(cfg.reference.threads)]
+                if b == "mamba_ssm_triton":
+                    # on CPU the Triton interpreter's tl.dot is a small numpy matmul: one BLAS thread is
+                    # ~2x faster than OpenBLAS's default on a shared 2-core machine (no effect on CUDA)
+                    n = str(cfg.reference.threads or 1)
+                    env.update({k: env.get(k, n) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
+                sc = _run_reference(b, spec, windows, windows_path, work, cfg, env, extra_args)
+            else:
+                known = " | ".join(("jax_fp32", "jax_bf16", *refproc.REFERENCE_BACKENDS))
+                raise ValueError(f"unknown backend {b!r} ({known})")
+            m = ppl.aggregate(windows, sc, words, nbytes)
+            backends[b] = {"status": "ok", **m, "seconds": time.perf_counter() - t0, "run": to_jsonable(sc.info)}
+            per_window[b] = sc.loglik
+            log(f"{spec['label']}/{protocol}/{b}: " + _headline(protocol, m))
+        except refproc.ReferenceUnavailable as e:
+            backends[b] = {"status": "unavailable", "error": str(e)}
+            log(f"{spec['label']}/{protocol}/{b}: UNAVAILABLE: {e}")
+        except Exception as e:
+            backends[b] = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+            log(f"{spec['label']}/{protocol}/{b}: FAILED: {type(e).__name__}: {e}")
+            if not isinstance(e, refproc.ReferenceFailed):
+                traceback.print_exc()
+    return {"backends": backends, "per_window": per_window,
+            "comparison": compare(backends, protocol, cfg.reference_backend, float(cfg.tolerance_rel))}
 
 
-def _make_score_fn(graphdef, chunk: int):
-    """(state, ids (b, w), lengths, score_from) → per-target log-probs (b, w-1), fp32 log-softmax."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    def fn(state, ids, lengths, score_from):
-        model = nnx.merge(graphdef, state)
-        b, w = ids.shape
-        lb = w - 1
-        inp, tgt = ids[:, :-1], ids[:, 1:]
-        in_len = jnp.clip(lengths - 1, 1, lb).astype(jnp.int32)
-        h, _, _, _ = model.backbone.prefill(inp, model.init_cache(b), in_len)  # (b, lb, d) f32
-        nc = lb // chunk
-        hc = jnp.swapaxes(h.reshape(b, nc, chunk, h.shape[-1]), 0, 1)
-        tc = jnp.swapaxes(tgt.reshape(b, nc, chunk), 0, 1)
-
-        def one(args):
-            hh, tt = args
-            logits = model.logits(hh).astype(jnp.float32)  # (b, chunk, V)
-            lse = jax.nn.logsumexp(logits, axis=-1)
-            return jnp.take_along_axis(logits, tt[..., None], axis=-1)[..., 0] - lse
-
-        lp = jnp.swapaxes(jax.lax.map(one, (hc, tc)), 0, 1).reshape(b, lb)
-        t = jnp.arange(1, w)[None, :]
-        mask = (t >= score_from[:, None]) & (t < lengths[:, None])
-        return jnp.where(mask, lp, 0.0)
-
-    return fn
+def _run_reference(b, spec, windows, windows_path, work, cfg, env, extra_args) -> ppl.WindowScores:
+    py = refproc.reference_python(cfg.reference.python, b)
+    return refproc.run_reference(b, spec["dir"], windows_path, work / f"{b}.out.npz", windows,
+                                 module=cfg.reference.module, python=py, env=env,
+                             timeout=cfg.reference.timeout_s, log_path=work / f"{b}.log", extra_args=extra_args,
+                             reuse=bool(cfg.resume))
 
 
-_JIT_CACHE: weakref.WeakKeyDictionary[Any, dict[int, Any]] = weakref.WeakKeyDictionary()
+def _headline(protocol: str, m: dict[str, Any]) -> str:
+    if protocol == "lm_eval_rolling":
+        return (f"word ppl {m['word_perplexity']:.6f}  token ppl {m['token_perplexity']:.6f}  "
+                f"bpb {m['bits_per_byte']:.6f}  ({m['n_tokens']} tokens, {m['n_words']} words)")
+    return f"token ppl {m['token_perplexity']:.6f}  ({m['n_tokens']} tokens)"
 
 
-def _jitted_score_fn(model, graphdef, chunk: int):
-    """One jitted function per (model object, chunk): scorers of one model share compiled shapes."""
-    import jax
-
-    per_model = _JIT_CACHE.setdefault(model, {})
-    if chunk not in per_model:
-        per_model[chunk] = jax.jit(_make_score_fn(graphdef, chunk))
-    return per_model[chunk]
-
-
-def _save_progress(path, meta, loglik, n_scored, done) -> None:
-    atomic_savez(path, loglik=loglik, n_scored=n_scored, done=done, meta=_json_array(meta))
-
-
-def _load_progress(path, meta, n):
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            prev_meta = json.loads(str(z["meta"]))
-            if prev_meta != json.loads(json.dumps(meta, sort_keys=True)) or len(z["done"]) != n:
-                print(f"[perplexity] ignoring {path}: it belongs to other windows or another model", file=sys.stderr)
-                return None
-            return z["loglik"].astype(np.float64), z["n_scored"].astype(np.int64), z["done"].astype(bool)
-    except Exception as e:
-        print(f"[perplexity] ignoring unreadable checkpoint {path}: {e}", file=sys.stderr)
-        return None
+def compare(backends: dict[str, dict[str, Any]], protocol: str, ref_name: str, tol: float) -> dict[str, Any]:
+    metrics = ["word_perplexity", "byte_perplexity", "token_perplexity"] if protocol == "lm_eval_rolling" \
+        else ["token_perplexity"]
+    ref = backends.get(ref_name, {})
+    out: dict[str, Any] = {"reference_backend": ref_name, "reference_status": ref.get("status", "not run"),
+                           "tolerance_rel": tol, "primary_metric": primary_metric(protocol), "vs_reference": {}}
+    for b, r in backends.items():
+        if r.get("status") != "ok":
+            continue
+        if ref.get("status") == "ok" and b != ref_name:
+            d = {m: {"delta": r[m] - ref[m], "rel": ppl.relative_diff(r[m], ref[m])} for m in metrics}
+            d["delta_sum_loglik"] = r["sum_loglik"] - ref["sum_loglik"]
+            if b == "jax_fp32":
+                d["within_tolerance"] = all(abs(d[m]["rel"]) <= tol for m in metrics)
+            out["vs_reference"][b] = d
+    f32, b16 = backends.get("jax_fp32", {}), backends.get("jax_bf16", {})
+    if f32.get("status") == "ok" and b16.get("status") == "ok":
+        out["bf16_vs_fp32"] = {m: {"delta": b16[m] - f32[m], "rel": ppl.relative_diff(b16[m], f32[m])} for m in metrics}
+    return out
 
 
-# ------------------------------------------------------------------------------ references
-class ReferenceUnavailable(RuntimeError):
-    """The reference scorer module (``python -m reference.score``) cannot be found."""
+# ------------------------------------------------------------------------------ result records
 
 
-class ReferenceFailed(RuntimeError):
-    """The reference scorer ran but failed or returned something that breaks the contract."""
+def table_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for r in results:
+        proto = r["protocol"]
+        metric = primary_metric(proto)
+        bk = r["backends"]
+        ref_name = r["comparison"]["reference_backend"]
+        def get(b, bk=bk, metric=metric):
+            return bk.get(b, {}).get(metric) if bk.get(b, {}).get("status") == "ok" else None
+        cmp = r["comparison"]["vs_reference"].get("jax_fp32", {}).get(metric, {})
+        gap = r["comparison"].get("bf16_vs_fp32", {}).get(metric, {})
+        any_ok = next((v for v in bk.values() if v.get("status") == "ok"), {})
+        rows.append({
+            "model": r["model"]["label"], "weights": r["model"]["weights"], "synthetic": r["model"].get("synthetic"),
+            "protocol": proto, "metric": metric.replace("_perplexity", " ppl"), "scope": r["scope"],
+            "jax_fp32": get("jax_fp32"), "jax_bf16": get("jax_bf16"), "reference": get(ref_name),
+            "reference_name": ref_name, "transformers": get("transformers") if ref_name != "transformers" else None,
+            "delta": cmp.get("delta"), "rel": cmp.get("rel"), "bf16_gap_rel": gap.get("rel"),
+            "within_tol": r["comparison"]["vs_reference"].get("jax_fp32", {}).get("within_tolerance"),
+            "tol": r["comparison"].get("tolerance_rel"),
+            "tokens": any_ok.get("n_tokens"), "words": any_ok.get("n_words"),
+        })
+    return rows
 
 
-def reference_available(module: str = REFERENCE_MODULE, cwd: str | Path | None = None, python: str = sys.executable,
-                        env: dict[str, str] | None = None) -> str | None:
-    """None if ``python -m module`` can be found from ``cwd`` (default: the checkout), else the reason why not."""
-    cwd = cwd if cwd is not None else checkout_root()
-    code = ("import importlib.util, sys\n"
-            "try:\n    s = importlib.util.find_spec(sys.argv[1])\nexcept Exception:\n    s = None\n"
-            "sys.exit(0 if s is not None else 3)")
-    r = subprocess.run([python, "-c", code, module], cwd=None if cwd is None else str(cwd), capture_output=True,
-                       text=True,
-                       env=env)
-    if r.returncode == 0:
-        return None
-    return (f"reference scorer `python -m {module}` not found (looked from {cwd}). It is the subprocess "
-            f"contract `python -m {module} --backend B --model DIR --windows W.npz --out OUT.npz`; until it "
-            f"exists only the JAX backends run. Install/add the `reference` package, or drop the reference "
-            f"backends (Hydra: backends=[jax_fp32,jax_bf16]).")
+# ------------------------------------------------------------------------------ main modes
+def evaluate(cfg) -> list[dict[str, Any]]:
+    from mamba2_jax.tokenizer import load_tokenizer
 
+    dd = data_dir(cfg)
+    os.environ.setdefault("MAMBA2_JAX_DATA", str(dd))
+    local = cfg.data.local_dir or (dd / "wikitext-103-raw-v1")
+    rows = load_wikitext_rows(cfg.data.split, cfg.data.source, repo_path(local), cfg.data.hub_path, cfg.data.hub_name)
+    problems = check_rows(rows.summary, cfg.data.split)
+    if problems:
+        log("WARNING: WikiText rows differ from the known facts: " + "; ".join(problems))
+    tok = load_tokenizer(repo_path(cfg.tokenizer) if cfg.tokenizer else None)
+    models = [model_from_group(cfg.model)] if cfg.get("model") else list(cfg.models)
+    protocols = [cfg.protocol] if cfg.protocol else list(cfg.protocols)
+    results_dir = repo_path(cfg.paths.results_dir)
+    jm = JaxModels(cfg)
+    prov = provenance()
+    from mamba2_jax.sharding import describe_mesh
 
-def run_reference(backend: str, model_dir: str | Path, windows_path: str | Path, out_path: str | Path,
-                  windows: Windows | None = None, *, module: str = REFERENCE_MODULE, python: str = sys.executable,
-                  cwd: str | Path | None = None, env: dict[str, str] | None = None, timeout: float | None = None,
-                  log_path: str | Path | None = None, extra_args: Sequence[str] = (),
-                  reuse: bool = True) -> WindowScores:
-    """Run one reference backend on a windows file and read back its scores.
-
-    With ``reuse`` an existing ``out_path`` made from the same windows file (checked through a
-    ``.meta.json`` sidecar holding the windows hash) is read instead of recomputed.
-    """
-    windows = windows if windows is not None else Windows.load(windows_path)
-    out_path = Path(out_path)
-    sidecar = out_path.with_name(out_path.name + ".meta.json")
-    want = {"backend": backend, "model": str(model_dir), "windows_sha256": windows.sha256(),
-            "extra_args": [str(a) for a in extra_args]}
-    if reuse and out_path.exists() and sidecar.exists():
+    prov["mesh"] = describe_mesh(_mesh(cfg))
+    out = []
+    failures = []
+    windows_cache: dict[str, tuple[ppl.Windows, dict, Path]] = {}
+    for name in models:
         try:
-            if json.loads(sidecar.read_text()) == want:
-                sc = _read_reference_out(out_path, windows, backend)
-                sc.info["reused"] = True
-                return sc
-        except (ReferenceFailed, ValueError, OSError):
-            pass
-    cwd = cwd if cwd is not None else checkout_root()
-    why = reference_available(module, cwd, python, env)
-    if why is not None:
-        raise ReferenceUnavailable(why)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    from .supervise import run_supervised
+            spec = resolve_model(str(name), cfg)
+        except Exception as e:
+            log(f"model {name}: cannot be loaded: {type(e).__name__}: {e}")
+            failures.append(str(name))
+            continue
+        spec["weights_files"] = sha256_files(Path(spec["dir"]))
+        for protocol in protocols:
+            if protocol not in windows_cache:
+                w, info = build_windows(protocol, rows, tok, cfg)
+                wdir = results_dir / "windows"
+                suffix = "" if info["scope"] == "full test set" else f"-limit{cfg.limit}"
+                wpath = wdir / f"{protocol}{suffix}-{w.sha256()[:12]}.npz"
+                if not wpath.exists():
+                    w.save(wpath)
+                windows_cache[protocol] = (w, info, wpath)
+            w, info, wpath = windows_cache[protocol]
+            log(f"{spec['label']} / {protocol}: {len(w)} windows, {w.total_targets} target tokens ({info['scope']})")
+            r = evaluate_one(spec, protocol, w, info, wpath, cfg, jm)
+            res = {
+                "kind": "perplexity", "model": spec, "protocol": protocol, "scope": info["scope"],
+                "limit": cfg.limit,
+                "protocol_params": OmegaConf.to_container(cfg[protocol], resolve=True),
+                "windows": {"path": str(wpath.relative_to(REPO)) if wpath.is_relative_to(REPO) else str(wpath),
+                            "sha256": w.sha256(), "n_windows": len(w), "width": w.width,
+                            "n_targets": w.total_targets,
+                            **{k: v for k, v in info.items() if not k.startswith("doc_")}},
+                "data": {"source": rows.source, "split": rows.split, **rows.summary,
+                         "matches_known_rows": not problems},
+                "tokenizer": tok.source,
+                "backends": r["backends"], "comparison": r["comparison"],
+                "config": OmegaConf.to_container(cfg, resolve=True),
+                "provenance": prov,
+            }
+            if protocol == "lm_eval_rolling":
+                res["semantics"] = (f"lm-evaluation-harness v{ppl.LM_EVAL_VERSION} wikitext "
+                                    "(see mamba2_jax/eval/windows.py)")
+            else:
+                res["semantics"] = "HF perplexity guide, text='\\n\\n'.join(rows) (see mamba2_jax/eval/windows.py)"
+            tag = f"-{cfg.tag}" if cfg.tag else ""
+            suffix = "" if info["scope"] == "full test set" else f"-limit{cfg.limit}"
+            stem = results_dir / spec["label"] / f"{protocol}{suffix}{tag}"
+            stem.parent.mkdir(parents=True, exist_ok=True)
+            if _primary():
+                write_document(stem.with_suffix(".json"), res, experiment="perplexity",
+                               run=f"{spec['label']}/{stem.name}", records=table_rows([res]))
+            if r["per_window"] and _primary():
+                atomic_savez(stem.with_suffix(".scores.npz"), compress=True, windows_sha256=np.array(w.sha256()),
+                             **{f"loglik_{k}": v for k, v in r["per_window"].items()})
+            log(f"wrote {stem.with_suffix('.json')}")
+            out.append(res)
+            bad_ref = [b for b, v in r["backends"].items() if v["status"] != "ok" and b in refproc.REFERENCE_BACKENDS]
+            bad_jax = [b for b, v in r["backends"].items() if v["status"] != "ok" and b in JAX_BACKENDS]
+            if bad_jax or (cfg.require_reference and bad_ref):
+                failures.append(f"{spec['label']}/{protocol}: {bad_jax + bad_ref}")
+    if _primary():
+        log(f"results in {results_dir}; the summary table is paper/tables/perplexity.md (`make paper-tables`)")
+    if failures:
+        raise SystemExit(f"perplexity: failures: {failures}")
+    return out
 
-    # a unique name per run: two concurrent runs never write into each other's output
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".partial.npz", dir=out_path.parent)
-    os.close(fd)
-    tmp_out = Path(tmp_name)
-    cmd = [python, "-m", module, "--backend", backend, "--model", str(model_dir), "--windows", str(windows_path),
-           "--out", str(tmp_out), *map(str, extra_args)]
+
+def timing(cfg) -> dict[str, Any]:
+    """Time the scorer on a few full-length windows of a preset shape and extrapolate."""
+    import jax
+
+    from mamba2_jax.checkpoint import init_state_dict
+    from mamba2_jax.config import get_preset
+    from mamba2_jax.loading import model_from_state_dict
+    from mamba2_jax.tokenizer import load_tokenizer
+
+    t = cfg.timing
+    dd = data_dir(cfg)
+    os.environ.setdefault("MAMBA2_JAX_DATA", str(dd))
+    local = cfg.data.local_dir or (dd / "wikitext-103-raw-v1")
+    rows = load_wikitext_rows(cfg.data.split, cfg.data.source, repo_path(local), cfg.data.hub_path, cfg.data.hub_name)
+    tok = load_tokenizer(repo_path(cfg.tokenizer) if cfg.tokenizer else None)
+    full_cfg = OmegaConf.merge(cfg, {"limit": None})
+    windows = {p: build_windows(p, rows, tok, full_cfg)[0] for p in ppl.PROTOCOLS}
+    mcfg = get_preset(t.preset)
     t0 = time.perf_counter()
-    try:
-        r = run_supervised(cmd, cwd=cwd, env=env, timeout=timeout, echo_stderr=False, tail_lines=200)
-        wall = time.perf_counter() - t0
-        if log_path is not None:
-            atomic_write_text(log_path, f"$ {' '.join(cmd)}\n# rc={r.returncode} timed_out={r.timed_out}\n"
-                                        f"--- stdout\n{r.stdout}\n--- stderr (tail)\n{r.stderr_tail}")
-        tail = "\n".join((r.stderr_tail or r.stdout).strip().splitlines()[-15:])
-        if r.timed_out:
-            raise ReferenceFailed(f"reference backend {backend!r} timed out after {timeout} s and was killed; "
-                                  f"its stderr ended with:\n{tail}")
-        if r.returncode != 0:
-            raise ReferenceFailed(f"reference backend {backend!r} failed (exit {r.returncode}):\n{tail}")
-        sc = _read_reference_out(tmp_out, windows, backend)
-        os.replace(tmp_out, out_path)
-    finally:
-        tmp_out.unlink(missing_ok=True)
-    atomic_write_json(sidecar, want, indent=None)
-    sc.info.update({"wall_seconds": wall, "command": cmd, "reused": False})
-    return sc
+    model = model_from_state_dict(mcfg, init_state_dict(mcfg, seed=0), dtype=t.dtype)
+    t_load = time.perf_counter() - t0
+    j = cfg.jax
+    scorer = JaxScorer(model, int(t.batch_size), int(j.bucket), int(j.logits_chunk))
+    w = windows[t.protocol]
+    full = np.flatnonzero(w.lengths == w.lengths.max())
+    B = scorer.batch_size
+    sel = full[: B * (1 + int(t.n_windows))]
+    first = sel[:B]
+    t0 = time.perf_counter()
+    scorer.token_logprobs(w.input_ids[first], w.lengths[first], w.score_from[first])
+    t_first = time.perf_counter() - t0
+    timed = sel[B:]
+    load_before = list(os.getloadavg())
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in range(0, len(timed), B):
+        bt = timed[i: i + B]
+        scorer.token_logprobs(w.input_ids[bt], w.lengths[bt], w.score_from[bt])
+    t_run, c_run = time.perf_counter() - t0, time.process_time() - c0
+    per_window = t_run / len(timed)
+    bucket = int(j.bucket)
+    res: dict[str, Any] = {
+        "kind": "perplexity_timing", "preset": t.preset, "dtype": t.dtype, "weights": SYNTHETIC_LABEL,
+        "batch_size": B, "bucket": bucket, "timed_windows": int(len(timed)), "window_tokens": int(w.lengths.max()),
+        "seconds_model_init": t_load, "seconds_first_batch_compile_and_run": t_first,
+        "seconds_per_full_window": per_window,
+        "cpu_seconds_per_full_window": c_run / len(timed),
+        "load_average_1_5_15min_before": load_before, "cpu_count": os.cpu_count(),
+        "tokens_per_second": float(w.n_targets[timed].sum()) / t_run,
+        "note": ("EXTRAPOLATED: measured wall seconds per full-length window (after compile) times the number "
+                 "of windows, with shorter windows scaled by their bucketed length; compile time per extra bucket "
+                 "not included. Synthetic (random) weights of the preset's shape: runtime does not depend on the "
+                 "values. The CPU may be shared with other jobs: see the load averages and the process CPU "
+                 "seconds per window."),
+        "extrapolated": {},
+        "provenance": provenance(),
+    }
+    for p, wp in windows.items():
+        in_len = np.maximum(wp.lengths - 1, 1)
+        bucketed = -(-in_len // bucket) * bucket
+        eq_full = float(np.sum(bucketed) / (w.lengths.max() - 1))
+        cpu_bound = c_run / len(timed) / (os.cpu_count() or 1)
+        res["extrapolated"][p] = {"n_windows": len(wp), "n_targets": wp.total_targets,
+                                  "full_window_equivalents": eq_full,
+                                  "seconds": eq_full * per_window, "hours": eq_full * per_window / 3600,
+                                  # if this process had every core to itself at 100% efficiency (lower bound)
+                                  "uncontended_lower_bound_hours": eq_full * cpu_bound / 3600}
+    res["devices"] = [str(d) for d in jax.devices()]
+    res["load_average_1_5_15min_at_end"] = list(os.getloadavg())
+    out = repo_path(cfg.paths.results_dir) / "timing" / f"{t.preset}-{t.dtype}.json"
+    write_document(out, res, experiment="perplexity_timing", run=out.stem,
+                   records=[{"protocol": k, **v} for k, v in res["extrapolated"].items()])
+    log(f"{t.preset} {t.dtype}: {per_window:.2f} s wall ({c_run / len(timed):.2f} s CPU) per full window; "
+        + ", ".join(f"{p}: {v['n_windows']} windows ≈ {v['hours']:.2f} h" for p, v in res["extrapolated"].items())
+        + f"  → {out}")
+    return res
 
 
-def _read_reference_out(path: Path, windows: Windows, backend: str) -> WindowScores:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            ll = np.asarray(z["loglik"], np.float64)
-            ns = np.asarray(z["n_scored"], np.int64)
-            extra = {k: z[k].tolist() for k in z.files
-                     if k not in ("loglik", "n_scored", "meta_json") and z[k].size <= 64}
-            if "meta_json" in z.files:
-                try:
-                    extra["meta"] = json.loads(str(z["meta_json"]))
-                except ValueError:
-                    extra["meta"] = str(z["meta_json"])
-    except (OSError, KeyError, ValueError) as e:
-        raise ReferenceFailed(f"{backend}: cannot read {path}: {e}") from None
-    n = len(windows)
-    if ll.shape != (n,) or ns.shape != (n,):
-        raise ReferenceFailed(f"{backend}: expected loglik/n_scored of shape ({n},), got {ll.shape}/{ns.shape}")
-    if not np.array_equal(ns, windows.n_targets):
-        bad = int(np.sum(ns != windows.n_targets))
-        raise ReferenceFailed(f"{backend}: n_scored disagrees with lengths - score_from in {bad} windows")
-    return WindowScores(ll, ns, {"backend_extra": extra})
+def main(cfg: DictConfig) -> None:
+    from ..sharding import initialize_distributed
+
+    d = cfg.get("distributed") or {}
+    initialize_distributed(d.get("coordinator_address"), d.get("num_processes"), d.get("process_id"))
+    if cfg.mode == "timing":
+        timing(cfg)
+    elif cfg.mode == "evaluate":
+        evaluate(cfg)
+    else:
+        raise SystemExit(f"unknown mode {cfg.mode!r} (evaluate | timing)")

@@ -12,12 +12,13 @@ import datetime as _dt
 import importlib.metadata as _md
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["provenance", "git_info", "package_versions", "cpu_model", "utc_now"]
+__all__ = ["provenance", "command_line", "hydra_overrides", "git_info", "package_versions", "cpu_model", "utc_now"]
 
 from ..paths import checkout_root
 
@@ -37,16 +38,30 @@ def _git(*args: str, cwd: Path) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+# What the experiments themselves write (and Markdown, which no number is computed from): a change
+# there does not make the code differ from the commit.  Without this, the second step of a chain
+# (`make reproduce`, `make regenerate`) would record "dirty" because the first one wrote its results.
+OUTPUT_PATHSPECS = ("results", "figures/out", "paper/tables", "paper/reproduce_summary*",
+                    "paper/regenerate_summary*", "paper/main.pdf", "*.md")
+
+
 def git_info(cwd: str | Path | None = None) -> dict[str, Any]:
-    """{"sha": full sha or None, "dirty": bool or None, "branch": name or None} of the checkout the
-    package runs from (or of ``cwd``); all None from an installed wheel."""
+    """{"sha": full sha or None, "dirty": bool or None, "branch": name or None, "dirty_files": [...]}
+    of the checkout the package runs from (or of ``cwd``); all None from an installed wheel.
+    ``dirty``: a tracked file outside OUTPUT_PATHSPECS differs from the commit (``dirty_files``
+    lists the first 20 of them)."""
     cwd = Path(cwd) if cwd is not None else checkout_root()
     if cwd is None:
-        return {"sha": None, "dirty": None, "branch": None}
+        return {"sha": None, "dirty": None, "branch": None, "dirty_files": None}
     sha = _git("rev-parse", "HEAD", cwd=cwd)
-    status = _git("status", "--porcelain", "--untracked-files=no", cwd=cwd)
+    # tracked files that differ from HEAD, staged or not (untracked files are not code the run used
+    # unless imported; `git status --untracked-files=no` did not count them either)
+    changed = _git("diff", "--name-only", "HEAD", "--", ".", *(f":(exclude){p}" for p in OUTPUT_PATHSPECS),
+                   cwd=cwd) if sha else None
     branch = _git("rev-parse", "--abbrev-ref", "HEAD", cwd=cwd)
-    return {"sha": sha, "dirty": None if status is None else bool(status), "branch": branch}
+    files = None if changed is None else changed.splitlines()
+    return {"sha": sha, "dirty": None if files is None else bool(files), "branch": branch,
+            "dirty_files": None if files is None else files[:20]}
 
 
 def package_versions(names=DEFAULT_PACKAGES) -> dict[str, str | None]:
@@ -107,11 +122,35 @@ def _torch_info() -> dict[str, Any] | None:
     return info
 
 
+def hydra_overrides() -> list[str] | None:
+    """The full Hydra override list of the running task (``HydraConfig.get().overrides.task``: every
+    override given on the command line, in order), or ``None`` outside a Hydra app.  Hydra is only
+    queried if it is already imported."""
+    if "hydra" not in sys.modules:
+        return None
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+    except Exception:
+        return None
+
+
+def command_line() -> dict[str, Any]:
+    """How this process was started: ``argv`` (``sys.argv``) and ``command`` (the interpreter and its
+    arguments, ``sys.orig_argv``, shell-quoted), so that a run can be repeated exactly."""
+    orig = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+    return {"argv": list(sys.argv), "command": shlex.join(orig), "cwd": os.getcwd()}
+
+
 def provenance(packages=DEFAULT_PACKAGES, **extra: Any) -> dict[str, Any]:
-    """Everything needed to say where a number came from.  ``extra`` keys are merged in."""
+    """Everything needed to say where a number came from, and how to run it again: the command line
+    and (in a Hydra app) the full override list.  ``extra`` keys are merged in."""
     out: dict[str, Any] = {
         "date_utc": utc_now(),
         "git": git_info(),
+        "command_line": command_line(),
+        "hydra_overrides": hydra_overrides(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "machine": platform.machine(),

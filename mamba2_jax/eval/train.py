@@ -1,7 +1,7 @@
 """Training utilities: language-model loss, an optax train step, and token batching.
 
 Training runs through exactly the modules used for inference: the model is a
-:class:`~mamba2_jax.model.Mamba2LMHeadModel` built by :func:`mamba2_jax.checkpoint.model_from_state_dict`,
+:class:`~mamba2_jax.model.Mamba2LMHeadModel` built by :func:`mamba2_jax.loading.model_from_state_dict`,
 the forward pass is its chunked-SSD ``backbone.prefill`` and its tied ``logits`` head, and the
 gradients are taken with respect to the model's ``nnx.Param`` state (``nnx.split`` / ``nnx.merge``).
 
@@ -29,9 +29,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ..checkpoint import init_state_dict, model_from_state_dict
+from ..checkpoint import init_state_dict
 from ..config import Mamba2Config
+from ..generate import program_key
+from ..loading import model_from_state_dict
 from ..model import Mamba2LMHeadModel
+from ..params import GLOBAL_PARAMS, LAYER_PARAMS
 from .data import rows_from_raw_file, split_articles
 
 __all__ = [
@@ -174,9 +177,8 @@ class TrainConfig:
         return asdict(self)
 
 
-# parameters that get weight decay (matrices); norms, conv, A_log, dt_bias, D and biases do not,
-# following mamba_ssm's ``_no_weight_decay`` on A_log / D / dt_bias and the usual no-decay norms.
-_DECAY = {"embedding", "in_proj", "out_proj", "lm_head"}
+# parameters that get weight decay: the parameter table's ``decay`` rows (the matrices)
+_DECAY = {s.name for s in (*LAYER_PARAMS, *GLOBAL_PARAMS) if s.decay}
 
 
 def _path_names(path) -> list[str]:
@@ -206,14 +208,14 @@ def make_optimizer(tc: TrainConfig) -> tuple[optax.GradientTransformation, optax
 
 
 # ------------------------------------------------------------------------------ trainer
-_STEPS: dict[tuple[Mamba2Config, TrainConfig], tuple[Callable, Callable]] = {}
+_STEPS: dict[tuple[Any, TrainConfig], tuple[Callable, Callable]] = {}
 
 
-def _compiled_steps(cfg: Mamba2Config, graphdef, tc: TrainConfig):
-    """Jitted (train_step, eval_step) for one model config (float32 parameters, hence one graph
-    structure) and training config; cached so that trainers of the same shape share one compilation.
-    ``_STEPS.clear()`` forgets them."""
-    key = (cfg, tc)
+def _compiled_steps(graphdef, tc: TrainConfig):
+    """Jitted (train_step, eval_step) for one model structure (``generate.program_key`` of its
+    graphdef) and training config; cached so that trainers of the same structure share one
+    compilation, and only they.  ``_STEPS.clear()`` forgets them."""
+    key = (program_key(graphdef), tc)
     if key not in _STEPS:
         _STEPS[key] = _build_steps(graphdef, tc)
     return _STEPS[key]
@@ -257,7 +259,7 @@ class Trainer:
         self.tx, self.schedule = make_optimizer(tc)
         self.opt_state = self.tx.init(self.params)
         self.n_steps = 0
-        self._train_step, self._eval_step = _compiled_steps(cfg, self.graphdef, tc)
+        self._train_step, self._eval_step = _compiled_steps(self.graphdef, tc)
 
     def step(self, tokens: np.ndarray) -> tuple[float, float]:
         """One optimiser step on ``tokens`` (b, seq_len+1).  Returns (loss, grad global norm) before the update."""

@@ -1,0 +1,143 @@
+"""Batch-1 decode GEMVs on XLA:CPU: one dot per weight, or the weight stored in independent parts
+(issue 20, item 3), in one process, alternating rounds with the streaming probe.
+
+    python experiments/decode_split.py [--model mamba2-130m] [--rounds 7] [--tokens 32]
+
+A batch-1 decode step is GEMV-bound, and on this 2-core CPU one GEMV streams at about half the
+bandwidth the two cores reach together.  Independent dots can run concurrently (XLA:CPU's thunk
+executor schedules data-independent thunks on its thread pool), so a weight stored in row blocks
+gives the compiler work for both cores.  Measured here:
+
+* **Full decode step** (the Generator's loop, ``bench.DecodeBench``, fp32, batch 1): the model as
+  loaded (fused in_proj) vs the same weights with in_proj stored in its output parts
+  (``in_proj_parts``: z, x, B, C, dt; the model's existing split path, used on meshes).
+* **LM-head GEMV** (the largest weight, V × d): one dot vs the weight stored as 2 and 4 row blocks,
+  each its own dot, concatenated.
+
+Writes results/decode_split/<run>.json (+ csv) with provenance, medians, minima and raw times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mamba2_jax.eval import bench, flops, models
+from mamba2_jax.eval.hardware import StreamBench
+from mamba2_jax.eval.results import write_results
+
+F32 = jnp.float32
+
+
+def split_in_proj_model(model):
+    """The model's weights with every layer's in_proj stored as its output parts (no mesh)."""
+    from mamba2_jax.loading import jax_params_from_state_dict, state_dict_from_model
+    from mamba2_jax.model import Mamba2LMHeadModel
+    from mamba2_jax.params import in_proj_slices
+
+    cfg = model.cfg
+    params = jax_params_from_state_dict(cfg, state_dict_from_model(model), model.dtype)
+    for lp in params["layers"]:
+        w = lp.pop("in_proj")
+        b = lp.pop("in_proj_bias", None)
+        parts = {k: w[a:e] for k, a, e in in_proj_slices(cfg)}
+        if b is not None:
+            parts.update({"bias_" + k: b[a:e] for k, a, e in in_proj_slices(cfg)})
+        lp["in_proj_parts"] = parts
+    out = Mamba2LMHeadModel(cfg, params, precision=model.precision, scan_chunk_size=model.scan_chunk_size,
+                            prefill_block=model.prefill_block)
+    out.policy = {**model.policy, "in_proj": "parts"}
+    return out
+
+
+def head_gemvs(V: int, d: int, splits=(1, 2, 4), seed: int = 0):
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((V, d), np.float32) * 0.02
+    h = jnp.asarray(rng.standard_normal((1, d), np.float32))
+    dn = (((1,), (1,)), ((), ()))
+    out, ref = {}, None
+    for k in splits:
+        parts = [jnp.asarray(p) for p in np.array_split(W, k, axis=0)]
+        f = jax.jit(lambda ps, x: jnp.concatenate(
+            [jax.lax.dot_general(x, p, dn, precision="highest", preferred_element_type=F32) for p in ps], -1))
+        y = np.asarray(f(parts, h))
+        ref = y if ref is None else ref
+        assert np.array_equal(y, ref) or np.max(np.abs(y - ref)) <= 1e-6 * np.max(np.abs(ref))
+
+        def run(f=f, parts=parts):
+            t0 = time.perf_counter()
+            f(parts, h).block_until_ready()
+            return time.perf_counter() - t0
+
+        out[f"head_gemv_x{k}"] = (run, W.nbytes, f.lower(parts, h).compile().as_text())
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="mamba2-130m")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--gemv-reps", type=int, default=20)
+    ap.add_argument("--stream-bytes", type=int, default=1 << 30)
+    ap.add_argument("--out-dir", default=None)
+    ap.add_argument("--run", default=None)
+    a = ap.parse_args(argv)
+
+    ctx = bench.setup_run({"profile_name": "cpu_bench", "cpu_measure": {"reps": 3}}, "decode_split")
+    model, info = models.build_model(models.load_model_spec(a.model), dtype="float32")
+    cfg = model.cfg
+    variants = {"fused_in_proj": model, "in_proj_parts": split_in_proj_model(model)}
+    fns, hlo = {}, {}
+    for name, m in variants.items():
+        db = bench.DecodeBench(m, n_tokens=a.tokens, batch=1)
+        db.add_context("c0", 0)
+        fns[name] = (lambda db=db: db.run("c0") / a.tokens)
+        hlo[name] = {"dots": db.hlo.count(" dot("), "fusions": db.hlo.count(" fusion(")}
+        print(f"[decode_split] {name} compiled ({db.compile_s:.1f} s)", flush=True)
+    gem = head_gemvs(cfg.padded_vocab_size, cfg.d_model)
+    for name, (run, _, _) in gem.items():
+        fns[name] = (lambda run=run: sum(run() for _ in range(a.gemv_reps)) / a.gemv_reps)
+    stream = StreamBench(a.stream_bytes)
+    fns["stream"] = stream.run
+    load0 = list(os.getloadavg())
+    times = bench.alternate(fns, a.rounds)
+    load1 = list(os.getloadavg())
+    bw = stream.bytes_per_call / bench.median(times["stream"])
+    by = flops.decode_bytes(cfg, 1, "float32")["total"]
+    recs = [{"metric": "stream_bandwidth", "value": bw, "unit": "B/s", "times_s": times["stream"]}]
+    print(f"stream bandwidth (median of rounds): {bw / 1e9:.1f} GB/s; load {load0} -> {load1}")
+    base = bench.median(times["fused_in_proj"])
+    for name in variants:
+        t = times[name]
+        s = bench.median(t)
+        recs.append({"metric": "decode_tokens_per_s", "value": 1 / s, "unit": "tokens/s", "formulation": name,
+                     "median_s": s, "min_s": min(t), "times_s": t, "bandwidth_fraction": by / s / bw,
+                     "speedup_vs_fused": base / s, **hlo[name]})
+        print(f"decode {name:16s} {1 / s:6.1f} tok/s (best {1 / min(t):6.1f})  {by / s / bw:5.3f} of bound  "
+              f"x{base / s:4.2f} vs fused  {hlo[name]}")
+    g1 = bench.median(times["head_gemv_x1"])
+    for name, (_, nbytes, _) in gem.items():
+        t = times[name]
+        s = bench.median(t)
+        recs.append({"metric": "lm_head_gemv_bytes_per_s", "value": nbytes / s, "unit": "B/s", "formulation": name,
+                     "median_s": s, "min_s": min(t), "times_s": t, "weight_bytes": nbytes,
+                     "fraction_of_stream": nbytes / s / bw, "speed_vs_one_dot": g1 / s})
+        print(f"gemv {name:16s} {s * 1e3:7.2f} ms  {nbytes / s / 1e9:6.1f} GB/s  {nbytes / s / bw:5.2f} of stream  "
+              f"x{g1 / s:4.2f} vs one dot")
+    for r in recs:
+        r["model"] = a.model
+    paths = write_results("decode_split", a.run or ctx["run"], recs, hardware=ctx["hardware"], config=vars(a),
+                          label=f"{ctx['label']}; {bench.weights_label([info])}", out_dir=a.out_dir,
+                          extra={"load_avg": [load0, load1]})
+    print(f"[decode_split] wrote {paths[0]}")
+    return {"records": recs, "paths": paths}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+# Compiling for TPU without a TPU (issue 19): `mamba2-jax compile` and the paper's TPU suite.
+#   make install-tpu      libtpu==0.0.42.* (the version jax 0.10.2's [tpu] extra pins) into $(TPU_DIR)/,
+#                         its own --target directory: never into .venv and never on the default import
+#                         path; `mamba2-jax compile` adds it to sys.path for a TPU target only
+#   make reproduce-tpu    on a TPU: the paper's TPU v6e runs (throughput, sweep, cache speedup), then the
+#                         same suite compiled; elsewhere: the suite compiled for TPU v6e by libtpu's compiler,
+#                         nothing run (results/tpu_compile/<model>.json; experiments/tpu_compile.py)
+#   make install-cuda-plugin  jax-cuda12-plugin + jax-cuda12-pjrt 0.10.2 (JAX's CUDA plugin; --no-deps: no CUDA
+#                         libraries) into $(CUDA_DIR)/, for `mamba2-jax compile --target cuda-l40s|cuda-h100`
+#   make tpu-compile-claims   the programs the paper's TPU claims rest on only (step, decode loop, prefill 4096)
+#   TPU_COMPILE_ARGS="--models mamba2-130m --resume"   extra arguments for experiments/tpu_compile.py
+
+.PHONY: install-tpu install-cuda-plugin reproduce-tpu tpu-compile tpu-compile-claims
+
+TPU_DIR ?= .tpu
+LIBTPU_VERSION := 0.0.42.*
+TPU_COMPILE_ARGS ?=
+export MAMBA2_JAX_LIBTPU_DIR ?= $(abspath $(TPU_DIR))
+
+$(TPU_DIR)/.installed: | $(STAMP)
+	$(PY) -m pip install -q --no-deps --upgrade --target $(TPU_DIR) "libtpu==$(LIBTPU_VERSION)"
+	test -d $(TPU_DIR)/libtpu
+	touch $@
+
+install-tpu: $(TPU_DIR)/.installed
+
+CUDA_DIR ?= .cuda
+CUDA_PLUGIN_VERSION := 0.10.2
+export MAMBA2_JAX_CUDA_PLUGIN_DIR ?= $(abspath $(CUDA_DIR))
+
+$(CUDA_DIR)/.installed: | $(STAMP)
+	$(PY) -m pip install -q --no-deps --upgrade --target $(CUDA_DIR) \
+	  "jax-cuda12-plugin==$(CUDA_PLUGIN_VERSION)" "jax-cuda12-pjrt==$(CUDA_PLUGIN_VERSION)" "flatbuffers==25.12.19"
+	test -d $(CUDA_DIR)/jax_plugins/xla_cuda12
+	touch $@
+
+install-cuda-plugin: $(CUDA_DIR)/.installed
+
+tpu-compile: $(STAMP) $(TPU_DIR)/.installed
+	$(PY) experiments/tpu_compile.py $(TPU_COMPILE_ARGS)
+
+tpu-compile-claims: $(STAMP) $(TPU_DIR)/.installed
+	$(PY) experiments/tpu_compile.py --phase claims $(TPU_COMPILE_ARGS)
+
+reproduce-tpu: $(STAMP) $(TPU_DIR)/.installed
+	@backend=$$($(PY) -c "import jax; print(jax.default_backend())" 2>/dev/null); \
+	if [ "$$backend" = tpu ]; then \
+	  echo "[reproduce-tpu] TPU found: measuring profile=paper hardware=tpu_v6e, then compiling the same suite"; \
+	  $(PY) experiments/throughput.py profile=paper hardware=tpu_v6e $(BENCH_ARGS) && \
+	  $(PY) experiments/sweep.py profile=paper hardware=tpu_v6e $(BENCH_ARGS) && \
+	  $(PY) experiments/cache_speedup.py profile=paper hardware=tpu_v6e $(BENCH_ARGS) && \
+	  $(PY) experiments/tpu_compile.py $(TPU_COMPILE_ARGS); \
+	else \
+	  echo "[reproduce-tpu] no TPU here (JAX backend: $$backend): compiling the paper's TPU v6e suite with libtpu's"; \
+	  echo "[reproduce-tpu] compiler from $(TPU_DIR)/ -- programs compiled for TPU v6e, not run; nothing is a measurement"; \
+	  $(PY) experiments/tpu_compile.py $(TPU_COMPILE_ARGS); \
+	fi
+
+# GPU without a GPU: every program of the suite exported for CUDA (jax.export, serialized, custom calls
+# listed), and the decode programs the L40S claim rests on compiled for an L40S by the CUDA plugin
+.PHONY: gpu-export gpu-compile
+gpu-export: $(STAMP) $(CUDA_DIR)/.installed
+	$(PY) experiments/gpu_export.py $(GPU_EXPORT_ARGS)
+
+gpu-compile: $(STAMP) $(CUDA_DIR)/.installed
+	$(PY) experiments/tpu_compile.py --target cuda-l40s --phase claims $(TPU_COMPILE_ARGS)
