@@ -121,7 +121,7 @@ def run(cfg) -> dict:
 
     prefill_frac = None
     if mm:
-        mrecs = curves.prefill_matmul_fraction(mcfg, {L: times[f"prefill:{L}"] for L in prefills}, mm,
+        mrecs = curves.prefill_matmul_fraction(models[base], {L: times[f"prefill:{L}"] for L in prefills}, mm,
                                                      times["matmul"], b)
         recs.extend(mrecs)
         prefill_frac = min(r["value"] for r in mrecs if r["metric"] == "prefill_matmul_fraction")

@@ -46,7 +46,7 @@ def run(cfg) -> dict:
                 "recompute_times_s": times[f"recompute:{c}"], "load_avg": load,
                 "cached_min_ms_per_token": min(times[f"cached:{c}"]) * 1e3,
                 "recompute_min_ms_per_token": min(times[f"recompute:{c}"]) * 1e3,
-                "recompute_flops": flops.recompute_flops(model.cfg, c, b),
+                "recompute_flops": flops.recompute_flops(model, c, b),
                 "cached_flops": flops.decode_flops(model.cfg, b)["total"],
             })
             print(f"[cache_speedup] {name} ctx {c}: cached {cached * 1e3:.2f} ms/token, recompute "

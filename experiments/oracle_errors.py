@@ -22,7 +22,7 @@ def main() -> None:
     rows = []
     for variant in VARIANTS:
         for init in (False, True):
-            cfg0, sd, _, ids, state, ref_logits, ref_hidden = oracle_run(variant, init, None)
+            cfg0, sd, _, ids, state, ref_logits, ref_hidden = oracle_run(variant, init)
             for q in CHUNKS:
                 cfg = cfg0.replace(chunk_size=q)
                 model = model_from_state_dict(cfg, sd)

@@ -50,7 +50,7 @@ def run(cfg) -> dict:
                             "hbu": bench.utilisation(by, med, prof.bandwidth), "compile_s": db.compile_s})
             pb = db.prefill_bench(c)
             pm = bench.median(times[f"prefill:{c}"])
-            fl = flops.prefill_flops(model.cfg, c, b)["total"]
+            fl = flops.model_prefill_flops(model, c, b)["total"]
             records.append({**common, "kind": "prefill", "context": c, "median_s": pm, "tokens": c,
                             "tokens_per_s": b * c / pm, "times_s": times[f"prefill:{c}"],
                             "min_s": min(times[f"prefill:{c}"]), "load_avg": load,

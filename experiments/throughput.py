@@ -41,7 +41,7 @@ def run(cfg) -> dict:
         for L, pb in pbs.items():
             ts = ptimes[L]
             med = bench.median(ts)
-            fl = flops.prefill_flops(mcfg, int(L), b, last_only=bool(t.last_only))
+            fl = flops.model_prefill_flops(model, int(L), b, last_only=bool(t.last_only))
             records.append({
                 **common, "kind": "prefill", "length": int(L), "context": int(L),
                 "compile_s": pb.compile_s, "first_run_s": pb.first_run_s,

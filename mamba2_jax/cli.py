@@ -38,19 +38,17 @@ def _cmd_info(a) -> int:
     d = resolve_model_dir(a.model)
     cfg, sd, fmt = read_state_dict(d, check_finite=False)  # reported below, not refused
     nonfinite = check_finite({k: v for k, v in sd.items() if not (k == "lm_head.weight" and cfg.tie_embeddings)})
-    uniq = {id(v): v for v in sd.values()}
     dtypes = sorted({str(np.asarray(v).dtype) for v in sd.values()})
     files = [f for f in ("pytorch_model.bin", "model.safetensors") if (d / f).exists()]
     info = {
         "path": str(d), "format": fmt, "weights_file": files[0] if files else None,
         "file_bytes": sum((d / f).stat().st_size for f in files),
         "stored_dtypes": dtypes,
-        "num_params": int(sum(np.asarray(v).size for v in uniq.values()) - (0 if not cfg.tie_embeddings else 0)),
+        "num_params": cfg.num_params(),  # unique parameters (a tied LM head counted once)
         "config": {k: getattr(cfg, k) for k in (
             "d_model", "n_layer", "vocab_size", "padded_vocab_size", "d_state", "d_conv", "expand", "headdim",
             "ssm_dim", "nheads", "ngroups", "chunk_size", "dt_limit", "tie_embeddings", "residual_in_fp32")},
     }
-    info["num_params"] = cfg.num_params()
     info["nonfinite_values"] = {"total": int(sum(nonfinite.values())), "tensors": nonfinite}
     info["param_bytes"] = {dt: info["num_params"] * s for dt, s in (("float32", 4), ("bfloat16", 2))}
     if a.json:

@@ -56,6 +56,24 @@ _SSM_IGNORED = {"layer", "use_mem_eff_path", "conv_init", "process_group", "sequ
 _TOP_IGNORED = {"fused_add_norm", "attn_cfg", "initializer_cfg"}
 
 
+# A config.json that omits ``pad_vocab_size_multiple`` means what its own library's default says:
+# mamba_ssm 2.2.2 ``MambaConfig.pad_vocab_size_multiple = 8`` (state-spaces layout);
+# transformers ``Mamba2Config(pad_vocab_size_multiple=16)`` (HF layout, transformers 4.x).
+MAMBA_SSM_PAD_VOCAB_SIZE_MULTIPLE = 8
+HF_PAD_VOCAB_SIZE_MULTIPLE = 16
+
+
+def _hf_pad_multiple(m: Any, hf_vocab: Any) -> Any:
+    """HF's Mamba2 never pads: its embedding and LM head have exactly ``vocab_size`` rows
+    (transformers ``modeling_mamba2.py``: ``nn.Embedding(config.vocab_size, ...)``), and the config's
+    ``pad_vocab_size_multiple`` is stored but unused.  So the rows are ``vocab_size`` whatever the
+    multiple: kept when ``vocab_size`` is already a multiple of it, else 1 (no padding).  Values of the
+    wrong type pass through to the config's own checks."""
+    if _is_int(m) and _is_int(hf_vocab) and m > 0 and hf_vocab > 0 and hf_vocab % m:
+        return 1
+    return m
+
+
 _FLOAT_WORDS = {"inf", "+inf", "infinity", "+infinity", "-inf", "-infinity", "nan", "+nan", "-nan"}
 
 
@@ -289,6 +307,9 @@ class Mamba2Config:
         for k in _TOP_IGNORED:
             d.pop(k, None)
         kw: dict[str, Any] = dict(d)
+        # mamba_ssm's MambaConfig reads a missing field as 8 (mamba_ssm 2.2.2 models/config_mamba.py), not
+        # as this dataclass's 16 (the published checkpoints all give 16 explicitly)
+        kw.setdefault("pad_vocab_size_multiple", MAMBA_SSM_PAD_VOCAB_SIZE_MULTIPLE)
         for k, default in _SSM_DEFAULTS.items():
             kw[k] = _decode_float(ssm_cfg.get(k, default), f"ssm_cfg.{k}")
         if kw.get("d_ssm") is None:
@@ -340,7 +361,8 @@ class Mamba2Config:
             d_model=hidden,
             n_layer=d["num_hidden_layers"],
             vocab_size=hf_vocab,
-            pad_vocab_size_multiple=d.get("pad_vocab_size_multiple", 16),
+            pad_vocab_size_multiple=_hf_pad_multiple(d.get("pad_vocab_size_multiple", HF_PAD_VOCAB_SIZE_MULTIPLE),
+                                                     hf_vocab),
             tie_embeddings=tie,
             residual_in_fp32=d.get("residual_in_fp32", True),
             norm_epsilon=d.get("layer_norm_epsilon", 1e-5),

@@ -1,8 +1,9 @@
 # Parity experiment (issue 4): reference runners + JAX comparison.  Included by the Makefile.
 #   make install-ref      .venv-ref: torch 2.13 CPU + mamba_ssm 2.2.2 (no CUDA build) + triton/einops/transformers
 #   make parity           offline: random-init 130m (fp16 stored) + tiny ngroups=2 + a 2-layer 130m-width model
-#                         (+ the embedded tiny model), CPU references; mamba_ssm_triton runs its Triton kernels
-#                         through the interpreter on the models in triton.cpu_models (experiments/conf/parity.yaml)
+#                         (+ checkpoints/mamba2-tiny-wikitext when it exists), CPU references; mamba_ssm_triton runs
+#                         its Triton kernels through the interpreter on the models in triton.cpu_models
+#                         (mamba2_jax/eval/conf/parity.yaml)
 #   make parity MODEL=state-spaces/mamba2-130m      a real checkpoint (hub id or local dir)
 #   make parity BACKENDS=mamba_ssm_ref_cpu,transformers,mamba_ssm_triton   (Triton on CUDA: MAMBA2_JAX_GPU_PYTHON, see reference/README.md)
 # mamba_ssm must NOT be importable in the project venv (HF Mamba2 would bind its Triton kernels), so it

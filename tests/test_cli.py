@@ -5,6 +5,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mamba2_jax.cli import main
@@ -23,6 +24,12 @@ def test_init_random_info_convert(ckpt, tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["format"] == "state-spaces" and info["stored_dtypes"] == ["float16"]
     assert info["config"]["ngroups"] == 2
+    # the parameter count of the file's own tensors (a tied LM head counted once)
+    from mamba2_jax.checkpoint import read_state_dict
+
+    cfg, sd, _ = read_state_dict(ckpt)
+    n = sum(np.asarray(v).size for k, v in sd.items() if not (k == "lm_head.weight" and cfg.tie_embeddings))
+    assert info["num_params"] == n and info["param_bytes"]["float32"] == 4 * n
     assert main(["convert", str(ckpt), str(tmp_path / "hf"), "--format", "hf"]) == 0
     capsys.readouterr()
     assert main(["info", str(tmp_path / "hf"), "--json"]) == 0

@@ -67,3 +67,47 @@ def test_missing_and_malformed_config_file(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         Mamba2Config.from_json(tmp_path / "config.json")
+
+
+def test_missing_pad_vocab_size_multiple_follows_each_format(tmp_path):
+    """A config.json without ``pad_vocab_size_multiple`` means its own library's default.
+    state-spaces: mamba_ssm 2.2.2 ``MambaConfig`` reads it as 8, and so does the reference runners'
+    independent reader (reference/common.py): vocab 50277 → 50280 rows, not 50288.  HF: transformers'
+    Mamba2 has exactly ``vocab_size`` rows (it never pads; its config default is 16)."""
+    from reference.common import read_config
+
+    d = get_preset("tiny").replace(vocab_size=50277).to_state_spaces()
+    del d["pad_vocab_size_multiple"]
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    cfg = Mamba2Config.from_json(tmp_path)
+    assert cfg.pad_vocab_size_multiple == 8
+    assert cfg.padded_vocab_size == read_config(tmp_path)["padded_vocab_size"] == 50280
+    d["pad_vocab_size_multiple"] = 16  # given explicitly (every published checkpoint): used as given
+    assert Mamba2Config.from_dict(d).padded_vocab_size == 50288
+
+    hf = get_preset("tiny").replace(vocab_size=50277).to_hf()
+    assert hf["vocab_size"] == 50288  # HF stores the padded size
+    del hf["pad_vocab_size_multiple"]
+    assert Mamba2Config.from_dict(hf).padded_vocab_size == 50288
+    for v in (50277, 50280):  # not a multiple of HF's default 16: still exactly vocab_size rows
+        back = Mamba2Config.from_dict({**hf, "vocab_size": v})
+        assert back.padded_vocab_size == back.vocab_size == v
+        assert Mamba2Config.from_dict(back.to_state_spaces()).padded_vocab_size == v
+
+
+def test_hf_rows_match_transformers_mamba2():
+    """The embedding rows of transformers' own Mamba2ForCausalLM built from an HF config (with and
+    without the pad field, vocab a multiple of 16 or not) equal ``padded_vocab_size``."""
+    torch = pytest.importorskip("torch", reason="torch is not installed: transformers' Mamba2 needs it")
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+    base = get_preset("tiny").to_hf()
+    for extra in ({}, {"vocab_size": 250}, {"vocab_size": 250, "pad_vocab_size_multiple": None}):
+        hf = {**base, **extra}
+        if "pad_vocab_size_multiple" in extra:
+            del hf["pad_vocab_size_multiple"]
+        torch.manual_seed(0)
+        kw = {k: v for k, v in hf.items() if k != "architectures"}
+        kw["time_step_limit"] = (0.0, math.inf)  # transformers' own spelling of the HF-encoded pair
+        hf_model = transformers.Mamba2ForCausalLM(transformers.Mamba2Config(**kw))
+        rows = hf_model.get_input_embeddings().weight.shape[0]
+        assert Mamba2Config.from_dict(hf).padded_vocab_size == rows, extra

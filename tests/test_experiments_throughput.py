@@ -103,9 +103,20 @@ def test_bench_tiny(tmp_path):
     assert {r["length"] for r in recs if r["metric"] == "prefill_matmul_fraction"} == {40}
 
 
+def test_peers_tiny_ours(tmp_path):
+    """The peers experiment with this project alone (no anchor needed): it runs and writes its results."""
+    out = load_experiment("peers").run(cfg_for(
+        "peers", f"out_dir={tmp_path}", f"peers.work_dir={tmp_path / 'work'}", "peers.list=[ours]", "peers.rounds=1"))
+    doc, df = check_files(out["paths"], "peers")
+    assert set(df.peer) >= {"ours"} and not out["skipped"]
+
+
 def test_peers_tiny(tmp_path):
+    """This project against mamba2-jax 1.1.2 (the anchor) on the same weights and ids."""
     anchor = REPO / ".anchor" / "mamba2_jax" / "__init__.py"
-    peers = ["ours", "mamba2_jax_1_1_2"] if anchor.exists() else ["ours"]
+    if not anchor.exists():
+        pytest.skip(f"mamba2-jax 1.1.2 (the anchor) is not installed at {anchor.parent.parent}: `make anchor-install`")
+    peers = ["ours", "mamba2_jax_1_1_2"]
     out = load_experiment("peers").run(cfg_for(
         "peers", f"out_dir={tmp_path}", f"peers.work_dir={tmp_path / 'work'}", f"peers.list=[{','.join(peers)}]",
         "peers.rounds=1"))
@@ -115,8 +126,7 @@ def test_peers_tiny(tmp_path):
     for name in peers:  # same weights, same ids: the same logits and greedy tokens
         f = out["fidelity"][name]
         assert f["max_abs_logit_diff_vs_ours"] < 1e-4 and f["check_tokens_equal"]
-    if len(peers) > 1:
-        assert "decode_vs_mamba2_jax_1_1_2" in out["targets"]
+    assert "decode_vs_mamba2_jax_1_1_2" in out["targets"]
     # every task timed once per round: prefill in both modes, decode through the Generator loop
     ours = out["tasks"]["ours"]
     assert {"prefill_full_40", "prefill_last_40", "decode", "decode_stepwise", "recompute"} <= set(ours)

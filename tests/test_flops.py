@@ -101,3 +101,28 @@ def test_real_shapes_are_dominated_by_projections(name):
     layer_params = cfg.n_layer * (cfg.d_model * cfg.d_in_proj + cfg.d_inner * cfg.d_model)
     assert f["in_proj"] + f["out_proj"] == 2 * layer_params * 4096
     assert 0 < f["ssd"] < f["matmul"]
+
+
+def test_prefill_flops_count_the_chunk_and_blocks_the_model_runs():
+    """The SSD terms use the chunk the model scans with and its prefill blocks, not cfg.chunk_size: on
+    CPU a chunk-256 config scans 64-token chunks (c = ceil(L/64)) and prefills L = 1024 as 2 blocks of 512
+    (each with its own inter-chunk recurrence of k = 8 chunks)."""
+    from mamba2_jax.checkpoint import init_state_dict
+    from mamba2_jax.loading import model_from_state_dict
+
+    cfg = TINY.replace(chunk_size=256)
+    model = model_from_state_dict(cfg, init_state_dict(cfg, 0))
+    assert (model.scan_chunk_size, model.prefill_block) == (64, 512)  # the CPU policy
+    f = flops.model_prefill_flops(model, 200)  # c = 4 chunks of 64, one block of k = 4
+    assert f["ssd_cb"] == 2 * 2 * 4 * 1 * 64 * 64 * 16 == 1_048_576
+    assert f["ssd_diag"] == 2 * 2 * 4 * 8 * 64 * 64 * 16 == 8_388_608
+    assert f["ssd_states"] == f["ssd_off"] == 2 * 2 * 4 * 8 * 64 * 16 * 16 == 2_097_152
+    assert f["ssd_inter"] == 2 * 2 * 8 * 4 * 4 * 16 * 16 == 131_072
+    assert f == flops.prefill_flops(cfg, 200, chunk_size=64)
+    assert flops.prefill_flops(cfg, 200)["ssd_cb"] == 2 * 2 * 1 * 1 * 256 * 256 * 16  # cfg.chunk_size: not what runs
+    g = flops.model_prefill_flops(model, 1024)  # 2 blocks × (8 chunks, k = 8)
+    assert g["ssd_cb"] == 2 * 2 * 16 * 1 * 64 * 64 * 16
+    assert g["ssd_inter"] == 2 * 2 * 2 * 8 * 8 * 8 * 16 * 16 == 1_048_576
+    assert flops.prefill_flops(cfg, 1024, chunk_size=64)["ssd_inter"] == 2 * 2 * 8 * 16 * 16 * 16 * 16  # one pass
+    assert flops.model_prefill_flops(model, 1000)["ssd_inter"] == 2 * 2 * 8 * 16 * 16 * 16 * 16  # not a multiple
+    assert flops.recompute_flops(model, 1024) == g["total"]

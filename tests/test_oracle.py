@@ -11,7 +11,7 @@ TOL = 1e-5
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("chunk", CHUNKS)
 def test_prefill_matches_oracle(variant, chunk, with_init):
-    cfg0, sd, orc, ids, state, ref_logits, ref_hidden = oracle_run(variant, with_init, None)
+    cfg0, sd, orc, ids, state, ref_logits, ref_hidden = oracle_run(variant, with_init)
     cfg = cfg0.replace(chunk_size=chunk)
     model = model_from_state_dict(cfg, sd, dtype="float32")
     for L in sorted({1, chunk - 1, chunk, chunk + 1, 3 * chunk + 5}):
@@ -25,7 +25,7 @@ def test_prefill_matches_oracle(variant, chunk, with_init):
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_final_state_matches_oracle(variant):
-    cfg, sd, orc, ids, _, _, _ = oracle_run(variant, False, None)
+    cfg, sd, orc, ids, _, _, _ = oracle_run(variant, False)
     L = 2 * cfg.chunk_size + 3
     _, _, (o_conv, o_ssm) = orc.run(ids[:, :L])
     _, cache = model_from_state_dict(cfg, sd).prefill(ids[:, :L])
@@ -37,7 +37,7 @@ def test_final_state_matches_oracle(variant):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_step_matches_oracle(variant):
     """prefill(L) then k recurrent steps == oracle at positions L..L+k-1."""
-    cfg, sd, orc, ids, _, ref_logits, ref_hidden = oracle_run(variant, False, None)
+    cfg, sd, orc, ids, _, ref_logits, ref_hidden = oracle_run(variant, False)
     model = model_from_state_dict(cfg, sd)
     L, k = 11, 9
     _, cache = model.prefill(ids[:, :L])

@@ -30,7 +30,15 @@ def test_tensor_error_units():
         parity_compare.tensor_error(ref[:2], ref)
 
 
+# errors planted in the JAX side, relative to the reference's value scale
+H_ERR, H0_ERR, L_ERR, S_ERR = 3e-6, 4e-7, 2e-6, 5e-6
+
+
 def _fake(n_steps=5, V=10, margin_at_div=1e-7, diverge_at=2, seed=0):
+    """A reference (float32, as a golden file holds) and a JAX run (float64) that differs from it by
+    known errors: hidden layer 1 at one element (H_ERR × its absmax), every element of layer 0
+    (±H0_ERR × its absmax), one logit (L_ERR), the reference's top-1 id at decode step 1 (S_ERR) and at
+    the last step (1.0 absolute: compared only when the greedy tokens agree up to it)."""
     rng = np.random.default_rng(seed)
     T, L, d = 4, 2, 3
     hidden = rng.standard_normal((L, T, d)).astype(np.float32)
@@ -48,9 +56,24 @@ def _fake(n_steps=5, V=10, margin_at_div=1e-7, diverge_at=2, seed=0):
     if diverge_at is not None:
         ref["greedy_margin"][diverge_at] = margin_at_div * absmax[diverge_at]
         jtok[diverge_at] = (jtok[diverge_at] + 1) % V
-    jx = {"hidden": hidden.copy(), "logits": logits.copy(), "tokens": jtok, "step_logits": steps.copy(),
-          "margin": margins, "absmax": absmax}
+    jh, jl, js = (x.astype(np.float64) for x in (hidden, logits, steps))
+    jh[1, 2, 0] += H_ERR * np.abs(hidden[1]).max()
+    jh[0] += H0_ERR * np.abs(hidden[0]).max() * rng.choice([-1.0, 1.0], jh[0].shape)
+    jl[3, 5] -= L_ERR * np.abs(logits).max()
+    js[1, top_ids[1, 0]] += S_ERR * absmax[1]
+    js[-1, top_ids[-1, 0]] += 1.0
+    jx = {"hidden": jh, "logits": jl, "tokens": jtok, "step_logits": js, "margin": margins, "absmax": absmax}
     return jx, ref
+
+
+def _check_planted_errors(r, ref):
+    h1 = np.abs(ref["hidden"][1]).max()
+    assert r["hidden_layers"][1]["max_rel"] == pytest.approx(H_ERR, rel=1e-6)
+    assert r["hidden_layers"][1]["max_abs"] == pytest.approx(H_ERR * h1, rel=1e-6)
+    assert r["hidden_layers"][1]["ulps"] == pytest.approx(H_ERR * h1 / np.spacing(np.float32(h1)), rel=1e-6)
+    assert r["hidden_layers"][0]["max_rel"] == pytest.approx(H0_ERR, rel=1e-6)
+    assert r["hidden_worst"]["max_rel"] == pytest.approx(H_ERR, rel=1e-6)
+    assert r["logits"]["max_rel"] == pytest.approx(L_ERR, rel=1e-6)
 
 
 def test_divergence_below_noise_floor_is_explained():
@@ -59,19 +82,48 @@ def test_divergence_below_noise_floor_is_explained():
     g = r["greedy"]
     assert g["first_divergence"] == 2 and g["matched_prefix"] == 2 and g["below_noise_floor"]
     assert "below the fp32 noise floor" in g["explanation"]
-    assert r["hidden_worst"]["max_rel"] == 0.0 and r["decode_topk_max_rel"] == 0.0
+    _check_planted_errors(r, ref)
+    # decode steps 0..2 (identical contexts up to the divergence): step 1's planted error; not the last step's
+    assert r["decode_topk_max_rel"] == pytest.approx(S_ERR, rel=1e-6)
 
 
 def test_divergence_with_large_margin_is_unexplained():
     jx, ref = _fake(margin_at_div=1e-2)
     g = parity_compare.compare_prompt(jx, ref, 1e-5)["greedy"]
     assert not g["below_noise_floor"] and g["explanation"].startswith("UNEXPLAINED")
+    assert g["ref_margin_rel"] == pytest.approx(1e-2, rel=1e-6) and (g["ref_token"], g["jax_token"]) == (
+        int(ref["greedy_tokens"][2]), int(jx["tokens"][2]))
 
 
 def test_identical_greedy():
     jx, ref = _fake(diverge_at=None)
-    g = parity_compare.compare_prompt(jx, ref, 1e-5)["greedy"]
+    r = parity_compare.compare_prompt(jx, ref, 1e-5)
+    g = r["greedy"]
     assert g["first_divergence"] is None and g["n_match_positions"] == g["n"] == 5
+    _check_planted_errors(r, ref)
+    # every step is compared, the last one too: its 1.0 over that step's logit scale is the worst
+    last = 1.0 / float(ref["greedy_absmax"][-1])
+    assert r["decode_topk_max_rel"] == pytest.approx(max(last, S_ERR), rel=1e-6) and last > S_ERR
+
+
+def test_model_prompts_rewrite_is_atomic(tmp_path, monkeypatch):
+    """A model's prompt subset that changes is rewritten atomically: a write that fails (here: the disk
+    is full when the data is flushed) leaves the previous file whole and no temporary file behind."""
+    import errno
+    import os
+
+    doc = {"version": "v1", "sha256": "abc",
+           "prompts": [{"id": f"p{i}", "text": "", "input_ids": list(range(10 * (i + 1)))} for i in range(3)]}
+    _, path = parity.model_prompts(doc, {"name": "m", "max_prompts": 2}, tmp_path / "x.json")
+    before = path.read_text()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space"):
+        parity.model_prompts(doc, {"name": "m", "max_prompts": 3}, tmp_path / "x.json")
+    assert path.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
 
 
 @pytest.mark.integration

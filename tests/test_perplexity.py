@@ -448,3 +448,21 @@ def test_default_model_switches_to_tiny_wikitext_when_present(tmp_path):
                                                  "checkpoint": None})) == "mamba2-370m"
     with pytest.raises(ValueError, match="random-weight"):
         exp.model_from_group(OmegaConf.create({"name": "tiny", "hf_id": None, "checkpoint": None}))
+
+
+@pytest.mark.integration
+def test_make_perplexity_tables_rebuilds_the_committed_table(tmp_path):
+    """``make perplexity-tables`` runs a command that exists (it once called a function that did not)
+    and that rebuilds the committed perplexity table from the committed results byte for byte (the
+    command is run as make prints it, with its output sent to a temporary directory)."""
+    dry = subprocess.run(["make", "-s", "-n", "perplexity-tables", "-o", ".venv/.installed", "PY=python"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    (cmd,) = [ln.split() for ln in dry.stdout.splitlines() if ln.strip()]
+    assert cmd[:3] == ["python", "-m", "paper.make_tables"], cmd
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, *cmd[1:], "--out", str(tmp_path)], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name in ("perplexity.md", "perplexity.tex"):
+        assert (tmp_path / name).read_text() == (REPO / "paper" / "tables" / name).read_text(), name

@@ -249,3 +249,28 @@ def test_prepare_mamba_ssm_import_shims(monkeypatch):
         with pytest.raises(RuntimeError, match="stub"):
             sys.modules["selective_scan_cuda"].fwd()
         monkeypatch.delitem(sys.modules, "selective_scan_cuda")
+
+
+_MAMBA_SSM_CONFIG_DEFAULTS = """
+import importlib.util as u, json, pathlib
+spec = u.find_spec("mamba_ssm")  # the package is located, not imported (no CUDA extension needed)
+path = pathlib.Path(spec.submodule_search_locations[0]) / "models" / "config_mamba.py"
+s = u.spec_from_file_location("config_mamba", path)
+m = u.module_from_spec(s)
+s.loader.exec_module(m)
+print(json.dumps({"pad_vocab_size_multiple": m.MambaConfig().pad_vocab_size_multiple}))
+"""
+
+
+@pytest.mark.integration
+def test_missing_pad_multiple_is_mamba_ssm_default(tmp_path):
+    """A state-spaces config.json without ``pad_vocab_size_multiple`` is read with mamba_ssm's own
+    ``MambaConfig`` default (taken from the installed mamba_ssm in .venv-ref)."""
+    from mamba2_jax.config import Mamba2Config, get_preset
+
+    want = json.loads(_run(ref_python(), "-c", _MAMBA_SSM_CONFIG_DEFAULTS).stdout)["pad_vocab_size_multiple"]
+    d = get_preset("tiny").replace(vocab_size=50277).to_state_spaces()
+    del d["pad_vocab_size_multiple"]
+    cfg = Mamba2Config.from_dict(d)
+    assert cfg.pad_vocab_size_multiple == want
+    assert cfg.padded_vocab_size == 50277 + (-50277 % want)

@@ -9,9 +9,10 @@ import numpy as np
 from mamba2_jax.checkpoint import init_state_dict
 from mamba2_jax.config import Mamba2Config
 from mamba2_jax.eval.data import split_articles
+from mamba2_jax.eval.oracle import OracleModel, rel_err
 from mamba2_jax.eval.train import _STEPS, TokenBatcher, TrainConfig, Trainer, lm_loss, weight_decay_mask
 from mamba2_jax.generate import stepwise_greedy
-from mamba2_jax.loading import model_from_state_dict
+from mamba2_jax.loading import model_from_state_dict, state_dict_from_model
 
 # small vocabulary, two groups (per-group B/C path), several chunks per sequence
 CFG = Mamba2Config(name="train-test", d_model=32, n_layer=2, vocab_size=61, pad_vocab_size_multiple=16,
@@ -43,10 +44,17 @@ def test_training_decreases_loss_and_is_deterministic():
     assert abs(l1[0] - math.log(CFG.padded_vocab_size)) < 0.3  # starts near uniform
     assert l1[-3:].mean() < l1[:3].mean() - 0.5, l1
     np.testing.assert_array_equal(l1, l2)  # bitwise equal across runs
-    # the trained weights are an ordinary inference model (prefill/step path)
+    # the trained weights are an ordinary inference model: its prefill and step logits equal the float64
+    # oracle's on the exported state dict (teacher-forced with the model's own greedy tokens), and each
+    # greedy token is the oracle's argmax over the real vocabulary
     model = tr1.model()
-    out1 = stepwise_greedy(model, [3, 4, 5], 6)["tokens"].tolist()
-    assert out1 == stepwise_greedy(model, [3, 4, 5], 6)["tokens"].tolist() and len(out1) == 6
+    prompt = [3, 4, 5]
+    out = stepwise_greedy(model, prompt, 6)
+    toks = out["tokens"].tolist()
+    ref, _, _ = OracleModel(CFG, state_dict_from_model(model)).run(np.array([prompt + toks[:-1]]))
+    ref = ref[0, len(prompt) - 1:]
+    assert len(toks) == 6 and rel_err(out["step_logits"], ref) <= 1e-5
+    assert toks == np.argmax(ref[:, :CFG.vocab_size], -1).tolist()
 
 
 def test_lm_loss_matches_full_logits():

@@ -118,14 +118,14 @@ def length_curve(spec, lengths, n_layer: int, rounds: int, dtype: str, seed: int
     return recs
 
 
-def prefill_matmul_fraction(cfg, prefill_times: dict[int, list[float]], mm: MatmulBench, mm_times: list[float],
+def prefill_matmul_fraction(model, prefill_times: dict[int, list[float]], mm: MatmulBench, mm_times: list[float],
                             batch: int = 1) -> list[dict[str, Any]]:
     """Matmul FLOP rate of each prefill (projections + last-position LM head) ÷ the dense matmul rate."""
     rate = mm.flops_per_call / bench.median(mm_times)
     recs = [{"metric": "matmul_flops_per_s", "value": rate, "unit": "FLOP/s", "times_s": mm_times,
              "note": "fp32 2048^3 matmul (precision highest), median of the same alternating rounds"}]
     for L, t in prefill_times.items():
-        f = flops.prefill_flops(cfg, int(L), batch, last_only=True)
+        f = flops.model_prefill_flops(model, int(L), batch, last_only=True)
         s = bench.median(t)
         recs.append({"metric": "prefill_matmul_fraction", "value": f["matmul"] / s / rate, "unit": "fraction",
                      "length": int(L), "median_s": s, "min_s": min(t), "matmul_flops": f["matmul"],

@@ -2,8 +2,10 @@
 
 Notation: b batch, L tokens, d = d_model, E = d_in_proj = 2·d_inner + 2·g·n + h, I = d_inner,
 K = d_conv, Cd = conv_dim = d_ssm + 2·g·n, V = padded vocabulary, h heads, p headdim, n d_state,
-g groups, q chunk size, c = ceil(L / q) chunks (the scan pads L up to c·q), N = n_layer.
-A multiply-add counts as 2 FLOPs.
+g groups, q the chunk size the model scans with (``model.scan_chunk_size``: on CPU min(cfg.chunk_size, 64),
+not the config's), c = ceil(L / q) chunks (the scan pads L up to c·q), N = n_layer.
+A multiply-add counts as 2 FLOPs.  A prompt longer than the model's ``prefill_block`` and a multiple of
+it runs as L / block scans of block tokens each (``model.prefill``), counted so.
 
 Prefill FLOPs (what ``ssd_chunked`` and the mixer execute; per layer unless noted)::
 
@@ -46,8 +48,8 @@ import math
 from ..config import Mamba2Config
 from ..params import fp32_params, num_params
 
-__all__ = ["itemsize", "param_bytes", "state_bytes", "prefill_flops", "decode_flops", "decode_bytes",
-           "recompute_flops"]
+__all__ = ["itemsize", "param_bytes", "state_bytes", "prefill_flops", "model_prefill_flops", "decode_flops",
+           "decode_bytes", "recompute_flops"]
 
 
 def itemsize(dtype) -> int:
@@ -84,8 +86,8 @@ def state_bytes(cfg: Mamba2Config, batch: int = 1, dtype="float32") -> dict[str,
     return {"ssm": ssm, "conv": conv, "total": ssm + conv}
 
 
-def _ssd_prefill(cfg: Mamba2Config, b: int, L: int) -> dict[str, int]:
-    q, h, p, n, g = cfg.chunk_size, cfg.nheads, cfg.headdim, cfg.d_state, cfg.ngroups
+def _ssd_prefill(cfg: Mamba2Config, b: int, L: int, q: int) -> dict[str, int]:
+    h, p, n, g = cfg.nheads, cfg.headdim, cfg.d_state, cfg.ngroups
     from ..ssd import INTER_CHUNK_BLOCK
 
     c = math.ceil(L / q)
@@ -99,12 +101,17 @@ def _ssd_prefill(cfg: Mamba2Config, b: int, L: int) -> dict[str, int]:
     }
 
 
-def prefill_flops(cfg: Mamba2Config, length: int, batch: int = 1, last_only: bool = True) -> dict[str, int]:
-    """FLOPs of one prefill of ``batch`` × ``length`` tokens (see module docstring).
+def prefill_flops(cfg: Mamba2Config, length: int, batch: int = 1, last_only: bool = True, *,
+                  chunk_size: int | None = None, prefill_block: int | None = None) -> dict[str, int]:
+    """FLOPs of one prefill of ``batch`` × ``length`` tokens (see module docstring), for a model that
+    scans with ``chunk_size`` (default ``cfg.chunk_size``) and prefills in blocks of ``prefill_block``
+    tokens (None: one pass).  :func:`model_prefill_flops` takes both from a model.
 
     Returns the per-term totals over all layers plus "matmul" (projections + LM head), "ssd",
     "conv" and "total"."""
     b, L, N = batch, length, cfg.n_layer
+    q = int(chunk_size or cfg.chunk_size)
+    blk = int(prefill_block) if prefill_block and L > prefill_block and L % prefill_block == 0 else L
     d, E, I, V = cfg.d_model, cfg.d_in_proj, cfg.d_inner, cfg.padded_vocab_size
     out = {
         "in_proj": N * 2 * b * L * d * E,
@@ -112,12 +119,19 @@ def prefill_flops(cfg: Mamba2Config, length: int, batch: int = 1, last_only: boo
         "out_proj": N * 2 * b * L * I * d,
         "lm_head": 2 * b * (1 if last_only else L) * d * V,
     }
-    for k, v in _ssd_prefill(cfg, b, L).items():
-        out[k] = N * v
+    for k, v in _ssd_prefill(cfg, b, blk, q).items():
+        out[k] = N * (L // blk) * v
     out["ssd"] = sum(v for k, v in out.items() if k.startswith("ssd_"))
     out["matmul"] = out["in_proj"] + out["out_proj"] + out["lm_head"]
     out["total"] = out["matmul"] + out["ssd"] + out["conv"]
     return out
+
+
+def model_prefill_flops(model, length: int, batch: int = 1, last_only: bool = True) -> dict[str, int]:
+    """:func:`prefill_flops` of the program ``model.prefill`` compiles: the model's own scan chunk size
+    and prefill block."""
+    return prefill_flops(model.cfg, length, batch, last_only, chunk_size=model.scan_chunk_size,
+                         prefill_block=getattr(model, "prefill_block", None))
 
 
 def decode_flops(cfg: Mamba2Config, batch: int = 1) -> dict[str, int]:
@@ -149,6 +163,6 @@ def decode_bytes(cfg: Mamba2Config, batch: int = 1, dtype="float32") -> dict[str
     return out
 
 
-def recompute_flops(cfg: Mamba2Config, context: int, batch: int = 1) -> int:
-    """FLOPs to produce one token by re-running the full prefix (last-position logits only)."""
-    return prefill_flops(cfg, context, batch, last_only=True)["total"]
+def recompute_flops(model, context: int, batch: int = 1) -> int:
+    """FLOPs for ``model`` to produce one token by re-running the full prefix (last-position logits only)."""
+    return model_prefill_flops(model, context, batch, last_only=True)["total"]

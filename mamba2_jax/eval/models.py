@@ -142,7 +142,8 @@ def synthetic_checkpoint(cfg) -> Path:
         mcfg = Mamba2Config(name=name, d_model=int(s.d_model), n_layer=int(s.n_layer), d_state=int(s.d_state),
                             headdim=int(s.headdim), chunk_size=int(s.chunk_size))
         write_checkpoint(mcfg, init_state_dict(mcfg, seed=int(s.seed)), out)
-        (out / "SYNTHETIC_WEIGHTS.txt").write_text(
+        atomic_write_text(
+            out / "SYNTHETIC_WEIGHTS.txt",
             f"Random initialisation (mamba_ssm init scheme, seed {s.seed}); NOT a trained model.\n"
             f"Written by experiments/perplexity.py for pipeline runs until a trained checkpoint exists.\n")
         print(f"[perplexity] wrote synthetic checkpoint {out}", file=sys.stderr, flush=True)

@@ -158,7 +158,9 @@ def perturbed_sd(cfg, seed):
 _ORACLE_CACHE = {}
 
 
-def oracle_run(variant, with_init, L):
+def oracle_run(variant, with_init):
+    """The oracle's run of one test-set variant, computed once: (cfg, state dict, oracle, ids (2, 3 ·
+    max(CHUNKS) + 5), the initial state (random with ``with_init``, else None), logits, hidden)."""
     key = (variant, with_init)
     if key not in _ORACLE_CACHE:
         from ..config import get_preset

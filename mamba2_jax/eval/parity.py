@@ -90,7 +90,7 @@ def model_prompts(prompts_doc: dict[str, Any], spec: Any, out: Path) -> tuple[di
     doc["sha256"] = hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:16]
     path = out.parent / f"prompts_tokens__{model_tag(spec)}.json"
     if not path.exists() or json.loads(path.read_text()).get("sha256") != doc["sha256"]:
-        path.write_text(json.dumps(doc))
+        atomic_write_text(path, json.dumps(doc))
     return doc, path
 
 

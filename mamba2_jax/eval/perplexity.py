@@ -327,9 +327,8 @@ def evaluate(cfg) -> list[dict[str, Any]]:
                 write_document(stem.with_suffix(".json"), res, experiment="perplexity",
                                run=f"{spec['label']}/{stem.name}", records=table_rows([res]))
             if r["per_window"] and _primary():
-                atomic_savez(stem.with_suffix(".scores.npz"), compress=True,
-                                 windows_sha256=np.array(w.sha256()),
-                                 **{f"loglik_{k}": v for k, v in r["per_window"].items()})
+                atomic_savez(stem.with_suffix(".scores.npz"), compress=True, windows_sha256=np.array(w.sha256()),
+                             **{f"loglik_{k}": v for k, v in r["per_window"].items()})
             log(f"wrote {stem.with_suffix('.json')}")
             out.append(res)
             bad_ref = [b for b, v in r["backends"].items() if v["status"] != "ok" and b in refproc.REFERENCE_BACKENDS]

@@ -163,8 +163,6 @@ def backend_runs(cfg, backend: str, tag: str, device: str | None) -> bool:
     return only is None or tag in list(only)
 
 
-
-
 def run_golden(backend: str, python: str, model_dir: Path, prompts_json: Path, out: Path, n_new: int,
                extra: list[str] | None = None, regenerate: bool = False, expect: dict | None = None,
                timeout: float | None = None) -> Path:
