@@ -413,16 +413,20 @@ def build_program(cfg, program: str, jdt, jmesh, sharded: bool, policy: dict[str
         jitted, kwargs = jax.jit(fn, donate_argnums=2), {}
         tokens = batch
     else:
-        from .generate import Generator, SamplingConfig
+        from .generate import DecodeState, Generator, SamplingConfig
 
         gen = Generator(abstract, eos_id=0)
         key = jax.eval_shape(lambda: jax.random.key(0))
-        args = (gen.state, _abstract_cache(cfg, batch, jmesh, jdt),
-                jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=batch_sh),
-                jax.ShapeDtypeStruct((batch,), jnp.bool_, sharding=batch_sh),
-                jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
-                jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep))
-        jitted, kwargs = gen._decode, {"sampling": SamplingConfig(), "n_steps": int(new_tokens)}
+        S = jax.ShapeDtypeStruct
+        bvec = lambda dt: S((batch,), dt, sharding=batch_sh)  # noqa: E731
+        dstate = DecodeState(  # the loop's carry after the prompt's token: shapes only
+            cache=_abstract_cache(cfg, batch, jmesh, jdt), token=bvec(jnp.int32),
+            position=S((), jnp.int32, sharding=rep),
+            tokens=S((batch, int(new_tokens)), jnp.int32, sharding=NamedSharding(jmesh, P("data", None))),
+            step=S((), jnp.int32, sharding=rep), done=bvec(jnp.bool_), nonfinite=bvec(jnp.bool_),
+            nonfinite_at=bvec(jnp.int32), key=S(key.shape, key.dtype, sharding=rep))
+        args = (gen.state, dstate)
+        jitted, kwargs = gen._decode, {"sampling": SamplingConfig()}
         tokens = batch  # per loop iteration (XLA counts a while body once)
 
     return jitted, args, kwargs, tokens
