@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import time
 
 import jax
@@ -41,7 +40,6 @@ from flax import nnx
 from mamba2_jax import model as M
 from mamba2_jax.eval import bench, flops
 from mamba2_jax.eval import models as model_specs
-from mamba2_jax.eval.hardware import StreamBench
 from mamba2_jax.eval.results import write_results
 
 F32 = jnp.float32
@@ -191,31 +189,21 @@ def main(argv=None):
     gem = gemv_benches(cfg.padded_vocab_size, cfg.d_model)
     for name, (run, _, _) in gem.items():
         fns[name] = (lambda run=run: sum(run() for _ in range(a.gemv_reps)) / a.gemv_reps)
-    stream = StreamBench(a.stream_bytes)
-    fns["stream"] = stream.run
-    load0 = list(os.getloadavg())
-    times = bench.alternate(fns, a.rounds)
-    load1 = list(os.getloadavg())
-    bw = stream.bytes_per_call / bench.median(times["stream"])
+    times, bw, stream_rec, (load0, load1) = bench.alternate_with_stream(fns, a.rounds, a.stream_bytes)
     by = flops.decode_bytes(cfg, 1, "float32")["total"]
-    recs = [{"metric": "stream_bandwidth", "value": bw, "unit": "B/s", "times_s": times["stream"]}]
-    print(f"stream bandwidth (median of rounds): {bw / 1e9:.1f} GB/s; load {load0} -> {load1}")
+    recs = [stream_rec]
     base = bench.median(times["readout_reduce"])
     for k in ("readout_reduce", "readout_reduce_no_ynn", "readout_dot_grouped_state", "readout_dot", "weights_out_in"):
         t = times[k]
         s = bench.median(t)
-        recs.append({"metric": "decode_tokens_per_s", "value": 1 / s, "unit": "tokens/s", "formulation": k,
-                     "median_s": s, "min_s": min(t), "times_s": t, "bandwidth_fraction": by / s / bw,
-                     "speedup_vs_readout_reduce": base / s, **hlo_ops[k]})
+        recs.append(bench.decode_record(k, t, by, bw, speedup_vs_readout_reduce=base / s, **hlo_ops[k]))
         print(f"decode {k:24s} {1 / s:6.1f} tok/s (best {1 / min(t):6.1f})  {by / s / bw:5.3f} of bound  "
               f"x{base / s:4.2f} vs old  {hlo_ops[k]}")
     f32 = bench.median(times["gemv_fp32"])
     for name, (_, nbytes, err) in gem.items():
         t = times[name]
         s = bench.median(t)
-        recs.append({"metric": "lm_head_gemv_bytes_per_s", "value": nbytes / s, "unit": "B/s", "formulation": name,
-                     "median_s": s, "min_s": min(t), "times_s": t, "weight_bytes": nbytes,
-                     "speed_vs_fp32": f32 / s, "max_rel_err_vs_fp32": err})
+        recs.append(bench.gemv_record(name, t, nbytes, speed_vs_fp32=f32 / s, max_rel_err_vs_fp32=err))
         print(f"gemv {name:24s} {s * 1e3:7.2f} ms  {nbytes / s / 1e9:6.1f} GB/s  x{f32 / s:5.2f} vs fp32  "
               f"rel err {err:.1e}")
     best16 = max((f32 / bench.median(times[n]), n) for n in gem if n != "gemv_fp32")

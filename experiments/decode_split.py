@@ -20,7 +20,6 @@ Writes results/decode_split/<run>.json (+ csv) with provenance, medians, minima 
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import jax
@@ -28,7 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from mamba2_jax.eval import bench, flops, models
-from mamba2_jax.eval.hardware import StreamBench
 from mamba2_jax.eval.results import write_results
 
 F32 = jnp.float32
@@ -103,31 +101,21 @@ def main(argv=None):
     gem = head_gemvs(cfg.padded_vocab_size, cfg.d_model)
     for name, (run, _, _) in gem.items():
         fns[name] = (lambda run=run: sum(run() for _ in range(a.gemv_reps)) / a.gemv_reps)
-    stream = StreamBench(a.stream_bytes)
-    fns["stream"] = stream.run
-    load0 = list(os.getloadavg())
-    times = bench.alternate(fns, a.rounds)
-    load1 = list(os.getloadavg())
-    bw = stream.bytes_per_call / bench.median(times["stream"])
+    times, bw, stream_rec, (load0, load1) = bench.alternate_with_stream(fns, a.rounds, a.stream_bytes)
     by = flops.decode_bytes(cfg, 1, "float32")["total"]
-    recs = [{"metric": "stream_bandwidth", "value": bw, "unit": "B/s", "times_s": times["stream"]}]
-    print(f"stream bandwidth (median of rounds): {bw / 1e9:.1f} GB/s; load {load0} -> {load1}")
+    recs = [stream_rec]
     base = bench.median(times["fused_in_proj"])
     for name in variants:
         t = times[name]
         s = bench.median(t)
-        recs.append({"metric": "decode_tokens_per_s", "value": 1 / s, "unit": "tokens/s", "formulation": name,
-                     "median_s": s, "min_s": min(t), "times_s": t, "bandwidth_fraction": by / s / bw,
-                     "speedup_vs_fused": base / s, **hlo[name]})
+        recs.append(bench.decode_record(name, t, by, bw, speedup_vs_fused=base / s, **hlo[name]))
         print(f"decode {name:16s} {1 / s:6.1f} tok/s (best {1 / min(t):6.1f})  {by / s / bw:5.3f} of bound  "
               f"x{base / s:4.2f} vs fused  {hlo[name]}")
     g1 = bench.median(times["head_gemv_x1"])
     for name, (_, nbytes, _) in gem.items():
         t = times[name]
         s = bench.median(t)
-        recs.append({"metric": "lm_head_gemv_bytes_per_s", "value": nbytes / s, "unit": "B/s", "formulation": name,
-                     "median_s": s, "min_s": min(t), "times_s": t, "weight_bytes": nbytes,
-                     "fraction_of_stream": nbytes / s / bw, "speed_vs_one_dot": g1 / s})
+        recs.append(bench.gemv_record(name, t, nbytes, fraction_of_stream=nbytes / s / bw, speed_vs_one_dot=g1 / s))
         print(f"gemv {name:16s} {s * 1e3:7.2f} ms  {nbytes / s / 1e9:6.1f} GB/s  {nbytes / s / bw:5.2f} of stream  "
               f"x{g1 / s:4.2f} vs one dot")
     for r in recs:

@@ -24,7 +24,6 @@ import time
 import numpy as np
 
 from mamba2_jax.eval import bench, models
-from mamba2_jax.eval.hardware import StreamBench
 from mamba2_jax.eval.results import write_results
 
 
@@ -77,13 +76,8 @@ def main(argv=None):
             dbs[b, chk] = db
             fns[f"decode:b{b}:{'check' if chk else 'nocheck'}"] = (lambda db=db: db.run("c0") / a.tokens)
         print(f"[nan_check_cost] decode batch {b} compiled", flush=True)
-    stream = StreamBench(a.stream_bytes)
-    fns["stream"] = stream.run
-    load0 = list(os.getloadavg())
-    times = bench.alternate(fns, a.rounds)
-    load1 = list(os.getloadavg())
-    bw = stream.bytes_per_call / bench.median(times["stream"])
-    recs.append({"metric": "stream_bandwidth", "value": bw, "unit": "B/s", "times_s": times["stream"]})
+    times, bw, stream_rec, (load0, load1) = bench.alternate_with_stream(fns, a.rounds, a.stream_bytes)
+    recs.append(stream_rec)
     for b in a.batches:
         by = flops.decode_bytes(model.cfg, b, "float32")["total"]
         t_on, t_off = times[f"decode:b{b}:check"], times[f"decode:b{b}:nocheck"]

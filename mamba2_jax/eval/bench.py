@@ -81,6 +81,36 @@ def alternate(fns: dict[str, Callable[[], float]], rounds: int, rotate: bool = T
     return out
 
 
+def alternate_with_stream(fns: dict[str, Callable[[], float]], rounds: int, stream_bytes: int):
+    """:func:`alternate` with a streaming-bandwidth probe taking its turn in every round, so that a
+    memory-bound time is compared with the bandwidth measured in the same rounds.  Returns
+    (times, median bandwidth in B/s, its result record, [load average before, after])."""
+    from .hardware import StreamBench
+
+    stream = StreamBench(stream_bytes)
+    load0 = list(os.getloadavg())
+    times = alternate({**fns, "stream": stream.run}, rounds)
+    load = [load0, list(os.getloadavg())]
+    bw = stream.bytes_per_call / median(times["stream"])
+    print(f"stream bandwidth (median of rounds): {bw / 1e9:.1f} GB/s; load {load[0]} -> {load[1]}", flush=True)
+    return times, bw, {"metric": "stream_bandwidth", "value": bw, "unit": "B/s", "times_s": times["stream"]}, load
+
+
+def gemv_record(name: str, times: list[float], weight_bytes: int, **extra) -> dict[str, Any]:
+    """A GEMV-speed record (bytes of weight streamed per second, median of the rounds)."""
+    s = median(times)
+    return {"metric": "lm_head_gemv_bytes_per_s", "value": weight_bytes / s, "unit": "B/s", "formulation": name,
+            "median_s": s, "min_s": min(times), "times_s": times, "weight_bytes": weight_bytes, **extra}
+
+
+def decode_record(name: str, times: list[float], decode_bytes: int, bandwidth: float, **extra) -> dict[str, Any]:
+    """A decode-speed record from per-token times: tokens/s (median), best, and the fraction of the
+    same-run streaming bound (bytes per token ÷ bandwidth)."""
+    s = median(times)
+    return {"metric": "decode_tokens_per_s", "value": 1 / s, "unit": "tokens/s", "formulation": name, "median_s": s,
+            "min_s": min(times), "times_s": times, "bandwidth_fraction": decode_bytes / s / bandwidth, **extra}
+
+
 def _on_mesh(model, ids: np.ndarray):
     """Benchmark inputs: split over the "data" axis when the model is on a mesh."""
     import jax.numpy as jnp
