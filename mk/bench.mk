@@ -9,7 +9,7 @@
 #   BENCH_ARGS="models=[mamba2-130m] reps=3"   extra Hydra overrides for any of them
 # Results: results/<experiment>/<run>.json + .csv, run = <profile>-<hardware profile>[-on-<device>].
 
-.PHONY: throughput throughput-smoke bench-smoke sweep cache-speedup bench decode-formulations bench-peers anchor-install
+.PHONY: decode-split nan-check-cost throughput throughput-smoke bench-smoke sweep cache-speedup bench decode-formulations bench-peers anchor-install
 
 BENCH_PROFILE ?= cpu_smoke
 BENCH_ARGS ?=
@@ -37,6 +37,15 @@ bench: $(STAMP)
 
 decode-formulations: $(STAMP)
 	$(PY) experiments/decode_formulations.py
+
+# in_proj fused vs in parts and the LM head as 1/2/4 dots, with the stream probe in the same rounds
+decode-split: $(STAMP)
+	$(PY) experiments/decode_split.py --rounds 9
+
+# the cost of the non-finite checks: decode with and without (b=1 and 16), and the loading check
+nan-check-cost: $(STAMP)
+	$(PY) experiments/nan_check_cost.py --rounds 11
+	$(PY) experiments/nan_check_cost.py --batches 1 --rounds 15 --load-models --run cpu_bench-cpu-decode-b1
 
 # mamba2-jax 1.1.2 has the same module name as this project, so it lives in its own --target dir and
 # its peer runs with PYTHONPATH=$(ANCHOR_DIR).  --no-deps: its requirements (jax, jaxlib, flax, optax)
