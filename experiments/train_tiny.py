@@ -62,7 +62,7 @@ def test_perplexities(model, tok, test_file: Path, e: DictConfig) -> dict:
     w = P.strided_windows(tok.encode("\n\n".join(rows)), int(e.max_length), int(e.stride))
     m = P.aggregate(w, scorer.score(w, progress=False))
     out["strided"] = {"max_length": e.max_length, "stride": e.stride, **m,
-                      "implementation": "mamba2_jax.eval.perplexity (JaxScorer, strided_windows)",
+                      "implementation": "mamba2_jax.eval.scorer.JaxScorer on mamba2_jax.eval.windows.strided_windows",
                       "wall_s": round(time.perf_counter() - t0, 1)}
     print(f"strided: {out['strided']}", flush=True)
     t0 = time.perf_counter()
@@ -71,7 +71,7 @@ def test_perplexities(model, tok, test_file: Path, e: DictConfig) -> dict:
     w = P.lm_eval_windows(toks, int(e.max_length), 0)
     m = P.aggregate(w, scorer.score(w, progress=False), [count_words(d) for d in docs], [count_bytes(d) for d in docs])
     out["lm_eval_rolling"] = {"max_length": e.max_length, "lm_eval_version": getattr(P, "LM_EVAL_VERSION", None), **m,
-                              "implementation": "mamba2_jax.eval.perplexity (JaxScorer, lm_eval_windows)",
+                              "implementation": "mamba2_jax.eval.scorer.JaxScorer on mamba2_jax.eval.windows.lm_eval_windows",
                               "wall_s": round(time.perf_counter() - t0, 1)}
     print(f"lm_eval_rolling: {out['lm_eval_rolling']}", flush=True)
     return out
@@ -264,7 +264,7 @@ The `lm_eval_rolling` numbers are much worse than the `strided` ones because tha
 only ever saw the raw WikiText tokenization; word perplexity also divides by words rather than tokens.
 
 Perplexities are of the fp16 checkpoint as shipped, loaded with `load_pretrained` (float32 compute),
-scored with {impl or "mamba2_jax.eval.perplexity"}; protocol definitions are in `mamba2_jax/eval/windows.py`.
+scored with {impl or "mamba2_jax.eval.scorer.JaxScorer"}; protocol definitions are in `mamba2_jax/eval/windows.py`.
 
 Greedy continuation of `{m['sample']['prompt']!r}` ({len(m['sample']['token_ids'])} tokens):
 
