@@ -56,6 +56,8 @@ def repo(tmp_path):
         # the training run of an evaluated checkpoint is an input: shown, not judged
         "input.json": {"provenance": _prov(new), "train_provenance": _prov(old, cpu=INTEL)},
         "no_prov.json": {"records": [1]},
+        # per-record git stamps without a machine (tpu_compile's programs) ran on the file's machine
+        "records.json": {"provenance": _prov(new), "records": [{"git": {"sha": new, "dirty": False}}]},
     }
     for name, doc in results.items():
         (root / "results" / "x").mkdir(parents=True, exist_ok=True)
@@ -79,7 +81,7 @@ def test_verdicts_follow_the_history(repo):
     assert kinds == {
         "ok.json": [], "stale.json": ["stale"], "dirty.json": ["dirty"], "intel.json": ["machine"],
         "unknown_sha.json": ["stale"], "nested.json": ["dirty unknown (not recorded)"], "input.json": [],
-        "no_prov.json": ["no provenance (no object with a git sha)"],
+        "no_prov.json": ["no provenance (no object with a git sha)"], "records.json": [],
     }
     assert by["stale.json"].numerics_equal == {old: False} and by["stale.json"].behind == {old: 2}
     assert by["ok.json"].numerics_equal == {new: True} and by["ok.json"].behind == {new: 1}
@@ -96,12 +98,12 @@ def test_strict_exit_status(repo, capsys):
     assert RA.main(["--root", str(root)]) == 0               # report only
     table = capsys.readouterr().out
     assert "`results/x/stale.json`" in table, table
-    assert "6 of 8 result files" in table, table
+    assert "6 of 9 result files" in table, table
     unused = next(ln for ln in table.splitlines() if "candidates for removal" in ln)
     assert "`results/x/dirty.json`" in unused and "`results/x/ok.json`" not in unused
     assert RA.main(["--root", str(root), "--strict"]) == 1
     for f in (root / "results" / "x").iterdir():               # keep only the good files
-        if f.name not in ("ok.json", "input.json"):
+        if f.name not in ("ok.json", "input.json", "records.json"):
             f.unlink()
     assert RA.main(["--root", str(root), "--strict"]) == 0
 
