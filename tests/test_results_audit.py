@@ -108,12 +108,9 @@ def test_strict_exit_status(repo, capsys):
     assert RA.main(["--root", str(root), "--strict"]) == 0
 
 
-# Fails until every committed result is regenerated from a clean tree with HEAD's numerics code on one
-# machine (issue 22: the lead regenerates with `make regenerate`, then removes this xfail).  strict=True:
-# once the results are current, the XPASS fails the suite so the marker cannot be forgotten.
+# Every committed result comes from a clean tree with HEAD's numerics code on one machine (issue 22).
+# A change to the numerics code (paper/results_audit.py NUMERICS_CODE) must come with regenerated results.
 @pytest.mark.integration
-@pytest.mark.xfail(raises=AssertionError, strict=True,
-                   reason="issue 22: committed results predate the numerics rewrite; remove after `make regenerate`")
 def test_committed_results_are_current():
     out = subprocess.run([sys.executable, "-m", "paper.results_audit", "--strict"], cwd=REPO, capture_output=True,
                          text=True, timeout=120)
