@@ -178,7 +178,7 @@ def test_nonfinite_weights_refused_by_default(tiny_ckpt, tmp_path, capsys):
     assert e.value.cause == "NonFiniteWeights" and "allow_nonfinite=True" in str(e.value)
     model = load_pretrained(d, allow_nonfinite=True)
     with pytest.raises(GenerationError, match="new token 0 of row 0"):
-        Generator(model, eos_id=None).generate([[1, 2, 3]], 4)
+        Generator(model, eos_id=0).generate([[1, 2, 3]], 4)  # the CLI's EOS id: the CLI reuses these programs
     args = ["generate", "--model", str(d), "--prompt-ids", "1,2,3", "--max-new-tokens", "4", "--no-decode", "--json"]
     capsys.readouterr()
     assert cli_main(args) == 2 and "out_proj.weight (2)" in capsys.readouterr().err

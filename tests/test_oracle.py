@@ -1,11 +1,40 @@
-"""Chunked JAX prefill and recurrent step vs an independent float64 sequential oracle."""
+"""Chunked JAX prefill and recurrent step vs an independent float64 sequential oracle.
 
+The model runs as compiled programs (``jax.jit`` over the ``nnx.split`` state, the programs users
+run), not op by op.  The programs are built once per config (the structure: variant, chunk size) with
+the parameters and the cache as inputs, so every case with the same config and shapes reuses them.
+The zero-state prefill passes an explicit zero cache (``model.init_cache``, exactly what ``prefill``
+builds for ``cache=None``) so that it shares its programs with the init-state case; ``cache=None``
+itself is run by ``test_final_state_matches_oracle`` and ``test_step_matches_oracle``.
+"""
+
+import jax
+import numpy as np
 import pytest
+from flax import nnx
 
 from mamba2_jax.eval.oracle import CHUNKS, VARIANTS, jax_cache_from_oracle, oracle_run, rel_err
 from mamba2_jax.loading import model_from_state_dict
 
 TOL = 1e-5
+
+_PROGRAMS: dict = {}
+
+
+def _model(cfg, sd):
+    """The float32 model of ``sd``, its parameters (``nnx.split`` state) and the compiled programs
+    for its structure, built once per config: (model, params, prefill with hidden states, prefill,
+    step with hidden states).  The parameters are program inputs, so equal configs share programs."""
+    model = model_from_state_dict(cfg, sd, dtype="float32")
+    graphdef, params = nnx.split(model)
+    if cfg not in _PROGRAMS:
+        _PROGRAMS[cfg] = (
+            jax.jit(lambda st, ids, c: nnx.merge(graphdef, st).prefill(ids, c, collect_hidden=True)),
+            jax.jit(lambda st, ids: nnx.merge(graphdef, st).prefill(ids)),
+            jax.jit(lambda st, t, c: nnx.merge(graphdef, st).step(t, c, collect_hidden=True)),
+        )
+    return (model, params, *_PROGRAMS[cfg])
+
 
 @pytest.mark.parametrize("with_init", [False, True], ids=["zero-state", "init-state"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -13,10 +42,11 @@ TOL = 1e-5
 def test_prefill_matches_oracle(variant, chunk, with_init):
     cfg0, sd, orc, ids, state, ref_logits, ref_hidden = oracle_run(variant, with_init)
     cfg = cfg0.replace(chunk_size=chunk)
-    model = model_from_state_dict(cfg, sd, dtype="float32")
+    model, params, prefill_hidden, _, _ = _model(cfg, sd)
     for L in sorted({1, chunk - 1, chunk, chunk + 1, 3 * chunk + 5}):
-        cache = jax_cache_from_oracle(cfg, state) if with_init else None
-        logits, new_cache, hidden = model.prefill(ids[:, :L], cache, collect_hidden=True)
+        cache = jax_cache_from_oracle(cfg, state) if with_init else model.init_cache(ids.shape[0])
+        logits, new_cache, hidden = prefill_hidden(params, ids[:, :L], cache)
+        hidden = np.asarray(hidden)  # (host) indexing below, not one eager slicing program per shape
         e_log = rel_err(logits, ref_logits[:, :L])
         e_hid = max(rel_err(hidden[i], ref_hidden[i, :, :L]) for i in range(cfg.n_layer))
         assert e_log <= TOL, (L, e_log)
@@ -28,7 +58,8 @@ def test_final_state_matches_oracle(variant):
     cfg, sd, orc, ids, _, _, _ = oracle_run(variant, False)
     L = 2 * cfg.chunk_size + 3
     _, _, (o_conv, o_ssm) = orc.run(ids[:, :L])
-    _, cache = model_from_state_dict(cfg, sd).prefill(ids[:, :L])
+    _, params, _, prefill, _ = _model(cfg, sd)
+    _, cache = prefill(params, ids[:, :L])  # cache=None
     for i in range(cfg.n_layer):
         assert rel_err(cache.ssm[i], o_ssm[i]) <= TOL
         assert rel_err(cache.conv[i], o_conv[i][:, :, 1:].transpose(0, 2, 1)) <= TOL
@@ -38,10 +69,11 @@ def test_final_state_matches_oracle(variant):
 def test_step_matches_oracle(variant):
     """prefill(L) then k recurrent steps == oracle at positions L..L+k-1."""
     cfg, sd, orc, ids, _, ref_logits, ref_hidden = oracle_run(variant, False)
-    model = model_from_state_dict(cfg, sd)
+    _, params, _, prefill, step_hidden = _model(cfg, sd)
     L, k = 11, 9
-    _, cache = model.prefill(ids[:, :L])
+    _, cache = prefill(params, ids[:, :L])  # cache=None
     for t in range(L, L + k):
-        logits, cache, hidden = model.step(ids[:, t], cache, collect_hidden=True)
+        logits, cache, hidden = step_hidden(params, ids[:, t], cache)
+        hidden = np.asarray(hidden)
         assert rel_err(logits, ref_logits[:, t]) <= TOL
         assert max(rel_err(hidden[i], ref_hidden[i, :, t]) for i in range(cfg.n_layer)) <= TOL
