@@ -57,8 +57,8 @@ def test_chunked_matches_sequential(l, q, with_init):
     f = lambda a: jnp.asarray(np.asarray(a, np.float32))
     # without an initial state: an explicit zero state (what ssd_chunked builds for None), so that both cases
     # share one compiled program per shape; initial_state=None itself: test_large_decay_is_stable
-    y, s = ssd_chunked(f(x), f(dt), f(A), f(B), f(C), q, D=f(D), initial_state=f(init if with_init else 0 * init),
-                       precision="highest")
+    s0 = init if with_init else np.zeros_like(init)
+    y, s = ssd_chunked(f(x), f(dt), f(A), f(B), f(C), q, D=f(D), initial_state=f(s0), precision="highest")
     assert rel(y, y_ref) < 1e-5
     assert rel(s, s_ref) < 1e-5
 
