@@ -1,7 +1,7 @@
 """The paper's TPU v6e suite, compiled for TPU v6e by libtpu's compiler on a machine without a TPU.
 
     python experiments/tpu_compile.py [--models mamba2-130m,...] [--target tpu-v6e] [--resume]
-                                      [--phase claims|all] [--out results/tpu_compile]
+                                      [--phase decode|claims|all] [--out results/tpu_compile]
 
 Every program that ``profile=paper hardware=tpu_v6e`` measures (mamba2_jax/eval/conf/profile/paper.yaml:
 throughput, sweep and cache_speedup), per scale:
@@ -22,7 +22,8 @@ Results: ``<out>/<model>.json`` (one record per program, with provenance: git sh
 jax / jaxlib / libtpu versions, the topology), rewritten atomically after each program, so a run
 that is stopped keeps what it compiled; ``--resume`` skips programs already compiled at this
 commit.  ``--phase claims`` compiles only what the paper's claims rest on (prefill at the headline
-length, step and generate), for a quick pass over all five scales.
+length, step and generate), for a quick pass over all five scales; ``--phase decode`` only the step
+and the decode loop (about a minute per scale; the prefills take 20-40 min each on 2 cores).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from omegaconf import OmegaConf
 
 from mamba2_jax.paths import CONF_DIR, results_dir
 
-PHASES = ("claims", "all")
+PHASES = ("decode", "claims", "all")
 # the files that define the compiled programs: a record compiled at another commit is reused by
 # --resume only if these are unchanged since (and its tree was clean)
 PROGRAM_FILES = ("mamba2_jax/model.py", "mamba2_jax/ssd.py", "mamba2_jax/cache.py", "mamba2_jax/sharding.py",
@@ -84,6 +85,8 @@ def programs(suite: dict, phase: str) -> list[dict]:
     head = [{"program": "step"}, *({"program": "generate", "new_tokens": n} for n in suite["decode_tokens"]),
             *({"program": "prefill", "length": L} for L in sorted(set(suite["throughput_prefill_lengths"])
                                                                    | {suite["headline_length"]}))]
+    if phase == "decode":
+        return [p for p in head if p["program"] != "prefill"]
     if phase == "claims":
         return head
     done = {p.get("length") for p in head if p["program"] == "prefill"}
