@@ -23,7 +23,7 @@ lint: install
 
 # pytest-xdist: two worker processes, one work unit per test module (tests/conftest.py says why);
 # PYTEST_XDIST= (empty) runs serially
-PYTEST_XDIST ?= -n 2 --dist loadgroup --no-loadscope-reorder
+PYTEST_XDIST ?= -n 2 --dist loadscope --no-loadscope-reorder
 
 # everything, integration tests included (CI)
 test: install lint install-tpu
