@@ -128,6 +128,9 @@ def main(argv=None) -> int:
     suite = paper_suite(a.profile)
     models = a.models.split(",") if a.models else suite["models"]
     out = Path(a.out) if a.out else results_dir() / ("tpu_compile" if a.target == "tpu-v6e" else f"compile-{a.target}")
+    from mamba2_jax.eval.provenance import cpu_model as _cpu_model
+
+    host_cpu = _cpu_model()
     git = git_info()  # at start: the modules are imported now; later edits to the tree do not change this run
     prof = get_profile(t["profile"])
     print(f"[tpu_compile] {t['name']} via {compiler} (jax {versions()['jax']}), no {t['platform'].upper()}: compiling "
@@ -183,6 +186,7 @@ def main(argv=None) -> int:
             mesh_of[name] = mesh
             r["key"] = k
             r["git"] = git
+            r["cpu_model"] = host_cpu  # the machine that compiled it (kept when --resume reuses the record)
             records[k] = r
             ro = r["roofline"]
             print(f"[tpu_compile] {name} {k}: {r['compile_s']:.1f} s, {r['flops'] / 1e12:.4g} TFLOP, "

@@ -22,7 +22,8 @@ DESCRIPTION = """
     reference)."""
 NOTE = "Results from synthetic (random-init) weights test the implementation, not the paper's checkpoints."
 FP32_EPS = 2.0 ** -23     # float32 unit roundoff (spacing at 1.0 is 2^-23)
-BACKEND_STYLE = {"mamba_ssm_ref_cpu": ("-", "o"), "transformers": ("--", "s"), "mamba_ssm_triton": (":", "^")}
+BACKEND_STYLE = {"mamba_ssm_ref_cpu": ("-", "o"), "transformers": ("--", "s"), "mamba_ssm_triton": (":", "^"),
+                 "llama_cpp": ("-.", "D")}  # llama.cpp: logits only (a diamond at the logits position)
 
 
 def device_of(d) -> str:
@@ -51,16 +52,21 @@ def build(results: Path) -> style.Figure:
     docs = style.need(results, "parity")
     models = sorted({name_of(d) for _, d in docs}, key=report.model_key)
     colors = style.model_colors(models)
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9.5, 3.8), gridspec_kw={"width_ratios": [1.25, 1]})
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10.5, max(3.8, 0.24 * len(docs) + 1.2)),
+                                   gridspec_kw={"width_ratios": [1.25, 1]})
     tol = None
+    # layers per model, from a backend that returns hidden states (llama.cpp returns logits only)
+    n_layers = {name_of(d): len(d["hidden_per_layer"]) for _, d in docs if d["hidden_per_layer"]}
     for _, d in docs:
         be = d["reference"]["backend"]
         ls, mk = BACKEND_STYLE.get(be, ("-.", "D"))
         y = [x["max_rel"] for x in d["hidden_per_layer"]]
         x = np.arange(1, len(y) + 1)
-        ax0.plot(x, y, color=colors[name_of(d)], ls=ls, marker=mk, ms=3.5)
+        if y:
+            ax0.plot(x, y, color=colors[name_of(d)], ls=ls, marker=mk, ms=3.5)
         # logits, one step to the right of the last layer
-        ax0.plot([len(y) + 1], [d["logits_worst"]["max_rel"]], color=colors[name_of(d)], marker="*", ms=8, ls="none")
+        ax0.plot([n_layers.get(name_of(d), len(y)) + 1], [d["logits_worst"]["max_rel"]], color=colors[name_of(d)],
+                 marker="*" if y else mk, ms=8 if y else 5, ls="none")
         tol = (d.get("tolerance") or {}).get("max_rel", tol)
     if tol:
         ax0.axhline(tol, color="#444444", lw=1.0, ls="--")
@@ -69,7 +75,7 @@ def build(results: Path) -> style.Figure:
     ax0.set_xlabel("layer (star: final logits)")
     ax0.set_ylabel("max |JAX - ref| / max |ref|")
     ax0.set_title("(a) hidden-state error per layer (worst over prompts)")
-    lo = min(min(x["max_rel"] for x in d["hidden_per_layer"]) for _, d in docs)
+    lo = min(x["max_rel"] for _, d in docs for x in d["hidden_per_layer"] or [d["logits_worst"]])
     ax0.set_ylim(min(lo, FP32_EPS) / 3, max(tol or 1e-5, 1e-5) * 60)     # legend above the tolerance line
     handles = [Line2D([], [], color=colors[m], lw=2, label=m) for m in models]
     handles += [Line2D([], [], color="#555555", ls=BACKEND_STYLE.get(b, ("-.", "D"))[0],
@@ -101,7 +107,7 @@ def build(results: Path) -> style.Figure:
     ax1.set_xticks(range(len(prompts)))
     ax1.set_xticklabels(prompts, rotation=45, ha="right")
     ax1.set_yticks(range(len(pairs)))
-    ax1.set_yticklabels([f"{m}\nvs {b}" for m, b, _ in pairs], fontsize=6.5)
+    ax1.set_yticklabels([f"{m} vs {b}" for m, b, _ in pairs], fontsize=6.5)  # one line each: two overprint
     ax1.grid(False)
     ax1.set_title(f"(b) greedy tokens identical before first divergence (of {n_new})")
     cb = fig.colorbar(im, ax=ax1, fraction=0.04, pad=0.02)

@@ -25,6 +25,7 @@ DESCRIPTION = """
     GGUF f16 / bf16 / q8_0): shown, never ranked against fp32."""
 
 PEER_ORDER = ["ours", "llama_cpp", "hf_transformers", "mamba2_jax_1_1_2"]
+HATCH = {"bf16": "//", "f16": "\\\\", "q8_0": "xx"}  # lower-precision variants, one pattern each
 PEER_LABEL = {"ours": "this project", "llama_cpp": "llama.cpp", "hf_transformers": "HF transformers",
               "mamba2_jax_1_1_2": "mamba2-jax 1.1.2"}
 
@@ -70,15 +71,15 @@ def _bars(ax, series, title):
         col = colors.setdefault(peer, style.PALETTE[len(colors) % len(style.PALETTE)])
         x = np.arange(len(cats)) + (i - (len(keys) - 1) / 2) * w
         y = [series[k].get(c, np.nan) for c in cats]
+        hatch = HATCH.get(variant.removeprefix("gguf-"), "..") if lowp else None
         ax.bar(x, y, w, label=f"{PEER_LABEL.get(peer, peer)} {variant}" + (" (lower precision)" if lowp else ""),
-               color=col, hatch="//" if lowp else None, edgecolor="black" if lowp else None, lw=0.3)
+               color=col, hatch=hatch, edgecolor="black" if lowp else None, lw=0.3)
     ax.set_xticks(np.arange(len(cats)))
     ax.set_xticklabels(cats, fontsize=7)
     ax.set_yscale("log")
     style.plain_log(ax)
     ax.set_ylabel("tokens/s (median)")
     ax.set_title(title)
-    ax.legend(loc="best", fontsize=6)
 
 
 def build(results: Path) -> style.Figure:
@@ -89,10 +90,19 @@ def build(results: Path) -> style.Figure:
         raise style.MissingInput(f"no per-task peers records in results/peers/*.json under {results} "
                                  f"(run `make bench-peers`)")
     p, d = max(docs, key=lambda pd: str((pd[1].get("provenance") or {}).get("date_utc", "")))
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12.0, 4.0))
+    fig = plt.figure(figsize=(12.0, 4.8))
+    grid = fig.add_gridspec(2, 2, height_ratios=[1, 6])
+    ax_legend, ax0, ax1 = fig.add_subplot(grid[0, :]), fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])
     recs = d["records"]
     _bars(ax0, _series(recs, lambda r: r.get("kind") == "prefill"), "(a) prefill")
     _bars(ax1, _series(recs, lambda r: r.get("kind") in ("decode", "batched")), "(b) decode and batched decode")
+    # one legend for both panels, in its own row above them: inside a panel it covers bars
+    labels: dict = {}
+    for ax in (ax0, ax1):
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            labels.setdefault(lab, h)
+    ax_legend.axis("off")
+    ax_legend.legend(list(labels.values()), list(labels), loc="center", ncol=4, fontsize=7, frameon=False)
     notes = [f"Skipped peers: {', '.join(f'{k} ({v.splitlines()[0]})' for k, v in (d.get('skipped') or {}).items())}"
              if d.get("skipped") else "No peer was skipped.",
              "Ratios (this project ÷ peer, fp32 rows only) are in the results document's `ratios`; the targets in "

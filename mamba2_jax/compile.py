@@ -474,14 +474,16 @@ def export_program(model: Any, program: str = "prefill", *, platforms=("cuda",),
                                                  length=length, new_tokens=new_tokens, last_only=last_only)
     # flat arguments and results: an nnx State or a Mamba2Cache has no serialization registered with
     # jax.export, and a flat signature is what another runtime would call anyway
-    # (and a typed PRNG key travels as its raw uint32 data, which jax.export can serialize)
+    # (and a typed PRNG key, in or out, travels as its raw uint32 data, which jax.export can serialize)
     leaves, treedef = jax.tree.flatten(args)
     is_key = [jnp.issubdtype(x.dtype, jax.dtypes.prng_key) for x in leaves]
     raw = [jax.ShapeDtypeStruct(x.shape + (2,), jnp.uint32) if k else x for x, k in zip(leaves, is_key)]
 
     def flat(*xs):
         xs = [jax.random.wrap_key_data(x) if k else x for x, k in zip(xs, is_key)]
-        return jax.tree.leaves(jitted(*jax.tree.unflatten(treedef, xs), **kwargs))
+        out = jax.tree.leaves(jitted(*jax.tree.unflatten(treedef, xs), **kwargs))
+        # results too: the decode loop returns its carry, PRNG key included
+        return [jax.random.key_data(y) if jnp.issubdtype(y.dtype, jax.dtypes.prng_key) else y for y in out]
 
     _ensure_flatbuffers()
     t0 = time.perf_counter()
@@ -498,6 +500,7 @@ def export_program(model: Any, program: str = "prefill", *, platforms=("cuda",),
             "batch": batch, "length": length if program == "prefill" else None,
             "new_tokens": new_tokens if program == "generate" else None, "dtype": jdt.name, "precision": str(prec),
             "policy": {**policy, **prec_pol, "matmul_precision": str(prec)}, "export_s": t1 - t0,
+            "io_dtypes": sorted({str(a.dtype) for a in (*exp.in_avals, *exp.out_avals)}),
             "stablehlo_chars": len(text), **ser,
             "custom_calls": [c for c in calls if c not in PARTITIONER_ANNOTATIONS],
             "partitioner_annotations": [c for c in calls if c in PARTITIONER_ANNOTATIONS],

@@ -301,7 +301,10 @@ def eval_parity(c: dict[str, Any], results: Path, paper: tuple[str, ...]) -> lis
             steps = cw.get("steps")
             rs = list(reasons) + ([f"{n_new} steps vs {steps}"] if steps and n_new != [int(steps)] else [])
         else:
-            worst = max(items, key=lambda x: x[1]["hidden_worst"]["max_rel"])[1]
+            hidden = [x for x in items if "max_rel" in (x[1].get("hidden_worst") or {})]
+            if not hidden:  # a logits-only backend (llama.cpp): nothing to say about hidden states
+                continue
+            worst = max(hidden, key=lambda x: x[1]["hidden_worst"]["max_rel"])[1]
             value = worst["hidden_worst"]["max_rel"]
             text = (f"max_rel {value:.2e} ({worst['hidden_worst'].get('ulps', float('nan')):.0f} ulps; "
                     f"{worst['model']}); models: {models}")

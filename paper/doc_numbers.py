@@ -314,9 +314,10 @@ def _parity_table(spec: dict[str, Any], root: Path) -> str:
                                             .get("triton_interpret") else "")
         g = d["greedy_summary"]
         n_prompts = g["prompts"]
-        rows.append(f"| {model}, {n_prompts} prompts × {d['n_new']} tokens | {ref} "
-                    f"| {format_value(d['hidden_worst'].get('max_rel', float('nan')), 'e1')} "
-                    f"({d['hidden_worst'].get('ulps', float('nan')):.0f}) "
+        hw = d.get("hidden_worst") or {}
+        hidden = (f"{format_value(hw['max_rel'], 'e1')} ({hw.get('ulps', float('nan')):.0f})" if "max_rel" in hw
+                  else "no hidden states (logits only)")
+        rows.append(f"| {model}, {n_prompts} prompts × {d['n_new']} tokens | {ref} | {hidden} "
                     f"| {format_value(d['logits_worst']['max_rel'], 'e1')} "
                     f"| {g['tokens_matching_total']}/{g['tokens_total']} |")
     return "\n".join(rows) + "\n"

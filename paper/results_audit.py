@@ -185,6 +185,13 @@ def audit(root: Path = REPO, files: list[Path] | None = None, producers: Any = N
             continue
         step = producers.producer(rel) if producers is not None else None
         blocks = provenance_blocks(doc)
+        # a record's own git block without a machine (the compiled programs of experiments/tpu_compile.py,
+        # each stamped with the commit it was compiled at) ran on the machine of the file's provenance;
+        # records reused by --resume from an earlier run carry their own cpu_model (recorded since)
+        top = (doc.get("provenance") or {}).get("cpu_model") if isinstance(doc, dict) else None
+        for b in blocks:
+            if b.cpu_model is None and top and b.where.startswith("records["):
+                b.cpu_model = top
         a = FileAudit(rel, step.command if step else None, [b for b in blocks if not b.input],
                       inputs=[b for b in blocks if b.input])
         a.used_by = [u for u, match in users if match(rel)]

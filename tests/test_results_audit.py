@@ -56,6 +56,8 @@ def repo(tmp_path):
         # the training run of an evaluated checkpoint is an input: shown, not judged
         "input.json": {"provenance": _prov(new), "train_provenance": _prov(old, cpu=INTEL)},
         "no_prov.json": {"records": [1]},
+        # per-record git stamps without a machine (tpu_compile's programs) ran on the file's machine
+        "records.json": {"provenance": _prov(new), "records": [{"git": {"sha": new, "dirty": False}}]},
     }
     for name, doc in results.items():
         (root / "results" / "x").mkdir(parents=True, exist_ok=True)
@@ -79,7 +81,7 @@ def test_verdicts_follow_the_history(repo):
     assert kinds == {
         "ok.json": [], "stale.json": ["stale"], "dirty.json": ["dirty"], "intel.json": ["machine"],
         "unknown_sha.json": ["stale"], "nested.json": ["dirty unknown (not recorded)"], "input.json": [],
-        "no_prov.json": ["no provenance (no object with a git sha)"],
+        "no_prov.json": ["no provenance (no object with a git sha)"], "records.json": [],
     }
     assert by["stale.json"].numerics_equal == {old: False} and by["stale.json"].behind == {old: 2}
     assert by["ok.json"].numerics_equal == {new: True} and by["ok.json"].behind == {new: 1}
@@ -96,23 +98,25 @@ def test_strict_exit_status(repo, capsys):
     assert RA.main(["--root", str(root)]) == 0               # report only
     table = capsys.readouterr().out
     assert "`results/x/stale.json`" in table, table
-    assert "6 of 8 result files" in table, table
+    assert "6 of 9 result files" in table, table
     unused = next(ln for ln in table.splitlines() if "candidates for removal" in ln)
     assert "`results/x/dirty.json`" in unused and "`results/x/ok.json`" not in unused
     assert RA.main(["--root", str(root), "--strict"]) == 1
     for f in (root / "results" / "x").iterdir():               # keep only the good files
-        if f.name not in ("ok.json", "input.json"):
+        if f.name not in ("ok.json", "input.json", "records.json"):
             f.unlink()
     assert RA.main(["--root", str(root), "--strict"]) == 0
 
 
-# Fails until every committed result is regenerated from a clean tree with HEAD's numerics code on one
-# machine (issue 22: the lead regenerates with `make regenerate`, then removes this xfail).  strict=True:
-# once the results are current, the XPASS fails the suite so the marker cannot be forgotten.
+# Every committed result comes from a clean tree with HEAD's numerics code on one machine (issue 22).
+# A change to the numerics code (paper/results_audit.py NUMERICS_CODE) must come with regenerated results.
 @pytest.mark.integration
-@pytest.mark.xfail(raises=AssertionError, strict=True,
-                   reason="issue 22: committed results predate the numerics rewrite; remove after `make regenerate`")
 def test_committed_results_are_current():
+    shallow = subprocess.run(["git", "rev-parse", "--is-shallow-repository"], cwd=REPO, capture_output=True, text=True)
+    if shallow.returncode != 0 or shallow.stdout.strip() == "true":
+        why = shallow.stdout.strip() or shallow.stderr.strip()
+        pytest.skip("needs the full git history (the audit compares each result's commit with HEAD); "
+                    f"this checkout is shallow or not a git repository: {why}")
     out = subprocess.run([sys.executable, "-m", "paper.results_audit", "--strict"], cwd=REPO, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
