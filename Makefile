@@ -21,13 +21,17 @@ install: $(STAMP)
 lint: install
 	$(VENV)/bin/ruff check .
 
+# pytest-xdist: two worker processes, one work unit per test module (tests/conftest.py says why);
+# PYTEST_XDIST= (empty) runs serially
+PYTEST_XDIST ?= -n 2 --dist loadscope --no-loadscope-reorder
+
 # everything, integration tests included (CI)
 test: install lint install-tpu
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_XDIST)
 
 # the fast tests only: no make, subprocess venvs or LaTeX
 test-fast: install
-	$(PY) -m pytest -q -m "not slow and not integration"
+	$(PY) -m pytest -q $(PYTEST_XDIST) -m "not slow and not integration"
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
