@@ -20,8 +20,9 @@ from __future__ import annotations
 import os
 import time
 
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    # before JAX starts; affects only the CPU backend
+if __name__ == "__main__" and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    # run as a script, before JAX starts (affects only the CPU backend); not on import, where it
+    # would only leak into the importer's environment and its subprocesses (tests import run())
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
 import hydra
