@@ -4,13 +4,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from mamba2_jax.checkpoint import init_state_dict
 from mamba2_jax.config import get_preset
 from mamba2_jax.eval.oracle import OracleModel, perturbed_sd
-from mamba2_jax.generate import GenerationError, Generator, SamplingConfig, bucket_length
+from mamba2_jax.generate import GenerationError, Generator, SamplingConfig, bucket_length, program_key
 from mamba2_jax.loading import model_from_state_dict
 from mamba2_jax.sharding import make_mesh
+
+_PREFILL_JIT: dict = {}
+
+
+def prefill(model, ids, cache=None, lengths=None, last_only=False):
+    """``model.prefill(ids, cache, lengths, last_only=...)`` run as one jitted program (the way the
+    Generator and the benchmarks run it) instead of op by op: compiled once per model structure
+    (``program_key``), ``last_only`` and input shapes, and shared by every test of this file."""
+    graphdef, state = nnx.split(model)
+    key = (program_key(graphdef), bool(last_only))
+    if key not in _PREFILL_JIT:
+        _PREFILL_JIT[key] = jax.jit(lambda st, ids, cache, lengths: nnx.merge(graphdef, st).prefill(
+            ids, cache, lengths, last_only=last_only))
+    return _PREFILL_JIT[key](state, jnp.asarray(ids), cache, lengths)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +72,7 @@ def test_greedy_equals_prefill_recompute(tiny, gen):
     prompt = [1, 2, 3, 4, 5, 6, 7]
     res = gen.generate([prompt], 64)  # the programs of test_greedy_64_equals_float64_oracle
     got = res.tokens[0].tolist()
-    lg, _ = model.prefill(jnp.asarray([prompt + got[:-1]]))
+    lg, _ = prefill(model, [prompt + got[:-1]])
     recomputed = np.argmax(np.asarray(lg[0, len(prompt) - 1:, :cfg.vocab_size]), -1).tolist()
     assert got == recomputed
 
@@ -179,7 +194,10 @@ def test_top_p_and_top_k_filter_on_device():
 
     logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05, 0.0]]) + 1e-30)
     keys = jax.random.split(jax.random.key(0), 400)
-    draw = lambda cfg: np.array([int(sample_logits(logits, k, cfg, 4)[0]) for k in keys[:200]])  # noqa: E731
+
+    def draw(cfg):  # one draw per key, the 200 of them in one jitted program
+        return np.asarray(jax.jit(jax.vmap(lambda k: sample_logits(logits, k, cfg, 4)[0]))(keys[:200]))
+
     assert set(draw(SamplingConfig(greedy=False, top_p=0.75))) <= {0, 1}
     assert set(draw(SamplingConfig(greedy=False, top_k=3))) <= {0, 1, 2}
     assert 4 not in set(draw(SamplingConfig(greedy=False, temperature=5.0)))  # padded vocab never drawn
@@ -237,8 +255,8 @@ def test_scanned_and_unrolled_prefill_agree_with_the_oracle(tiny):
     ids = rng.integers(0, cfg.vocab_size, (2, 37)).astype(np.int32)
     ref_logits, _, (_, ref_ssm) = OracleModel(cfg, sd).run(ids)
     for name, m in (("unrolled", model), ("scan", scanned)):
-        _, cache = m.prefill(ids[:, :21])
-        logits, cache = m.prefill(ids[:, 21:], cache)
+        _, cache = prefill(m, ids[:, :21])
+        logits, cache = prefill(m, ids[:, 21:], cache)
         want = ref_logits[:, 21:]
         assert np.max(np.abs(np.asarray(logits) - want)) / np.max(np.abs(want)) < 2e-5, name
         for got, st in zip(cache.ssm, ref_ssm, strict=True):
@@ -256,8 +274,8 @@ def test_blocked_prefill_matches_the_oracle(tiny, last_only):
     rng = np.random.default_rng(3)
     ids = rng.integers(0, cfg.vocab_size, (2, 45)).astype(np.int32)  # 5 + 40: the 40 run as 5 blocks of 8
     ref_logits, _, (_, ref_ssm) = OracleModel(cfg, sd).run(ids)
-    _, cache = blocked.prefill(ids[:, :5])
-    logits, cache = blocked.prefill(ids[:, 5:], cache, last_only=last_only)
+    _, cache = prefill(blocked, ids[:, :5])
+    logits, cache = prefill(blocked, ids[:, 5:], cache, last_only=last_only)
     want = ref_logits[:, -1] if last_only else ref_logits[:, 5:]
     assert np.asarray(logits).shape == want.shape
     assert np.max(np.abs(np.asarray(logits) - want)) / np.max(np.abs(want)) < 2e-5
@@ -274,7 +292,7 @@ def test_blocked_prefill_with_ragged_lengths_matches_the_oracle(tiny):
     rng = np.random.default_rng(9)
     lengths = np.array([45, 13, 40], np.int32)
     ids = rng.integers(0, cfg.vocab_size, (3, 48)).astype(np.int32)
-    logits, cache = blocked.prefill(ids, lengths=jnp.asarray(lengths), last_only=True)
+    logits, cache = prefill(blocked, ids, lengths=jnp.asarray(lengths), last_only=True)
     oracle = OracleModel(cfg, sd)
     for i, n in enumerate(lengths):
         ref, _, (_, ref_ssm) = oracle.run(ids[i:i + 1, :n])
@@ -285,8 +303,8 @@ def test_blocked_prefill_with_ragged_lengths_matches_the_oracle(tiny):
     assert np.asarray(cache.seqlen).tolist() == lengths.tolist()
     # the conv state too, against the one-pass path (which takes it at each row's end directly;
     # equal to fp32 rounding, as the layers below differ by rounding)
-    _, one_pass = model_from_state_dict(cfg, sd, prefill_block=None).prefill(
-        ids, lengths=jnp.asarray(lengths), last_only=True)
+    _, one_pass = prefill(model_from_state_dict(cfg, sd, prefill_block=None), ids, lengths=jnp.asarray(lengths),
+                          last_only=True)
     for got, want in zip(cache.conv, one_pass.conv, strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=5e-5, atol=1e-6)
 
