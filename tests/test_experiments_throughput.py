@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from _compile_cache import compilation_cache
 from hydra import compose, initialize_config_dir
 
 from mamba2_jax.eval import bench
@@ -21,37 +22,13 @@ CONF = CONF_DIR
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _shared_compilation_cache(tmp_path_factory):
+def _module_compilation_cache(tmp_path_factory):
     """The experiments of this module compile many identical programs (the tiny model's prefill at
     lengths 16 and 40, its 4-token decode loop, ...), each in its own ``jax.jit`` (an experiment
-    clears JAX's caches after each model): a JAX compilation cache in a fresh directory, for this
-    module only, compiles each program once (the peers runner subprocess reads it too).  Left
-    alone when the session already has one."""
-    import jax
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    if jax.config.jax_compilation_cache_dir is not None:
+    clears JAX's caches after each model): compiled once, then loaded (the peers runner subprocess
+    reads the cache too)."""
+    with compilation_cache(tmp_path_factory.mktemp("jax-cache")):
         yield
-        return
-    d = str(tmp_path_factory.mktemp("jax-cache"))
-    options = {"jax_compilation_cache_dir": d, "jax_persistent_cache_min_compile_time_secs": 0.0}
-    saved = {k: getattr(jax.config, k) for k in options}
-    env = {k.upper(): os.environ.get(k.upper()) for k in options}
-    for k, v in options.items():
-        jax.config.update(k, v)
-        os.environ[k.upper()] = str(v)
-    cc.reset_cache()
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            jax.config.update(k, v)
-        for k, v in env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        cc.reset_cache()
 
 
 def load_experiment(name):

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _compile_cache import compilation_cache
 from flax import nnx
 
 from mamba2_jax.checkpoint import init_state_dict
@@ -12,6 +13,17 @@ from mamba2_jax.eval.oracle import OracleModel, perturbed_sd
 from mamba2_jax.generate import GenerationError, Generator, SamplingConfig, bucket_length, program_key
 from mamba2_jax.loading import model_from_state_dict
 from mamba2_jax.sharding import make_mesh
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_compilation_cache(tmp_path_factory):
+    """Programs compiled twice here by different jit objects, from the same XLA input: the prefill
+    of a Generator with an EOS id (test_eos_stops_each_row) and without, the decode loop of two
+    models that differ only in their prefill (test_long_prompts_...), the stepwise step of two
+    models that differ only in their scan chunk (test_stepwise_...): compiled once."""
+    with compilation_cache(tmp_path_factory.mktemp("jax-cache")):
+        yield
+
 
 _PREFILL_JIT: dict = {}
 
@@ -42,6 +54,14 @@ def tiny():
 def gen(tiny):
     """One Generator (so one set of compiled programs) for the tests that do not count compiles."""
     return Generator(tiny[2], eos_id=None)
+
+
+def ragged_prompts(cfg) -> list[list[int]]:
+    """The ragged batch of test_ragged_batch_equals_single_runs_and_compiles_are_bounded (lengths 3, 20,
+    9 and 33: bucket 64), which the sampling and EOS tests use too, so that they run its compiled
+    programs (greedy and sampled) rather than compile programs of their own."""
+    rng = np.random.default_rng(0)
+    return [rng.integers(2, cfg.vocab_size, n).tolist() for n in (3, 20, 9, 33)]
 
 
 def test_greedy_64_equals_float64_oracle(tiny, gen):
@@ -136,8 +156,7 @@ def test_sampled_ragged_batch_equals_a_host_sampler(broad):
     of the batch uses key fold_in(key(seed), t) over the (batch, V) logits.  The distributions are
     broad (many candidates survive top-k/top-p; the draws are not the greedy tokens)."""
     cfg, sd, _, g = broad
-    rng = np.random.default_rng(0)
-    prompts = [rng.integers(2, cfg.vocab_size, n).tolist() for n in (3, 20, 9, 33)]
+    prompts = ragged_prompts(cfg)
     s = SamplingConfig(greedy=False, temperature=1.5, top_k=50, top_p=0.9)
     n, seed = 16, 11
     got = g.generate(prompts, n, s, seed=seed).tokens
@@ -179,9 +198,10 @@ def test_long_prompts_run_in_prefill_blocks_inside_one_program(tiny):
 def test_sampling_reproducible_and_seed_dependent(broad):
     g = broad[3]
     s = SamplingConfig(greedy=False, temperature=1.5, top_k=50, top_p=0.9)
-    a = g.generate([[1, 2, 3]], 32, s, seed=1).tokens
-    b = g.generate([[1, 2, 3]], 32, s, seed=1).tokens
-    c = g.generate([[1, 2, 3]], 32, s, seed=2).tokens
+    prompts = ragged_prompts(broad[0])  # 4 x 16 sampled tokens: the programs of the host-sampler test
+    a = g.generate(prompts, 16, s, seed=1).tokens
+    b = g.generate(prompts, 16, s, seed=1).tokens
+    c = g.generate(prompts, 16, s, seed=2).tokens
     np.testing.assert_array_equal(a, b)
     assert (a != c).any()
     # top_k=1 is greedy
@@ -195,8 +215,9 @@ def test_top_p_and_top_k_filter_on_device():
     logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05, 0.0]]) + 1e-30)
     keys = jax.random.split(jax.random.key(0), 400)
 
-    def draw(cfg):  # one draw per key, the 200 of them in one jitted program
-        return np.asarray(jax.jit(jax.vmap(lambda k: sample_logits(logits, k, cfg, 4)[0]))(keys[:200]))
+    def draw(cfg):  # one jitted sampler per config (as in the decode loop), called once per key
+        sample = jax.jit(lambda keys, i: sample_logits(logits, keys[i], cfg, 4))
+        return np.array([int(sample(keys, i)[0]) for i in range(200)])
 
     assert set(draw(SamplingConfig(greedy=False, top_p=0.75))) <= {0, 1}
     assert set(draw(SamplingConfig(greedy=False, top_k=3))) <= {0, 1, 2}
@@ -205,17 +226,20 @@ def test_top_p_and_top_k_filter_on_device():
 
 def test_eos_stops_each_row(tiny, gen):
     cfg, _, model = tiny
-    free = gen.generate([[1, 2, 3], [9, 8, 7, 6]], 12).tokens
+    prompts = ragged_prompts(cfg)  # the free run is the ragged-batch test's (compiled) greedy run
+    n = 16
+    free = gen.generate(prompts, n).tokens
     eos = int(free[0, 4])  # declare row 0's 5th token to be EOS
     k0 = int(np.nonzero(free[0] == eos)[0][0]) + 1  # it may occur earlier
     g2 = Generator(model, eos_id=eos)
-    res = g2.generate([[1, 2, 3], [9, 8, 7, 6]], 12)
+    res = g2.generate(prompts, n)
     assert res.tokens[0, :k0].tolist() == free[0, :k0].tolist()
     assert (res.tokens[0, k0:] == eos).all() and res.num_generated[0] == k0
-    row1_hits = np.nonzero(free[1] == eos)[0]
-    n1 = row1_hits[0] + 1 if row1_hits.size else 12
-    assert res.num_generated[1] == n1
-    assert res.tokens[1, :n1].tolist() == free[1, :n1].tolist()
+    for i in range(1, len(prompts)):  # every other row: up to its own first EOS, if any
+        hits = np.nonzero(free[i] == eos)[0]
+        n1 = hits[0] + 1 if hits.size else n
+        assert res.num_generated[i] == n1, i
+        assert res.tokens[i, :n1].tolist() == free[i, :n1].tolist(), i
 
 
 def test_stream_equals_generate(gen):
