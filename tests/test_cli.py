@@ -84,12 +84,16 @@ def _offline_env(**extra) -> dict:
     """The environment of a new user outside the repo: no MAMBA2_JAX_DATA, hub offline."""
     env = {k: v for k, v in os.environ.items() if k not in ("MAMBA2_JAX_DATA", "HF_ENDPOINT")}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    # one CPU device, as for a new user (an earlier test in this process may have left an XLA_FLAGS
+    # device count in os.environ: experiments/sharding_memory.py sets one when imported)
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                                if not f.startswith("--xla_force_host_platform_device_count"))
     env.update({"HF_HUB_OFFLINE": "1", **extra})
     return env
 
 
-def _cli(cwd, *args) -> dict:
-    r = subprocess.run([sys.executable, "-m", "mamba2_jax.cli", *args], cwd=cwd, env=_offline_env(),
+def _cli(cwd, *args, **env) -> dict:
+    r = subprocess.run([sys.executable, "-m", "mamba2_jax.cli", *args], cwd=cwd, env=_offline_env(**env),
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout.splitlines()[-1])
@@ -105,8 +109,14 @@ def test_embedded_model_ships_the_shared_tokenizer(data_dir):
 def test_generate_offline_from_any_directory(tmp_path):
     # no --model: the embedded model; no --tokenizer, no MAMBA2_JAX_DATA: the model dir's own tokenizer
     common = ["generate", "--max-new-tokens", "4", "--ignore-eos", "--json"]
-    by_ids = _cli(tmp_path, *common, "--prompt-ids", "510,2892,273")
-    by_text = _cli(tmp_path, *common, "--prompt", "The history of")
+    # the two runs compile the same two programs (the prompts are the same 3 ids): the second one
+    # loads them from a JAX compilation cache that the first one writes (in this test's directory)
+    cache = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
+             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    work = tmp_path / "anywhere"
+    work.mkdir()
+    by_ids = _cli(work, *common, "--prompt-ids", "510,2892,273", **cache)
+    by_text = _cli(work, *common, "--prompt", "The history of", **cache)
     assert by_ids["model"] == by_text["model"] == str(EMBEDDED)
     want = {"origin": "model", "source": str(EMBEDDED / "tokenizer.json")}
     assert by_text["tokenizer"] == by_ids["tokenizer"] == want
@@ -129,10 +139,11 @@ def test_prompt_ids_need_no_tokenizer(ckpt, monkeypatch, capsys):
 
     assert resolve_tokenizer(None, model_dir=ckpt) == ("hub", "EleutherAI/gpt-neox-20b")
     t = time.perf_counter()
-    assert main(["generate", "--model", str(ckpt), "--prompt-ids", "3,4,5", "--max-new-tokens", "2",
+    # (6 new tokens: the programs test_generate_json_ids compiled for this checkpoint)
+    assert main(["generate", "--model", str(ckpt), "--prompt-ids", "3,4,5", "--max-new-tokens", "6",
                  "--ignore-eos", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["tokenizer"] is None and out["text"] is None and len(out["ids"]) == 2
+    assert out["tokenizer"] is None and out["text"] is None and len(out["ids"]) == 6
     assert time.perf_counter() - t < 120  # far below huggingface_hub's retry loop plus compile; no hub wait
     # --prompt, by contrast, needs one: a clear error naming the local options
     assert main(["generate", "--model", str(ckpt), "--prompt", "hi"]) == 2

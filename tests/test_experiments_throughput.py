@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from _compile_cache import compilation_cache
 from hydra import compose, initialize_config_dir
 
 from mamba2_jax.eval import bench
@@ -18,6 +19,16 @@ from mamba2_jax.paths import CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = CONF_DIR
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_compilation_cache(tmp_path_factory):
+    """The experiments of this module compile many identical programs (the tiny model's prefill at
+    lengths 16 and 40, its 4-token decode loop, ...), each in its own ``jax.jit`` (an experiment
+    clears JAX's caches after each model): compiled once, then loaded (the peers runner subprocess
+    reads the cache too)."""
+    with compilation_cache(tmp_path_factory.mktemp("jax-cache")):
+        yield
 
 
 def load_experiment(name):

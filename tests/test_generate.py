@@ -4,13 +4,40 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _compile_cache import compilation_cache
+from flax import nnx
 
 from mamba2_jax.checkpoint import init_state_dict
 from mamba2_jax.config import get_preset
 from mamba2_jax.eval.oracle import OracleModel, perturbed_sd
-from mamba2_jax.generate import GenerationError, Generator, SamplingConfig, bucket_length
+from mamba2_jax.generate import GenerationError, Generator, SamplingConfig, bucket_length, program_key
 from mamba2_jax.loading import model_from_state_dict
 from mamba2_jax.sharding import make_mesh
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_compilation_cache(tmp_path_factory):
+    """Programs compiled twice here by different jit objects, from the same XLA input: the prefill
+    of a Generator with an EOS id (test_eos_stops_each_row) and without, the decode loop of two
+    models that differ only in their prefill (test_long_prompts_...), the stepwise step of two
+    models that differ only in their scan chunk (test_stepwise_...): compiled once."""
+    with compilation_cache(tmp_path_factory.mktemp("jax-cache")):
+        yield
+
+
+_PREFILL_JIT: dict = {}
+
+
+def prefill(model, ids, cache=None, lengths=None, last_only=False):
+    """``model.prefill(ids, cache, lengths, last_only=...)`` run as one jitted program (the way the
+    Generator and the benchmarks run it) instead of op by op: compiled once per model structure
+    (``program_key``), ``last_only`` and input shapes, and shared by every test of this file."""
+    graphdef, state = nnx.split(model)
+    key = (program_key(graphdef), bool(last_only))
+    if key not in _PREFILL_JIT:
+        _PREFILL_JIT[key] = jax.jit(lambda st, ids, cache, lengths: nnx.merge(graphdef, st).prefill(
+            ids, cache, lengths, last_only=last_only))
+    return _PREFILL_JIT[key](state, jnp.asarray(ids), cache, lengths)
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +54,14 @@ def tiny():
 def gen(tiny):
     """One Generator (so one set of compiled programs) for the tests that do not count compiles."""
     return Generator(tiny[2], eos_id=None)
+
+
+def ragged_prompts(cfg) -> list[list[int]]:
+    """The ragged batch of test_ragged_batch_equals_single_runs_and_compiles_are_bounded (lengths 3, 20,
+    9 and 33: bucket 64), which the sampling and EOS tests use too, so that they run its compiled
+    programs (greedy and sampled) rather than compile programs of their own."""
+    rng = np.random.default_rng(0)
+    return [rng.integers(2, cfg.vocab_size, n).tolist() for n in (3, 20, 9, 33)]
 
 
 def test_greedy_64_equals_float64_oracle(tiny, gen):
@@ -57,7 +92,7 @@ def test_greedy_equals_prefill_recompute(tiny, gen):
     prompt = [1, 2, 3, 4, 5, 6, 7]
     res = gen.generate([prompt], 64)  # the programs of test_greedy_64_equals_float64_oracle
     got = res.tokens[0].tolist()
-    lg, _ = model.prefill(jnp.asarray([prompt + got[:-1]]))
+    lg, _ = prefill(model, [prompt + got[:-1]])
     recomputed = np.argmax(np.asarray(lg[0, len(prompt) - 1:, :cfg.vocab_size]), -1).tolist()
     assert got == recomputed
 
@@ -121,8 +156,7 @@ def test_sampled_ragged_batch_equals_a_host_sampler(broad):
     of the batch uses key fold_in(key(seed), t) over the (batch, V) logits.  The distributions are
     broad (many candidates survive top-k/top-p; the draws are not the greedy tokens)."""
     cfg, sd, _, g = broad
-    rng = np.random.default_rng(0)
-    prompts = [rng.integers(2, cfg.vocab_size, n).tolist() for n in (3, 20, 9, 33)]
+    prompts = ragged_prompts(cfg)
     s = SamplingConfig(greedy=False, temperature=1.5, top_k=50, top_p=0.9)
     n, seed = 16, 11
     got = g.generate(prompts, n, s, seed=seed).tokens
@@ -164,9 +198,10 @@ def test_long_prompts_run_in_prefill_blocks_inside_one_program(tiny):
 def test_sampling_reproducible_and_seed_dependent(broad):
     g = broad[3]
     s = SamplingConfig(greedy=False, temperature=1.5, top_k=50, top_p=0.9)
-    a = g.generate([[1, 2, 3]], 32, s, seed=1).tokens
-    b = g.generate([[1, 2, 3]], 32, s, seed=1).tokens
-    c = g.generate([[1, 2, 3]], 32, s, seed=2).tokens
+    prompts = ragged_prompts(broad[0])  # 4 x 16 sampled tokens: the programs of the host-sampler test
+    a = g.generate(prompts, 16, s, seed=1).tokens
+    b = g.generate(prompts, 16, s, seed=1).tokens
+    c = g.generate(prompts, 16, s, seed=2).tokens
     np.testing.assert_array_equal(a, b)
     assert (a != c).any()
     # top_k=1 is greedy
@@ -179,7 +214,11 @@ def test_top_p_and_top_k_filter_on_device():
 
     logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05, 0.0]]) + 1e-30)
     keys = jax.random.split(jax.random.key(0), 400)
-    draw = lambda cfg: np.array([int(sample_logits(logits, k, cfg, 4)[0]) for k in keys[:200]])  # noqa: E731
+
+    def draw(cfg):  # one jitted sampler per config (as in the decode loop), called once per key
+        sample = jax.jit(lambda keys, i: sample_logits(logits, keys[i], cfg, 4))
+        return np.array([int(sample(keys, i)[0]) for i in range(200)])
+
     assert set(draw(SamplingConfig(greedy=False, top_p=0.75))) <= {0, 1}
     assert set(draw(SamplingConfig(greedy=False, top_k=3))) <= {0, 1, 2}
     assert 4 not in set(draw(SamplingConfig(greedy=False, temperature=5.0)))  # padded vocab never drawn
@@ -187,17 +226,20 @@ def test_top_p_and_top_k_filter_on_device():
 
 def test_eos_stops_each_row(tiny, gen):
     cfg, _, model = tiny
-    free = gen.generate([[1, 2, 3], [9, 8, 7, 6]], 12).tokens
+    prompts = ragged_prompts(cfg)  # the free run is the ragged-batch test's (compiled) greedy run
+    n = 16
+    free = gen.generate(prompts, n).tokens
     eos = int(free[0, 4])  # declare row 0's 5th token to be EOS
     k0 = int(np.nonzero(free[0] == eos)[0][0]) + 1  # it may occur earlier
     g2 = Generator(model, eos_id=eos)
-    res = g2.generate([[1, 2, 3], [9, 8, 7, 6]], 12)
+    res = g2.generate(prompts, n)
     assert res.tokens[0, :k0].tolist() == free[0, :k0].tolist()
     assert (res.tokens[0, k0:] == eos).all() and res.num_generated[0] == k0
-    row1_hits = np.nonzero(free[1] == eos)[0]
-    n1 = row1_hits[0] + 1 if row1_hits.size else 12
-    assert res.num_generated[1] == n1
-    assert res.tokens[1, :n1].tolist() == free[1, :n1].tolist()
+    for i in range(1, len(prompts)):  # every other row: up to its own first EOS, if any
+        hits = np.nonzero(free[i] == eos)[0]
+        n1 = hits[0] + 1 if hits.size else n
+        assert res.num_generated[i] == n1, i
+        assert res.tokens[i, :n1].tolist() == free[i, :n1].tolist(), i
 
 
 def test_stream_equals_generate(gen):
@@ -237,8 +279,8 @@ def test_scanned_and_unrolled_prefill_agree_with_the_oracle(tiny):
     ids = rng.integers(0, cfg.vocab_size, (2, 37)).astype(np.int32)
     ref_logits, _, (_, ref_ssm) = OracleModel(cfg, sd).run(ids)
     for name, m in (("unrolled", model), ("scan", scanned)):
-        _, cache = m.prefill(ids[:, :21])
-        logits, cache = m.prefill(ids[:, 21:], cache)
+        _, cache = prefill(m, ids[:, :21])
+        logits, cache = prefill(m, ids[:, 21:], cache)
         want = ref_logits[:, 21:]
         assert np.max(np.abs(np.asarray(logits) - want)) / np.max(np.abs(want)) < 2e-5, name
         for got, st in zip(cache.ssm, ref_ssm, strict=True):
@@ -256,8 +298,8 @@ def test_blocked_prefill_matches_the_oracle(tiny, last_only):
     rng = np.random.default_rng(3)
     ids = rng.integers(0, cfg.vocab_size, (2, 45)).astype(np.int32)  # 5 + 40: the 40 run as 5 blocks of 8
     ref_logits, _, (_, ref_ssm) = OracleModel(cfg, sd).run(ids)
-    _, cache = blocked.prefill(ids[:, :5])
-    logits, cache = blocked.prefill(ids[:, 5:], cache, last_only=last_only)
+    _, cache = prefill(blocked, ids[:, :5])
+    logits, cache = prefill(blocked, ids[:, 5:], cache, last_only=last_only)
     want = ref_logits[:, -1] if last_only else ref_logits[:, 5:]
     assert np.asarray(logits).shape == want.shape
     assert np.max(np.abs(np.asarray(logits) - want)) / np.max(np.abs(want)) < 2e-5
@@ -274,7 +316,7 @@ def test_blocked_prefill_with_ragged_lengths_matches_the_oracle(tiny):
     rng = np.random.default_rng(9)
     lengths = np.array([45, 13, 40], np.int32)
     ids = rng.integers(0, cfg.vocab_size, (3, 48)).astype(np.int32)
-    logits, cache = blocked.prefill(ids, lengths=jnp.asarray(lengths), last_only=True)
+    logits, cache = prefill(blocked, ids, lengths=jnp.asarray(lengths), last_only=True)
     oracle = OracleModel(cfg, sd)
     for i, n in enumerate(lengths):
         ref, _, (_, ref_ssm) = oracle.run(ids[i:i + 1, :n])
@@ -285,8 +327,8 @@ def test_blocked_prefill_with_ragged_lengths_matches_the_oracle(tiny):
     assert np.asarray(cache.seqlen).tolist() == lengths.tolist()
     # the conv state too, against the one-pass path (which takes it at each row's end directly;
     # equal to fp32 rounding, as the layers below differ by rounding)
-    _, one_pass = model_from_state_dict(cfg, sd, prefill_block=None).prefill(
-        ids, lengths=jnp.asarray(lengths), last_only=True)
+    _, one_pass = prefill(model_from_state_dict(cfg, sd, prefill_block=None), ids, lengths=jnp.asarray(lengths),
+                          last_only=True)
     for got, want in zip(cache.conv, one_pass.conv, strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=5e-5, atol=1e-6)
 

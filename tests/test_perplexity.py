@@ -275,9 +275,15 @@ _KILL_SCRIPT = textwrap.dedent("""
     def cb(done):
         if done >= int(sys.argv[2]):
             os.kill(os.getpid(), signal.SIGKILL)
-    JaxScorer(m, batch_size=2, bucket=8, logits_chunk=8).score(
-        w, state_path=sys.argv[1], fingerprint={"model": "tiny-seed1"}, progress=False, on_batch=cb)
+    scorer = JaxScorer(m, batch_size=2, bucket=8, logits_chunk=8)
+    # batches of 2 windows (one device): the kill comes right after the 6th window is checkpointed
+    assert scorer.batch_size == 2, f"batch size {scorer.batch_size} on {len(scorer.devices)} devices"
+    scorer.score(w, state_path=sys.argv[1], fingerprint={"model": "tiny-seed1"}, progress=False, on_batch=cb)
 """)
+
+
+def _without_device_count(flags: str) -> str:
+    return " ".join(f for f in flags.split() if not f.startswith("--xla_force_host_platform_device_count"))
 
 
 @pytest.mark.integration
@@ -285,7 +291,10 @@ def test_resume_after_sigkill(tiny_model, tmp_path):
     """A real kill -9 after 6 windows: the atomic checkpoint survives and the resumed run equals
     the uninterrupted one, without recomputing the checkpointed windows."""
     state = tmp_path / "progress.npz"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    # one CPU device, whatever this process's environment holds: an XLA_FLAGS device count inherited
+    # from an earlier test in this process (experiments/sharding_memory.py sets 8 when imported) makes
+    # the scorer's batch 8 windows, so the kill came after 8 and the resume found 8, not 6
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": _without_device_count(os.environ.get("XLA_FLAGS", ""))}
     r = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(state), "6"], env=env, cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == -9, r.stderr[-2000:]

@@ -19,7 +19,7 @@ from mamba2_jax.cli import main as cli_main
 from mamba2_jax.config import get_preset
 from mamba2_jax.eval.oracle import OracleModel
 from mamba2_jax.generate import MAX_NEW_TOKENS, GenerationError, Generator, SamplingConfig, sample_logits
-from mamba2_jax.loading import model_from_state_dict
+from mamba2_jax.loading import load_pretrained
 
 CFG = get_preset("tiny")
 V = CFG.padded_vocab_size  # 256; real vocabulary 250
@@ -35,9 +35,11 @@ class _Tiny(tuple):
 def tiny(tmp_path_factory):
     sd = init_state_dict(CFG, seed=2)
     sd["backbone.embedding.weight"] = sd["lm_head.weight"] = sd["backbone.embedding.weight"] * 25  # no near-ties
-    model = model_from_state_dict(CFG, sd)
     d = tmp_path_factory.mktemp("gen") / "tiny"
-    write_checkpoint(CFG, sd, d)
+    write_checkpoint(CFG, sd, d)  # float32, as given
+    # the model as the CLI loads it from d (same weights as sd): its Generator and the CLI's
+    # `generate --model d --ignore-eos` share their compiled programs (one model structure, no EOS)
+    model = load_pretrained(d)
     return _Tiny((model, Generator(model, eos_id=None), d, OracleModel(CFG, sd)))
 
 
