@@ -128,7 +128,7 @@ def _extras(cfg, sd, model, ref_tokens) -> dict:
     g = Generator(model_from_state_dict(cfg, sd), eos_id=None, mesh="data=2,model=4")
     r["generator_mesh_tokens_equal"] = bool(np.array_equal(g.generate(PROMPTS, N_NEW).tokens, ref_tokens))
     with tempfile.TemporaryDirectory() as d:
-        write_checkpoint(cfg, sd, d)
+        write_checkpoint(cfg, sd, d, weights="safetensors")  # state-spaces config; no torch import for the .bin
         # streaming on the model the CLI loads from this checkpoint (load_pretrained records its path, so
         # only a model of this very checkpoint has the CLI's structure): the CLI below reuses the
         # stream's compiled prefill (the same batch-of-one prompt)
