@@ -76,9 +76,9 @@ def run_all(cfg, sd, mesh, logits=True):
     return out, model
 
 
-def reference(preset: str):
+def reference(preset: str, logits: bool = True):
     cfg, sd = build(preset)
-    out, _ = run_all(cfg, sd, None)
+    out, _ = run_all(cfg, sd, None, logits=logits)
     return out
 
 
@@ -94,32 +94,54 @@ def _rel(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64) - b)) / np.max(np.abs(b)))
 
 
-def _cli_tokens(cfg, sd, mesh: str) -> list[int]:
-    """``mamba2-jax generate --mesh ...`` on a checkpoint of these weights (greedy, EOS ignored)."""
+def _cli_tokens(model_dir: str, mesh: str) -> list[int]:
+    """``mamba2-jax generate --mesh ...`` on the checkpoint in ``model_dir`` (greedy, EOS ignored)."""
     import contextlib
     import io
-    import tempfile
 
-    from mamba2_jax.checkpoint import write_checkpoint
     from mamba2_jax.cli import main
 
-    with tempfile.TemporaryDirectory() as d:
-        write_checkpoint(cfg, sd, d)
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            rc = main(["generate", "--model", d, "--prompt-ids", ",".join(map(str, PROMPTS[0])), "--no-decode",
-                       "--ignore-eos", "--json", "--max-new-tokens", str(N_NEW), "--mesh", mesh])
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(["generate", "--model", model_dir, "--prompt-ids", ",".join(map(str, PROMPTS[0])), "--no-decode",
+                   "--ignore-eos", "--json", "--max-new-tokens", str(N_NEW), "--mesh", mesh])
     assert rc == 0
     out = json.loads(buf.getvalue().strip().splitlines()[-1])
     assert out["mesh"]["data"] * out["mesh"]["model"] == 8
     return out["ids"]
 
 
+def _extras(cfg, sd, model, ref_tokens) -> dict:
+    """On the data=2,model=4 mesh (``model``: loaded on it): the fused checkpoint layout comes back
+    exactly; Generator(mesh=...) shards a plain model; streaming under a mesh equals generate; the CLI."""
+    import tempfile
+
+    from mamba2_jax.checkpoint import write_checkpoint
+    from mamba2_jax.generate import Generator
+    from mamba2_jax.loading import load_pretrained, model_from_state_dict, state_dict_from_model
+    from mamba2_jax.sharding import make_mesh
+
+    r = {}
+    back = state_dict_from_model(model)
+    r["state_dict_roundtrip"] = all(np.array_equal(back[k], np.asarray(v, np.float32)) for k, v in sd.items())
+    # the same structure and mesh as ``model``: this runs the programs run_all compiled
+    g = Generator(model_from_state_dict(cfg, sd), eos_id=None, mesh="data=2,model=4")
+    r["generator_mesh_tokens_equal"] = bool(np.array_equal(g.generate(PROMPTS, N_NEW).tokens, ref_tokens))
+    with tempfile.TemporaryDirectory() as d:
+        write_checkpoint(cfg, sd, d, weights="safetensors")  # state-spaces config; no torch import for the .bin
+        # streaming on the model the CLI loads from this checkpoint (load_pretrained records its path, so
+        # only a model of this very checkpoint has the CLI's structure): the CLI below reuses the
+        # stream's compiled prefill (the same batch-of-one prompt)
+        s = Generator(load_pretrained(d, mesh=make_mesh("data=2,model=4")), eos_id=None)
+        r["stream_equal"] = sum(s.stream(PROMPTS[0], N_NEW, chunk=5), []) == ref_tokens[0].tolist()
+        r["cli_tokens_equal"] = _cli_tokens(d, "data=2,model=4") == ref_tokens[0].tolist()
+    return r
+
+
 def cmd_meshes() -> dict:
     import jax
 
-    from mamba2_jax.generate import Generator
-    from mamba2_jax.loading import model_from_state_dict, state_dict_from_model
+    from mamba2_jax.loading import model_from_state_dict
     from mamba2_jax.sharding import MeshError, make_mesh
 
     assert len(jax.devices()) == 8, jax.devices()
@@ -144,17 +166,8 @@ def cmd_meshes() -> dict:
                      "out_proj": model.backbone.layers[0].mixer.out_proj,
                      "A_log": model.backbone.layers[0].mixer.A_log,
                      "embedding": model.backbone.embedding}.items()}}
-            if shape == (2, 4):
-                # the fused checkpoint layout comes back exactly; Generator(mesh=...) shards a plain model;
-                # streaming under a mesh equals generate
-                back = state_dict_from_model(model)
-                r["state_dict_roundtrip"] = all(np.array_equal(back[k], np.asarray(v, np.float32))
-                                                for k, v in sd.items())
-                g = Generator(model_from_state_dict(cfg, sd), eos_id=None, mesh="data=2,model=4")
-                r["generator_mesh_tokens_equal"] = bool(np.array_equal(g.generate(PROMPTS, N_NEW).tokens,
-                                                                       ref["tokens"]))
-                r["stream_equal"] = sum(g.stream(PROMPTS[0], N_NEW, chunk=5), []) == ref["tokens"][0].tolist()
-                r["cli_tokens_equal"] = _cli_tokens(cfg, sd, "data=2,model=4") == ref["tokens"][0].tolist()
+            if cfg.ngroups == 1 and shape == (2, 4):  # the extras test_mesh_extras checks (this run only)
+                r.update(_extras(cfg, sd, model, ref["tokens"]))
             res["runs"].append(r)
     cfg, sd = build("tiny")  # nheads = 8
 

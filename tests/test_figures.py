@@ -18,6 +18,11 @@ FIG_DIR = REPO / "figures"
 SCRIPTS = sorted(p.stem for p in FIG_DIR.glob("fig[0-9]*.py"))
 
 
+# Tests that check the caption or the exit status, not the image files, render the PNG only (a PDF
+# doubles the drawing time); every figure's PNG and PDF are checked in test_figure_from_synthetic_results.
+PNG_ONLY = ["--formats", "png"]
+
+
 def load(name):
     """The figure module, imported as the package module make figures runs (python -m figures.<name>)."""
     return importlib.import_module(f"figures.{name}")
@@ -78,7 +83,7 @@ def test_multiple_devices_in_one_figure(results, tmp_path):
                bench_doc("sweep", sweep_records(weights="checkpoint"), run="paper-tpu_v6e", hw=hw,
                          config={"dtype": "float32", "checkpoints": {"mamba2-130m": "state-spaces/mamba2-130m"}}))
     out = tmp_path / "out"
-    assert load("fig2_decode_flatness").main(["--results", str(root), "--out", str(out)]) == 0
+    assert load("fig2_decode_flatness").main(["--results", str(root), "--out", str(out), *PNG_ONLY]) == 0
     cap = (out / "fig2_decode_flatness.caption.md").read_text()
     assert "TPU v6 lite" in cap and "CPU" in cap and "state-spaces/mamba2-130m" in cap
 
@@ -98,7 +103,7 @@ def test_make_bench_results_feed_figures(tmp_path):
     assert [r["kind"] for r in tp] == ["prefill", "decode"] and tp[1]["context"] == 128 and tp[1]["bandwidth"] == 2e10
     for name in SCRIPTS[:4]:
         out = tmp_path / "out"
-        assert load(name).main(["--results", str(root), "--out", str(out), "--strict"]) == 0
+        assert load(name).main(["--results", str(root), "--out", str(out), "--strict", *PNG_ONLY]) == 0
         assert "make bench" in (out / f"{name}.caption.md").read_text()
 
 
@@ -111,4 +116,5 @@ def test_unreadable_result_is_skipped_with_a_warning(results, tmp_path, capsys):
     write_json(root / "sweep" / "other.json", {"experiment": "throughput", "records": [{}]})   # not a sweep document
     assert [p.name for p, _ in load_results("sweep", root)] == ["cpu_smoke-cpu.json"]
     assert "broken.json" in capsys.readouterr().err
-    assert load("fig2_decode_flatness").main(["--results", str(root), "--out", str(tmp_path / "out"), "--strict"]) == 0
+    assert load("fig2_decode_flatness").main(["--results", str(root), "--out", str(tmp_path / "out"), "--strict",
+                                              *PNG_ONLY]) == 0

@@ -27,9 +27,19 @@ REPO = HERE.parent
 WORKER = HERE / "sharding_worker.py"
 
 
+# The subprocesses compile ~40 small programs (every mesh × prefill logits, generate prefill and decode,
+# scorer) and run each once or twice: LLVM's optimisation of the generated machine code is half of each
+# compile, and no check is about it.  What the checks are about, the partitioned program (shardings,
+# collectives), is HLO, and the optimised HLO is the same at every backend level (checked: the compiled
+# HLO text of the tiny prefill, unsharded and on data=2,model=4 and model=8, is byte-identical at levels
+# 0 and 2); level 0 only skips the LLVM passes.
+BACKEND_OPT = "--xla_backend_optimization_level=0"
+
+
 def _env(n_devices: int) -> dict[str, str]:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n_devices}").strip()
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
+                        + f" --xla_force_host_platform_device_count={n_devices} {BACKEND_OPT}").strip()
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["JAX_PLATFORMS"] = "cpu"
     for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
@@ -184,7 +194,7 @@ def test_two_processes_match_one_process():
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    ref = sharding_worker.reference("tiny")
+    ref = sharding_worker.reference("tiny", logits=False)  # what the processes computed: no prefill logits
     assert sorted(o["process_index"] for o in outs) == [0, 1]
     assert min(len(set(t)) for t in ref["tokens"].tolist()) >= 5
     for o in outs:

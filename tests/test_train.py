@@ -3,8 +3,10 @@ and evaluation helpers behave."""
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from mamba2_jax.checkpoint import init_state_dict
 from mamba2_jax.config import Mamba2Config
@@ -57,19 +59,36 @@ def test_training_decreases_loss_and_is_deterministic():
     assert toks == np.argmax(ref[:, :CFG.vocab_size], -1).tolist()
 
 
+def _jitted_lm_loss(model, toks, weights=None, xent_chunk=1024):
+    """``lm_loss`` of ``model`` as one jitted program traced from this very model, as training runs it
+    (called eagerly, op by op, it compiles every primitive of the prefill separately)."""
+    graphdef, state = nnx.split(model)
+    return jax.jit(lambda s, t, w: lm_loss(nnx.merge(graphdef, s), t, w, xent_chunk))(state, toks, weights)
+
+
 def test_lm_loss_matches_full_logits():
     model = model_from_state_dict(CFG, init_state_dict(CFG, seed=1))
     toks = jnp.asarray(np.random.default_rng(1).integers(0, CFG.vocab_size, (2, 37)), jnp.int32)
-    logits, _ = model(toks[:, :-1])
-    lp = logits - jnp.max(logits, -1, keepdims=True)
-    lp = lp - jnp.log(jnp.sum(jnp.exp(lp), -1, keepdims=True))
-    ref = -jnp.mean(jnp.take_along_axis(lp, toks[:, 1:, None], -1))
-    for chunk in (7, 16, 1000):  # chunks that do and do not divide the token count
-        np.testing.assert_allclose(float(lm_loss(model, toks, xent_chunk=chunk)), float(ref), rtol=1e-5)
     w = np.zeros((2, 36), np.float32)
     w[0, :10] = 1
-    ref_w = -jnp.mean(jnp.take_along_axis(lp, toks[:, 1:, None], -1)[0, :10])
-    np.testing.assert_allclose(float(lm_loss(model, toks, jnp.asarray(w), xent_chunk=16)), float(ref_w), rtol=1e-5)
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def losses(state, toks, w):
+        """The full-logits references and every chunked loss, in one program (compiled once)."""
+        m = nnx.merge(graphdef, state)
+        logits, _ = m(toks[:, :-1])
+        lp = logits - jnp.max(logits, -1, keepdims=True)
+        lp = lp - jnp.log(jnp.sum(jnp.exp(lp), -1, keepdims=True))
+        ref = -jnp.mean(jnp.take_along_axis(lp, toks[:, 1:, None], -1))
+        ref_w = -jnp.mean(jnp.take_along_axis(lp, toks[:, 1:, None], -1)[0, :10])
+        # chunks that do and do not divide the token count
+        return ref, ref_w, {c: lm_loss(m, toks, xent_chunk=c) for c in (7, 16, 1000)}, lm_loss(m, toks, w, 16)
+
+    ref, ref_w, chunked, weighted = losses(state, toks, jnp.asarray(w))
+    for chunk in (7, 16, 1000):
+        np.testing.assert_allclose(float(chunked[chunk]), float(ref), rtol=1e-5, err_msg=f"xent_chunk={chunk}")
+    np.testing.assert_allclose(float(weighted), float(ref_w), rtol=1e-5)
 
 
 def test_batcher_deterministic_and_covers_epochs():
@@ -104,8 +123,6 @@ def test_compiled_steps_are_keyed_on_the_graph_definition():
     """The train/eval programs are cached per model structure: a model of the same config and
     training config but another structure (in_proj split into its parts, as on a mesh) gets its own
     program and the same loss.  (Keyed on (cfg, tc), it reused the first model's program.)"""
-    from flax import nnx
-
     from mamba2_jax.eval.train import _compiled_steps
     from mamba2_jax.sharding import make_mesh
 
@@ -116,5 +133,6 @@ def test_compiled_steps_are_keyed_on_the_graph_definition():
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         _, eval_step = _compiled_steps(graphdef, TC)
         losses.append(float(eval_step(params, rest, toks, None)))
-        np.testing.assert_allclose(losses[-1], float(lm_loss(model, toks, xent_chunk=TC.xent_chunk)), rtol=1e-6)
+        np.testing.assert_allclose(losses[-1], float(_jitted_lm_loss(model, toks, xent_chunk=TC.xent_chunk)),
+                                   rtol=1e-6)
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)

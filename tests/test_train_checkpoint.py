@@ -75,12 +75,19 @@ def test_loads_and_generates_deterministically(model, data_dir):
 
 
 def test_prefill_matches_step(model):
-    """Cached decode reproduces the chunked prefill on the trained weights (both paths used above)."""
+    """Cached decode reproduces the chunked prefill on the trained weights (both paths used above): the
+    jitted prefill and step programs of ``stepwise_greedy`` (the prompt's prefill and the step are the
+    ones it compiled for the test above)."""
     import jax.numpy as jnp
+    from flax import nnx
+
+    from mamba2_jax.generate import _stepwise_programs
 
     ids = jnp.asarray([PROMPT_IDS + [11, 253, 806, 273, 253]], jnp.int32)
-    full, _ = model.prefill(ids)
-    _, cache = model.prefill(ids[:, :3])
+    graphdef, state = nnx.split(model)
+    prefill, step = _stepwise_programs(graphdef)
+    full, _, _ = prefill(state, ids)
+    _, cache, _ = prefill(state, ids[:, :3])
     for t in range(3, ids.shape[1]):
-        lg, cache = model.step(ids[:, t], cache)
+        lg, cache = step(state, ids[:, t], cache)
         np.testing.assert_allclose(np.asarray(lg[0]), np.asarray(full[0, t]), rtol=1e-4, atol=1e-4)
