@@ -29,9 +29,13 @@ PYTEST_XDIST ?= -n 2 --dist loadscope --no-loadscope-reorder
 test: install lint install-tpu
 	$(PY) -m pytest -q $(PYTEST_XDIST)
 
-# the fast tests only: no make, subprocess venvs or LaTeX
+# the fast tests only: no make, subprocess venvs or LaTeX.  The same tests and tolerances on the same
+# optimised HLO, compiled with XLA:CPU's LLVM backend passes off (FAST_XLA_FLAGS): compiling is most of
+# the suite's time and this halves it.  `make test` (CI) runs everything at the default level, the
+# machine code users run.  FAST_XLA_FLAGS= (empty) runs the fast tier at the default level too.
+FAST_XLA_FLAGS ?= --xla_backend_optimization_level=0
 test-fast: install
-	$(PY) -m pytest -q $(PYTEST_XDIST) -m "not slow and not integration"
+	XLA_FLAGS="$(strip $(XLA_FLAGS) $(FAST_XLA_FLAGS))" $(PY) -m pytest -q $(PYTEST_XDIST) -m "not slow and not integration"
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
