@@ -39,8 +39,8 @@ _SHARED_UNIT = {"test_reference_backends.py": "test_parity.py"}
 _HEAVY_FIRST = ("test_sharding.py", "test_generate.py", "test_ssd.py", "test_oracle.py-chunk8",
                 "test_oracle.py-chunk64", "test_oracle.py-chunk16", "test_train.py",
                 "test_parity.py", "test_experiments_throughput.py", "test_compile.py", "test_robust_generate.py",
-                "test_perplexity.py", "test_cli.py", "test_train_checkpoint.py", "test_reference_triton.py",
-                "test_robust_faults.py", "test_robust_numerics.py", "test_layering.py")
+                "test_perplexity.py", "test_llama_cpp.py", "test_cli.py", "test_train_checkpoint.py",
+                "test_reference_triton.py", "test_robust_faults.py", "test_robust_numerics.py", "test_layering.py")
 
 
 def _work_unit(nodeid: str) -> str:
