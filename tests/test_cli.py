@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _compile_cache import environment as cache_environment
 
 from mamba2_jax.cli import main
 
@@ -84,10 +85,6 @@ def _offline_env(**extra) -> dict:
     """The environment of a new user outside the repo: no MAMBA2_JAX_DATA, hub offline."""
     env = {k: v for k, v in os.environ.items() if k not in ("MAMBA2_JAX_DATA", "HF_ENDPOINT")}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
-    # one CPU device, as for a new user (an earlier test in this process may have left an XLA_FLAGS
-    # device count in os.environ: experiments/sharding_memory.py sets one when imported)
-    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
-                                if not f.startswith("--xla_force_host_platform_device_count"))
     env.update({"HF_HUB_OFFLINE": "1", **extra})
     return env
 
@@ -111,8 +108,7 @@ def test_generate_offline_from_any_directory(tmp_path):
     common = ["generate", "--max-new-tokens", "4", "--ignore-eos", "--json"]
     # the two runs compile the same two programs (the prompts are the same 3 ids): the second one
     # loads them from a JAX compilation cache that the first one writes (in this test's directory)
-    cache = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
-             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    cache = cache_environment(tmp_path / "jax-cache")
     work = tmp_path / "anywhere"
     work.mkdir()
     by_ids = _cli(work, *common, "--prompt-ids", "510,2892,273", **cache)

@@ -267,7 +267,11 @@ def test_memory_experiment_counts_match_the_config():
 
     spec = importlib.util.spec_from_file_location("exp_sharding_memory", REPO / "experiments" / "sharding_memory.py")
     mod = importlib.util.module_from_spec(spec)
+    flags = os.environ.get("XLA_FLAGS")
     spec.loader.exec_module(mod)
+    # importing it leaves the environment alone (it once added an 8-device count there, which every
+    # later subprocess of this process inherited)
+    assert os.environ.get("XLA_FLAGS") == flags
     cfg = OmegaConf.create({"models": ["tiny"], "meshes": ["data=1,model=1"], "batches": [3], "dtype": "float32",
                             "matmul_precision": None, "paths": {"data_dir": None}})
     (r,) = mod.run(cfg)
