@@ -13,7 +13,15 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-OPTIONS = {"jax_compilation_cache_dir": None, "jax_persistent_cache_min_compile_time_secs": 0.0}
+
+def options(directory) -> dict:
+    """JAX's options for a cache in ``directory`` that keeps every program, however fast its compile."""
+    return {"jax_compilation_cache_dir": str(directory), "jax_persistent_cache_min_compile_time_secs": 0.0}
+
+
+def environment(directory) -> dict[str, str]:
+    """The same options as environment variables, for a child process."""
+    return {k.upper(): str(v) for k, v in options(directory).items()}
 
 
 @contextlib.contextmanager
@@ -25,12 +33,12 @@ def compilation_cache(directory) -> Iterator[None]:
     if jax.config.jax_compilation_cache_dir is not None:
         yield
         return
-    options = {**OPTIONS, "jax_compilation_cache_dir": str(directory)}
-    saved = {k: getattr(jax.config, k) for k in options}
-    saved_env = {k.upper(): os.environ.get(k.upper()) for k in options}
-    for k, v in options.items():
+    opts, env = options(directory), environment(directory)
+    saved = {k: getattr(jax.config, k) for k in opts}
+    saved_env = {k: os.environ.get(k) for k in env}
+    for k, v in opts.items():
         jax.config.update(k, v)
-        os.environ[k.upper()] = str(v)
+    os.environ.update(env)
     cc.reset_cache()
     try:
         yield

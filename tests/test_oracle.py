@@ -14,6 +14,7 @@ import pytest
 from flax import nnx
 
 from mamba2_jax.eval.oracle import CHUNKS, VARIANTS, jax_cache_from_oracle, oracle_run, rel_err
+from mamba2_jax.generate import program_key
 from mamba2_jax.loading import model_from_state_dict
 
 TOL = 1e-5
@@ -23,17 +24,19 @@ _PROGRAMS: dict = {}
 
 def _model(cfg, sd):
     """The float32 model of ``sd``, its parameters (``nnx.split`` state) and the compiled programs
-    for its structure, built once per config: (model, params, prefill with hidden states, prefill,
-    step with hidden states).  The parameters are program inputs, so equal configs share programs."""
+    for its structure, built once per structure (:func:`~mamba2_jax.generate.program_key`): (model,
+    params, prefill with hidden states, prefill, step with hidden states).  The parameters are program
+    inputs, so models of one structure share programs, and only they."""
     model = model_from_state_dict(cfg, sd, dtype="float32")
     graphdef, params = nnx.split(model)
-    if cfg not in _PROGRAMS:
-        _PROGRAMS[cfg] = (
+    key = program_key(graphdef)
+    if key not in _PROGRAMS:
+        _PROGRAMS[key] = (
             jax.jit(lambda st, ids, c: nnx.merge(graphdef, st).prefill(ids, c, collect_hidden=True)),
             jax.jit(lambda st, ids: nnx.merge(graphdef, st).prefill(ids)),
             jax.jit(lambda st, t, c: nnx.merge(graphdef, st).step(t, c, collect_hidden=True)),
         )
-    return (model, params, *_PROGRAMS[cfg])
+    return (model, params, *_PROGRAMS[key])
 
 
 @pytest.mark.parametrize("with_init", [False, True], ids=["zero-state", "init-state"])
