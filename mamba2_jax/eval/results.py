@@ -38,6 +38,7 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "bench": ("metric", "value", "unit"),
     "sharding_memory": ("model", "dtype", "batch", "mesh_data", "mesh_model", "params_bytes_per_device",
                         "cache_bytes_per_device"),
+    "serve": ("model", "workload", "variant", "system", "round", "output_tok_s", "failures"),
 }
 
 
