@@ -134,7 +134,33 @@ def write_synthetic_results(root: Path) -> Path:
     write_json(root / "perplexity" / "synthetic-d64" / "strided-limit3.json",
                perplexity_doc(protocol="strided", scope="first 3 of 141 windows", delta=-3e-4, ppl=800.0))
     write_json(root / "tpu_compile" / "mamba2-130m.json", compiled_doc())
+    write_json(root / "serve" / "full-cpu.json", serve_doc())
     return root
+
+
+def serve_doc():
+    """A `make bench-serve` document (experiments/serve_bench.py): per-round records and the medians."""
+    recs, summary = [], {}
+
+    def add(model, workload, variant, system, conc, tok_s, ttft, weights="random-init"):
+        row = {"model": model, "workload": workload, "variant": variant, "system": system, "concurrency": conc,
+               "output_tok_s": tok_s, "requests_s": tok_s / 128, "ttft_p50_s": ttft, "itl_p50_s": 0.05,
+               "failures": 0, "n_requests": conc, "dtype": "float32", "weights": weights}
+        recs.append({**row, "round": 0})
+        summary[f"{model}/{variant}/{system}"] = {**row, "rounds": 1}
+
+    for c in (1, 4, 16, 64):
+        add("mamba2-130m", "concurrency", f"c{c}", "ours", c, 20.0 * c ** 0.8, 0.3)
+        add("mamba2-130m", "concurrency", f"c{c}", "llama_server", c, 15.0 * c ** 0.6, 0.4)
+        add("mamba2-130m", "concurrency", f"c{c}", "generator", c, 22.0 * c ** 0.8, 0.5)
+    for w in ("shared_prefix", "multiturn"):
+        add("mamba2-130m", w, w, "ours", 1, 10.0, 0.05)
+        add("mamba2-130m", w, w, "ours_nocache", 1, 5.0, 2.0)
+        add("mamba2-130m", w, w, "llama_server", 1, 6.0, 1.5)
+    ratios = {"mamba2-130m/shared_prefix": {"cache_off_over_on_ttft_p50": 40.0},
+              "mamba2-130m/c16": {"ours_over_llama_server_output_tok_s": 2.2}}
+    return {**bench_doc("serve", recs, run="full-cpu"), "summary": summary, "ratios": ratios,
+            "skipped": {}}
 
 
 def peers_doc():

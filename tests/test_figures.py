@@ -35,8 +35,8 @@ def png_size(p: Path) -> tuple[int, int]:
 
 
 def test_figure_scripts():
-    assert SCRIPTS == ["fig1_cache_speedup", "fig2_decode_flatness", "fig3_prefill", "fig4_decode", "fig5_parity",
-                       "fig6_perplexity", "fig7_bench_curves", "fig8_tpu_compiled", "fig9_peers"]
+    assert SCRIPTS == ["fig10_serving", "fig1_cache_speedup", "fig2_decode_flatness", "fig3_prefill", "fig4_decode",
+                       "fig5_parity", "fig6_perplexity", "fig7_bench_curves", "fig8_tpu_compiled", "fig9_peers"]
 
 
 @pytest.fixture(scope="module")

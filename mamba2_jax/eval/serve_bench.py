@@ -770,6 +770,7 @@ def run(cfg) -> dict:
         slots = int(M["slots"])
         dtype = str(M.get("dtype") or S.get("dtype") or "float32")
         model_dir, mcfg, wlabel = prepare_model(mname, M, work, seed, data)
+        wkind = f"checkpoint {M['checkpoint']}" if M.get("checkpoint") else "random-init"
         wl = list(M["workloads"])
         want = set()
         for W in wl:
@@ -851,7 +852,7 @@ def run(cfg) -> dict:
                         for s in _rotate(systems, r):
                             rec, rows = _run_one(s, servers.get(s), gen, tr[r], conc, S, W, servers)
                             rec.update({"model": mname, "workload": W, "variant": variant, "system": s, "round": r,
-                                        "concurrency": conc, "slots": slots, "dtype": dtype,
+                                        "concurrency": conc, "slots": slots, "dtype": dtype, "weights": wkind,
                                         "max_tokens": tr[r][0][0].max_tokens})
                             if s in ("ours", "ours_nocache", "generator"):
                                 b = dbytes if s != "generator" else flops.decode_bytes(mcfg, conc, dtype)["total"]
