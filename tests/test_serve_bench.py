@@ -315,7 +315,7 @@ def test_result_document_and_markdown(tmp_path):
     md = sb.markdown("unit", summ, ratios, targets, {"llama_server": "not built"}, flags,
                      {"m/ours": {"command": ["py", "-m", "x"], "ready_s": 1.0}}, 12.0)
     assert "| m | c1 | ours | 10 |" in md and "MISS" in md and "PASS" in md and "skipped llama_server" in md
-    assert "`py -m x`" in md and "RSS growth over the second half 8.00%" in md
+    assert "`py -m x`" in md and "| 8.00% |" in md
     rows = sb.result_rows(rs)
     assert rows[0]["ttft_s"] == pytest.approx(0.1) and json.dumps(rows)
 

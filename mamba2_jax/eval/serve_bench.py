@@ -226,7 +226,8 @@ def median_summary(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for k in keys:
         v = [r[k] for r in rounds if r.get(k) is not None]
         out[k] = float(np.median(v)) if v else None
-    for k in ("n_requests", "failures", "errors", "short", "completion_tokens"):
+    for k in ("n_requests", "failures", "errors", "short", "completion_tokens", "prefix_cache_hits_total",
+              "prefix_cache_misses_total", "prefix_cache_hit_tokens_total"):
         out[k] = int(sum(r.get(k) or 0 for r in rounds))
     return out
 
@@ -726,12 +727,16 @@ def _cpu_seconds(pid: int | None) -> float | None:
 
 def run(cfg) -> dict:
     """The experiment (``experiments/serve_bench.py``): see ``mamba2_jax/eval/conf/serve_bench.yaml``."""
+    import logging
+
     from ..fileio import atomic_write_text
     from ..paths import repo_path, require_data_dir
     from ..tokenizer import load_tokenizer
     from . import bench, flops
     from .results import write_results
 
+    for name in ("httpx", "httpx2", "httpcore", "httpcore2"):  # one INFO line per request otherwise
+        logging.getLogger(name).setLevel(logging.WARNING)
     t_run = time.perf_counter()
     ctx = bench.setup_run(cfg, "serve")
     S = _plain(cfg.serve)
@@ -933,8 +938,15 @@ def _run_one(s: str, sp: ServerProcess | None, gen, sessions, conc: int, S: dict
                 return await run_sessions(sp.base_url, sp.model, sessions, conc, extra,
                                           float(S["request_timeout_s"]), on_result)
 
+        before = _scrape(sp) if s != "llama_server" else None
         results, wall = asyncio.run(go())
         rec = summarize(results, wall)
+        after = _scrape(sp) if s != "llama_server" else None
+        if before and after:
+            for k in ("prefix_cache_hits_total", "prefix_cache_misses_total", "prefix_cache_hit_tokens_total",
+                      "requests_total", "generation_tokens_total"):
+                rec[k] = after.get(f"mamba2_{k}", 0.0) - before.get(f"mamba2_{k}", 0.0)
+            rec["prefix_cache_bytes"] = after.get("mamba2_prefix_cache_bytes")
         busy, total = OCCUPANCY[s]
         rec["slot_occupancy"] = occupancy(sampler.metrics, busy, total or float(sp.cmd[sp.cmd.index("-np") + 1]))
         rec["metrics_samples"] = len(sampler.metrics)
@@ -942,15 +954,21 @@ def _run_one(s: str, sp: ServerProcess | None, gen, sessions, conc: int, S: dict
         if sampler.rss:
             rec.update(rss_growth(sampler.rss, half["t"] or sampler.rss[-1][0]))
         if sampler.metrics and s != "llama_server":
-            last = sampler.metrics[-1]
-            rec["prefix_cache_hits_total"] = last.get("mamba2_prefix_cache_hits_total")
-            rec["prefix_cache_misses_total"] = last.get("mamba2_prefix_cache_misses_total")
             rec["queue_depth_max"] = max(m.get("mamba2_queue_depth", 0.0) for m in sampler.metrics)
     rec["load_avg"] = [load0, _loadavg()]
     idle = {k: (None if v is None or _cpu_seconds(servers[k].pid) is None else _cpu_seconds(servers[k].pid) - v)
             for k, v in others.items()}
     rec["idle_servers_cpu_s"] = idle  # CPU the other (idle) servers used meanwhile: should be ~0
     return rec, result_rows(results)
+
+
+def _scrape(sp: ServerProcess) -> dict[str, float] | None:
+    """The server's /metrics now (parsed), None if it does not answer."""
+    try:
+        r = http_module().get(sp.base_url + "/metrics", timeout=10)
+        return parse_metrics(r.text) if r.status_code == 200 else None
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _loadavg():
@@ -1043,17 +1061,20 @@ def markdown(label, summaries, ratios, targets, skipped, flags, servers, wall) -
              f"Medians over the rounds of one alternating run (run wall time {wall:.0f} s). TTFT: time to the first "
              "streamed token; ITL: (t_last − t_first) / (completion tokens − 1) per request. Generator: static "
              "batches in-process (TTFT = its batch's prefill; tokens are handed over at the batch's end). "
-             "Decode ÷ bound: (weights + S × state bytes) ÷ ITL p50 over the measured streaming bandwidth.", "",
+             "Decode ÷ bound: (weights + S × state bytes; Generator: concurrency × state) ÷ ITL p50 over the "
+             "streaming bandwidth measured at the start. RSS growth: the server's VmRSS from half the requests "
+             "done to the end.", "",
              "| model | variant | system | output tok/s | req/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms "
-             "| slot occupancy | decode ÷ bound | failures | requests |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| slot occupancy | decode ÷ bound | prefix-cache hits | failures | requests | RSS growth, 2nd half |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries.values():
         lines.append(f"| {s['model']} | {s['variant']} | {s['system']} | {_fmt(s.get('output_tok_s'))} | "
                      f"{_fmt(s.get('requests_s'))} | {ms(s.get('ttft_p50_s'))} | {ms(s.get('ttft_p99_s'))} | "
                      f"{ms(s.get('itl_p50_s'))} | {ms(s.get('itl_p99_s'))} | {_fmt(s.get('slot_occupancy'))} | "
-                     f"{_fmt(s.get('decode_fraction_of_bound'))} | {s.get('failures')} | {s.get('n_requests')} |")
-        if s.get("rss_growth_second_half") is not None:
-            lines[-1] = lines[-1][:-1] + f" RSS growth over the second half {s['rss_growth_second_half']:.2%} |"
+                     f"{_fmt(s.get('decode_fraction_of_bound'))} | {_fmt(s.get('prefix_cache_hits_total'))} | "
+                     f"{s.get('failures')} | {s.get('n_requests')} | "
+                     + ("" if s.get("rss_growth_second_half") is None else f"{s['rss_growth_second_half']:.2%}")
+                     + " |")
     if ratios:
         lines += ["", "| model/variant | ratio | value |", "|---|---|---|"]
         for k, r in ratios.items():
