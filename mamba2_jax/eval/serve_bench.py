@@ -462,9 +462,11 @@ def read_rss(pid: int) -> float | None:
 
 def ours_command(model_dir: str, port: int, slots: int, *, dtype: str = "float32",
                  prefix_cache_bytes: int | None = None, extra: Sequence[str] = (),
-                 python: str | None = None) -> list[str]:
+                 python: str | None = None, name: str | None = None) -> list[str]:
     cmd = [python or sys.executable, "-m", "mamba2_jax.cli", "serve", "--model", str(model_dir), "--host",
            "127.0.0.1", "--port", str(port), "--slots", str(slots), "--dtype", dtype]
+    if name:
+        cmd += ["--served-model-name", name]
     if prefix_cache_bytes is not None:
         cmd += ["--prefix-cache-bytes", str(int(prefix_cache_bytes))]
     return cmd + [str(x) for x in extra]
@@ -818,7 +820,7 @@ def run(cfg) -> dict:
                 if s in ("ours", "ours_nocache"):
                     pcb = 0 if s == "ours_nocache" else S["ours"].get("prefix_cache_bytes")
                     cmd = ours_command(str(model_dir), port, slots, dtype=dtype, prefix_cache_bytes=pcb,
-                                       extra=S["ours"].get("args") or [])
+                                       extra=S["ours"].get("args") or [], name=mname)
                 else:
                     from reference.llama_gguf import convert
 
