@@ -20,8 +20,8 @@ llama-server: $(LLAMA_BUILD)/server-build-info.json
 
 bench-serve: $(STAMP)
 	-@$(MAKE) --no-print-directory llama-server || echo "llama-server: build failed; the benchmark skips it"
-	$(PY) experiments/serve_bench.py profile=full llama.dir=$(abspath $(LLAMA_DIR)) $(SERVE_BENCH_ARGS)
+	$(PY) experiments/serve_bench.py serve_profile=full serve.llama_server.dir=$(abspath $(LLAMA_DIR)) $(SERVE_BENCH_ARGS)
 
 bench-serve-quick: $(STAMP)
 	-@$(MAKE) --no-print-directory llama-server || echo "llama-server: build failed; the benchmark skips it"
-	$(PY) experiments/serve_bench.py profile=quick llama.dir=$(abspath $(LLAMA_DIR)) $(SERVE_BENCH_ARGS)
+	$(PY) experiments/serve_bench.py serve_profile=quick serve.llama_server.dir=$(abspath $(LLAMA_DIR)) $(SERVE_BENCH_ARGS)
