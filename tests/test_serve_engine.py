@@ -202,3 +202,46 @@ def test_prefix_cache_longest_strict_prefix_and_lru_budget():
     assert pc.lookup([9, 1]) is None and pc.bytes == 300 and len(pc) == 3
     assert not pc.insert([6], "big", 301)
     assert (pc.hits, pc.misses, pc.evictions) == (3, 2, 1)
+
+
+_MESH_SCRIPT = """
+import json, sys
+import numpy as np
+import mamba2_jax
+from mamba2_jax.generate import Generator
+from mamba2_jax.serve.engine import Engine, RequestParams
+path = sys.argv[1]
+m = mamba2_jax.load_pretrained(path, dtype="float32", mesh="data=2,model=2")
+e = Engine(m, slots=4, prefill_chunk=16, decode_steps=3)
+e.start()
+g = Generator(mamba2_jax.load_pretrained(path, dtype="float32"), eos_id=0)
+rng = np.random.default_rng(0)
+ps = [rng.integers(2, 50000, n).tolist() for n in (3, 40, 7, 21, 5)]
+rs = [e.submit(p, RequestParams(max_tokens=9, temperature=0)) for p in ps]
+out = [dict(ok=r.wait(300) and r.error is None, equal=r.output == g.generate([p], 9).sequences()[0])
+       for p, r in zip(ps, rs)]
+print(json.dumps(dict(out=out, sharding=str(e._cache.ssm[0].sharding.spec))))
+e.shutdown()
+"""
+
+
+@pytest.mark.integration
+def test_slots_sharded_over_a_mesh_match_one_device(tmp_path):
+    """The engine on 4 simulated devices (data=2 × model=2: slots on "data", weights on "model"), in a
+    subprocess (the device count is fixed at JAX start-up): every greedy output equals the
+    single-device Generator's, and the slot table stays sharded over "data"."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from mamba2_jax.paths import default_model_dir
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"
+    p = subprocess.run([sys.executable, "-c", _MESH_SCRIPT, str(default_model_dir())], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert all(o["ok"] and o["equal"] for o in res["out"]), res
+    assert "data" in res["sharding"]
