@@ -6,8 +6,9 @@ One scheduler thread loops:
 2. admit waiting requests into free slots: restore the longest cached exact prefix of the prompt
    (:class:`~.prefix_cache.PrefixCache`), else zero the slot;
 3. prefill at most ``prefill_chunk`` prompt tokens in one compiled call (up to ``prefill_rows``
-   requests), so a long prompt stalls the decoding rows for at most one chunk; chunk ends fall on
-   multiples of the block (= ``prefill_chunk``), where the state is snapshotted into the prefix cache;
+   requests; at most that many slots are between prefill chunks at a time), so a long prompt stalls
+   the decoding rows for at most one chunk; chunk ends fall on multiples of the block
+   (= ``prefill_chunk``), where the state is snapshotted into the prefix cache;
 4. run the compiled decode program (``decode_steps`` tokens) over all slots, hand the tokens to their
    requests, snapshot and free the slots of finished requests.
 
@@ -212,7 +213,8 @@ class Engine:
                 self._samp.take(np.zeros(self.P, int)))
             tok.block_until_ready()
         c = self.programs.decode(self.programs.state, self._cache, self._tok, self._pos, self._done,
-                                 self._key_arr(self._keys), self._samp, self._eos, self._limit)
+                                 self._key_arr(self._keys), self._samp, self._eos, self._limit,
+                                 np.full(self.P, self.S, np.int32))
         self._cache = c.cache
         row = self.programs.read_row(self._cache, np.int32(0))
         self._cache = self.programs.write_row(self._cache, np.int32(0), row)
@@ -350,7 +352,8 @@ class Engine:
         while True:
             with self._cv:
                 free = [i for i, s in enumerate(self._slots) if s is None]
-                if not free or not self._waiting:
+                prefilling = sum(s is not None and not s.decoding for s in self._slots)
+                if not free or not self._waiting or prefilling >= self.P:  # at most P slots between chunks
                     return
                 req = self._waiting.popleft()
             i = free[0]
@@ -424,8 +427,11 @@ class Engine:
         t0 = time.perf_counter()
         pos0 = self._pos.copy()
         active = ~self._done
+        protect = np.full(self.P, self.S, np.int32)  # slots between prefill chunks keep their state
+        mid = [i for i, s in enumerate(self._slots) if s is not None and not s.decoding]
+        protect[:len(mid)] = mid
         c = self.programs.decode(self.programs.state, self._cache, self._tok, self._pos, self._done,
-                                 self._key_arr(self._keys), self._samp, self._eos, self._limit)
+                                 self._key_arr(self._keys), self._samp, self._eos, self._limit, protect)
         self._cache = c.cache
         toks, tok, pos, done, bad, bad_at, steps = (np.asarray(x) for x in (
             c.tokens, c.token, c.position, c.done, c.nonfinite, c.nonfinite_at, c.step))
