@@ -245,3 +245,22 @@ def test_slots_sharded_over_a_mesh_match_one_device(tmp_path):
     res = json.loads(p.stdout.strip().splitlines()[-1])
     assert all(o["ok"] and o["equal"] for o in res["out"]), res
     assert "data" in res["sharding"]
+
+
+def test_decode_program_makes_no_extra_pass_over_the_state(engine):
+    """The compiled decode loop updates each layer's SSM state in one fusion, and no select over a
+    state-sized array (a masked update) is left in it: that was a separate read-read-write pass."""
+    import re
+
+    p, S, cfg = engine.programs, engine.S, engine.cfg
+    args = (p.state, engine._cache, np.zeros(S, np.int32), np.zeros(S, np.int32), np.zeros(S, bool),
+            jax.random.wrap_key_data(np.zeros((S, 2), np.uint32)), engine._samp, np.full(S, -1, np.int32),
+            np.full(S, 9, np.int32), np.full(engine.P, S, np.int32))
+    hlo = p.decode.lower(*args).compile().as_text()
+    shape = f"f32[{S},{cfg.nheads},{cfg.headdim},{cfg.d_state}]"
+    body = [ln for ln in hlo.splitlines() if shape in ln.split("=")[0] + (ln.split("=")[1][:40] if "=" in ln else "")]
+    selects = [ln for ln in body if re.search(r"= f32\[[^]]*\]\{[^}]*\} (select|fusion)\(", ln) and "select" in ln
+               and "scatter" not in ln]
+    assert not selects, selects[:3]
+    updates = [ln for ln in body if "multiply_add" in ln and "fusion(" in ln]
+    assert len(updates) == cfg.n_layer, len(updates)
