@@ -264,3 +264,16 @@ def test_decode_program_makes_no_extra_pass_over_the_state(engine):
     assert not selects, selects[:3]
     updates = [ln for ln in body if "multiply_add" in ln and "fusion(" in ln]
     assert len(updates) == cfg.n_layer, len(updates)
+
+
+@pytest.mark.parametrize("name,dtype,mib", [("mamba2-130m", "float32", 18.49), ("mamba2-130m", "bfloat16", 18.25)])
+def test_slot_bytes_are_the_cache_bytes(name, dtype, mib):
+    """The slot size the server prints and admits by (Engine.state_bytes) is the byte count of a real
+    one-sequence cache, and the 130m figure docs/serving.md quotes (18.5 MiB, rounded)."""
+    from mamba2_jax.cache import Mamba2Cache
+
+    cfg = get_preset(name)
+    cache = jax.eval_shape(lambda: Mamba2Cache.zeros(cfg, 1, dtype=jnp.dtype(dtype)))
+    nbytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))
+    assert Engine.state_bytes(cfg, dtype) == nbytes
+    assert round(nbytes / 2**20, 2) == mib
