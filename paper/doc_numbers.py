@@ -475,7 +475,7 @@ def unsourced_tex(text: str) -> list[tuple[int, str, str]]:
     masked = VAL.sub(blank, masked)
     masked = re.sub(r"\\(?:texttt|label|ref|input|includegraphics|cite|url|artifactfigure|begin|end)"
                     r"(?:\[[^]]*\])?\{[^{}]*\}", blank, masked)
-    masked = masked.replace("\\%", " %").replace("$\\times$", "       ×")
+    masked = masked.replace("\\%", "% ").replace("$\\times$", "       ×")
     out = []
     lines = text.splitlines()
     for i, line in enumerate(masked.splitlines()):
