@@ -68,6 +68,19 @@ def ltex(s: Any) -> str:
     return tex(marked).replace("\x00", r"\allowbreak{}")
 
 
+class TexCell(str):
+    """A cell whose Markdown text is the string and whose LaTeX is given (e.g. a \\ref to a label)."""
+
+    def __new__(cls, text: str, latex: str):
+        obj = super().__new__(cls, text)
+        obj.latex = latex
+        return obj
+
+
+def cell_tex(x: Any) -> str:
+    return x.latex if isinstance(x, TexCell) else ltex(x)
+
+
 class Table:
     """Columns + rows of plain strings, rendered to LaTeX and Markdown."""
 
@@ -105,7 +118,7 @@ class Table:
                 same = self.group and key == prev
                 if self.group and prev is not None:
                     body.append(r"\addlinespace[1pt]" if same else r"\addlinespace[4pt]")
-                cells = [("" if same and i < self.group else ltex(x)) for i, x in enumerate(r)]
+                cells = [("" if same and i < self.group else cell_tex(x)) for i, x in enumerate(r)]
                 body.append(" & ".join(cells) + r" \\")
                 prev = key
         else:
@@ -439,7 +452,7 @@ def cpu_analogue_table(results: Path, rep: dict[str, Any]) -> Table:
                  "in the last column.", [],
                  empty="no CPU benchmark results (run `make bench` or `make throughput-smoke`)",
                  md_notes=(["Result files: " + ", ".join(sources) + "."] if sources else []), size="scriptsize",
-                 long=True,
+                 long=True, group=2,
                  short="The paper's TPU and GPU metrics measured on this CPU, for orientation only: another device "
                        "with another roofline, and random weights. No row reproduces a number of the paper.")
     t.sources = sources
@@ -579,8 +592,10 @@ def provenance_table(tables: list[Table], fig_dir: Path, root: Path | None = Non
     """The paper's appendix: one row per figure and table (a row per group of its result files that share
     a commit, machine, precision and weights)."""
     root = root or checkout_root() or HERE.parent
-    items = [(f"Table: {t.title}", t.sources) for t in tables]
-    items += [(f"Figure {stem}", files) for stem, files in figure_sources(fig_dir).items()]
+    items = [(TexCell(f"Table: {t.title}", rf"Table~\ref{{tab:{t.name.replace('_', '-')}}}: {tex(t.title)}"),
+              t.sources) for t in tables]
+    items += [(TexCell(f"Figure {stem}", rf"Figure~\ref{{fig:{stem}}} ({ltex(stem)})"), files)
+              for stem, files in figure_sources(fig_dir).items()]
     rows = []
     for what, files in items:
         groups: dict[tuple[str, str, str, str], list[str]] = {}

@@ -356,7 +356,8 @@ def test_main_tex_captions_and_numbers():
     from paper import doc_numbers as dn
 
     text = (PAPER / "main.tex").read_text()
-    caps = re.findall(r"\\artifactfigure(?:\[[^]]*\])?\{\w+\}\{((?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}", text)
+    body = re.sub(r"(?m)(?<!\\)%.*$", "", text)
+    caps = re.findall(r"\\artifactfigure(?:\[[^]]*\])?\{\w+\}\{((?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}", body)
     assert len(caps) == len(included(text)[1])
     for c in caps:
         assert len(c.split()) <= mt.CAPTION_WORDS, c[:80]
