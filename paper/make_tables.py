@@ -268,7 +268,7 @@ def perplexity_table(results: Path, rep: dict[str, Any]) -> Table:
 
         def val(name, b=b, metric=metric):
             v = b.get(name) or {}
-            return fmt(v.get(metric), ".6f") if v.get("status") == "ok" else (v.get("status") or "-")
+            return fmt(v.get(metric), ".6f") if v.get("status") == "ok" else (v.get("status") or "n/a")
 
         delta = (((comp.get("vs_reference") or {}).get("jax_fp32") or {}).get(metric) or {}).get("delta")
         rows.append([d["model"]["label"] + (" (synthetic)" if d["model"].get("synthetic") else ""),
@@ -281,15 +281,17 @@ def perplexity_table(results: Path, rep: dict[str, Any]) -> Table:
                     f"params, matmul precision highest; JAX bf16 = bfloat16 params, float32 state and accumulation; "
                     f"weights: {d['model'].get('weights')}; WikiText-103 {(d.get('data') or {}).get('split')} split; "
                     f"git {report.short_sha(pv)}, {pv.get('date_utc', '?')} ({report.rel(p)}).")
+    na = ["n/a: that run did not score this backend."] if any(x == "n/a" for r in rows for x in r[4:8]) else []
     return _with_sources(items, Table("perplexity", "WikiText-103 perplexity: JAX vs reference",
                  ["Model", "Protocol", "Metric", "Scope", "JAX fp32", "JAX bf16", "transformers", "Reference",
-                  "Delta fp32-ref", "Tokens"], "llllrrrrrr", rows,
+                  "Delta fp32-ref", "Tokens"], "p{2.3cm}llp{1.9cm}rrrp{2.5cm}rr", rows,
                  "Perplexity of every backend on identical scoring windows (lm-evaluation-harness rolling "
                  "windows: word perplexity; strided: token perplexity). The paper reports agreement within "
                  f"+-{float(c['tolerance']['value']):g} with mamba_ssm v2.2.2.", prov, empty=empty_text("perplexity"),
+                 notes=na,
                  short="WikiText-103 perplexity of every backend on identical scoring windows (subsets of the test "
                        "split). The column to read is Delta fp32-ref, JAX fp32 minus the reference, against the "
-                       f"paper's +-{float(c['tolerance']['value']):g}."))
+                       f"paper's ±{float(c['tolerance']['value']):g}."))
 
 
 def parity_table(results: Path, rep: dict[str, Any]) -> Table:
@@ -301,7 +303,7 @@ def parity_table(results: Path, rep: dict[str, Any]) -> Table:
         ck = d.get("checkpoint") or {}
         hw = d.get("hidden_worst") or {}
         logits_only |= "max_rel" not in hw
-        rows.append([d["model"], "synthetic" if ck.get("kind") == "random-init" else str(ck.get("source")),
+        rows.append([d["model"], "synthetic" if ck.get("kind") == "random-init" else "checkpoint",
                      d["reference"]["backend"], fmt(hw.get("max_rel"), ".2e").replace("n/a", NA_LOGITS),
                      fmt(hw.get("ulps"), ".1f").replace("n/a", NA_LOGITS), f"{d['logits_worst']['max_rel']:.2e}",
                      f"{g['identical_64_of_64']}/{g['prompts']}", f"{g['tokens_matching_total']}/{g['tokens_total']}",
@@ -332,15 +334,15 @@ def parity_table(results: Path, rep: dict[str, Any]) -> Table:
                else "Rows marked FAIL exceed the tolerance or diverge." if rows else "")
     return _with_sources(items, Table("parity", "Parity with mamba_ssm v2.2.2 and HF transformers",
                  ["Model", "Weights", "Reference", "Hidden max rel", "Hidden ulps", "Logits max rel",
-                  "Greedy prompts identical", "Greedy tokens", "Pass"], "lllrrrrrl", rows,
+                  "Prompts identical", "Tokens identical", "Pass"], "lllrrrrrl", rows,
                  "Worst relative error max|JAX-ref|/max|ref| over layers and prompts (ulps: in units of the float32 "
                  "spacing at max|ref|), and greedy continuations identical to the reference"
                  + (f"; pass = max rel <= {tol:g} and every greedy token identical (or each divergence below the "
                     f"reference's noise floor)." if tol else "."), prov,
                  empty=empty_text("parity"), notes=[NA_LOGITS_NOTE] if logits_only else [],
-                 short="Worst relative error max|JAX-ref|/max|ref| of the hidden states and logits over layers and "
-                       "prompts against each reference (ulps: float32 spacings at max|ref|), and greedy tokens "
-                       + (f"identical to the reference; pass: max rel <= {tol:g} and every token identical. "
+                 short="Worst relative error max|JAX − ref| / max|ref| of the hidden states and logits over layers "
+                       "and prompts against each reference (ulps: float32 spacings at max|ref|), and greedy tokens "
+                       + (f"identical to the reference; pass: max rel ≤ {tol:g} and every token identical. "
                           if tol else "identical to the reference. ") + verdict))
 
 
