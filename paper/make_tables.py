@@ -2,12 +2,15 @@
 
     python -m paper.make_tables [--results results] [--out paper/tables] [--reported paper/reported.yaml]
 
-Tables: throughput, sweep, cache_speedup, perplexity, parity, and comparison (reported vs reproduced,
-paper/compare.py).  A table with no input is still written (one row saying which make target fills
-it), so paper/main.tex always compiles.  Every LaTeX table is a complete ``table`` float (booktabs,
-graphicx) whose caption says which device, precision and weights produced it; it needs booktabs and graphicx.
-Results are read through mamba2_jax.eval.results.load_results, the paper's numbers through
-mamba2_jax.eval.reported.
+Tables: throughput, sweep, cache_speedup, perplexity, parity, comparison (reported vs reproduced,
+paper/compare.py), comparison_cpu, compiled_tpu, and provenance (the paper's appendix: per table and
+figure, its result files and the git sha, machine, precision and weights each records).  A table with
+no input is still written (one row saying which make target fills it), so paper/main.tex always
+compiles.  A LaTeX table is a ``table`` float, or a ``longtable`` that breaks across pages (booktabs,
+graphicx, array, longtable), with a short caption (at most CAPTION_WORDS words); the Markdown twin
+keeps the long caption and the provenance lines.  No cell is ``nan`` or ``None``: a missing value is
+``n/a`` with a footnote that says why.  Results are read through mamba2_jax.eval.results.load_results,
+the paper's numbers through mamba2_jax.eval.reported.
 """
 
 from __future__ import annotations
