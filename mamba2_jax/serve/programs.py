@@ -16,6 +16,8 @@ through every program, so a slot's state is updated in place.  Four programs (pl
   This costs P rows per dispatch; masking every row's state update inside the loop (a select over
   the whole state) was a separate pass over the state in XLA:CPU's compiled step, which the batched
   decode, bound by state bytes, cannot afford.
+* ``decode_rows``: the same loop over B < S gathered slots (B a power of two ≥ the active rows),
+  scattered back after it, so a lightly loaded server steps only its active rows.
 * ``read_row`` / ``write_row``: copy one slot's state out (a prefix-cache snapshot) or in (a restored
   prefix, or zeros for a fresh request).
 
@@ -144,6 +146,7 @@ class SlotPrograms:
         self.trace_counts = {"prefill": 0, "decode": 0, "read_row": 0, "write_row": 0}
         self.prefill = jax.jit(self._prefill, donate_argnums=(1,))
         self.decode = jax.jit(self._decode, donate_argnums=(1,))
+        self.decode_rows = jax.jit(self._decode_rows, donate_argnums=(1,))
         self.read_row = jax.jit(self._read_row)
         self.write_row = jax.jit(self._write_row, donate_argnums=(0,))
         self._model = model
@@ -168,13 +171,28 @@ class SlotPrograms:
 
     def _decode(self, state, cache: Mamba2Cache, token, position, done, keys, sampling: SamplingArrays,
                 eos, limit, protect):
-        """Up to k steps, stopping after the first step in which a row finishes; → DecodeCarry.  A row
-        is done after its EOS (``eos`` ≥ 0), when its position reaches ``limit`` - 1, or at a
-        non-finite logit (whose token is not a sample).  Done rows keep their token and position; their
-        state is stepped too (and is meaningless afterwards) except the ``protect`` slots (P,), restored
-        after the loop (index S: none)."""
+        """The loop over all S slots; → DecodeCarry.  The ``protect`` slots (P,) are restored after the
+        loop (index S: none)."""
         self.trace_counts["decode"] += 1
         model = nnx.merge(self.graphdef, state)
+        saved = _rows(cache, protect)
+        c = self._loop(model, cache, token, position, done, keys, sampling, eos, limit)
+        return c.replace(cache=_set_rows(c.cache, protect, saved))
+
+    def _decode_rows(self, state, cache: Mamba2Cache, rows, token, position, done, keys, sampling: SamplingArrays,
+                     eos, limit):
+        """The loop over the slots ``rows`` (B,) only (index S: a dummy, done, never written back), for
+        B below S: a batch of B rows costs what B rows cost, and two copies of their state."""
+        self.trace_counts["decode"] += 1
+        model = nnx.merge(self.graphdef, state)
+        c = self._loop(model, _rows(cache, rows), token, position, done, keys, sampling, eos, limit)
+        return c.replace(cache=_set_rows(cache, rows, c.cache))
+
+    def _loop(self, model, cache, token, position, done, keys, sampling, eos, limit) -> DecodeCarry:
+        """Up to k steps, stopping after the first step in which a row finishes.  A row is done after
+        its EOS (``eos`` ≥ 0), when its position reaches ``limit`` - 1, or at a non-finite logit (whose
+        token is not a sample).  Done rows keep their token and position; their state is stepped too
+        (and is meaningless afterwards)."""
         V = self.cfg.vocab_size
         S, k = token.shape[0], self.k
         pad = jnp.where(eos >= 0, eos, 0)
@@ -199,9 +217,7 @@ class SlotPrograms:
         c0 = DecodeCarry(cache=cache, token=token, position=position, done=done,
                          nonfinite=jnp.zeros((S,), bool), nonfinite_at=jnp.zeros((S,), jnp.int32),
                          tokens=jnp.broadcast_to(pad[:, None], (S, k)).astype(jnp.int32), step=jnp.int32(0))
-        saved = _rows(cache, protect)
-        c = jax.lax.while_loop(cond, body, c0)
-        return c.replace(cache=_set_rows(c.cache, protect, saved))
+        return jax.lax.while_loop(cond, body, c0)
 
     def _read_row(self, cache: Mamba2Cache, slot):
         self.trace_counts["read_row"] += 1
