@@ -202,3 +202,78 @@ def test_prefix_cache_longest_strict_prefix_and_lru_budget():
     assert pc.lookup([9, 1]) is None and pc.bytes == 300 and len(pc) == 3
     assert not pc.insert([6], "big", 301)
     assert (pc.hits, pc.misses, pc.evictions) == (3, 2, 1)
+
+
+_MESH_SCRIPT = """
+import json, sys
+import numpy as np
+import mamba2_jax
+from mamba2_jax.generate import Generator
+from mamba2_jax.serve.engine import Engine, RequestParams
+path = sys.argv[1]
+m = mamba2_jax.load_pretrained(path, dtype="float32", mesh="data=2,model=2")
+e = Engine(m, slots=4, prefill_chunk=16, decode_steps=3)
+e.start()
+g = Generator(mamba2_jax.load_pretrained(path, dtype="float32"), eos_id=0)
+rng = np.random.default_rng(0)
+ps = [rng.integers(2, 50000, n).tolist() for n in (3, 40, 7, 21, 5)]
+rs = [e.submit(p, RequestParams(max_tokens=9, temperature=0)) for p in ps]
+out = [dict(ok=r.wait(300) and r.error is None, equal=r.output == g.generate([p], 9).sequences()[0])
+       for p, r in zip(ps, rs)]
+print(json.dumps(dict(out=out, sharding=str(e._cache.ssm[0].sharding.spec))))
+e.shutdown()
+"""
+
+
+@pytest.mark.integration
+def test_slots_sharded_over_a_mesh_match_one_device(tmp_path):
+    """The engine on 4 simulated devices (data=2 × model=2: slots on "data", weights on "model"), in a
+    subprocess (the device count is fixed at JAX start-up): every greedy output equals the
+    single-device Generator's, and the slot table stays sharded over "data"."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from mamba2_jax.paths import default_model_dir
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"
+    p = subprocess.run([sys.executable, "-c", _MESH_SCRIPT, str(default_model_dir())], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert all(o["ok"] and o["equal"] for o in res["out"]), res
+    assert "data" in res["sharding"]
+
+
+def test_decode_program_makes_no_extra_pass_over_the_state(engine):
+    """The compiled decode loop updates each layer's SSM state in one fusion, and no select over a
+    state-sized array (a masked update) is left in it: that was a separate read-read-write pass."""
+    import re
+
+    p, S, cfg = engine.programs, engine.S, engine.cfg
+    args = (p.state, engine._cache, np.zeros(S, np.int32), np.zeros(S, np.int32), np.zeros(S, bool),
+            jax.random.wrap_key_data(np.zeros((S, 2), np.uint32)), engine._samp, np.full(S, -1, np.int32),
+            np.full(S, 9, np.int32), np.full(engine.P, S, np.int32))
+    hlo = p.decode.lower(*args).compile().as_text()
+    shape = f"f32[{S},{cfg.nheads},{cfg.headdim},{cfg.d_state}]"
+    body = [ln for ln in hlo.splitlines() if shape in ln.split("=")[0] + (ln.split("=")[1][:40] if "=" in ln else "")]
+    selects = [ln for ln in body if re.search(r"= f32\[[^]]*\]\{[^}]*\} (select|fusion)\(", ln) and "select" in ln
+               and "scatter" not in ln]
+    assert not selects, selects[:3]
+    updates = [ln for ln in body if "multiply_add" in ln and "fusion(" in ln]
+    assert len(updates) == cfg.n_layer, len(updates)
+
+
+@pytest.mark.parametrize("name,dtype,mib", [("mamba2-130m", "float32", 18.49), ("mamba2-130m", "bfloat16", 18.25)])
+def test_slot_bytes_are_the_cache_bytes(name, dtype, mib):
+    """The slot size the server prints and admits by (Engine.state_bytes) is the byte count of a real
+    one-sequence cache, and the 130m figure docs/serving.md quotes (18.5 MiB, rounded)."""
+    from mamba2_jax.cache import Mamba2Cache
+
+    cfg = get_preset(name)
+    cache = jax.eval_shape(lambda: Mamba2Cache.zeros(cfg, 1, dtype=jnp.dtype(dtype)))
+    nbytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))
+    assert Engine.state_bytes(cfg, dtype) == nbytes
+    assert round(nbytes / 2**20, 2) == mib

@@ -268,7 +268,8 @@ def create_app(engine: Engine, tokenizer, cfg: ServeConfig, metrics: ServeMetric
         return {"object": "list", "data": [{
             "id": cfg.model_name, "object": "model", "created": 0, "owned_by": "mamba2-jax",
             "root": str(getattr(engine.model, "source", {}).get("path", cfg.model_name)),
-            "precision": getattr(engine.model, "policy", {}).get("precision"),
+            "precision": {k: v for k, v in getattr(engine.model, "policy", {}).items()
+                          if k in ("mode", "param_dtype", "state_dtype", "accum_dtype", "matmul_precision")},
             "slots": engine.S, "state_bytes_per_slot": engine.slot_bytes}]}
 
     @app.post("/v1/chat/completions")

@@ -6,8 +6,9 @@ One scheduler thread loops:
 2. admit waiting requests into free slots: restore the longest cached exact prefix of the prompt
    (:class:`~.prefix_cache.PrefixCache`), else zero the slot;
 3. prefill at most ``prefill_chunk`` prompt tokens in one compiled call (up to ``prefill_rows``
-   requests), so a long prompt stalls the decoding rows for at most one chunk; chunk ends fall on
-   multiples of the block (= ``prefill_chunk``), where the state is snapshotted into the prefix cache;
+   requests; at most that many slots are between prefill chunks at a time), so a long prompt stalls
+   the decoding rows for at most one chunk; chunk ends fall on multiples of the block
+   (= ``prefill_chunk``), where the state is snapshotted into the prefix cache;
 4. run the compiled decode program (``decode_steps`` tokens) over all slots, hand the tokens to their
    requests, snapshot and free the slots of finished requests.
 
@@ -212,8 +213,18 @@ class Engine:
                 self._samp.take(np.zeros(self.P, int)))
             tok.block_until_ready()
         c = self.programs.decode(self.programs.state, self._cache, self._tok, self._pos, self._done,
-                                 self._key_arr(self._keys), self._samp, self._eos, self._limit)
+                                 self._key_arr(self._keys), self._samp, self._eos, self._limit,
+                                 np.full(self.P, self.S, np.int32))
         self._cache = c.cache
+        B = 1
+        while B < S:  # the batches of active rows below S, every row done (the loop does not run)
+            rows = np.full(B, S, np.int32)
+            idx = np.zeros(B, int)
+            c = self.programs.decode_rows(self.programs.state, self._cache, rows, self._tok[idx], self._pos[idx],
+                                          np.ones(B, bool), self._key_arr(self._keys[idx]), self._samp.take(idx),
+                                          self._eos[idx], self._limit[idx])
+            self._cache = c.cache
+            B *= 2
         row = self.programs.read_row(self._cache, np.int32(0))
         self._cache = self.programs.write_row(self._cache, np.int32(0), row)
         jax.block_until_ready(self._cache)
@@ -350,7 +361,8 @@ class Engine:
         while True:
             with self._cv:
                 free = [i for i, s in enumerate(self._slots) if s is None]
-                if not free or not self._waiting:
+                prefilling = sum(s is not None and not s.decoding for s in self._slots)
+                if not free or not self._waiting or prefilling >= self.P:  # at most P slots between chunks
                     return
                 req = self._waiting.popleft()
             i = free[0]
@@ -419,35 +431,51 @@ class Engine:
                 self._done[i] = False
 
     def _decode(self) -> None:
-        if self._done.all():
+        act = np.nonzero(~self._done)[0]
+        if not len(act):
             return
         t0 = time.perf_counter()
-        pos0 = self._pos.copy()
-        active = ~self._done
-        c = self.programs.decode(self.programs.state, self._cache, self._tok, self._pos, self._done,
-                                 self._key_arr(self._keys), self._samp, self._eos, self._limit)
+        S, n = self.S, len(act)
+        B = bucket_length(n, 1)
+        if B >= S:  # every slot: the whole table, slots between prefill chunks saved and restored
+            protect = np.full(self.P, S, np.int32)
+            mid = [i for i, s in enumerate(self._slots) if s is not None and not s.decoding]
+            protect[:len(mid)] = mid
+            c = self.programs.decode(self.programs.state, self._cache, self._tok, self._pos, self._done,
+                                     self._key_arr(self._keys), self._samp, self._eos, self._limit, protect)
+            sel = act
+        else:  # the active rows only, in a batch of B (dummies: slot S, done, dropped)
+            rows = np.full(B, S, np.int32)
+            rows[:n] = act
+            idx = np.minimum(rows, S - 1)
+            done = self._done[idx].copy()
+            done[n:] = True
+            c = self.programs.decode_rows(self.programs.state, self._cache, rows, self._tok[idx], self._pos[idx], done,
+                                          self._key_arr(self._keys[idx]), self._samp.take(idx), self._eos[idx],
+                                          self._limit[idx])
+            sel = np.arange(n)
         self._cache = c.cache
         toks, tok, pos, done, bad, bad_at, steps = (np.asarray(x) for x in (
             c.tokens, c.token, c.position, c.done, c.nonfinite, c.nonfinite_at, c.step))
         now = time.perf_counter()
         self.decode_time += now - t0
         self.decode_dispatches += 1
-        self.decode_row_steps += int(steps) * self.S
-        self._tok, self._pos, self._done = tok.copy(), pos.copy(), done.copy()
-        for i in np.nonzero(active)[0]:
-            s = self._slots[i]
-            req = s.req
-            n = int(pos[i] - pos0[i])
-            if bad[i]:
-                good = toks[i, : n - 1].tolist()
+        self.decode_row_steps += int(steps) * n
+        pos0 = self._pos[act].copy()
+        self._tok[act], self._pos[act], self._done[act] = tok[sel], pos[sel], done[sel]
+        for q, (j, i) in enumerate(zip(sel, act)):
+            req = self._slots[i].req
+            m = int(pos[j] - pos0[q])
+            if bad[j]:
+                good = toks[j, : m - 1].tolist()
                 if good:
                     self._emit_tokens(req, good, now)
-                self._release(i, "error", f"non-finite logits (NaN/Inf) at new token {int(bad_at[i])} of request "
+                self._release(i, "error", f"non-finite logits (NaN/Inf) at new token {int(bad_at[j])} of request "
                                           f"{req.id}; no token was emitted from them")
                 continue
-            if n:
-                self._emit_tokens(req, toks[i, :n].tolist(), now)
-            if done[i]:
+            if m:
+                self._emit_tokens(req, toks[j, :m].tolist(), now)
+            if done[j]:
                 last = req.output[-1]
                 self._release(i, "stop" if (self._eos[i] >= 0 and last == self._eos[i]) else "length")
 

@@ -7,10 +7,17 @@ through every program, so a slot's state is updated in place.  Four programs (pl
   (right-padded, exact for any length 0..C: see ``Mamba2Mixer.prefill``), scatter them back, and sample
   each row's next token from its last logits.  A row whose slot index is S is a dummy (its gather is
   clamped, its scatter dropped).  C is a power-of-two bucket: one compile per bucket.
-* ``decode``: k decode steps over all S slots in one ``lax.while_loop``.  Per-row sampling settings,
-  EOS ids, token limits, positions and PRNG keys are arrays, so requests with different settings share
-  this one program.  Rows that are done (idle slots, prefilling slots, finished requests) are frozen:
-  their state is carried unchanged, so a slot's state is always exactly the tokens it consumed.
+* ``decode``: up to k decode steps over all S slots in one ``lax.while_loop``.  Per-row sampling
+  settings, EOS ids, token limits, positions and PRNG keys are arrays, so requests with different
+  settings share this one program.  Every row is stepped (the batch is one dot per weight), but only
+  active rows sample, advance and count; the loop stops after the step in which any row finishes,
+  so a finished row's state is exactly the tokens it consumed when the host snapshots it.  The slots
+  of requests still prefilling (``protect``) are saved before the loop and written back after it.
+  This costs P rows per dispatch; masking every row's state update inside the loop (a select over
+  the whole state) was a separate pass over the state in XLA:CPU's compiled step, which the batched
+  decode, bound by state bytes, cannot afford.
+* ``decode_rows``: the same loop over B < S gathered slots (B a power of two ≥ the active rows),
+  scattered back after it, so a lightly loaded server steps only its active rows.
 * ``read_row`` / ``write_row``: copy one slot's state out (a prefix-cache snapshot) or in (a restored
   prefix, or zeros for a fresh request).
 
@@ -126,10 +133,6 @@ def _set_rows(cache: Mamba2Cache, idx, rows: Mamba2Cache) -> Mamba2Cache:
     return jax.tree.map(lambda a, r: a.at[idx].set(r.astype(a.dtype), mode="drop"), cache, rows)
 
 
-def _bcast(mask, x):
-    return mask.reshape(mask.shape + (1,) * (x.ndim - 1))
-
-
 class SlotPrograms:
     """The jitted programs of one model over ``slots`` state slots, ``prefill_rows`` rows per prefill
     call and ``decode_steps`` tokens per decode dispatch.  ``trace_counts`` counts compilations."""
@@ -143,6 +146,7 @@ class SlotPrograms:
         self.trace_counts = {"prefill": 0, "decode": 0, "read_row": 0, "write_row": 0}
         self.prefill = jax.jit(self._prefill, donate_argnums=(1,))
         self.decode = jax.jit(self._decode, donate_argnums=(1,))
+        self.decode_rows = jax.jit(self._decode_rows, donate_argnums=(1,))
         self.read_row = jax.jit(self._read_row)
         self.write_row = jax.jit(self._write_row, donate_argnums=(0,))
         self._model = model
@@ -166,23 +170,39 @@ class SlotPrograms:
         return _set_rows(cache, slots, rows), tok, _finite_rows(logits, V)
 
     def _decode(self, state, cache: Mamba2Cache, token, position, done, keys, sampling: SamplingArrays,
-                eos, limit):
-        """Up to k steps for every row not done; → DecodeCarry.  A row is done after its EOS (``eos``
-        ≥ 0), when its position reaches ``limit`` - 1, or at a non-finite logit (whose token is not a
-        sample).  Done rows keep their state, token and position."""
+                eos, limit, protect):
+        """The loop over all S slots; → DecodeCarry.  The ``protect`` slots (P,) are restored after the
+        loop (index S: none)."""
         self.trace_counts["decode"] += 1
         model = nnx.merge(self.graphdef, state)
+        saved = _rows(cache, protect)
+        c = self._loop(model, cache, token, position, done, keys, sampling, eos, limit)
+        return c.replace(cache=_set_rows(c.cache, protect, saved))
+
+    def _decode_rows(self, state, cache: Mamba2Cache, rows, token, position, done, keys, sampling: SamplingArrays,
+                     eos, limit):
+        """The loop over the slots ``rows`` (B,) only (index S: a dummy, done, never written back), for
+        B below S: a batch of B rows costs what B rows cost, and two copies of their state."""
+        self.trace_counts["decode"] += 1
+        model = nnx.merge(self.graphdef, state)
+        c = self._loop(model, _rows(cache, rows), token, position, done, keys, sampling, eos, limit)
+        return c.replace(cache=_set_rows(cache, rows, c.cache))
+
+    def _loop(self, model, cache, token, position, done, keys, sampling, eos, limit) -> DecodeCarry:
+        """Up to k steps, stopping after the first step in which a row finishes.  A row is done after
+        its EOS (``eos`` ≥ 0), when its position reaches ``limit`` - 1, or at a non-finite logit (whose
+        token is not a sample).  Done rows keep their token and position; their state is stepped too
+        (and is meaningless afterwards)."""
         V = self.cfg.vocab_size
         S, k = token.shape[0], self.k
         pad = jnp.where(eos >= 0, eos, 0)
 
         def cond(c: DecodeCarry):
-            return (c.step < k) & ~jnp.all(c.done)
+            return (c.step < k) & ~jnp.all(c.done) & ~jnp.any(c.done & ~done)
 
         def body(c: DecodeCarry):
             active = ~c.done
-            logits, new = model.step(c.token, c.cache)
-            cache = jax.tree.map(lambda n, o: jnp.where(_bcast(active, n), n, o), new, c.cache)
+            logits, cache = model.step(c.token, c.cache)
             pos = c.position + active.astype(jnp.int32)
             step_keys = jax.vmap(jax.random.fold_in)(keys, pos)
             nxt = jnp.where(active, sample_rows(logits, step_keys, sampling, V), c.token)

@@ -63,7 +63,9 @@ def serve(a) -> int:
     slot_bytes = Engine.state_bytes(model.cfg, model.dtype)
     table = slot_bytes * a.slots
     avail = _available_bytes()
-    print(f"mamba2-jax serve: {model.cfg.name}, {a.dtype} params, state float32; {a.slots} slots x "
+    pol = model.policy
+    print(f"mamba2-jax serve: {model.cfg.name}, params {pol['param_dtype']}, state {pol['state_dtype']}, "
+          f"matmul precision {pol['matmul_precision']}; {a.slots} slots x "
           f"{slot_bytes / 2**20:.2f} MiB = {table / 2**20:.1f} MiB of state; prefix cache up to "
           f"{prefix_bytes / 2**20:.0f} MiB; mesh {describe_mesh(mesh)}", file=sys.stderr)
     if avail is not None and table + prefix_bytes > avail:
