@@ -125,6 +125,8 @@ def test_median_summary_ratio_and_decode_fraction():
     d = sb.decode_fraction(1e9, 0.1, 2e10)
     assert d["decode_bytes_per_s"] == pytest.approx(1e10) and d["decode_fraction_of_bound"] == pytest.approx(0.5)
     assert sb.decode_fraction(1e9, None, 2e10)["decode_fraction_of_bound"] is None
+    assert [sb.decode_rows(c, 64) for c in (1, 3, 4, 16, 33, 64, 100)] == [1, 4, 4, 16, 64, 64, 64]
+    assert [sb.decode_rows(c, 48) for c in (20, 33, 48)] == [32, 48, 48]
     assert sb.decode_fraction(1e9, 0.1, float("nan"))["decode_fraction_of_bound"] is None
 
 

@@ -236,6 +236,14 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else float(a / b)
 
 
+def decode_rows(concurrency: int, slots: int) -> int:
+    """The rows one decode step of our server computes with ``concurrency`` busy slots: the active slots
+    gathered into the next power of two (the whole table of ``slots`` when that is not smaller)."""
+    n = max(1, min(int(concurrency), int(slots)))
+    p = 1 << (n - 1).bit_length()
+    return int(slots) if p >= int(slots) else p
+
+
 def decode_fraction(decode_bytes: float, step_s: float | None, bandwidth: float | None) -> dict[str, float | None]:
     """The decode part against the memory bound: ``decode_bytes`` (what one decode step must move: the
     weights + every slot's state, :func:`mamba2_jax.eval.flops.decode_bytes`) over the measured step time,
@@ -784,7 +792,7 @@ def run(cfg) -> dict:
             want |= {s for s in S["workloads"][W]["systems"] if s in S["systems"] and s not in skipped}
         dbytes = flops.decode_bytes(mcfg, slots, dtype)["total"]
         model_info[mname] = {"dir": str(model_dir), "weights": wlabel, "dtype": dtype, "slots": slots,
-                             "num_params": mcfg.num_params(), "decode_bytes_per_step_S_slots": dbytes,
+                             "num_params": mcfg.num_params(), "decode_bytes_per_step_all_slots": dbytes,
                              "state_bytes_per_slot": flops.state_bytes(mcfg, 1, dtype)["total"], "workloads": wl}
         gen = None
         need_gen = "generator" in want or any(W == "multiturn" and S["workloads"][W].get("replies", "model") == "model"
@@ -862,8 +870,10 @@ def run(cfg) -> dict:
                                         "concurrency": conc, "slots": slots, "dtype": dtype, "weights": wkind,
                                         "max_tokens": tr[r][0][0].max_tokens})
                             if s in ("ours", "ours_nocache", "generator"):
-                                b = dbytes if s != "generator" else flops.decode_bytes(mcfg, conc, dtype)["total"]
-                                rec.update(decode_fraction(b, rec.get("itl_p50_s"), bandwidth))
+                                rows = conc if s == "generator" else decode_rows(conc, slots)
+                                rec["decode_rows"] = rows
+                                rec.update(decode_fraction(flops.decode_bytes(mcfg, rows, dtype)["total"],
+                                                           rec.get("itl_p50_s"), bandwidth))
                             records.append(rec)
                             per_sys[s].append(rec)
                             if len(rows) <= int(S.get("keep_requests_max", 2000)):
@@ -1063,7 +1073,8 @@ def markdown(label, summaries, ratios, targets, skipped, flags, servers, wall) -
              f"Medians over the rounds of one alternating run (run wall time {wall:.0f} s). TTFT: time to the first "
              "streamed token; ITL: (t_last − t_first) / (completion tokens − 1) per request. Generator: static "
              "batches in-process (TTFT = its batch's prefill; tokens are handed over at the batch's end). "
-             "Decode ÷ bound: (weights + S × state bytes; Generator: concurrency × state) ÷ ITL p50 over the "
+             "Decode ÷ bound: (weights + R × state bytes, R = the rows a step computes: the busy slots rounded up to "
+             "a power of two, at most S; Generator: its batch) ÷ ITL p50 over the "
              "streaming bandwidth measured at the start. RSS growth: the server's VmRSS from half the requests "
              "done to the end.", "",
              "| model | variant | system | output tok/s | req/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms "
