@@ -205,6 +205,32 @@ def test_stream_completion_parses_sse():
                     "stream_options": {"include_usage": True}, "model": "m", "extra": 1}
 
 
+def test_sse_lines_split_on_newlines_only():
+    """llama-server's JSON encoder leaves U+2028 / U+0085 / U+2029 raw inside strings (str.splitlines breaks
+    at them); a body arrives in arbitrary pieces."""
+    httpx = sb.http_module()
+    text = "a\u2028b\x85c\u2029"
+    body = _sse([{"choices": [{"text": text}]}, {"choices": [], "usage": {"completion_tokens": 1}}])
+    for esc, raw in ((b"\\u2028", "\u2028"), (b"\\u0085", "\x85"), (b"\\u2029", "\u2029")):
+        body = body.replace(esc, raw.encode())  # as nlohmann::json writes them: raw UTF-8
+    assert "\u2028".encode() in body and "\x85".encode() in body
+
+    class Pieces(httpx.AsyncByteStream):
+        async def __aiter__(self):
+            for i in range(0, len(body), 7):
+                yield body[i: i + 7]
+
+    def handler(request):
+        return httpx.Response(200, stream=Pieces())
+
+    async def go():
+        async with _mock_client(handler) as c:
+            return await sb.stream_completion(c, "http://x", None, sb.Request([1], 1))
+
+    r = asyncio.run(go())
+    assert r.ok and r.completion_tokens == 1 and r.chunks == 2, r.error
+
+
 def test_stream_completion_failures_are_results():
     httpx = sb.http_module()
 

@@ -317,6 +317,20 @@ def _sse_events(line: str):
     return line[5:].strip()
 
 
+async def _sse_lines(resp):
+    """The lines of a server-sent-events body, split on LF (CRLF, CR-less) only: a JSON payload may hold raw
+    U+2028, U+2029 or U+0085 (nlohmann::json, llama-server's encoder, leaves them unescaped), which
+    ``str.splitlines`` -- and so ``aiter_lines`` -- would break lines at."""
+    buf = b""
+    async for chunk in resp.aiter_bytes():
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        for ln in lines:
+            yield ln.rstrip(b"\r").decode("utf-8", errors="replace")
+    if buf:
+        yield buf.rstrip(b"\r").decode("utf-8", errors="replace")
+
+
 async def stream_completion(client, base_url: str, model: str | None, req: Request,
                             extra: dict[str, Any] | None = None, timeout: float = 600.0) -> RequestResult:
     """One streaming ``POST /v1/completions`` (greedy, ``ignore_eos``); never raises."""
@@ -335,7 +349,7 @@ async def stream_completion(client, base_url: str, model: str | None, req: Reque
                 res.error = f"HTTP {resp.status_code}: {txt[:300]}"
                 return res
             done = False
-            async for line in resp.aiter_lines():
+            async for line in _sse_lines(resp):
                 data = _sse_events(line)
                 if data is None:
                     continue
