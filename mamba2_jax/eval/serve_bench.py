@@ -884,9 +884,9 @@ def run(cfg) -> dict:
                                         "concurrency": conc, "slots": slots, "dtype": dtype, "weights": wkind,
                                         "max_tokens": tr[r][0][0].max_tokens})
                             if s in ("ours", "ours_nocache", "generator"):
-                                rows = conc if s == "generator" else decode_rows(conc, slots)
-                                rec["decode_rows"] = rows
-                                rec.update(decode_fraction(flops.decode_bytes(mcfg, rows, dtype)["total"],
+                                nrows = conc if s == "generator" else decode_rows(conc, slots)
+                                rec["decode_rows"] = nrows
+                                rec.update(decode_fraction(flops.decode_bytes(mcfg, nrows, dtype)["total"],
                                                            rec.get("itl_p50_s"), bandwidth))
                             records.append(rec)
                             per_sys[s].append(rec)
