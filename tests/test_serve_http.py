@@ -159,8 +159,8 @@ class Oracle:
         return self.gen.generate([list(ids)], max_tokens, cfg, seed=seed).sequences()[0]
 
     def text(self, ids) -> str:
-        """The completion text of generated ids: EOS ends a completion and is not text."""
-        return self.tok.decode([t for t in ids if t != EOS])
+        """The completion text of generated ids: special tokens (EOS) are not text."""
+        return self.tok.decode(ids, skip_special_tokens=True)
 
 
 def paragraph_ids(tok) -> list[int]:
@@ -260,11 +260,16 @@ class Metrics:
     samples: dict[tuple[str, tuple], float]
     types: dict[str, str]
 
+    def _matching(self, name: str, labels: dict) -> list[float]:
+        want = set(labels.items())
+        return [v for (n, lbl), v in self.samples.items() if n == name and want <= set(lbl)]
+
     def get(self, name: str, **labels) -> float:
-        return self.samples.get((name, tuple(sorted(labels.items()))), 0.0)
+        """The sum over the samples of ``name`` whose labels include ``labels`` (0 if none)."""
+        return sum(self._matching(name, labels))
 
     def has(self, name: str, **labels) -> bool:
-        return (name, tuple(sorted(labels.items()))) in self.samples
+        return bool(self._matching(name, labels))
 
 
 def scrape(srv: Server) -> Metrics:
@@ -326,7 +331,9 @@ def test_health_models_and_ready_line(server, client):
     models = client.models.list()
     assert [m.id for m in models.data] == [NAME]
     assert models.data[0].owned_by == "mamba2-jax"
-    assert f"mamba2-jax serve: ready on http://127.0.0.1:{server.port}" in server.log_tail(100_000)
+    ready = [line for line in server.log_tail(100_000).splitlines()
+             if line.startswith("mamba2-jax serve:") and f"ready on http://127.0.0.1:{server.port}" in line]
+    assert len(ready) == 1, server.log_tail()
 
 
 def test_completion(client, oracle):
@@ -460,6 +467,8 @@ def test_prefix_cache_hit_equals_miss(client, server, oracle):
     check_greedy(again, oracle, turn, what="the next turn (a hit)")
     cached = again.usage.prompt_tokens_details.cached_tokens
     assert len(p) <= cached < len(turn), again.usage
+    # the same prompt again: whatever it restores, the tokens are the same
+    check_greedy(complete(client, p_extra), oracle, p_extra, what="P + extra again")
 
     m1 = scrape(server)
     assert m1.get("mamba2_prefix_cache_hits_total") - m0.get("mamba2_prefix_cache_hits_total") >= 2
@@ -473,14 +482,15 @@ def test_prefix_cache_hit_equals_miss(client, server, oracle):
 def test_client_disconnect_frees_slot(server, http, client, oracle):
     wait_until(lambda: scrape(server).get("mamba2_slots_busy") == 0, 30, "slots idle before the test")
     aborted0 = scrape(server).get("mamba2_requests_total", outcome="aborted")
-    body = {"model": NAME, "prompt": unique_ids(5, 9), "max_tokens": 100_000, "ignore_eos": True,
+    body = {"model": NAME, "prompt": unique_ids(5, 9), "max_tokens": 30_000, "ignore_eos": True,
             "temperature": 0, "stream": True}
     with http.stream("POST", "/v1/completions", json=body) as r:
         assert r.status_code == 200
-        for line in r.iter_lines():
-            if line.startswith("data: {"):
-                break
-        assert scrape(server).get("mamba2_slots_busy") >= 1
+        lines = r.iter_lines()  # kept open: leaving (closing) this iterator would close the response
+        while not next(lines).startswith("data: {"):
+            pass
+        # the gauge is set once per scheduler iteration: the first token can come before it
+        wait_until(lambda: scrape(server).get("mamba2_slots_busy") >= 1, 5, "the stream's slot counted busy")
     # the connection is closed: the slot is free within a few scheduler iterations
     wait_until(lambda: scrape(server).get("mamba2_slots_busy") == 0, 5, "the slot freed after the disconnect")
     wait_until(lambda: scrape(server).get("mamba2_requests_total", outcome="aborted") == aborted0 + 1, 5,
@@ -551,6 +561,59 @@ def test_bad_input(http, server, case, path, body, field):
 def test_good_request_after_bad_inputs(client, oracle):
     ids = greedy_prompts(oracle.tok)[6]
     check_greedy(complete(client, ids), oracle, ids, what="after the bad inputs")
+
+
+# ------------------------------------------------------------------------------ /metrics
+COUNTERS = ("mamba2_requests", "mamba2_prompt_tokens", "mamba2_generation_tokens", "mamba2_prefix_cache_hits",
+            "mamba2_prefix_cache_misses", "mamba2_prefix_cache_hit_tokens")
+HISTOGRAMS = ("mamba2_time_to_first_token_seconds", "mamba2_inter_token_latency_seconds")
+GAUGES = ("mamba2_slots_busy", "mamba2_slots_total", "mamba2_queue_depth", "mamba2_prefix_cache_bytes")
+
+
+def test_metrics(server, client):
+    m0 = scrape(server)
+    for name in COUNTERS:
+        assert m0.types.get(name) == "counter", (name, m0.types.get(name))
+    for name in HISTOGRAMS:
+        assert m0.types.get(name) == "histogram", (name, m0.types.get(name))
+        assert m0.has(f"{name}_bucket", le="+Inf") and m0.has(f"{name}_count") and m0.has(f"{name}_sum"), name
+    for name in GAUGES:
+        assert m0.types.get(name) == "gauge" and m0.has(name), (name, m0.types.get(name))
+    assert m0.get("mamba2_slots_total") == SLOTS
+    assert m0.has("mamba2_requests_total", outcome="ok")
+
+    # known work: prompts that no earlier request shares a prefix with, a fixed number of tokens each
+    work = [(unique_ids(100 + i, n), m) for i, (n, m) in enumerate([(5, 3), (9, 5), (13, 7), (17, 4)])]
+    for i, (ids, m) in enumerate(work):
+        if i == len(work) - 1:  # one of them streamed
+            chunks = list(complete(client, ids, max_tokens=m, ignore_eos=True, stream=True,
+                                   stream_options={"include_usage": True}))
+            assert chunks[-1].usage.completion_tokens == m
+        else:
+            r = complete(client, ids, max_tokens=m, ignore_eos=True)
+            assert r.usage.completion_tokens == m and r.usage.prompt_tokens_details.cached_tokens == 0
+    n_req, n_prompt, n_gen = len(work), sum(len(p) for p, _ in work), sum(m for _, m in work)
+
+    def delta(m1: Metrics, name: str, **labels) -> float:
+        return m1.get(name, **labels) - m0.get(name, **labels)
+
+    def settled() -> bool:
+        return delta(scrape(server), "mamba2_requests_total", outcome="ok") >= n_req
+
+    wait_until(settled, 5, "requests_total{outcome=ok} counts the requests")
+    m1 = scrape(server)
+    assert delta(m1, "mamba2_requests_total", outcome="ok") == n_req
+    assert delta(m1, "mamba2_requests_total", outcome="error") == 0
+    assert delta(m1, "mamba2_requests_total", outcome="aborted") == 0
+    assert delta(m1, "mamba2_prompt_tokens_total") == n_prompt
+    assert delta(m1, "mamba2_generation_tokens_total") == n_gen
+    assert delta(m1, "mamba2_time_to_first_token_seconds_count") == n_req
+    assert 1 <= delta(m1, "mamba2_inter_token_latency_seconds_count") <= n_gen - n_req
+    assert delta(m1, "mamba2_time_to_first_token_seconds_sum") > 0
+    assert delta(m1, "mamba2_prefix_cache_misses_total") == n_req
+    assert delta(m1, "mamba2_prefix_cache_hits_total") == 0
+    assert m1.get("mamba2_slots_busy") == 0 and m1.get("mamba2_queue_depth") == 0
+    assert math.isfinite(m1.get("mamba2_prefix_cache_bytes"))
 
 
 # ------------------------------------------------------------------------------ property-based fuzz
@@ -636,59 +699,6 @@ def test_fuzz_malformed_requests(server, http, client, oracle):
     check_greedy(complete(client, ids), oracle, ids, what="after the fuzz")
 
 
-# ------------------------------------------------------------------------------ /metrics
-COUNTERS = ("mamba2_requests", "mamba2_prompt_tokens", "mamba2_generation_tokens", "mamba2_prefix_cache_hits",
-            "mamba2_prefix_cache_misses", "mamba2_prefix_cache_hit_tokens")
-HISTOGRAMS = ("mamba2_time_to_first_token_seconds", "mamba2_inter_token_latency_seconds")
-GAUGES = ("mamba2_slots_busy", "mamba2_slots_total", "mamba2_queue_depth", "mamba2_prefix_cache_bytes")
-
-
-def test_metrics(server, client):
-    m0 = scrape(server)
-    for name in COUNTERS:
-        assert m0.types.get(name) == "counter", (name, m0.types.get(name))
-    for name in HISTOGRAMS:
-        assert m0.types.get(name) == "histogram", (name, m0.types.get(name))
-        assert m0.has(f"{name}_bucket", le="+Inf") and m0.has(f"{name}_count") and m0.has(f"{name}_sum"), name
-    for name in GAUGES:
-        assert m0.types.get(name) == "gauge" and m0.has(name), (name, m0.types.get(name))
-    assert m0.get("mamba2_slots_total") == SLOTS
-    assert m0.has("mamba2_requests_total", outcome="ok")
-
-    # known work: prompts that no earlier request shares a prefix with, a fixed number of tokens each
-    work = [(unique_ids(100 + i, n), m) for i, (n, m) in enumerate([(5, 3), (9, 5), (13, 7), (17, 4)])]
-    for i, (ids, m) in enumerate(work):
-        if i == len(work) - 1:  # one of them streamed
-            chunks = list(complete(client, ids, max_tokens=m, ignore_eos=True, stream=True,
-                                   stream_options={"include_usage": True}))
-            assert chunks[-1].usage.completion_tokens == m
-        else:
-            r = complete(client, ids, max_tokens=m, ignore_eos=True)
-            assert r.usage.completion_tokens == m and r.usage.prompt_tokens_details.cached_tokens == 0
-    n_req, n_prompt, n_gen = len(work), sum(len(p) for p, _ in work), sum(m for _, m in work)
-
-    def delta(m1: Metrics, name: str, **labels) -> float:
-        return m1.get(name, **labels) - m0.get(name, **labels)
-
-    def settled() -> bool:
-        return delta(scrape(server), "mamba2_requests_total", outcome="ok") >= n_req
-
-    wait_until(settled, 5, "requests_total{outcome=ok} counts the requests")
-    m1 = scrape(server)
-    assert delta(m1, "mamba2_requests_total", outcome="ok") == n_req
-    assert delta(m1, "mamba2_requests_total", outcome="error") == 0
-    assert delta(m1, "mamba2_requests_total", outcome="aborted") == 0
-    assert delta(m1, "mamba2_prompt_tokens_total") == n_prompt
-    assert delta(m1, "mamba2_generation_tokens_total") == n_gen
-    assert delta(m1, "mamba2_time_to_first_token_seconds_count") == n_req
-    assert 1 <= delta(m1, "mamba2_inter_token_latency_seconds_count") <= n_gen - n_req
-    assert delta(m1, "mamba2_time_to_first_token_seconds_sum") > 0
-    assert delta(m1, "mamba2_prefix_cache_misses_total") == n_req
-    assert delta(m1, "mamba2_prefix_cache_hits_total") == 0
-    assert m1.get("mamba2_slots_busy") == 0 and m1.get("mamba2_queue_depth") == 0
-    assert math.isfinite(m1.get("mamba2_prefix_cache_bytes"))
-
-
 # ------------------------------------------------------------------------------ a second server: --api-key, SIGTERM
 @pytest.fixture(scope="module")
 def keyed_server(server, tmp_path_factory, cache_dir):
@@ -725,7 +735,7 @@ def test_api_key(keyed_server, oracle):
 def test_sigterm_during_stream(keyed_server):
     import httpx2
 
-    n = 4000
+    n = 600  # long enough to be in flight when SIGTERM comes, short enough on a loaded machine (~10 s)
     body = {"model": "tiny", "prompt": unique_ids(7, 11), "max_tokens": n, "ignore_eos": True, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True}}
     events, finished_before_sigterm = [], None
