@@ -1,4 +1,4 @@
-"""``mamba2-jax`` command line: init-random, info, convert, generate, compile."""
+"""``mamba2-jax`` command line: init-random, info, convert, generate, compile, serve."""
 
 from __future__ import annotations
 
@@ -285,7 +285,50 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--topology", default=None, help="TPU topology, e.g. v6e:2x4 (default: the smallest accepted)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(fn=_cmd_compile)
+
+    s = sub.add_parser("serve", help="an OpenAI-compatible server: continuous batching over fixed state slots, "
+                                     "exact prefix-state reuse (docs/serving.md)")
+    s.add_argument("--model", default=None,
+                   help="checkpoint dir or hub id (default: the embedded tiny model, checkpoints/mamba2-tiny-wikitext)")
+    s.add_argument("--tokenizer", default=None, help="dir with tokenizer.json (default: as for generate)")
+    s.add_argument("--served-model-name", default=None, help="the 'model' name of the API (default: the dir name)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--slots", type=int, default=8, help="state slots: sequences decoded together")
+    s.add_argument("--prefix-cache-bytes", default="1GiB", help="prefix-state cache budget (0: off), e.g. 512MiB")
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--mesh", default=None, help="shard over this host's devices, e.g. 'data=2,model=1' "
+                                                "(slots on 'data'; see docs/sharding.md)")
+    s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or $MAMBA2_JAX_API_KEY)")
+    s.add_argument("--max-queue", type=int, default=256, help="waiting requests before 429")
+    s.add_argument("--decode-steps", type=int, default=4, help="decode steps per dispatch")
+    s.add_argument("--prefill-chunk", type=int, default=256,
+                   help="prompt tokens per scheduler iteration (a power of two; also the prefix-cache block)")
+    s.add_argument("--max-tokens-limit", type=int, default=1 << 16, help="largest max_tokens a request may ask")
+    s.add_argument("--graceful-timeout", type=float, default=60.0,
+                   help="seconds SIGTERM waits for in-flight requests")
+    s.add_argument("--log-level", default="warning")
+    s.add_argument("--coordinator-address", default=None, help=argparse.SUPPRESS)
+    s.add_argument("--num-processes", type=int, default=None, help=argparse.SUPPRESS)
+    s.add_argument("--process-id", type=int, default=None, help=argparse.SUPPRESS)
+    s.set_defaults(fn=_cmd_serve)
     return p
+
+
+def _cmd_serve(a) -> int:
+    if a.model is None:
+        a.model = default_model_dir()
+    for name in ("slots", "max_queue", "decode_steps", "prefill_chunk", "max_tokens_limit"):
+        v = getattr(a, name)
+        if v < (0 if name == "max_queue" else 1):
+            print(f"error: --{name.replace('_', '-')} must be >= 1, got {v}", file=sys.stderr)
+            return 2
+    if a.prefill_chunk & (a.prefill_chunk - 1):
+        print(f"error: --prefill-chunk must be a power of two, got {a.prefill_chunk}", file=sys.stderr)
+        return 2
+    from .serve.server import serve
+
+    return serve(a)
 
 
 def main(argv=None) -> int:

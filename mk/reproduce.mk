@@ -42,17 +42,23 @@ paper-tables: $(STAMP)
 docs: $(STAMP)
 	$(PY) -m paper.doc_numbers
 
+# SOURCE_DATE_EPOCH + FORCE_SOURCE_DATE: the PDF's dates and ID are fixed, so the same inputs give the same
+# bytes; paper/main.inputs.json then records what it was built from (the results audit compares it).
 paper: paper-tables docs
 	@if [ -n "$(LATEXMK)" ]; then \
-	  cd paper && latexmk -pdf -interaction=nonstopmode -halt-on-error main.tex >/dev/null \
-	    && echo "[paper] wrote paper/main.pdf" || { echo "[paper] LaTeX failed: see paper/main.log"; exit 1; }; \
+	  (cd paper && SOURCE_DATE_EPOCH=0 FORCE_SOURCE_DATE=1 latexmk -pdf -interaction=nonstopmode -halt-on-error \
+	    main.tex >/dev/null) && echo "[paper] wrote paper/main.pdf" \
+	    || { echo "[paper] LaTeX failed: see paper/main.log"; exit 1; }; \
+	  $(PY) -m paper.pdf_inputs --write; \
 	elif [ -n "$(PDFLATEX)" ]; then \
-	  cd paper && for i in 1 2; do pdflatex -interaction=nonstopmode -halt-on-error main.tex >/dev/null \
-	    || { echo "[paper] LaTeX failed: see paper/main.log"; exit 1; }; done && echo "[paper] wrote paper/main.pdf"; \
+	  (cd paper && for i in 1 2; do SOURCE_DATE_EPOCH=0 FORCE_SOURCE_DATE=1 pdflatex -interaction=nonstopmode \
+	    -halt-on-error main.tex >/dev/null || exit 1; done) && echo "[paper] wrote paper/main.pdf" \
+	    || { echo "[paper] LaTeX failed: see paper/main.log"; exit 1; }; \
+	  $(PY) -m paper.pdf_inputs --write; \
 	else \
 	  echo "[paper] tables written to paper/tables/ (LaTeX and Markdown); no PDF: pdflatex/latexmk not found."; \
 	  echo "[paper] To build paper/main.pdf install a LaTeX toolchain, then run 'make paper' again:"; \
-	  echo "[paper]   Debian/Ubuntu: sudo apt-get install texlive-latex-base texlive-latex-recommended lmodern latexmk"; \
-	  echo "[paper]                  (texlive-latex-extra is not needed)"; \
-	  echo "[paper]   elsewhere:     any TeX Live / MiKTeX with booktabs, graphicx, array, float, hyperref and lmodern";\
+	  echo "[paper]   Debian/Ubuntu: sudo apt-get install texlive-latex-base texlive-latex-recommended texlive-fonts-recommended latexmk"; \
+	  echo "[paper]   others (Fedora, macOS): docs/artifact_evaluation.md, Requirements"; \
+	  echo "[paper]   the committed paper/main.pdf stays as it is (make results-audit says whether it is current)"; \
 	fi

@@ -14,6 +14,9 @@ HEAD's (``git diff --quiet SHA HEAD -- NUMERICS_CODE``).  A file is
   dirty    if a block says the tree was dirty (or does not say: ``dirty`` missing),
   machine  if a block's machine is not the majority machine over all files (or is not recorded).
 
+One more row is the committed ``paper/main.pdf``: stale when a result it cites, or a file LaTeX reads,
+changed since it was built (``paper/pdf_inputs.py`` compares ``paper/main.inputs.json``).
+
 The producer's own code (the map's ``code`` paths, paper/results_map.yaml) is shown for information:
 a change there (an experiment driver, a table layout) may or may not change the numbers.  So is what
 uses each file: the figures whose caption lists it (figures/out/*.caption.md), the tables that name
@@ -151,6 +154,12 @@ def usage_index(root: Path) -> list[tuple[str, Any]]:
     spec = yaml.safe_load(reg.read_text()) if reg.exists() else {}
     globs = {name: e.get("file") for sect in ("numbers", "blocks") for name, e in (spec.get(sect) or {}).items()
              if isinstance(e, dict) and e.get("file")}
+    main_tex = root / "paper" / "main.tex"
+    if main_tex.exists():          # the paper: the sources of its \val numbers, and its appendix's files
+        from . import pdf_inputs
+
+        cited = set(pdf_inputs.cited_results(root))
+        users.append(("paper/main.tex", lambda rel, c=cited: rel in c))
     for g in ("README.md", "reference/README.md", "docs/*.md"):
         for f in sorted(root.glob(g)):
             text = f.read_text()
@@ -231,7 +240,27 @@ def audit(root: Path = REPO, files: list[Path] | None = None, producers: Any = N
             other = sorted({str(m) for m in a.machines if m != majority})
             if other:
                 a.problems.append("machine: " + ", ".join("not recorded" if m == "None" else m for m in other))
+    pdf = pdf_audit(root, git)
+    if pdf is not None:
+        audits.append(pdf)
     return audits, majority
+
+
+def pdf_audit(root: Path, git: Git) -> FileAudit | None:
+    """The committed paper/main.pdf as one more row: stale when a result it cites (or a file LaTeX reads)
+    changed since it was built (paper/pdf_inputs.py, paper/main.inputs.json).  None without a paper."""
+    from . import pdf_inputs
+
+    if not (root / "paper" / "main.tex").exists():
+        return None
+    a = FileAudit(pdf_inputs.PDF, "make paper", [], used_by=["(the report)"])
+    a.problems = pdf_inputs.problems(root)
+    mf = root / pdf_inputs.MANIFEST
+    sha = json.loads(mf.read_text()).get("built_at_git") if mf.exists() else None
+    if sha:
+        a.shas = [sha]
+        a.behind[sha] = git.behind(sha)
+    return a
 
 
 def _short(where: str) -> str:

@@ -37,7 +37,7 @@ def test_docs_match_their_result_files(reg):
 
 def test_every_registry_entry_is_quoted_and_its_sources_exist(reg):
     text = "".join(p.read_text() for p in dn.docs(REPO))
-    used_n = {m.group("name") for m in dn.SPAN.finditer(text)}
+    used_n = {m.group("name") for m in dn.SPAN.finditer(text)} | set(dn.tex_names((REPO / dn.TEX_DOC).read_text()))
     used_b = {m.group("name") for m in dn.BLOCK.finditer(text)}
     assert used_n <= set(reg["numbers"]), used_n - set(reg["numbers"])
     assert used_b <= set(reg["blocks"]), used_b - set(reg["blocks"])
@@ -61,11 +61,13 @@ def test_no_unsourced_figures_in_the_docs(reg):
 
 def test_allowlist_entries_have_reasons_and_are_still_needed(reg):
     lines = {str(p.relative_to(REPO)): p.read_text().splitlines() for p in dn.docs(REPO)}
+    lines[dn.TEX_DOC] = (REPO / dn.TEX_DOC).read_text().splitlines()
     for a in reg["allow"]:
         assert a.get("reason"), a
-        hits = [ln for doc, ls in lines.items() if a.get("doc") in (None, doc) for ln in ls if a["text"] in ln]
+        hits = [(doc, ln) for doc, ls in lines.items() if a.get("doc") in (None, doc) for ln in ls if a["text"] in ln]
         assert hits, f"allowlist entry matches no line (stale): {a}"
-        assert any(dn.FIGURE_LIKE.search(h) for h in hits), f"allowlist entry covers no figure-like number: {a}"
+        assert any(dn.unsourced_tex(h) if doc == dn.TEX_DOC else dn.FIGURE_LIKE.search(h) for doc, h in hits), \
+            f"allowlist entry covers no figure-like number: {a}"
 
 
 # ------------------------------------------------------------------------------ the mechanism itself
@@ -139,3 +141,46 @@ def test_scanner_flags_quoted_runtimes_outside_spans():
             "```\nmake x  # 3 min\n```\n")
     found = [m for _, m, _ in dn.unsourced(text)]
     assert found == ["12.9 min", "74.7 tok/s", "63.1 GB/s", "193×", "7.2e-7"], found
+
+
+# ------------------------------------------------------------------ the paper: \val{NAME} -> paper/numbers.tex
+def _tex_root(tmp_path: Path, tex: str, committed: str | None) -> tuple[Path, dict]:
+    root, reg = _root(tmp_path, "", RESULT, {"numbers": {
+        "tok": {"file": "results/x/run.json", "records": {"metric": "decode_tokens_per_s", "dtype": "float32"},
+                "fmt": ".1f"},
+        "err": {"file": "results/x/run.json", "records": {"metric": "rel"}, "reduce": "max", "fmt": "e1",
+                "round": "up"}}})
+    (root / "paper").mkdir()
+    (root / "paper" / "main.tex").write_text(tex)
+    if committed is not None:
+        (root / "paper" / "numbers.tex").write_text(committed)
+    return root, reg
+
+
+def test_paper_numbers_follow_the_results(tmp_path):
+    """A \\val in main.tex is rendered into numbers.tex; a result that changes makes the committed file stale."""
+    tex = "decode \\val{tok} tokens/s, error \\val{err}% \\val{gone} is commented out\n"
+    root, reg = _tex_root(tmp_path, tex, None)
+    ((_, (old, new)), ) = [(p, v) for p, v in dn.render_all(root, reg).items() if p.name == "numbers.tex"]
+    assert old == "" and "\\numdef{tok}{74.7}" in new and "\\numdef{err}{\\ensuremath{7.2\\times 10^{-7}}}" in new
+    assert "gone" not in new                                   # a name in a LaTeX comment is not quoted
+    (root / "paper" / "numbers.tex").write_text(new)
+    assert all(o == n for o, n in dn.render_all(root, reg).values())
+    res = json.loads((root / "results" / "x" / "run.json").read_text())
+    res["records"][0]["value"] = 80.06                        # a regenerated result
+    (root / "results" / "x" / "run.json").write_text(json.dumps(res))
+    changed = [p.name for p, (o, n) in dn.render_all(root, reg).items() if o != n]
+    assert changed == ["numbers.tex"]
+
+
+def test_paper_unknown_name_and_tex_escaping(tmp_path):
+    root, reg = _tex_root(tmp_path, "\\val{nothing}\n", "")
+    with pytest.raises(dn.DocNumberError, match="not in the registry"):
+        dn.render_all(root, reg)
+    assert dn.tex_value("AMD_EPYC 50%") == "AMD\\_EPYC 50\\%" and dn.tex_value("1,048,576") == "1,048,576"
+
+
+def test_tex_scanner_flags_numbers_outside_val():
+    text = ("decode at 44.7 tokens/s and 63\\% of the bound; \\val{x} GB/s is fine; \\texttt{12 min} is code\n"
+            "% 9 min in a comment\n$\\times$300 faster\n")
+    assert [m for _, m, _ in dn.unsourced_tex(text)] == ["44.7 tokens/s", "63%", "×300"]

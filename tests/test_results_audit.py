@@ -108,6 +108,41 @@ def test_strict_exit_status(repo, capsys):
     assert RA.main(["--root", str(root), "--strict"]) == 0
 
 
+def test_the_paper_pdf_is_stale_when_a_result_it_cites_changes(repo):
+    """paper/main.pdf is one more row of the audit: current right after `make paper` recorded its inputs
+    (paper/pdf_inputs.py), stale once a result it quotes (\\val) or a table it includes changes."""
+    from paper import pdf_inputs
+
+    root, _, new = repo
+    (root / "paper" / "doc_numbers.yaml").write_text(
+        "numbers:\n  x.err: {file: results/x/st*.json, key: e}\n  x.ok: {file: results/x/ok.json, key: v}\n")
+    (root / "paper" / "main.tex").write_text("ok \\val{x.ok}\n% \\val{x.err} is commented out\n")
+    (root / "paper" / "numbers.tex").write_text("\\numdef{x.ok}{1}\n")
+    (root / "paper" / "tables").mkdir()
+    (root / "paper" / "tables" / "t.tex").write_text("table\n")
+    for f in (root / "results" / "x").iterdir():               # only the good files: the rest is tested above
+        if f.name not in ("ok.json", "input.json", "records.json"):
+            f.unlink()
+    assert pdf_inputs.cited_results(root) == ["results/x/ok.json"]
+    assert pdf_inputs.problems(root) == ["missing: paper/main.pdf (run `make paper` with LaTeX installed)"]
+    (root / "paper" / "main.pdf").write_bytes(b"%PDF-1.5 built")
+    assert pdf_inputs.main(["--root", str(root), "--write"]) == 0      # what `make paper` runs after LaTeX
+    assert pdf_inputs.problems(root) == []
+    audits, _ = RA.audit(root, numerics=("mamba2_jax/model.py",))
+    pdf = next(a for a in audits if a.path == "paper/main.pdf")
+    assert pdf.problems == [] and "paper/main.tex" in next(a for a in audits if a.path.endswith("ok.json")).used_by
+    assert RA.main(["--root", str(root), "--strict"]) == 0
+    ok = root / "results" / "x" / "ok.json"                    # a regenerated result the paper quotes
+    ok.write_text(ok.read_text().replace("}}", "}, \"v\": 2}"))
+    assert pdf_inputs.problems(root) == ["stale: results/x/ok.json changed since the PDF was built"]
+    assert RA.main(["--root", str(root), "--strict"]) == 1
+    assert pdf_inputs.main(["--root", str(root), "--write"]) == 0 and RA.main(["--root", str(root), "--strict"]) == 0
+    (root / "paper" / "tables" / "u.tex").write_text("a new table\n")     # LaTeX inputs count too
+    (root / "paper" / "main.pdf").write_bytes(b"%PDF-1.5 another")
+    assert pdf_inputs.problems(root) == ["stale: paper/main.pdf is not the PDF recorded in paper/main.inputs.json",
+                                         "stale: paper/tables/u.tex is new since the PDF was built"]
+
+
 # Every committed result comes from a clean tree with HEAD's numerics code on one machine (issue 22).
 # A change to the numerics code (paper/results_audit.py NUMERICS_CODE) must come with regenerated results.
 @pytest.mark.integration

@@ -42,7 +42,8 @@ def _git(*args: str, cwd: Path) -> str | None:
 # there does not make the code differ from the commit.  Without this, the second step of a chain
 # (`make reproduce`, `make regenerate`) would record "dirty" because the first one wrote its results.
 OUTPUT_PATHSPECS = ("results", "figures/out", "paper/tables", "paper/reproduce_summary*",
-                    "paper/regenerate_summary*", "paper/main.pdf", "*.md")
+                    "paper/regenerate_summary*", "paper/main.pdf", "paper/main.inputs.json", "paper/numbers.tex",
+                    "*.md")
 
 
 def git_info(cwd: str | Path | None = None) -> dict[str, Any]:
