@@ -14,6 +14,7 @@ the server is doing (other requests, prefix-cache hits, queueing)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -44,6 +45,7 @@ EOS = 0
 START_TIMEOUT_S = 480                # the server compiles its programs before /health says 200
 API_KEY = "serve-test-key"
 FUZZ_EXAMPLES = 1000
+MAX_QUEUE = 2                        # the second server's --max-queue
 
 PARAGRAPH = (
     "The river town grew up around a wooden bridge built in the twelfth century by monks from the abbey "
@@ -398,6 +400,19 @@ def test_streaming_equals_non_streaming(client, http, oracle):
     assert "".join(c["text"] for ch in chunks for c in ch["choices"]) == plain.choices[0].text
 
 
+def test_incremental_detokenization(client, oracle):
+    # near-uniform sampling emits byte-level tokens that hold part of a UTF-8 character: the text,
+    # streamed or not, is the decode of all the ids, never a character split at a chunk boundary
+    ids = greedy_prompts(oracle.tok)[3]
+    kw = dict(temperature=5.0, seed=11, max_tokens=64, ignore_eos=True)
+    plain = complete(client, ids, **kw)
+    got = token_ids(plain.choices[0])
+    assert any("\ufffd" in oracle.tok.decode([t]) for t in got), "no partial character: choose another seed"
+    assert plain.choices[0].text == oracle.text(got)
+    streamed = [c.text for chunk in complete(client, ids, stream=True, **kw) for c in chunk.choices]
+    assert "".join(streamed) == plain.choices[0].text
+
+
 # ------------------------------------------------------------------------------ concurrency and batch invariance
 SAMPLED = [  # (settings, seed): every sampling knob, each request with its own
     (dict(temperature=0.8), 1234),
@@ -704,7 +719,7 @@ def test_fuzz_malformed_requests(server, http, client, oracle):
 def keyed_server(server, tmp_path_factory, cache_dir):
     # started after the first one has filled the compilation cache: it compiles nothing
     srv = launch(tmp_path_factory.mktemp("serve-keyed") / "server.log", cache_dir, "--model", str(EMBEDDED),
-                 "--api-key", API_KEY, "--served-model-name", "tiny")
+                 "--api-key", API_KEY, "--served-model-name", "tiny", "--max-queue", str(MAX_QUEUE))
     try:
         wait_ready(srv)
         yield srv
@@ -730,6 +745,37 @@ def test_api_key(keyed_server, oracle):
     assert [m.id for m in good.models.list().data] == ["tiny"]
     ids = greedy_prompts(oracle.tok)[3]
     check_greedy(complete(good, ids, model="tiny"), oracle, ids, what="with the right key")
+
+
+def test_queue_full_429(keyed_server):
+    import httpx2
+
+    def gauge(name: str) -> float:
+        return scrape(keyed_server).get(name)
+
+    body = {"model": "tiny", "max_tokens": 30_000, "ignore_eos": True, "temperature": 0, "stream": True}
+    with contextlib.ExitStack() as held:
+        c = held.enter_context(httpx2.Client(base_url=keyed_server.url(), timeout=60,
+                                             headers={"Authorization": f"Bearer {API_KEY}"}))
+
+        def hold_stream(i: int):
+            r = held.enter_context(c.stream("POST", "/v1/completions", json={**body, "prompt": unique_ids(300 + i, 5)}))
+            assert r.status_code == 200, (i, r.status_code, r.read()[:300])
+
+        # a burst of as many requests as slots on an idle server: free slots, so none is refused
+        with ThreadPoolExecutor(SLOTS) as pool:
+            list(pool.map(hold_stream, range(SLOTS)))
+        wait_until(lambda: gauge("mamba2_slots_busy") == SLOTS, 30, "every slot busy")
+        for i in range(MAX_QUEUE):
+            hold_stream(SLOTS + i)
+        wait_until(lambda: gauge("mamba2_queue_depth") == MAX_QUEUE, 10, "the queue full")
+        r = c.post("/v1/completions", json={**body, "stream": False, "prompt": [5], "max_tokens": 2})
+        assert r.status_code == 429, (r.status_code, r.text)
+        assert int(r.headers["retry-after"]) >= 1
+        assert_error(r, None, "queue full")
+    # every stream closed: the waiting requests leave the queue and the slots are freed
+    wait_until(lambda: gauge("mamba2_slots_busy") == 0 and gauge("mamba2_queue_depth") == 0, 10,
+               "slots and queue empty after the clients left")
 
 
 def test_sigterm_during_stream(keyed_server):
