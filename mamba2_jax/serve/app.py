@@ -52,6 +52,8 @@ class ApiError(Exception):
                                        "code": self.code}}, status_code=self.status, headers=self.headers)
 
 
+_DISCONNECT_POLL_S = 0.5  # a non-streaming request checks this often whether its client is still there
+
 _UNSUPPORTED = {"echo": False, "best_of": None, "logprobs": None, "suffix": None, "logit_bias": None,
                 "presence_penalty": 0, "frequency_penalty": 0}
 
@@ -346,8 +348,18 @@ def create_app(engine: Engine, tokenizer, cfg: ServeConfig, metrics: ServeMetric
         if not comp.stream:
             pending, error = len(choices), None
             try:
+                next_check = loop.time() + _DISCONNECT_POLL_S
                 while pending:
-                    i, kind, payload = await events.get()
+                    try:
+                        i, kind, payload = await asyncio.wait_for(events.get(), _DISCONNECT_POLL_S)
+                    except asyncio.TimeoutError:  # waiting for a slot, or a slow step
+                        i = None
+                    if loop.time() >= next_check:
+                        next_check = loop.time() + _DISCONNECT_POLL_S
+                        if await request.is_disconnected():  # the client gave up: free its slots (below)
+                            return Response(status_code=499)
+                    if i is None:
+                        continue
                     ch = choices[i]
                     if kind == "tokens":
                         ch.on_tokens(payload)
