@@ -46,6 +46,7 @@ START_TIMEOUT_S = 480                # the server compiles its programs before /
 API_KEY = "serve-test-key"
 FUZZ_EXAMPLES = 1000
 MAX_QUEUE = 2                        # the second server's --max-queue
+PREFILL_CHUNK = 64                   # the first server's --prefill-chunk: the 300-token prompt takes 5 chunks
 
 PARAGRAPH = (
     "The river town grew up around a wooden bridge built in the twelfth century by monks from the abbey "
@@ -204,7 +205,8 @@ def oracle() -> Oracle:
 @pytest.fixture(scope="module")
 def server(request, tmp_path_factory, cache_dir):
     serve_module_or_skip()
-    srv = launch(tmp_path_factory.mktemp("serve") / "server.log", cache_dir)  # no --model: the embedded model
+    # no --model: the embedded model
+    srv = launch(tmp_path_factory.mktemp("serve") / "server.log", cache_dir, "--prefill-chunk", str(PREFILL_CHUNK))
     try:
         request.getfixturevalue("oracle")  # compile the independent Generator while the server warms up
         wait_ready(srv)
@@ -356,13 +358,27 @@ def test_completion(client, oracle):
 
 def test_stop_string(client, oracle):
     ids = greedy_prompts(oracle.tok)[5]
-    full = oracle.text(oracle.greedy(ids))
+    want = oracle.greedy(ids)
+    full = oracle.text(want)
     stop = full[len(full) // 2:][:4]
     if len(full) < 8 or not stop.strip():
         pytest.skip(f"the greedy text {full!r} is too short or blank to cut with a stop string")
-    r = complete(client, ids, stop=[stop, "\u2603never\u2603"])
-    assert r.choices[0].text == full[: full.index(stop)]
-    assert r.choices[0].finish_reason == "stop"
+    # the completion ends with the token that completes the stop string; its text ends before the stop
+    n = next(k for k in range(1, len(want) + 1) if stop in oracle.text(want[:k]))
+    stops = [stop, "\u2603never\u2603"]
+    r = complete(client, ids, stop=stops)
+    (c,) = r.choices
+    assert (c.text, c.finish_reason) == (full[: full.index(stop)], "stop")
+    assert token_ids(c) == want[:n], f"tokens past the stop string: {token_ids(c)} (stop completed by {want[:n]})"
+    assert r.usage.completion_tokens == n
+    text, got, finish, usage = "", [], [], None
+    for chunk in complete(client, ids, stop=stops, stream=True, stream_options={"include_usage": True}):
+        for c in chunk.choices:
+            text += c.text
+            got += token_ids(c)
+            finish += [c.finish_reason] if c.finish_reason else []
+        usage = chunk.usage or usage
+    assert (text, finish, got, usage.completion_tokens) == (full[: full.index(stop)], ["stop"], want[:n], n)
 
 
 def test_streaming_equals_non_streaming(client, http, oracle):
@@ -484,9 +500,17 @@ def test_prefix_cache_hit_equals_miss(client, server, oracle):
     assert len(p) <= cached < len(turn), again.usage
     # the same prompt again: whatever it restores, the tokens are the same
     check_greedy(complete(client, p_extra), oracle, p_extra, what="P + extra again")
+    # a long prompt is snapshotted at every block (--prefill-chunk) boundary as well: a prompt that
+    # shares its first 150 tokens restores the state after the second block
+    long = unique_ids(8, 150)
+    check_greedy(complete(client, long), oracle, long, what="a 150-token prompt (a miss)")
+    branch = long[:150 - 10] + unique_ids(9, 10)
+    r = complete(client, branch)
+    check_greedy(r, oracle, branch, what="the same first 140 tokens, then others (a block hit)")
+    assert r.usage.prompt_tokens_details.cached_tokens == 2 * PREFILL_CHUNK, r.usage
 
     m1 = scrape(server)
-    assert m1.get("mamba2_prefix_cache_hits_total") - m0.get("mamba2_prefix_cache_hits_total") >= 2
+    assert m1.get("mamba2_prefix_cache_hits_total") - m0.get("mamba2_prefix_cache_hits_total") >= 3
     assert m1.get("mamba2_prefix_cache_misses_total") - m0.get("mamba2_prefix_cache_misses_total") >= 1
     assert m1.get("mamba2_prefix_cache_hit_tokens_total") - m0.get("mamba2_prefix_cache_hit_tokens_total") \
         >= len(p) + cached
@@ -512,6 +536,22 @@ def test_client_disconnect_frees_slot(server, http, client, oracle):
                "requests_total{outcome=aborted} counts the disconnect")
     ids = greedy_prompts(oracle.tok)[4]
     check_greedy(complete(client, ids), oracle, ids, what="after the disconnect")
+
+
+def test_client_timeout_frees_slot(server, oracle, client):
+    # a non-streaming client that gives up (its read timeout) goes away as well: its slot is freed
+    import httpx2
+
+    wait_until(lambda: scrape(server).get("mamba2_slots_busy") == 0, 30, "slots idle before the test")
+    aborted0 = scrape(server).get("mamba2_requests_total", outcome="aborted")
+    body = {"model": NAME, "prompt": unique_ids(6, 9), "max_tokens": 30_000, "ignore_eos": True, "temperature": 0}
+    with pytest.raises(httpx2.TimeoutException):
+        httpx2.post(server.url("/v1/completions"), json=body, timeout=httpx2.Timeout(60, read=1.0))
+    wait_until(lambda: scrape(server).get("mamba2_slots_busy") == 0, 5, "the slot freed after the client left")
+    wait_until(lambda: scrape(server).get("mamba2_requests_total", outcome="aborted") == aborted0 + 1, 5,
+               "requests_total{outcome=aborted} counts the client that left")
+    ids = greedy_prompts(oracle.tok)[0]
+    check_greedy(complete(client, ids), oracle, ids, what="after the client left")
 
 
 # ------------------------------------------------------------------------------ bad input
@@ -719,7 +759,8 @@ def test_fuzz_malformed_requests(server, http, client, oracle):
 def keyed_server(server, tmp_path_factory, cache_dir):
     # started after the first one has filled the compilation cache: it compiles nothing
     srv = launch(tmp_path_factory.mktemp("serve-keyed") / "server.log", cache_dir, "--model", str(EMBEDDED),
-                 "--api-key", API_KEY, "--served-model-name", "tiny", "--max-queue", str(MAX_QUEUE))
+                 "--api-key", API_KEY, "--served-model-name", "tiny", "--max-queue", str(MAX_QUEUE),
+                 "--prefill-chunk", str(PREFILL_CHUNK))
     try:
         wait_ready(srv)
         yield srv
