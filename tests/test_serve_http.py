@@ -2,11 +2,12 @@
 section 4; the contract is the issue's and docs/serving.md's).
 
 One server process serves the module: ``python -m mamba2_jax.cli serve`` on the embedded model with
-4 slots, on a free port, started by a module fixture that waits for ``/health`` and SIGTERMs it at
-the end (exit code 0).  It is driven with the official ``openai`` client (and ``httpx2``, the HTTP
-library under it, where raw bytes or a dropped connection are the point).  A second, small server
-(``--api-key``) serves the key tests and the SIGTERM-during-a-stream test; both share a JAX
-compilation cache in the module's temporary directory, so the second one compiles nothing.
+4 slots and ``--prefill-chunk 64``, on a free port, started by a module fixture that waits for
+``/health`` and SIGTERMs it at the end (exit code 0).  It is driven with the official ``openai``
+client (and ``httpx2``, the HTTP library under it, where raw bytes or a dropped connection are the
+point).  A second, small server (``--api-key``, ``--max-queue 2``) serves the key, full-queue and
+SIGTERM-during-a-stream tests; both share a JAX compilation cache in the module's temporary
+directory, so the second one compiles nothing.
 
 The independent computation is ``Generator(model, eos_id=0).generate([ids], max_tokens)`` in this
 process, on the same checkpoint at float32: every greedy row over HTTP must equal it, whatever else
