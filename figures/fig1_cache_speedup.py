@@ -85,7 +85,8 @@ def build(results: Path) -> style.Figure:
                      label=f"paper: {paper_lo:g}-{paper_hi:g}x at {paper_ctx} ({paper_dev}, reported)")
     ax1.legend(handles=run_handles + [paper_h], loc="best")
     single = per_run and max(per_run) == 1
-    runs_note = ("Each run measured one context: points are separate runs, not a trend." if single else "Lines join the contexts of one run.")
+    runs_note = ("Each run measured one context: points are separate runs, not a trend." if single
+                 else "Lines join the contexts of one run.")
     if single:
         ax1.text(0.02, 0.02, "one context per run: not a trend", transform=ax1.transAxes, fontsize=7,
                  color="#555555", va="bottom")
