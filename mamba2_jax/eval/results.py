@@ -215,7 +215,8 @@ def bench_to_tidy(doc: dict[str, Any], experiment: str) -> dict[str, Any]:
         # achieved FLOP/s from the analytic count the run recorded with the matmul bound (total_flops, the
         # same eval/flops.py count the throughput experiment uses), over the same median time; MFU against
         # the peak the run measured at its start (hardware profile), as the throughput experiment does
-        peak = (((doc.get("hardware") or {}).get("profile") or {}).get("peak") or {}).get(base)
+        peaks = (((doc.get("hardware") or {}).get("profile") or {}).get("peak") or {})
+        peak, peak_bf16 = peaks.get(base), peaks.get("bfloat16")
 
         def flop_rate(r):
             f = find("prefill_matmul_fraction", length=r.get("length"))
@@ -223,6 +224,7 @@ def bench_to_tidy(doc: dict[str, Any], experiment: str) -> dict[str, Any]:
                 return {"flops": None, "tflops": None, "mfu": None}
             rate = f["total_flops"] / r["median_s"]
             return {"flops": f["total_flops"], "tflops": rate / 1e12, "mfu": rate / peak if peak else None,
+                    "mfu_vs_bf16_peak": rate / peak_bf16 if peak_bf16 else None,
                     "peak_flops": peak, "peak_note": f"{base} matmul measured at run start" if peak else None}
 
         out = [{**common, "model": r.get("model"), "kind": "prefill", "length": int(r["length"]),
