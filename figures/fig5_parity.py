@@ -104,8 +104,7 @@ def build(results: Path) -> style.Figure:
                 grid[i, j] = g.get("matched_prefix", g.get("n_match_positions"))
                 n_steps[i, j] = g.get("n") or n_new
     # colour: the fraction of that run's own steps (4/4 is as green as 64/64; the scale was 0..64)
-    cmap = plt.get_cmap("RdYlGn").copy()
-    cmap.set_bad("#f2f2f2")
+    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="#f2f2f2")
     im = ax1.imshow(100 * grid / n_steps, cmap=cmap, vmin=0, vmax=100, aspect="auto")
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
