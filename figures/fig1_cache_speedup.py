@@ -17,10 +17,9 @@ from . import style
 NAME = "fig1_cache_speedup"
 TITLE = "cached decode vs full-prefix recompute"
 DESCRIPTION = """
-    (a) ms per generated token of the compiled cached decode loop (solid) and of a full last-position prefill
-    over the whole prefix (dashed), per model, vs context length. (b) speedup = recompute ms / cached ms; the
-    headline context is annotated. The grey bar is the range the paper reports ({display} on one {device},
-    {n_paper} checkpoints, {cite}); it is a reference mark, not a measurement on this device."""
+    (a) ms per token, cached decode (filled) and whole-prefix recompute (open); marker shape is the run.
+    (b) speedup, recompute / cached. {runs_note} Grey: the paper's range ({display}, {device}), a reference
+    mark, not measured here."""
 NOTES = ["Speedups measured on a CPU are not comparable with the paper's {device} numbers "
          "(see paper/tables/comparison.md).",
          "Timings are medians of alternating repetitions (experiments/cache_speedup.py)."]
@@ -39,6 +38,7 @@ def build(results: Path) -> style.Figure:
     contexts, speedups = set(), []
     run_handles = []
     labels = []     # (context, speedup, colour) of the headline points
+    per_run = []    # contexts of each run: points of different runs are not joined into a trend
     for i, (_, d) in enumerate(docs):
         ls, mk = style.run_legend(docs, i, run_handles)
         for m in models:
@@ -50,6 +50,7 @@ def build(results: Path) -> style.Figure:
             ax0.plot(x, [r["recompute_ms_per_token"] for r in recs], color=colors[m], ls="--", marker=mk, mfc="white")
             ax0.plot(x, [r["cached_ms_per_token"] for r in recs], color=colors[m], ls="-", marker=mk)
             ax1.plot(x, [r["speedup"] for r in recs], color=colors[m], ls=ls, marker=mk)
+            per_run.append(len(x))
             speedups += [r["speedup"] for r in recs]
             labels += [(r["context"], r["speedup"], colors[m]) for r in recs if r.get("headline")]
     # labels at one context in the order of their values (highest on top), 11 points apart: models
@@ -77,13 +78,19 @@ def build(results: Path) -> style.Figure:
     ax1.set_ylabel("speedup (recompute / cached)")
     ax1.set_title("(b) cached-decode speedup")
     model_handles = style.model_handles(models, colors)
-    kind_handles = [Line2D([], [], color="#555555", ls="-", label="cached decode"),
-                    Line2D([], [], color="#555555", ls="--", marker="o", mfc="white", label="full recompute")]
+    kind_handles = [Line2D([], [], color="#555555", ls="-", marker="o", label="cached decode (filled)"),
+                    Line2D([], [], color="#555555", ls="--", marker="o", mfc="white", label="full recompute (open)")]
     ax0.legend(handles=model_handles + kind_handles, loc="best")
     paper_h = Line2D([], [], color=style.REFERENCE_GREY, lw=6, alpha=0.6,
                      label=f"paper: {paper_lo:g}-{paper_hi:g}x at {paper_ctx} ({paper_dev}, reported)")
     ax1.legend(handles=run_handles + [paper_h], loc="best")
-    words = {"display": claim["display"], "device": paper_dev, "cite": reported.cite(claim),
+    single = per_run and max(per_run) == 1
+    runs_note = ("Each run measured one context: points are separate runs, not a trend." if single
+                 else "Lines join the contexts of one run.")
+    if single:
+        ax1.text(0.02, 0.02, "one context per run: not a trend", transform=ax1.transAxes, fontsize=7,
+                 color="#555555", va="bottom")
+    words = {"runs_note": runs_note, "display": claim["display"], "device": paper_dev, "cite": reported.cite(claim),
              "n_paper": reported.count_word(len(reported.paper_models()))}
     return style.Figure(fig, NAME, TITLE, style.prose(DESCRIPTION, **words), style.bench_provenance_lines(docs),
                         [n.format(**words) for n in NOTES], style.bench_footer(docs))

@@ -61,7 +61,9 @@ def build(results: Path) -> style.Figure:
     lo, hi = ax1.get_ylim()
     ax1.set_ylim(min(lo, 0.5), max(hi, 1.5))
     ax0.legend(handles=style.model_handles(models, colors), loc="best")
-    ax1.legend(handles=run_handles, loc="upper left")
+    # long handles: at the default length the marker hides the dashes and every run looked solid
+    ax1.legend(handles=run_handles, loc="upper left", handlelength=4.5, title="run (line style, marker)",
+               title_fontsize=7.5)
     description = style.prose(DESCRIPTION, device=reported.device_name(claim), cite=reported.cite(claim))
     return style.Figure(fig, NAME, TITLE, description, style.bench_provenance_lines(docs), spreads,
                         style.bench_footer(docs))

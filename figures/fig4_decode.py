@@ -44,7 +44,8 @@ def build(results: Path) -> style.Figure:
                        ytop=max(tps.values()) * (1.35 + 0.12 * len(series))),   # headroom for labels + legend
         style.BarPanel(hbu, ann_h, "HBU (% of memory bandwidth)", "(b) bandwidth utilisation",
                        ytop=max(list(hbu.values()) + [paper_hbu, 100]) * (1.1 + 0.1 * len(series)),
-                       reference=paper_hbu, reference_label=f"paper: {claim['display']} ({paper_dev}, reported)")])
+                       reference=paper_hbu, reference_label=f"paper: {claim['display']} ({paper_dev}, reported)",
+                       labels_inside=True)])     # the paper's line sits at the bars' height
     return style.Figure(fig, NAME, TITLE, style.prose(DESCRIPTION, hbu=paper_hbu, device=paper_dev),
                         style.bench_provenance_lines(docs), sorted(bw) + [NOTE], style.bench_footer(docs))
 

@@ -15,11 +15,10 @@ from . import style
 NAME = "fig5_parity"
 TITLE = "parity with mamba_ssm v2.2.2 / HF transformers"
 DESCRIPTION = """
-    (a) per layer, the worst over prompts of max|JAX - reference| / max|reference| for the residual-stream hidden
-    states (star: final logits), per model (colour) and reference backend (line style). Dashed: the project's
-    tolerance; dotted: float32 unit roundoff. (b) for every prompt, how many of the greedy continuation tokens are
-    identical before the first divergence (the paper: {steps}/{steps} identical against the PyTorch/CUDA
-    reference)."""
+    (a) per layer, the worst over prompts of max|JAX - ref| / max|ref| of the hidden states (star: logits), per
+    model (colour) and reference (line style); dashed: tolerance; dotted: float32 unit roundoff. (b) greedy
+    tokens identical before the first divergence, coloured by share of the run's steps; grey: prompt not run
+    (paper: {steps}/{steps})."""
 NOTE = "Results from synthetic (random-init) weights test the implementation, not the paper's checkpoints."
 FP32_EPS = 2.0 ** -23     # float32 unit roundoff (spacing at 1.0 is 2^-23)
 BACKEND_STYLE = {"mamba_ssm_ref_cpu": ("-", "o"), "transformers": ("--", "s"), "mamba_ssm_triton": (":", "^"),
@@ -36,6 +35,12 @@ def precision_of(d) -> str:
     j = d.get("jax") or {}
     return (f"JAX {j.get('param_dtype')} params (stored {j.get('stored_dtype')}), matmul precision "
             f"{j.get('matmul_precision')}")
+
+
+def hidden_text(d) -> str:
+    """The worst hidden-state error, or why there is none (llama.cpp returns logits only)."""
+    v = (d.get("hidden_worst") or {}).get("max_rel")
+    return "n/a (reference returns logits only)" if v is None or v != v else f"{v:.2e}"
 
 
 def name_of(d) -> str:
@@ -98,10 +103,14 @@ def build(results: Path) -> style.Figure:
             if g:
                 grid[i, j] = g.get("matched_prefix", g.get("n_match_positions"))
                 n_steps[i, j] = g.get("n") or n_new
-    im = ax1.imshow(grid / n_steps * n_new, cmap="RdYlGn", vmin=0, vmax=n_new, aspect="auto")
+    # colour: the fraction of that run's own steps (4/4 is as green as 64/64; the scale was 0..64)
+    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="#f2f2f2")
+    im = ax1.imshow(100 * grid / n_steps, cmap=cmap, vmin=0, vmax=100, aspect="auto")
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
-            if not np.isnan(grid[i, j]):
+            if np.isnan(grid[i, j]):
+                ax1.text(j, i, "-", ha="center", va="center", fontsize=6.5, color="#999999")   # not run
+            else:
                 txt = f"{int(grid[i, j])}" if n_steps[i, j] == n_new else f"{int(grid[i, j])}/{int(n_steps[i, j])}"
                 ax1.text(j, i, txt, ha="center", va="center", fontsize=6.5)
     ax1.set_xticks(range(len(prompts)))
@@ -109,9 +118,10 @@ def build(results: Path) -> style.Figure:
     ax1.set_yticks(range(len(pairs)))
     ax1.set_yticklabels([f"{m} vs {b}" for m, b, _ in pairs], fontsize=6.5)  # one line each: two overprint
     ax1.grid(False)
-    ax1.set_title(f"(b) greedy tokens identical before first divergence (of {n_new})")
+    ax1.set_title(f"(b) greedy tokens identical before first divergence (grey: not run; of {n_new} unless a/b)",
+                  fontsize=9)
     cb = fig.colorbar(im, ax=ax1, fraction=0.04, pad=0.02)
-    cb.set_label("matched prefix (a/b: of b steps)")
+    cb.set_label("% of the run's greedy steps identical\n(cell: count; a/b: a of b steps)")
     prov_lines = []
     for p, d in docs:
         g = d["greedy_summary"]
@@ -119,7 +129,7 @@ def build(results: Path) -> style.Figure:
             f"- `{report.rel(p)}`: {d['model']} vs {d['reference']['backend']}; {device_of(d)}; {precision_of(d)}; "
             f"{report.parity_weights(d)}; label {d.get('label')}; git {report.short_sha(d.get('provenance'))}; "
             f"{(d.get('provenance') or {}).get('date_utc')}; "
-            f"hidden max_rel {d['hidden_worst'].get('max_rel', float('nan')):.2e}, "
+            f"hidden max_rel {hidden_text(d)}, "
             f"greedy {g['tokens_matching_total']}/{g['tokens_total']} tokens, pass={d.get('pass')}")
     summary = style.footer_text((device_of(d), precision_of(d), report.parity_weights(d)) for _, d in docs)
     return style.Figure(fig, NAME, TITLE, style.prose(DESCRIPTION, steps=steps), prov_lines, [NOTE], summary)

@@ -74,17 +74,19 @@ def build(results: Path) -> style.Figure:
         lo = lo / 20      # room on the left for the labels
         ax0.set_xlim(lo, hi)
         ax0.set_ylim(lo, hi)
-        placed: list[float] = []
-        for label, _, d, metric, ref in sorted(rows, key=lambda row: (row[2]["backends"].get(row[4]) or {})
-                                               .get(row[3]) or 0.0):
-            r = (d["backends"].get(ref) or {}).get(metric)
-            if r is not None:   # label above-left of the y = x line: points sit on it, text does not
-                # labels of nearby points (within x1.6) are stacked, not printed over each other
-                near = sum(1 for q in placed if abs(np.log10(q / r)) < 0.2)
-                placed.append(r)
-                ax0.annotate(label.replace("\n", " ") + f": {r:.6g}",
-                             (r, r), textcoords="offset points", xytext=(-7, 5 + 9 * near), fontsize=6.5,
-                             color="#333333", ha="right", va="bottom")
+        # labels in a column at the left (the empty side of y = x), each at least a line apart, joined to its
+        # point by a thin leader: labels of points at nearby perplexities were printed over each other
+        pts = sorted(((label, (d["backends"].get(ref) or {}).get(metric)) for label, _, d, metric, ref in rows),
+                     key=lambda lr: lr[1] or 0.0)
+        pts = [(lab, r) for lab, r in pts if r is not None]
+        # from the top down, evenly spaced, the largest perplexity first
+        gap = min(0.075, 0.6 / max(len(pts), 1))
+        for i, (label, r) in enumerate(reversed(pts)):
+            y = 0.93 - i * gap
+            ax0.annotate(label.replace("\n", " ") + f": {r:.6g}", (r, r), xytext=(0.02, y),
+                         textcoords="axes fraction", fontsize=6.5, color="#333333", ha="left", va="center",
+                         arrowprops={"arrowstyle": "-", "color": "#aaaaaa", "lw": 0.6, "shrinkB": 4,
+                                     "relpos": (1.0, 0.5)})
     ax0.set_xscale("log")
     ax0.set_yscale("log")
     refs = sorted({r[4] for r in rows if r[4]})

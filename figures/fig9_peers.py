@@ -7,8 +7,11 @@ lower-precision rows).  One figure per newest peers document that has per-task r
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
+
+from matplotlib.ticker import LogLocator
 
 from mamba2_jax.eval.results import load_results
 
@@ -17,12 +20,18 @@ from . import style
 NAME = "fig9_peers"
 TITLE = "CPU peers: prefill, decode and batched decode, one alternating run"
 DESCRIPTION = """
-    Median tokens/s over the rounds of one run in which every peer (this project; mamba2-jax 1.1.2; HF
-    transformers, torch eager; llama.cpp through its C API) ran all its tasks in turn on the same random weights.
-    (a) prefill at each prompt length, with the logits of every position ("full") or of the last one ("last");
-    mamba2-jax 1.1.2 always computes full logits. (b) decode at batch 1 after a 128-token prompt, and batched decode
-    (tokens/s over all rows) at each batch size. Hatched bars are lower precision (this project in bf16; llama.cpp
-    GGUF f16 / bf16 / q8_0): shown, never ranked against fp32."""
+    Median tokens/s of every peer, alternated in one run on the same random weights. (a) prefill per prompt
+    length, logits of every position ("full") or the last ("last"); (b) decode at batch 1 and batched decode
+    (all rows). Hatched: lower precision, never ranked. Grey x: a task that peer does not run (the notes say
+    why)."""
+# why a peer has no bar in a slot: the tasks its runner lists at setup (experiments/peers_runners/*.py)
+NOT_RUN = {
+    ("mamba2_jax_1_1_2", "prefill"): "its API has no last-position option: every prefill computes full logits",
+    ("mamba2_jax_1_1_2", "batched"): "its runner has no batched decode (a Python decode loop at batch 1)",
+    ("hf_transformers", "batched"): "its runner times batch-1 decode only",
+    ("llama_cpp", "prefill"): "the lower-precision GGUFs run last-position prefill at the first length only",
+    ("ours", "decode"): "bf16 runs batched decode only (peers.batch_dtypes); batch 1 is the batched b=1 bar",
+}
 
 PEER_ORDER = ["ours", "llama_cpp", "hf_transformers", "mamba2_jax_1_1_2"]
 HATCH = {"bf16": "//", "f16": "\\\\", "q8_0": "xx"}  # lower-precision variants, one pattern each
@@ -59,13 +68,15 @@ def _label(r) -> str:
     return f"batched\nb={r.get('batch')}"
 
 
-def _bars(ax, series, title):
+def _bars(ax, series, title, log=True):
+    """Grouped bars; a slot a peer does not run gets a grey x at the axis base.  Returns the empty slots
+    as (peer, variant, category)."""
     import numpy as np
 
     cats = list(dict.fromkeys(c for s in series.values() for c in s))
     keys = sorted(series, key=lambda k: (PEER_ORDER.index(k[0]) if k[0] in PEER_ORDER else 9, k[2], k[1]))
     w = 0.8 / max(1, len(keys))
-    colors = {}
+    colors, empty = {}, []
     for i, k in enumerate(keys):
         peer, variant, lowp = k
         col = colors.setdefault(peer, style.PALETTE[len(colors) % len(style.PALETTE)])
@@ -74,12 +85,36 @@ def _bars(ax, series, title):
         hatch = HATCH.get(variant.removeprefix("gguf-"), "..") if lowp else None
         ax.bar(x, y, w, label=f"{PEER_LABEL.get(peer, peer)} {variant}" + (" (lower precision)" if lowp else ""),
                color=col, hatch=hatch, edgecolor="black" if lowp else None, lw=0.3)
+        gaps = [(xx, c) for xx, c, v in zip(x, cats, y, strict=True) if np.isnan(v)]
+        if gaps:
+            ax.plot([g[0] for g in gaps], [0.03] * len(gaps), ls="none", marker="x", ms=4, color="#888888",
+                    transform=ax.get_xaxis_transform(), label="not run by that peer (see notes)")
+        empty += [(peer, variant, c) for _, c in gaps]
     ax.set_xticks(np.arange(len(cats)))
     ax.set_xticklabels(cats, fontsize=7)
-    ax.set_yscale("log")
-    style.plain_log(ax)
-    ax.set_ylabel("tokens/s (median)")
+    vals = [v for s in series.values() for v in s.values()]
+    if log:
+        # the base at the decade below the smallest bar, ticks at 1-2-5: the axis had two ticks and bars
+        # rising from an arbitrary cut
+        ax.set_yscale("log")
+        ax.set_ylim(10 ** math.floor(math.log10(min(vals))), max(vals) * 1.5)
+        style.plain_log(ax)
+        ax.yaxis.set_minor_locator(LogLocator(base=10, subs="auto"))
+    else:
+        ax.set_ylim(0, max(vals) * 1.12)
+    ax.set_ylabel("tokens/s (median" + (", log axis)" if log else ")"))
     ax.set_title(title)
+    return empty
+
+
+def _gap_notes(empty) -> list[str]:
+    """One note per (peer, kind) without bars: which slots, and why (NOT_RUN)."""
+    by: dict = {}
+    for peer, variant, cat in empty:
+        kind = "prefill" if cat.startswith("L=") else "decode" if cat.startswith("decode") else "batched"
+        by.setdefault((peer, kind), []).append(f"{variant} {cat.replace(chr(10), ' ')}")
+    return [f"Not run: {PEER_LABEL.get(p, p)}, {', '.join(v)}: {NOT_RUN.get((p, k), 'not in its task list')}."
+            for (p, k), v in by.items()]
 
 
 def build(results: Path) -> style.Figure:
@@ -94,17 +129,23 @@ def build(results: Path) -> style.Figure:
     grid = fig.add_gridspec(2, 2, height_ratios=[1, 6])
     ax_legend, ax0, ax1 = fig.add_subplot(grid[0, :]), fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])
     recs = d["records"]
-    _bars(ax0, _series(recs, lambda r: r.get("kind") == "prefill"), "(a) prefill")
-    _bars(ax1, _series(recs, lambda r: r.get("kind") in ("decode", "batched")), "(b) decode and batched decode")
+    pre = _series(recs, lambda r: r.get("kind") == "prefill")
+    vals = [v for s in pre.values() for v in s.values()]
+    empty = _bars(ax0, pre, "(a) prefill", log=max(vals) / min(vals) > 20)      # linear from 0 when narrow
+    empty += _bars(ax1, _series(recs, lambda r: r.get("kind") in ("decode", "batched")),
+                   "(b) decode and batched decode")
     # one legend for both panels, in its own row above them: inside a panel it covers bars
     labels: dict = {}
     for ax in (ax0, ax1):
         for h, lab in zip(*ax.get_legend_handles_labels()):
             labels.setdefault(lab, h)
+    gap = "not run by that peer (see notes)"
+    if gap in labels:
+        labels[gap] = labels.pop(gap)      # last
     ax_legend.axis("off")
     ax_legend.legend(list(labels.values()), list(labels), loc="center", ncol=4, fontsize=7, frameon=False)
-    notes = [f"Skipped peers: {', '.join(f'{k} ({v.splitlines()[0]})' for k, v in (d.get('skipped') or {}).items())}"
-             if d.get("skipped") else "No peer was skipped.",
+    skipped = ", ".join(f"{k} ({v.splitlines()[0]})" for k, v in (d.get("skipped") or {}).items())
+    notes = _gap_notes(empty) + [f"Skipped peers: {skipped}" if skipped else "No peer was skipped.",
              "Ratios (this project ÷ peer, fp32 rows only) are in the results document's `ratios`; the targets in "
              "`targets`."]
     return style.Figure(fig, NAME, TITLE, style.prose(DESCRIPTION), style.bench_provenance_lines([(p, d)]), notes,

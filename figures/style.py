@@ -239,9 +239,10 @@ def save(f: Figure, out: Path, formats: Iterable[str] = ("png", "pdf")) -> list[
 
 
 # ------------------------------------------------------------------------------ grouped bars (figures 3, 4)
-def grouped_bars(ax, models, series, values, colors=None, annotate=None, log=False):
+def grouped_bars(ax, models, series, values, colors=None, annotate=None, log=False, inside=False):
     """``values[(series, model)]`` -> height (missing: no bar).  ``annotate[(series, model)]`` -> text.
-    One group per model, one bar per series."""
+    One group per model, one bar per series.  ``inside``: labels in white inside the top of each bar tall
+    enough to hold one (so a reference line across the panel never runs through them)."""
     import numpy as np
 
     n = max(len(series), 1)
@@ -260,7 +261,10 @@ def grouped_bars(ax, models, series, values, colors=None, annotate=None, log=Fal
             continue
         ax.bar(xs, hs, width=width * 0.95, color=(colors or {}).get(s), edgecolor="white", linewidth=0.5, label=s)
         for xx, hh, t in zip(xs, hs, labels, strict=True):
-            if t:
+            if t and inside and hh > 0.15 * ax.get_ylim()[1]:
+                ax.annotate(t, (xx, hh), textcoords="offset points", xytext=(0, -3), ha="center", va="top",
+                            fontsize=6.5, color="white", fontweight="bold", rotation=90 if n > 3 else 0)
+            elif t:
                 ax.annotate(t, (xx, hh), textcoords="offset points", xytext=(0, 2), ha="center", va="bottom",
                             fontsize=6.5, rotation=90 if n > 3 else 0)
     ax.set_xticks(x)
@@ -303,6 +307,7 @@ class BarPanel:
     reference: float | None = None  # the paper's number, dashed grey
     reference_label: str = ""
     empty: str = ""                # text shown when there are no values
+    labels_inside: bool = False    # bar labels inside the bars (clear of a reference line at their height)
 
 
 def bar_figure(models: list[str], series: list[str], panels: list[BarPanel]):
@@ -313,7 +318,10 @@ def bar_figure(models: list[str], series: list[str], panels: list[BarPanel]):
     fig, axes = plt.subplots(1, len(panels), figsize=(9.0, 3.6))
     xlabel = "model (130m = mamba2-130m, ...)" if any(m.startswith("mamba2-") for m in models) else "model"
     for ax, pn in zip(axes, panels, strict=True):
-        grouped_bars(ax, models, series, pn.values, colors=colors, annotate=pn.annotate, log=pn.log)
+        if pn.ytop is not None and not pn.log:
+            ax.set_ylim(0, pn.ytop)      # first: inside labels are placed against the final y range
+        grouped_bars(ax, models, series, pn.values, colors=colors, annotate=pn.annotate, log=pn.log,
+                     inside=pn.labels_inside)
         if pn.log:
             plain_log(ax)
         elif pn.ytop is not None:

@@ -209,8 +209,8 @@ def throughput_table(results: Path, rep: dict[str, Any]) -> Table:
         short="Batch-1 prefill and cached decode: median time, tokens/s, achieved TFLOP/s, and MFU and HBU "
               "against the peak FLOP/s and memory bandwidth measured at the start of the run. On a CPU these "
               "numbers orient; they do not reproduce the paper's accelerator numbers.",
-        na_note="n/a: the make bench run (results/bench) records neither achieved FLOP/s nor MFU. "
-                "-: not applicable to the phase.")
+        na_note="n/a: the make bench run (results/bench) counts FLOPs for prefill only (its TFLOP/s and MFU: "
+                "that count over the median time), so its decode has no MFU. -: not applicable to the phase.")
 
 
 def sweep_rows(d: dict[str, Any]) -> Iterable[list[str]]:

@@ -36,7 +36,7 @@ def _offline_hub(monkeypatch):
 # `--durations`), so that the last ones to finish are short.  (xdist's own `loadgroup` cannot be used:
 # it renames node ids, which pytest 9 no longer allows.)  Without xdist none of this has any effect.
 _SHARED_UNIT = {"test_reference_backends.py": "test_parity.py"}
-_HEAVY_FIRST = ("test_sharding.py", "test_generate.py", "test_ssd.py", "test_oracle.py-chunk8",
+_HEAVY_FIRST = ("test_sharding.py", "test_serve_http.py", "test_generate.py", "test_ssd.py", "test_oracle.py-chunk8",
                 "test_oracle.py-chunk64", "test_oracle.py-chunk16", "test_train.py",
                 "test_parity.py", "test_experiments_throughput.py", "test_compile.py", "test_robust_generate.py",
                 "test_perplexity.py", "test_llama_cpp.py", "test_cli.py", "test_train_checkpoint.py",

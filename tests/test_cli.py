@@ -199,6 +199,8 @@ def test_unknown_hub_id_fails_fast_offline(tmp_path, env):
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout.splitlines()[-1])
     (t_model, msg_model), (t_tok, msg_tok) = out["model"], out["tokenizer"]
-    assert t_model < 2 and t_tok < 2, out  # no retry loop (huggingface_hub alone retries for ~25 s)
+    # no retry loop: huggingface_hub alone retries for ~25 s; 5 s leaves room for a loaded 2-core machine
+    # (2.1 s was seen with the suite and two builds running beside it)
+    assert t_model < 5 and t_tok < 5, out
     assert "--model DIR" in msg_model and "offline" in msg_model
     assert "--tokenizer DIR" in msg_tok and "--model DIR" in msg_tok and "MAMBA2_JAX_DATA" in msg_tok

@@ -213,9 +213,24 @@ def bench_to_tidy(doc: dict[str, Any], experiment: str) -> dict[str, Any]:
                 "cached_ms_per_token": r.get("cached_ms"), "recompute_ms_per_token": r.get("recompute_ms"),
                 "speedup": r["value"]} for r in recs if r.get("metric") == "cached_over_recompute"]
     else:  # throughput: every prefill length, and decode at the shortest context
+        # achieved FLOP/s from the analytic count the run recorded with the matmul bound (total_flops, the
+        # same eval/flops.py count the throughput experiment uses), over the same median time; MFU against
+        # the peak the run measured at its start (hardware profile), as the throughput experiment does
+        peaks = (((doc.get("hardware") or {}).get("profile") or {}).get("peak") or {})
+        peak, peak_bf16 = peaks.get(base), peaks.get("bfloat16")
+
+        def flop_rate(r):
+            f = find("prefill_matmul_fraction", length=r.get("length"))
+            if not f or not f.get("total_flops") or not r.get("median_s"):
+                return {"flops": None, "tflops": None, "mfu": None}
+            rate = f["total_flops"] / r["median_s"]
+            return {"flops": f["total_flops"], "tflops": rate / 1e12, "mfu": rate / peak if peak else None,
+                    "mfu_vs_bf16_peak": rate / peak_bf16 if peak_bf16 else None,
+                    "peak_flops": peak, "peak_note": f"{base} matmul measured at run start" if peak else None}
+
         out = [{**common, "model": r.get("model"), "kind": "prefill", "length": int(r["length"]),
                 "context": int(r["length"]), "median_s": r.get("median_s"), "tokens_per_s": r["value"],
-                "compile_s": r.get("compile_s"), "tflops": None, "mfu": None}
+                "compile_s": r.get("compile_s"), **flop_rate(r)}
                for r in recs if r.get("metric") == "prefill_tokens_per_s"]
         if dec:
             r = min(dec, key=lambda r: r["context"])

@@ -52,6 +52,8 @@ class ApiError(Exception):
                                        "code": self.code}}, status_code=self.status, headers=self.headers)
 
 
+_DISCONNECT_POLL_S = 0.5  # a non-streaming request checks this often whether its client is still there
+
 _UNSUPPORTED = {"echo": False, "best_of": None, "logprobs": None, "suffix": None, "logit_bias": None,
                 "presence_penalty": 0, "frequency_penalty": 0}
 
@@ -163,16 +165,32 @@ class _Choice:
         self.detok = Detokenizer(tokenizer)
         self.stop = StopMatcher(stops)
         self.text = ""
+        self.ids: list[int] = []  # the completion's tokens: up to the one that completes a stop string
         self.finish_reason: str | None = None
         self.req = None
 
-    def on_tokens(self, ids: list[int]) -> str:
-        out, stopped = self.stop.feed(self.detok.push(ids))
-        if stopped and self.finish_reason is None:
-            self.finish_reason = "stop"
-            self.req.cancel("stop")
+    def on_tokens(self, ids: list[int]) -> tuple[str, list[int]]:
+        """→ (new text, the tokens it comes from).  With stop strings the tokens are taken one at a time,
+        so that the completion ends at the token that completes a stop string; the tokens the engine
+        generated after it (the rest of its decode dispatch) are dropped."""
+        if self.finish_reason is not None:
+            return "", []
+        if not self.stop.stops:
+            out, _ = self.stop.feed(self.detok.push(ids))
+            taken = list(ids)
+        else:
+            out, taken = "", []
+            for t in ids:
+                piece, stopped = self.stop.feed(self.detok.push([t]))
+                out += piece
+                taken.append(int(t))
+                if stopped:
+                    self.finish_reason = "stop"
+                    self.req.cancel("stop")
+                    break
+        self.ids += taken
         self.text += out
-        return out
+        return out, taken
 
     def on_done(self, reason: str) -> str:
         out, stopped = self.stop.feed(self.detok.flush(), final=True)
@@ -313,7 +331,7 @@ def create_app(engine: Engine, tokenizer, cfg: ServeConfig, metrics: ServeMetric
         created = int(time.time())
 
         def usage():
-            comp_tokens = sum(len(ch.req.output) for ch in choices)
+            comp_tokens = sum(len(ch.ids) for ch in choices)
             prompt_tokens = sum(len(p) for p in comp.prompts)
             cached = sum(max(ch.req.cached_tokens for ch in choices[i * comp.n:(i + 1) * comp.n])
                          for i in range(len(comp.prompts)))
@@ -330,8 +348,18 @@ def create_app(engine: Engine, tokenizer, cfg: ServeConfig, metrics: ServeMetric
         if not comp.stream:
             pending, error = len(choices), None
             try:
+                next_check = loop.time() + _DISCONNECT_POLL_S
                 while pending:
-                    i, kind, payload = await events.get()
+                    try:
+                        i, kind, payload = await asyncio.wait_for(events.get(), _DISCONNECT_POLL_S)
+                    except asyncio.TimeoutError:  # waiting for a slot, or a slow step
+                        i = None
+                    if loop.time() >= next_check:
+                        next_check = loop.time() + _DISCONNECT_POLL_S
+                        if await request.is_disconnected():  # the client gave up: free its slots (below)
+                            return Response(status_code=499)
+                    if i is None:
+                        continue
                     ch = choices[i]
                     if kind == "tokens":
                         ch.on_tokens(payload)
@@ -348,7 +376,7 @@ def create_app(engine: Engine, tokenizer, cfg: ServeConfig, metrics: ServeMetric
                 raise ApiError(500, error, code="nonfinite_logits", type="server_error")
             return {"id": rid, "object": "text_completion", "created": created, "model": cfg.model_name,
                     "choices": [{"index": ch.index, "text": ch.text, "logprobs": None,
-                                 "finish_reason": ch.finish_reason, "token_ids": list(ch.req.output)}
+                                 "finish_reason": ch.finish_reason, "token_ids": ch.ids}
                                 for ch in choices],
                     "usage": usage()}
 
@@ -359,9 +387,10 @@ def create_app(engine: Engine, tokenizer, cfg: ServeConfig, metrics: ServeMetric
                     i, kind, payload = await events.get()
                     ch = choices[i]
                     if kind == "tokens":
-                        text = ch.on_tokens(payload)
-                        yield chunk([{"index": i, "text": text, "logprobs": None, "finish_reason": None,
-                                      "token_ids": list(payload)}])
+                        text, taken = ch.on_tokens(payload)
+                        if taken:
+                            yield chunk([{"index": i, "text": text, "logprobs": None, "finish_reason": None,
+                                          "token_ids": taken}])
                     elif kind == "done":
                         pending -= 1
                         text = ch.on_done(payload)

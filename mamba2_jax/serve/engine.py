@@ -267,8 +267,11 @@ class Engine:
                 raise EngineError(f"the engine stopped after an internal error: {self.fatal}")
             if not self._admitting:
                 raise EngineError("the server is shutting down and takes no new requests")
-            if len(self._waiting) >= self.max_queue:
-                raise QueueFull(f"{len(self._waiting)} requests are waiting (--max-queue {self.max_queue})")
+            # the waiting requests take the free slots first; only what is left of them queues
+            free = sum(s is None for s in self._slots)
+            if len(self._waiting) - free >= self.max_queue:
+                raise QueueFull(f"{len(self._waiting) - free} requests are waiting for a slot "
+                                f"(--max-queue {self.max_queue})")
             self._waiting.append(req)
             self._cv.notify()
         self._gauges()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -97,5 +98,10 @@ def serve(a) -> int:
 
     config = uvicorn.Config(app, host=a.host, port=a.port, log_level=a.log_level, access_log=False,
                             timeout_graceful_shutdown=a.graceful_timeout, lifespan="on")
+    # uvicorn shuts down gracefully on SIGTERM and then re-raises the signal to the handler that was in
+    # place before it started; the default one kills the process (exit code -15, not 0).  A no-op handler
+    # there lets a graceful SIGTERM end with exit code 0.  It is set only now, so that a SIGTERM while the
+    # model loads still ends the process.
+    signal.signal(signal.SIGTERM, lambda sig, frame: None)
     Server(config).run()
     return 0
