@@ -5,10 +5,10 @@ One scheduler thread loops:
 1. drop cancelled requests (a client that went away, a stop string) and free their slots;
 2. admit waiting requests into free slots: restore the longest cached exact prefix of the prompt
    (:class:`~.prefix_cache.PrefixCache`), else zero the slot;
-3. prefill at most ``prefill_chunk`` prompt tokens in one compiled call (up to ``prefill_rows``
-   requests; at most that many slots are between prefill chunks at a time), so a long prompt stalls
-   the decoding rows for at most one chunk; chunk ends fall on multiples of the block
-   (= ``prefill_chunk``), where the state is snapshotted into the prefix cache;
+3. prefill one compiled call of about ``prefill_chunk`` tokens: one chunk of a long prompt, or the
+   chunks of up to ``prefill_rows`` short ones (at most that many slots are between prefill chunks at
+   a time), so a long prompt stalls the decoding rows for at most one chunk; chunk ends fall on
+   multiples of the block (= ``prefill_chunk``), where the state is snapshotted into the prefix cache;
 4. run the compiled decode program (``decode_steps`` tokens) over all slots, hand the tokens to their
    requests, snapshot and free the slots of finished requests.
 
@@ -157,7 +157,7 @@ class Engine:
         self.S = int(slots)
         self.prefill_chunk = int(prefill_chunk)
         self.min_bucket = min(int(min_bucket), self.prefill_chunk)
-        self.P = int(prefill_rows or min(self.S, 4))
+        self.P = int(prefill_rows or min(self.S, 8))  # slots between prefill chunks at a time, at most
         self.k = int(decode_steps)
         self.eos_id = eos_id
         self.max_queue = int(max_queue)
@@ -207,10 +207,10 @@ class Engine:
         self._zero_row = self.programs.zero_row()
         S = self.S
         for C in self.buckets:  # every prefill bucket, all rows dummies (slot S: dropped)
+            P = self.rows_for(C)
             self._cache, tok, _ = self.programs.prefill(
-                self.programs.state, self._cache, np.full(self.P, S, np.int32), np.zeros((self.P, C), np.int32),
-                np.zeros(self.P, np.int32), self._key_arr(np.zeros((self.P, 2), np.uint32)),
-                self._samp.take(np.zeros(self.P, int)))
+                self.programs.state, self._cache, np.full(P, S, np.int32), np.zeros((P, C), np.int32),
+                np.zeros(P, np.int32), self._key_arr(np.zeros((P, 2), np.uint32)), self._samp.take(np.zeros(P, int)))
             tok.block_until_ready()
         c = self.programs.decode(self.programs.state, self._cache, self._tok, self._pos, self._done,
                                  self._key_arr(self._keys), self._samp, self._eos, self._limit,
@@ -380,21 +380,25 @@ class Engine:
             self._slots[i] = _Slot(req=req, progress=req.cached_tokens)
             self._done[i] = True
 
+    def rows_for(self, C: int) -> int:
+        """Rows of the prefill call of chunk bucket C: as many as the token budget holds (at most P), so
+        every call does about ``prefill_chunk`` tokens of work, many short prompts or one long chunk."""
+        return max(1, min(self.P, self.prefill_chunk // C))
+
     def _prefill(self) -> None:
-        budget = self.prefill_chunk
-        chosen = []  # (slot, start, n)
+        chosen = []  # (slot, start, n): FIFO while the rows fit the budget at the batch's bucket
         for i, s in sorted(((i, s) for i, s in enumerate(self._slots) if s is not None and not s.decoding),
                            key=lambda x: x[1].req.id):
-            if len(chosen) == self.P or budget == 0:
-                break
             room = self.prefill_chunk - s.progress % self.prefill_chunk  # end chunks on block boundaries
-            n = min(len(s.req.prompt) - s.progress, room, budget)
+            n = min(len(s.req.prompt) - s.progress, room)
+            C = bucket_length(max([n] + [m for _, _, m in chosen]), self.min_bucket)
+            if len(chosen) + 1 > self.rows_for(C):
+                break
             chosen.append((i, s.progress, n))
-            budget -= n
         if not chosen:
             return
         C = bucket_length(max(n for _, _, n in chosen), self.min_bucket)
-        P, S = self.P, self.S
+        P, S = self.rows_for(C), self.S
         slots = np.full(P, S, np.int32)
         ids = np.zeros((P, C), np.int32)
         lens = np.zeros(P, np.int32)

@@ -74,17 +74,14 @@ def sample_rows(logits: jax.Array, keys: jax.Array, s: SamplingArrays, vocab_siz
     The rule of ``generate.sample_logits`` row by row: padded vocabulary entries are never chosen;
     logits minus their max, over the temperature; entries below the k-th largest dropped; entries
     below the last one of the smallest sorted prefix whose probability reaches top_p dropped; a
-    Gumbel-max draw with the row's key.  The sort is paid only when some sampled row asks for top-k
-    or top-p."""
+    Gumbel-max draw with the row's key.  The draws are paid only when some row samples, and the sort
+    only when some sampled row asks for top-k or top-p."""
     b, V = logits.shape
     if vocab_size < V:
         logits = jnp.where(jnp.arange(V) < vocab_size, logits, -jnp.inf)
     greedy_tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    t = jnp.where(s.greedy, 1.0, s.temperature).astype(jnp.float32)
-    z = (logits - jnp.max(logits, axis=-1, keepdims=True)) / t[:, None]
     use_k = (s.top_k > 0) & (s.top_k < V)
     use_p = s.top_p < 1.0
-    need_sort = jnp.any(~s.greedy & (use_k | use_p))
 
     def filtered(z):
         srt = jnp.sort(z, axis=-1)[:, ::-1]
@@ -98,9 +95,15 @@ def sample_rows(logits: jax.Array, keys: jax.Array, s: SamplingArrays, vocab_siz
         thresh = jnp.min(jnp.where(keep, srt, jnp.inf), axis=-1, keepdims=True)
         return jnp.where(use_p[:, None] & (z < thresh), -jnp.inf, z)
 
-    z = jax.lax.cond(need_sort, filtered, lambda z: z, z)
-    drawn = jax.vmap(lambda k, row: jax.random.categorical(k, row))(keys, z).astype(jnp.int32)
-    return jnp.where(s.greedy, greedy_tok, drawn)
+    def sampled(logits):
+        t = jnp.where(s.greedy, 1.0, s.temperature).astype(jnp.float32)
+        z = (logits - jnp.max(logits, axis=-1, keepdims=True)) / t[:, None]
+        z = jax.lax.cond(jnp.any(~s.greedy & (use_k | use_p)), filtered, lambda z: z, z)
+        drawn = jax.vmap(lambda k, row: jax.random.categorical(k, row))(keys, z).astype(jnp.int32)
+        return jnp.where(s.greedy, greedy_tok, drawn)
+
+    # an all-greedy batch (the common serving case) pays for the argmax only, not for b x V random draws
+    return jax.lax.cond(jnp.all(s.greedy), lambda lg: greedy_tok, sampled, logits)
 
 
 def _finite_rows(logits: jax.Array, vocab_size: int) -> jax.Array:
