@@ -156,7 +156,7 @@ def test_idle_and_failing_rows_do_not_disturb_the_others(tiny, engine):
     nan_row = jax.tree.map(lambda a: jnp.full_like(a, jnp.nan) if a.dtype != jnp.int32 else a,
                            engine.programs.zero_row())
     for i in range(engine.S):  # idle slots full of NaN
-        engine._cache = engine.programs.write_row(engine._cache, np.int32(i), nan_row)
+        engine._cache = engine.programs.write_rows(engine._cache, np.array([i], np.int32), nan_row)
     engine.prefix_cache.insert(poisoned[:5], nan_row, engine.slot_bytes)
     bad = engine.submit(poisoned, RequestParams(max_tokens=8, temperature=0))
     ok = engine.submit(good, RequestParams(max_tokens=12, temperature=0))
@@ -255,7 +255,7 @@ def test_decode_program_makes_no_extra_pass_over_the_state(engine):
     p, S, cfg = engine.programs, engine.S, engine.cfg
     args = (p.state, engine._cache, np.zeros(S, np.int32), np.zeros(S, np.int32), np.zeros(S, bool),
             jax.random.wrap_key_data(np.zeros((S, 2), np.uint32)), engine._samp, np.full(S, -1, np.int32),
-            np.full(S, 9, np.int32), np.full(engine.P, S, np.int32))
+            np.full(S, 9, np.int32))
     hlo = p.decode.lower(*args).compile().as_text()
     shape = f"f32[{S},{cfg.nheads},{cfg.headdim},{cfg.d_state}]"
     body = [ln for ln in hlo.splitlines() if shape in ln.split("=")[0] + (ln.split("=")[1][:40] if "=" in ln else "")]

@@ -206,27 +206,27 @@ class Engine:
         self._cache = self.programs.init_cache()
         self._zero_row = self.programs.zero_row()
         S = self.S
-        for C in self.buckets:  # every prefill bucket, all rows dummies (slot S: dropped)
-            P = self.rows_for(C)
-            self._cache, tok, _ = self.programs.prefill(
-                self.programs.state, self._cache, np.full(P, S, np.int32), np.zeros((P, C), np.int32),
-                np.zeros(P, np.int32), self._key_arr(np.zeros((P, 2), np.uint32)), self._samp.take(np.zeros(P, int)))
-            tok.block_until_ready()
-        c = self.programs.decode(self.programs.state, self._cache, self._tok, self._pos, self._done,
-                                 self._key_arr(self._keys), self._samp, self._eos, self._limit,
-                                 np.full(self.P, self.S, np.int32))
-        self._cache = c.cache
+        pr = self.programs
+        for C, P in sorted({(c, p) for c in self.buckets for p in (1, self.rows_for(c))}):
+            idx = np.full(P, S, np.int32)  # every prefill bucket, one row or its full rows (dummies: dropped)
+            rows, tok, _ = pr.prefill(pr.state, pr.read_rows(self._cache, idx), np.zeros((P, C), np.int32),
+                                      np.zeros(P, np.int32), self._key_arr(np.zeros((P, 2), np.uint32)),
+                                      self._samp.take(np.zeros(P, int)))
+            self._cache = pr.write_rows(self._cache, idx, rows)
         B = 1
-        while B < S:  # the batches of active rows below S, every row done (the loop does not run)
-            rows = np.full(B, S, np.int32)
-            idx = np.zeros(B, int)
-            c = self.programs.decode_rows(self.programs.state, self._cache, rows, self._tok[idx], self._pos[idx],
-                                          np.ones(B, bool), self._key_arr(self._keys[idx]), self._samp.take(idx),
-                                          self._eos[idx], self._limit[idx])
-            self._cache = c.cache
+        while True:  # every decode batch: 1, 2, 4, ... below S gathered, then the whole table (rows done)
+            idx = np.zeros(min(B, S), int)
+            cache = self._cache if B >= S else pr.read_rows(self._cache, np.full(B, S, np.int32))
+            c = pr.decode(pr.state, cache, self._tok[idx], self._pos[idx], np.ones(len(idx), bool),
+                          self._key_arr(self._keys[idx]), self._samp.take(idx), self._eos[idx], self._limit[idx])
+            if B >= S:
+                self._cache = c.cache
+                break
+            self._cache = pr.write_rows(self._cache, np.full(B, S, np.int32), c.cache)
             B *= 2
-        row = self.programs.read_row(self._cache, np.int32(0))
-        self._cache = self.programs.write_row(self._cache, np.int32(0), row)
+        for n in sorted({1, self.P} | {self.rows_for(C) for C in self.buckets}):  # the other row counts
+            self._cache = pr.write_rows(self._cache, np.full(n, S, np.int32),
+                                        pr.read_rows(self._cache, np.full(n, S, np.int32)))
         jax.block_until_ready(self._cache)
         compile_s = time.perf_counter() - t0
         self._thread = threading.Thread(target=self._run, name="mamba2-jax-scheduler", daemon=True)
@@ -371,10 +371,10 @@ class Engine:
             i = free[0]
             hit = self.prefix_cache.lookup(req.prompt) if self.prefix_cache.max_bytes else None
             if hit is not None:
-                self._cache = self.programs.write_row(self._cache, np.int32(i), hit.state)
+                self._cache = self.programs.write_rows(self._cache, np.array([i], np.int32), hit.state)
                 req.cached_tokens = hit.length
             else:
-                self._cache = self.programs.write_row(self._cache, np.int32(i), self._zero_row)
+                self._cache = self.programs.write_rows(self._cache, np.array([i], np.int32), self._zero_row)
             if self.metrics is not None and self.prefix_cache.max_bytes:
                 self.metrics.prefix_lookup(hit.length if hit is not None else None)
             self._slots[i] = _Slot(req=req, progress=req.cached_tokens)
@@ -398,7 +398,7 @@ class Engine:
         if not chosen:
             return
         C = bucket_length(max(n for _, _, n in chosen), self.min_bucket)
-        P, S = self.rows_for(C), self.S
+        P, S = (1 if len(chosen) == 1 else self.rows_for(C)), self.S  # a lone row is not padded to a batch
         slots = np.full(P, S, np.int32)
         ids = np.zeros((P, C), np.int32)
         lens = np.zeros(P, np.int32)
@@ -408,8 +408,10 @@ class Engine:
             slots[j], lens[j], keys[j], rows[j] = i, n, self._slots[i].req.key_data, i
             ids[j, :n] = self._slots[i].req.prompt[start:start + n]
             self._set_sampling(i, self._slots[i].req.params)
-        self._cache, tok, finite = self.programs.prefill(self.programs.state, self._cache, slots, ids, lens,
-                                                         self._key_arr(keys), self._samp.take(rows))
+        pr = self.programs
+        rows_state, tok, finite = pr.prefill(pr.state, pr.read_rows(self._cache, slots), ids, lens,
+                                             self._key_arr(keys), self._samp.take(rows))
+        self._cache = pr.write_rows(self._cache, slots, rows_state)
         tok, finite = np.asarray(tok), np.asarray(finite)
         now = time.perf_counter()
         for j, (i, start, n) in enumerate(chosen):
@@ -444,12 +446,17 @@ class Engine:
         t0 = time.perf_counter()
         S, n = self.S, len(act)
         B = bucket_length(n, 1)
-        if B >= S:  # every slot: the whole table, slots between prefill chunks saved and restored
-            protect = np.full(self.P, S, np.int32)
+        pr = self.programs
+        if B >= S:  # every slot: the whole table in place; slots between prefill chunks saved and restored
             mid = [i for i, s in enumerate(self._slots) if s is not None and not s.decoding]
+            protect = np.full(self.P, S, np.int32)
             protect[:len(mid)] = mid
-            c = self.programs.decode(self.programs.state, self._cache, self._tok, self._pos, self._done,
-                                     self._key_arr(self._keys), self._samp, self._eos, self._limit, protect)
+            saved = pr.read_rows(self._cache, protect) if mid else None
+            c = pr.decode(pr.state, self._cache, self._tok, self._pos, self._done, self._key_arr(self._keys),
+                          self._samp, self._eos, self._limit)
+            self._cache = c.cache
+            if mid:
+                self._cache = pr.write_rows(self._cache, protect, saved)
             sel = act
         else:  # the active rows only, in a batch of B (dummies: slot S, done, dropped)
             rows = np.full(B, S, np.int32)
@@ -457,11 +464,10 @@ class Engine:
             idx = np.minimum(rows, S - 1)
             done = self._done[idx].copy()
             done[n:] = True
-            c = self.programs.decode_rows(self.programs.state, self._cache, rows, self._tok[idx], self._pos[idx], done,
-                                          self._key_arr(self._keys[idx]), self._samp.take(idx), self._eos[idx],
-                                          self._limit[idx])
+            c = pr.decode(pr.state, pr.read_rows(self._cache, rows), self._tok[idx], self._pos[idx], done,
+                          self._key_arr(self._keys[idx]), self._samp.take(idx), self._eos[idx], self._limit[idx])
+            self._cache = pr.write_rows(self._cache, rows, c.cache)
             sel = np.arange(n)
-        self._cache = c.cache
         toks, tok, pos, done, bad, bad_at, steps = (np.asarray(x) for x in (
             c.tokens, c.token, c.position, c.done, c.nonfinite, c.nonfinite_at, c.step))
         now = time.perf_counter()
@@ -497,7 +503,7 @@ class Engine:
     def _snapshot(self, i: int, tokens: Sequence[int]) -> None:
         pc = self.prefix_cache
         if pc.would_store(tokens, self.slot_bytes):
-            pc.insert(tokens, self.programs.read_row(self._cache, np.int32(i)), self.slot_bytes)
+            pc.insert(tokens, self.programs.read_rows(self._cache, np.array([i], np.int32)), self.slot_bytes)
 
     def _emit_tokens(self, req: Request, toks: list[int], now: float) -> None:
         prev = req.t_last

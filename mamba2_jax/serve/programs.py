@@ -1,25 +1,26 @@
 """The serving engine's compiled programs over a fixed table of S state slots.
 
-The slot table is one :class:`~mamba2_jax.cache.Mamba2Cache` of batch S, allocated once and donated
-through every program, so a slot's state is updated in place.  Four programs (plus their shapes):
+The slot table is one :class:`~mamba2_jax.cache.Mamba2Cache` of batch S, allocated once.  The
+programs:
 
-* ``prefill``: P rows of one chunk (P, C): gather the rows' slots, ``model.prefill`` from their states
-  (right-padded, exact for any length 0..C: see ``Mamba2Mixer.prefill``), scatter them back, and sample
-  each row's next token from its last logits.  A row whose slot index is S is a dummy (its gather is
-  clamped, its scatter dropped).  C is a power-of-two bucket: one compile per bucket.
-* ``decode``: up to k decode steps over all S slots in one ``lax.while_loop``.  Per-row sampling
-  settings, EOS ids, token limits, positions and PRNG keys are arrays, so requests with different
-  settings share this one program.  Every row is stepped (the batch is one dot per weight), but only
-  active rows sample, advance and count; the loop stops after the step in which any row finishes,
-  so a finished row's state is exactly the tokens it consumed when the host snapshots it.  The slots
-  of requests still prefilling (``protect``) are saved before the loop and written back after it.
-  This costs P rows per dispatch; masking every row's state update inside the loop (a select over
-  the whole state) was a separate pass over the state in XLA:CPU's compiled step, which the batched
-  decode, bound by state bytes, cannot afford.
-* ``decode_rows``: the same loop over B < S gathered slots (B a power of two ≥ the active rows),
-  scattered back after it, so a lightly loaded server steps only its active rows.
-* ``read_row`` / ``write_row``: copy one slot's state out (a prefix-cache snapshot) or in (a restored
-  prefix, or zeros for a fresh request).
+* ``read_rows`` / ``write_rows``: gather some slots' states out of the table, or scatter states into
+  it (in place: the table is donated).  They are programs of their own: a program that both gathers
+  from and scatters into the table (a prefill of some slots, inside one jit) compiled on XLA:CPU to a
+  copy of the whole table per call (measured: a 256-token prefill of the 130m shape took 0.68 s with
+  8 slots and 1.5 s with 64).
+* ``prefill``: P gathered rows, one chunk (P, C): ``model.prefill`` from their states (right-padded,
+  exact for any length 0..C: see ``Mamba2Mixer.prefill``) and each row's next token sampled from its
+  last logits.  C is a power-of-two bucket, with P as many rows as the engine's token budget holds:
+  one compile per bucket.
+* ``decode``: up to k decode steps over a batch of rows in one ``lax.while_loop``: the whole table in
+  place when every slot is decoding, else the active slots gathered into a power-of-two batch (one
+  compile per batch size).  Per-row sampling settings, EOS ids, token limits, positions and PRNG
+  keys are arrays, so requests with different settings share these programs.  Every row is stepped
+  (the batch is one dot per weight), but only active rows sample, advance and count; the loop stops
+  after the step in which any row finishes, so a finished row's state is exactly the tokens it
+  consumed when the host snapshots it.  Masking every row's state update inside the loop (a select
+  over the whole state) was a separate pass over the state in XLA:CPU's compiled step, which the
+  batched decode, bound by state bytes, cannot afford.
 
 Sampling is per row and batch-invariant: row r's token at position p uses the key
 ``fold_in(key_r, p)`` and a Gumbel draw over that row alone, so its output depends only on its logits,
@@ -146,12 +147,11 @@ class SlotPrograms:
         self.mesh = getattr(model, "mesh", None)
         self.graphdef, self.state = nnx.split(model)
         self.S, self.P, self.k = int(slots), int(prefill_rows), int(decode_steps)
-        self.trace_counts = {"prefill": 0, "decode": 0, "read_row": 0, "write_row": 0}
+        self.trace_counts = {"prefill": 0, "decode": 0, "read_rows": 0, "write_rows": 0}
         self.prefill = jax.jit(self._prefill, donate_argnums=(1,))
         self.decode = jax.jit(self._decode, donate_argnums=(1,))
-        self.decode_rows = jax.jit(self._decode_rows, donate_argnums=(1,))
-        self.read_row = jax.jit(self._read_row)
-        self.write_row = jax.jit(self._write_row, donate_argnums=(0,))
+        self.read_rows = jax.jit(self._read_rows)
+        self.write_rows = jax.jit(self._write_rows, donate_argnums=(0,))
         self._model = model
 
     def init_cache(self) -> Mamba2Cache:
@@ -161,35 +161,30 @@ class SlotPrograms:
         return Mamba2Cache.zeros(self.cfg, 1, dtype=self.model_dtype)
 
     # -- programs ----------------------------------------------------------------------------
-    def _prefill(self, state, cache: Mamba2Cache, slots, ids, lengths, keys, sampling: SamplingArrays):
-        """→ (cache, next token (P,), its logits finite (P,))."""
+    def _prefill(self, state, rows: Mamba2Cache, ids, lengths, keys, sampling: SamplingArrays):
+        """→ (rows' new states, next token (P,), its logits finite (P,))."""
         self.trace_counts["prefill"] += 1
         model = nnx.merge(self.graphdef, state)
-        rows = _rows(cache, slots)
         logits, rows = model.prefill(ids, cache=rows, lengths=lengths, last_only=True)
         V = self.cfg.vocab_size
         keys0 = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
         tok = sample_rows(logits, keys0, sampling, V)
-        return _set_rows(cache, slots, rows), tok, _finite_rows(logits, V)
+        return rows, tok, _finite_rows(logits, V)
 
     def _decode(self, state, cache: Mamba2Cache, token, position, done, keys, sampling: SamplingArrays,
-                eos, limit, protect):
-        """The loop over all S slots; → DecodeCarry.  The ``protect`` slots (P,) are restored after the
-        loop (index S: none)."""
+                eos, limit) -> DecodeCarry:
         self.trace_counts["decode"] += 1
-        model = nnx.merge(self.graphdef, state)
-        saved = _rows(cache, protect)
-        c = self._loop(model, cache, token, position, done, keys, sampling, eos, limit)
-        return c.replace(cache=_set_rows(c.cache, protect, saved))
+        return self._loop(nnx.merge(self.graphdef, state), cache, token, position, done, keys, sampling, eos, limit)
 
-    def _decode_rows(self, state, cache: Mamba2Cache, rows, token, position, done, keys, sampling: SamplingArrays,
-                     eos, limit):
-        """The loop over the slots ``rows`` (B,) only (index S: a dummy, done, never written back), for
-        B below S: a batch of B rows costs what B rows cost, and two copies of their state."""
-        self.trace_counts["decode"] += 1
-        model = nnx.merge(self.graphdef, state)
-        c = self._loop(model, _rows(cache, rows), token, position, done, keys, sampling, eos, limit)
-        return c.replace(cache=_set_rows(cache, rows, c.cache))
+    def _read_rows(self, cache: Mamba2Cache, idx):
+        """The states of slots ``idx`` (index S and above: clamped, for dummies)."""
+        self.trace_counts["read_rows"] += 1
+        return _rows(cache, idx)
+
+    def _write_rows(self, cache: Mamba2Cache, idx, rows: Mamba2Cache):
+        """``rows`` into slots ``idx`` (index S: dropped)."""
+        self.trace_counts["write_rows"] += 1
+        return _set_rows(cache, idx, rows)
 
     def _loop(self, model, cache, token, position, done, keys, sampling, eos, limit) -> DecodeCarry:
         """Up to k steps, stopping after the first step in which a row finishes.  A row is done after
@@ -221,11 +216,3 @@ class SlotPrograms:
                          nonfinite=jnp.zeros((S,), bool), nonfinite_at=jnp.zeros((S,), jnp.int32),
                          tokens=jnp.broadcast_to(pad[:, None], (S, k)).astype(jnp.int32), step=jnp.int32(0))
         return jax.lax.while_loop(cond, body, c0)
-
-    def _read_row(self, cache: Mamba2Cache, slot):
-        self.trace_counts["read_row"] += 1
-        return _rows(cache, slot[None])
-
-    def _write_row(self, cache: Mamba2Cache, slot, row: Mamba2Cache):
-        self.trace_counts["write_row"] += 1
-        return _set_rows(cache, slot[None], row)
