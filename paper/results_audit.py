@@ -11,7 +11,8 @@ flag, the machine (``cpu_model``) and the date, and whether the *numerics code* 
 HEAD's (``git diff --quiet SHA HEAD -- NUMERICS_CODE``).  A file is
 
   stale    if a block's sha has numerics code different from HEAD's (or the sha is unknown to git),
-  dirty    if a block says the tree was dirty (or does not say: ``dirty`` missing),
+  dirty    if a block says the tree was dirty (or does not say: ``dirty`` missing) in a file that is code
+           (``provenance.code_files``: not a result, figure, table or the report's text),
   machine  if a block's machine is not the majority machine over all files (or is not recorded).
 
 One more row is the committed ``paper/main.pdf``: stale when a result it cites, or a file LaTeX reads,
@@ -84,7 +85,14 @@ def provenance_blocks(doc: Any, where: str = "") -> list[Block]:
             date = doc.get("date_utc") or doc.get("finished_utc") or doc.get("date")
             machine = doc.get("cpu_model") or (doc.get("machine") if isinstance(doc.get("machine"), dict)
                                                else {}).get("cpu_model")
-            out.append(Block(where or "(top)", g.get("sha"), g.get("dirty"), machine, date,
+            dirty = g.get("dirty")
+            if dirty and isinstance(g.get("dirty_files"), list) and len(g["dirty_files"]) < 20:
+                # judged by the files it lists, under today's rule of what is code (a run recorded while
+                # only the report's text was being edited is clean); a full list of 20 may be cut short
+                from mamba2_jax.eval.provenance import code_files
+
+                dirty = bool(code_files(g["dirty_files"]))
+            out.append(Block(where or "(top)", g.get("sha"), dirty, machine, date,
                              input=where.split(".")[-1] in INPUT_BLOCKS))
         for k, v in doc.items():
             if k != "git":

@@ -155,3 +155,15 @@ def test_committed_results_are_current():
     out = subprocess.run([sys.executable, "-m", "paper.results_audit", "--strict"], cwd=REPO, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+
+
+def test_dirty_is_judged_by_the_files_it_lists():
+    """A run recorded while only the report's text was edited (Markdown, paper/main.tex, the number
+    registry) is clean; one with an edited code file is dirty; a cut-short list keeps the flag."""
+    g = lambda files: {"git": {"sha": "a" * 40, "dirty": True, "dirty_files": files}}  # noqa: E731
+    (b,) = RA.provenance_blocks(g(["paper/main.tex", "paper/doc_numbers.yaml", "docs/serving.md"]))
+    assert b.dirty is False
+    (b,) = RA.provenance_blocks(g(["paper/main.tex", "mamba2_jax/serve/engine.py"]))
+    assert b.dirty is True
+    (b,) = RA.provenance_blocks(g([f"docs/{i}.md" for i in range(20)]))
+    assert b.dirty is True

@@ -38,12 +38,25 @@ def _git(*args: str, cwd: Path) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-# What the experiments themselves write (and Markdown, which no number is computed from): a change
-# there does not make the code differ from the commit.  Without this, the second step of a chain
-# (`make reproduce`, `make regenerate`) would record "dirty" because the first one wrote its results.
+# What the experiments themselves write (and the report's text, Markdown and the paper's LaTeX and number
+# registry, which no number is computed from): a change there does not make the code differ from the
+# commit.  Without this, the second step of a chain (`make reproduce`, `make regenerate`) would record
+# "dirty" because the first one wrote its results.
 OUTPUT_PATHSPECS = ("results", "figures/out", "paper/tables", "paper/reproduce_summary*",
                     "paper/regenerate_summary*", "paper/main.pdf", "paper/main.inputs.json", "paper/numbers.tex",
-                    "*.md")
+                    "*.md", "paper/main.tex", "paper/doc_numbers.yaml")
+
+
+def code_files(files) -> list[str]:
+    """The files of a recorded ``dirty_files`` list that are code: not under OUTPUT_PATHSPECS (as git
+    matches them: a directory prefix, or a glob on the path)."""
+    import fnmatch
+
+    def output(f: str) -> bool:
+        return any(f == p or f.startswith(p.rstrip("/") + "/") or fnmatch.fnmatch(f, p)
+                   or fnmatch.fnmatch(Path(f).name, p) for p in OUTPUT_PATHSPECS)
+
+    return [f for f in files if not output(f)]
 
 
 def git_info(cwd: str | Path | None = None) -> dict[str, Any]:
