@@ -157,6 +157,8 @@ class Engine:
         self.S = int(slots)
         self.prefill_chunk = int(prefill_chunk)
         self.min_bucket = min(int(min_bucket), self.prefill_chunk)
+        mesh = getattr(model, "mesh", None)
+        self.D = 1 if mesh is None else int(mesh.shape["data"])  # batches the model runs: multiples of D
         self.P = int(prefill_rows or min(self.S, 8))  # slots between prefill chunks at a time, at most
         self.k = int(decode_steps)
         self.eos_id = eos_id
@@ -207,13 +209,13 @@ class Engine:
         self._zero_row = self.programs.zero_row()
         S = self.S
         pr = self.programs
-        for C, P in sorted({(c, p) for c in self.buckets for p in (1, self.rows_for(c))}):
+        for C, P in sorted({(c, p) for c in self.buckets for p in (self._batch(1), self.rows_for(c))}):
             idx = np.full(P, S, np.int32)  # every prefill bucket, one row or its full rows (dummies: dropped)
             rows, tok, _ = pr.prefill(pr.state, pr.read_rows(self._cache, idx), np.zeros((P, C), np.int32),
                                       np.zeros(P, np.int32), self._key_arr(np.zeros((P, 2), np.uint32)),
                                       self._samp.take(np.zeros(P, int)))
             self._cache = pr.write_rows(self._cache, idx, rows)
-        B = 1
+        B = self._batch(1)
         while True:  # every decode batch: 1, 2, 4, ... below S gathered, then the whole table (rows done)
             idx = np.zeros(min(B, S), int)
             cache = self._cache if B >= S else pr.read_rows(self._cache, np.full(B, S, np.int32))
@@ -224,7 +226,7 @@ class Engine:
                 break
             self._cache = pr.write_rows(self._cache, np.full(B, S, np.int32), c.cache)
             B *= 2
-        for n in sorted({1, self.P} | {self.rows_for(C) for C in self.buckets}):  # the other row counts
+        for n in sorted({1, self.P, self._batch(1)} | {self.rows_for(C) for C in self.buckets}):  # other counts
             self._cache = pr.write_rows(self._cache, np.full(n, S, np.int32),
                                         pr.read_rows(self._cache, np.full(n, S, np.int32)))
         jax.block_until_ready(self._cache)
@@ -383,7 +385,11 @@ class Engine:
     def rows_for(self, C: int) -> int:
         """Rows of the prefill call of chunk bucket C: as many as the token budget holds (at most P), so
         every call does about ``prefill_chunk`` tokens of work, many short prompts or one long chunk."""
-        return max(1, min(self.P, self.prefill_chunk // C))
+        return self._batch(max(1, min(self.P, self.prefill_chunk // C)))
+
+    def _batch(self, n: int) -> int:
+        """n rounded up to a multiple of the mesh's "data" axis (1 without a mesh)."""
+        return -(-n // self.D) * self.D
 
     def _prefill(self) -> None:
         chosen = []  # (slot, start, n): FIFO while the rows fit the budget at the batch's bucket
@@ -398,7 +404,7 @@ class Engine:
         if not chosen:
             return
         C = bucket_length(max(n for _, _, n in chosen), self.min_bucket)
-        P, S = (1 if len(chosen) == 1 else self.rows_for(C)), self.S  # a lone row is not padded to a batch
+        P, S = (self._batch(1) if len(chosen) == 1 else self.rows_for(C)), self.S  # a lone row: no batch
         slots = np.full(P, S, np.int32)
         ids = np.zeros((P, C), np.int32)
         lens = np.zeros(P, np.int32)
@@ -445,7 +451,7 @@ class Engine:
             return
         t0 = time.perf_counter()
         S, n = self.S, len(act)
-        B = bucket_length(n, 1)
+        B = self._batch(bucket_length(n, 1))
         pr = self.programs
         if B >= S:  # every slot: the whole table in place; slots between prefill chunks saved and restored
             mid = [i for i, s in enumerate(self._slots) if s is not None and not s.decoding]
