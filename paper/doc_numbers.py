@@ -457,12 +457,15 @@ def unsourced(text: str) -> list[tuple[int, str, str]]:
     masked = re.sub(r"```.*?```", lambda m: re.sub(r"[^\n]", " ", m.group(0)), masked, flags=re.S)
     masked = re.sub(r"`[^`\n]*`", lambda m: " " * len(m.group(0)), masked)
     masked = re.sub(r"<!--.*?-->", lambda m: re.sub(r"[^\n]", " ", m.group(0)), masked, flags=re.S)
-    out = []
+    return _figure_like(masked, text)
+
+
+def _figure_like(masked: str, text: str) -> list[tuple[int, str, str]]:
+    """(line number, match, original line) of every figure-like number left in ``masked`` (``text`` with
+    its sourced parts blanked, line for line)."""
     lines = text.splitlines()
-    for i, line in enumerate(masked.splitlines()):
-        for m in FIGURE_LIKE.finditer(line):
-            out.append((i + 1, m.group(0).strip(), lines[i]))
-    return out
+    return [(i + 1, m.group(0).strip(), lines[i]) for i, line in enumerate(masked.splitlines())
+            for m in FIGURE_LIKE.finditer(line)]
 
 
 def unsourced_tex(text: str) -> list[tuple[int, str, str]]:
@@ -476,12 +479,7 @@ def unsourced_tex(text: str) -> list[tuple[int, str, str]]:
     masked = re.sub(r"\\(?:texttt|label|ref|input|includegraphics|cite|url|artifactfigure|begin|end)"
                     r"(?:\[[^]]*\])?\{[^{}]*\}", blank, masked)
     masked = masked.replace("\\%", "% ").replace("$\\times$", "       ×")
-    out = []
-    lines = text.splitlines()
-    for i, line in enumerate(masked.splitlines()):
-        for m in FIGURE_LIKE.finditer(line):
-            out.append((i + 1, m.group(0).strip(), lines[i]))
-    return out
+    return _figure_like(masked, text)
 
 
 def allowed(doc: str, line: str, reg: dict[str, Any]) -> dict[str, Any] | None:
