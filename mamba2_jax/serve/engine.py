@@ -17,7 +17,7 @@ lengths; the prefix cache holds further states under its own byte budget.
 
 A request's output depends only on its prompt, its settings and its key (``seed``, and the choice
 index for ``n`` > 1): rows are independent in the model, sampling draws per row with the row's key
-(:func:`.programs.sample_rows`), and idle or finished rows are frozen.
+(:func:`.programs.sample_rows`), and a row that is not decoding never samples, advances or emits.
 """
 
 from __future__ import annotations

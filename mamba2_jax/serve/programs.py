@@ -119,7 +119,7 @@ class DecodeCarry:
     cache: Mamba2Cache
     token: jax.Array  # int32: the last token, the next step's input
     position: jax.Array  # int32: the position of ``token`` among the request's new tokens
-    done: jax.Array  # bool: frozen (idle, prefilling, finished)
+    done: jax.Array  # bool: not decoding (idle, prefilling, finished): no sample, no advance
     nonfinite: jax.Array  # bool: met a non-finite logit ...
     nonfinite_at: jax.Array  # int32: ... at this position
     tokens: jax.Array  # (S, k) int32: the tokens of this dispatch, column j from step j
