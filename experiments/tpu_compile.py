@@ -29,6 +29,7 @@ and the decode loop (about a minute per scale; the prefills take 20-40 min each 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -110,13 +111,17 @@ def main(argv=None) -> int:
                     help="program: every scale's step and decode loop, then the headline prefill, then the rest "
                          "(a stopped run covers all scales); model: one scale after the other")
     ap.add_argument("--out", default=None, help="default: results/tpu_compile")
+    ap.add_argument("--dtype", default=None, help="parameter dtype (default: the profile's)")
+    ap.add_argument("--mesh", default=None,
+                    help="first mesh to try, e.g. data=1,model=2 (default: one chip, growing model= until it fits)")
     a = ap.parse_args(argv)
 
     from mamba2_jax.compile import TARGETS, CompileError, compile_program, ensure_cuda_plugin, ensure_libtpu, versions
-    from mamba2_jax.config import get_preset
+    from mamba2_jax.config import PRESETS, Mamba2Config, get_preset
     from mamba2_jax.eval.hardware import get_profile
     from mamba2_jax.eval.provenance import git_info, provenance
     from mamba2_jax.eval.results import read_result, write_document
+    from mamba2_jax.sharding import parse_mesh
 
     t = TARGETS[a.target]
     if t["platform"] == "tpu":
@@ -126,7 +131,16 @@ def main(argv=None) -> int:
     else:
         compiler = "XLA:CPU"
     suite = paper_suite(a.profile)
-    models = a.models.split(",") if a.models else suite["models"]
+    if a.dtype:
+        suite["dtype"] = a.dtype
+    # a preset name, or a config.json (or its directory) for a scale that is not a preset (Codestral-7B)
+    specs = a.models.split(",") if a.models else suite["models"]
+    cfgs = {}
+    for spec in specs:
+        c = get_preset(spec) if spec.removeprefix("state-spaces/") in PRESETS else Mamba2Config.from_json(spec)
+        cfgs[c.name] = c
+    models = list(cfgs)
+    first_mesh = parse_mesh(a.mesh) if a.mesh else None
     out = Path(a.out) if a.out else results_dir() / ("tpu_compile" if a.target == "tpu-v6e" else f"compile-{a.target}")
     from mamba2_jax.eval.provenance import cpu_model as _cpu_model
 
@@ -146,7 +160,7 @@ def main(argv=None) -> int:
         for r in (old or {}).get("records", []):
             r.setdefault("git", (old.get("provenance") or {}).get("git"))
         records_of[name] = {r["key"]: r for r in (old or {}).get("records", []) if reusable(r, git)}
-        mesh_of[name] = None
+        mesh_of[name] = first_mesh
     work = [(name, p) for name in models for p in programs(suite, a.phase)]
     if a.order == "program":  # every scale's step and decode loop first, then the prefills, shortest first
         rank = {key(p): i for i, p in enumerate(programs(suite, a.phase))}
@@ -154,7 +168,7 @@ def main(argv=None) -> int:
                                  w[1].get("length", 0), rank[key(w[1])], models.index(w[0])))
     for name, p in work:
         if True:
-            cfg = get_preset(name)
+            cfg = cfgs[name]
             path = out / f"{name}.json"
             records, mesh = records_of[name], mesh_of[name]
             k = key(p)
@@ -171,6 +185,7 @@ def main(argv=None) -> int:
                 if m and m["model"] > 4:
                     kw["topology"] = t["topology"].split(":")[0] + ":2x4"
                 t0 = time.perf_counter()
+                load0 = os.getloadavg()[0]
                 try:
                     r = compile_program(cfg, mesh=m, **kw)
                 except CompileError as e:
@@ -186,6 +201,8 @@ def main(argv=None) -> int:
             mesh_of[name] = mesh
             r["key"] = k
             r["git"] = git
+            # the 1-minute load average before and after this compile: compile_s is wall time on a shared host
+            r["load_avg_1m"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
             r["cpu_model"] = host_cpu  # the machine that compiled it (kept when --resume reuses the record)
             records[k] = r
             ro = r["roofline"]
