@@ -25,8 +25,16 @@ lint: install
 # PYTEST_XDIST= (empty) runs serially
 PYTEST_XDIST ?= -n 2 --dist loadscope --no-loadscope-reorder
 
+# Everything `make test` needs before pytest: the two venvs, lint, libtpu, and (mk/llama.mk, mk/parity.mk)
+# libllama.  They are independent, so they are made in parallel: on a fresh 2-core machine the llama.cpp
+# compile overlaps the venvs' downloads.  Each target's output is printed in one piece when it ends.
+TEST_SETUP_JOBS ?= 3
+.PHONY: test-setup
+test-setup: install lint install-tpu
+
 # everything, integration tests included (CI)
-test: install lint install-tpu
+test:
+	$(MAKE) --no-print-directory -j$(TEST_SETUP_JOBS) --output-sync=target test-setup
 	$(PY) -m pytest -q $(PYTEST_XDIST)
 
 # the fast tests only: no make, subprocess venvs or LaTeX.  The same tests and tolerances on the same

@@ -1,6 +1,9 @@
 # llama.cpp (issue 20): a CPU peer in `make bench-peers` and a fifth implementation in parity / perplexity.
-#   make llama-cpp        download the llama-cpp-python sdist once, build the vendored llama.cpp tools and
-#                         shared library into $(LLAMA_DIR)/build (ignored, cached); writes build-info.json
+#   make llama-cpp        download the llama-cpp-python sdist once, build the vendored llama.cpp's shared
+#                         library (libllama: all that the tests, parity, perplexity and the C-API peer load)
+#                         into $(LLAMA_DIR)/build (ignored, cached); writes build-info.json
+#   make llama-tools      llama.cpp's own llama-bench, llama-batched-bench and llama-perplexity in the same
+#                         build (not part of `make test`); writes tools-build-info.json
 #   make llama-cpp-try    the same, but a failure is recorded and does not stop the caller (make test, bench-peers)
 #   make llama-cpp-clean  remove the build (keeps the downloaded sdist)
 # Nothing here touches .venv: the binaries and libllama live in $(LLAMA_DIR); the llama_cpp Python binding is
@@ -8,7 +11,7 @@
 # If there is no compiler or no network the target fails; the consumers (peers, parity, tests) then skip
 # llama.cpp with the reason, read from $(LLAMA_DIR)/build-failed.txt.
 
-.PHONY: llama-cpp llama-cpp-try llama-cpp-clean
+.PHONY: llama-cpp llama-cpp-try llama-cpp-clean llama-tools
 
 LLAMA_DIR ?= .llama
 LLAMA_PY_VERSION := 0.3.36
@@ -20,7 +23,8 @@ LLAMA_BUILD := $(LLAMA_DIR)/build
 LLAMA_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 LLAMA_CMAKE_FLAGS := -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=ON \
 	-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DBUILD_SHARED_LIBS=ON
-LLAMA_TARGETS := llama-bench llama-batched-bench llama-perplexity llama-simple llama
+LLAMA_TARGETS := llama
+LLAMA_TOOL_TARGETS := llama-bench llama-batched-bench llama-perplexity
 
 llama_fail = { mkdir -p $(LLAMA_BUILD); echo "$(1)" > $(LLAMA_BUILD)/build-failed.txt; echo "llama.cpp: $(1)" >&2; exit 1; }
 
@@ -46,14 +50,22 @@ $(LLAMA_BUILD)/build-info.json: $(LLAMA_SRC)/.unpacked mk/llama.mk experiments/p
 
 llama-cpp: $(LLAMA_BUILD)/build-info.json
 
+$(LLAMA_BUILD)/tools-build-info.json: $(LLAMA_BUILD)/build-info.json
+	$(PY_SYS) experiments/peers_runners/llama_build.py --src $(LLAMA_CPP_SRC) --build $(LLAMA_BUILD) \
+		--sdist $(LLAMA_DIR)/dl/$(LLAMA_SDIST) --sdist-sha256 $(LLAMA_SDIST_SHA256) --jobs $(LLAMA_JOBS) \
+		--targets "$(LLAMA_TOOL_TARGETS)" --record tools-build-info.json --binary bin/llama-bench \
+		-- $(LLAMA_CMAKE_FLAGS)
+
+llama-tools: $(LLAMA_BUILD)/tools-build-info.json
+
 # The same, but a failure (no compiler, no network) does not stop the caller: it is recorded in
 # $(LLAMA_BUILD)/build-failed.txt and the llama.cpp peer / parity backend / tests skip with that reason.
 # Built once; later calls find build-info.json and do nothing.
 llama-cpp-try:
 	@$(MAKE) --no-print-directory llama-cpp || echo "llama.cpp: build failed, continuing without it (see $(LLAMA_BUILD)/build-failed.txt)"
 
-# CI (`make test` on a clean clone) builds it first, so the integration tests run against it (~5 min on 2 cores)
-test: llama-cpp-try
+# CI (`make test` on a clean clone) builds libllama first, so the integration tests run against it
+test-setup: llama-cpp-try
 
 llama-cpp-clean:
 	rm -rf $(LLAMA_BUILD)

@@ -11,9 +11,10 @@
 SERVE_BENCH_ARGS ?=
 LLAMA_SERVER_CMAKE_FLAGS = $(subst -DLLAMA_BUILD_SERVER=OFF,-DLLAMA_BUILD_SERVER=ON,$(LLAMA_CMAKE_FLAGS))
 
-$(LLAMA_BUILD)/server-build-info.json: $(LLAMA_BUILD)/build-info.json experiments/peers_runners/llama_server_build.py
-	$(PY_SYS) experiments/peers_runners/llama_server_build.py --src $(LLAMA_CPP_SRC) --build $(LLAMA_BUILD) \
+$(LLAMA_BUILD)/server-build-info.json: $(LLAMA_BUILD)/build-info.json
+	$(PY_SYS) experiments/peers_runners/llama_build.py --src $(LLAMA_CPP_SRC) --build $(LLAMA_BUILD) \
 		--sdist $(LLAMA_DIR)/dl/$(LLAMA_SDIST) --sdist-sha256 $(LLAMA_SDIST_SHA256) --jobs $(LLAMA_JOBS) \
+		--targets llama-server --record server-build-info.json --binary bin/llama-server \
 		-- $(LLAMA_SERVER_CMAKE_FLAGS)
 
 llama-server: $(LLAMA_BUILD)/server-build-info.json

@@ -339,8 +339,10 @@ def _compiled_suite(spec: dict[str, Any], root: Path) -> str:
     from mamba2_jax.eval.report import model_key
 
     docs_ = sorted((read_json(p) for p in source_files(spec, root)), key=lambda d: model_key(d["run"]))
-    rows = ["| scale | program | compile s | devices | memory per device | XLA FLOPs | arguments + outputs | "
-            "XLA bytes | roofline bound (arguments + outputs) |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    rows = [_suite_count(docs_), "",
+            "| scale | program | compile s | load (1 min) | devices | memory per device | XLA FLOPs | "
+            "arguments + outputs | XLA bytes | roofline bound (arguments + outputs) |",
+            "|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
     for d in docs_:
         for r in sorted(d["records"], key=lambda r: (r["program"] != "step", r["program"] != "generate",
                                                      r.get("length") or 0)):
@@ -349,11 +351,37 @@ def _compiled_suite(spec: dict[str, Any], root: Path) -> str:
                  else f"{ro['bound_tokens_per_s']:,.0f} tokens/s") + f" ({ro['bound']}-bound)"
             gf = r["flops"] / 1e9
             mem = f"{r['bytes_needed_per_device'] / 2**30:.2f} of {r['hbm_bytes_per_device'] / 2**30:.1f} GiB"
-            rows.append(f"| {d['run']} | {r['key']} | {r['compile_s']:.0f} | {r['num_devices']} | {mem} | "
-                        f"{gf:,.0f} G | " if gf >= 100 else f"| {d['run']} | {r['key']} | {r['compile_s']:.0f} | "
-                        f"{r['num_devices']} | {mem} | {gf:.4g} G | ")
+            load = ("{:.1f} → {:.1f}".format(*r["load_avg_1m"]) if r.get("load_avg_1m") else "n/a")
+            rows.append(f"| {d['run']} | {r['key']} | {r['compile_s']:.0f} | {load} | {r['num_devices']} | {mem} | "
+                        + (f"{gf:,.0f} G | " if gf >= 100 else f"{gf:.4g} G | "))
             rows[-1] += f"{r['min_bytes'] / 1e9:.3g} GB | {r['bytes_accessed'] / 1e9:.3g} GB | {b} |"
+    rows += ["", "Load (1 min): the machine's load average before → after the compile; n/a: compiled before "
+             "it was recorded."]
     return "\n".join(rows) + "\n"
+
+
+def suite_programs(suite: dict[str, Any]) -> list[str]:
+    """The program keys of a compile suite (experiments/tpu_compile.py ``programs``, phase all), from the
+    suite recorded in a result's config."""
+    keys = ["step", *(f"generate-n{n}" for n in suite["decode_tokens"])]
+    lengths = sorted(set(suite["prefill_lengths"]) | {suite["headline_length"]})
+    return keys + [f"prefill-L{L}" for L in lengths]
+
+
+def _suite_count(docs_: list[dict[str, Any]]) -> str:
+    """'N of M programs compiled' for the suite the result files were compiled from, naming what is missing."""
+    if not docs_:
+        return "No program of the suite is compiled."
+    suite = docs_[0]["config"]["suite"]
+    want = suite_programs(suite)
+    have = {d["run"]: {r["key"] for r in d["records"]} for d in docs_}
+    missing = {m: [k for k in want if k not in have.get(m, set())] for m in suite["models"]}
+    n_have = sum(len(want) - len(v) for v in missing.values())
+    total = len(want) * len(suite["models"])
+    line = (f"Compiled: **{n_have} of {total}** programs of profile={suite['profile']} ({len(suite['models'])} "
+            f"scales × {len(want)} programs).")
+    gaps = [f"{m}: {', '.join(k.removeprefix('prefill-') for k in v)}" for m, v in missing.items() if v]
+    return line + (" Not compiled: " + "; ".join(gaps) + "." if gaps else " Every program is compiled.")
 
 
 BLOCKS: dict[str, Callable[[dict[str, Any], Path], str]] = {

@@ -67,3 +67,18 @@ def test_installed_wheel_finds_packaged_configs(wheel, tmp_path):
     assert Path(where).is_relative_to(target) and root is None  # the installed copy, not the checkout
     expected = yaml.safe_load((REPO / "mamba2_jax/eval/conf/model/mamba2-130m.yaml").read_text())
     assert spec["hf_id"] == expected["hf_id"] and spec["name"] == "mamba2-130m"
+
+
+def test_gpu_reference_venv_refuses_without_a_gpu(tmp_path):
+    """`make install-gpu-ref` (the paper's CUDA reference, mamba_ssm 2.2.2) stops at once on a machine with no
+    NVIDIA GPU, says why, and creates nothing."""
+    if shutil.which("nvidia-smi"):
+        pytest.skip("nvidia-smi is on PATH: this machine may have a GPU, so the refusal cannot be checked")
+    if not shutil.which("make"):
+        pytest.skip("no `make` on PATH")
+    venv = tmp_path / "venv-gpu"
+    r = subprocess.run(["make", "--no-print-directory", "install-gpu-ref", f"GPU_VENV={venv}"],
+                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "no NVIDIA GPU here" in r.stderr and "docs/artifact_evaluation.md" in r.stderr
+    assert not venv.exists()

@@ -1,11 +1,22 @@
 """Build llama.cpp from the llama-cpp-python sdist and record the build (issue 20, item 1).
 
-Run by ``make llama-cpp`` with the system Python (stdlib only: the project venv may not exist yet).
-Configures with the flags after ``--``, builds only ``--targets``, and writes ``BUILD/build-info.json``:
-the llama.cpp commit the sdist vendors (its CHANGELOG names it; the sdist has no git metadata),
-the sdist and its sha256, the cmake flags, the compiler, the build's wall time and the CPU features
-ggml compiled in (``llama_print_system_info`` from the built libllama).  On failure it writes
-``BUILD/build-failed.txt`` with the reason (the peers / parity / tests print it when they skip) and exits 1.
+Run with the system Python (stdlib only: the project venv may not exist yet) by
+
+* ``make llama-cpp`` (``make test``): only ``libllama`` (``--targets llama``), all that the tests, the
+  parity / perplexity backend and the C-API peer load; record ``BUILD/build-info.json``;
+* ``make llama-tools``: llama.cpp's own ``llama-bench``, ``llama-batched-bench`` and ``llama-perplexity``
+  in the same build directory (``--record tools-build-info.json``);
+* ``make llama-server``: ``llama-server``, reconfigured with ``-DLLAMA_BUILD_SERVER=ON``
+  (``--record server-build-info.json --binary bin/llama-server``).
+
+Each later build reuses the objects of the first (the same flags but the server switch), so ggml and
+libllama are not recompiled.  Configures with the flags after ``--``, builds only ``--targets``, and
+writes the record: the llama.cpp commit the sdist vendors (its CHANGELOG names it; the sdist has no git
+metadata), the sdist and its sha256, the cmake flags, the targets, the compiler, the build's wall time
+and the CPU features ggml compiled in (``llama_print_system_info`` from the built libllama); with
+``--binary``, that binary's ``--version``.  On failure it writes the record's ``*-failed.txt`` twin
+(``build-failed.txt`` for the first) with the reason (the peers / parity / tests / benchmarks print it
+when they skip) and exits 1.
 """
 from __future__ import annotations
 
@@ -78,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sdist-sha256", required=True)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--targets", required=True)
+    ap.add_argument("--record", default="build-info.json", help="the record's file name in BUILD")
+    ap.add_argument("--binary", default=None, help="a built binary (relative to BUILD) to check and --version")
     ap.add_argument("cmake_flags", nargs="*")
     a = ap.parse_args(argv)
-    failed = a.build / "build-failed.txt"
+    failed = a.build / a.record.replace("-info.json", "-failed.txt")
     a.build.mkdir(parents=True, exist_ok=True)
     targets = a.targets.split()
 
@@ -103,6 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         if r.returncode != 0:
             return fail(f"`{' '.join(cmd)}` exited {r.returncode}")
     wall = time.perf_counter() - t0
+    version = None
+    if a.binary:
+        binary = a.build / a.binary
+        if not binary.exists():
+            return fail(f"the build finished but {binary} does not exist")
+        ver = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=60)
+        version = (ver.stdout + ver.stderr).strip().splitlines()
     info = system_info(a.build)
     cxx = subprocess.run(["c++", "--version"], capture_output=True, text=True).stdout.splitlines()
     record = {
@@ -120,9 +140,12 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_features": cpu_features(info),
         "bin_dir": "bin",
     }
+    if a.binary:
+        record.update(binary=a.binary, version=version)
     failed.unlink(missing_ok=True)
-    _atomic_write(a.build / "build-info.json", json.dumps(record, indent=2) + "\n")
-    print(f"llama.cpp built in {wall:.0f}s; ggml CPU features: {', '.join(record['cpu_features'])}")
+    _atomic_write(a.build / a.record, json.dumps(record, indent=2) + "\n")
+    print(f"llama.cpp {' '.join(targets)} built in {wall:.0f}s; ggml CPU features: "
+          f"{', '.join(record['cpu_features'])}")
     return 0
 
 
