@@ -1,8 +1,10 @@
 """The core's import graph (issue 21): one chain with no cycle, in the documented order, nothing
-from the evaluation package (issue 29), and the structure policy chosen for the target platform
-rather than the host."""
+from the evaluation package (issue 29), JAX deferred at the JAX-free boundary, and the structure
+policy chosen for the target platform rather than the host."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +89,30 @@ def test_core_imports_nothing_from_eval():
            for p in CORE_FILES}
     bad = {k: v for k, v in bad.items() if v}
     assert not bad, bad
+
+
+def test_cli_import_and_jax_free_commands_do_not_import_jax(tmp_path):
+    """The JAX-free boundary (docs/design.md): importing the command line, ``--help``, and the
+    checkpoint commands (init-random, info, convert) leave jax, jaxlib and flax unimported."""
+    code = (
+        "import sys, contextlib, io\n"
+        "import mamba2_jax.cli as cli\n"
+        "heavy = lambda: sorted(m for m in ('jax', 'jaxlib', 'flax', 'optax') if m in sys.modules)\n"
+        "assert not heavy(), ('import', heavy())\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    cli.main(['--help'])\n"
+        "assert not heavy(), ('--help', heavy())\n"
+        "d = sys.argv[1]\n"
+        "for argv in (['init-random', '--config', 'tiny', '--out', d + '/a'], ['info', d + '/a'],\n"
+        "             ['convert', d + '/a', d + '/b', '--format', 'hf'], ['info', d + '/missing']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+        "        rc = cli.main(argv)\n"
+        "    assert rc == (2 if 'missing' in argv[-1] else 0), (argv, rc)\n"
+        "    assert not heavy(), (argv, heavy())\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=CORE.parent, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
 
 
 def test_checkpoint_does_not_import_jax():
