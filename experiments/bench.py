@@ -21,8 +21,8 @@ import hydra
 
 from mamba2_jax.eval import bench, curves, flops
 from mamba2_jax.eval import models as model_specs
-from mamba2_jax.eval.hardware import StreamBench
 from mamba2_jax.eval.results import write_results
+from mamba2_jax.hardware import StreamBench
 from mamba2_jax.paths import require_data_dir
 
 

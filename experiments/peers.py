@@ -238,7 +238,7 @@ def run(cfg) -> dict:
             for key, t in specs[name].items():
                 tasks[f"{name}:{key}"] = (lambda p=peer, t=t: p.call(t["cmd"], **t["args"])["seconds"])
         if P.get("stream_bytes"):
-            from mamba2_jax.eval.hardware import StreamBench
+            from mamba2_jax.hardware import StreamBench
 
             stream = StreamBench(int(P.stream_bytes))
             tasks["stream"] = stream.run

@@ -4,7 +4,7 @@
     python experiments/throughput.py profile=paper hardware=tpu_v6e
 
 Writes results/throughput/<run>.json (+ .csv).  FLOPs and bytes: mamba2_jax/eval/flops.py; timing:
-mamba2_jax/eval/bench.py; peaks: mamba2_jax/eval/hardware.py.
+mamba2_jax/eval/bench.py; peaks: mamba2_jax/hardware.py.
 """
 
 from __future__ import annotations

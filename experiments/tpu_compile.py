@@ -118,9 +118,9 @@ def main(argv=None) -> int:
 
     from mamba2_jax.compile import TARGETS, CompileError, compile_program, ensure_cuda_plugin, ensure_libtpu, versions
     from mamba2_jax.config import PRESETS, Mamba2Config, get_preset
-    from mamba2_jax.eval.hardware import get_profile
     from mamba2_jax.eval.provenance import git_info, provenance
     from mamba2_jax.eval.results import read_result, write_document
+    from mamba2_jax.hardware import get_profile
     from mamba2_jax.sharding import parse_mesh
 
     t = TARGETS[a.target]

@@ -16,7 +16,9 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hydra
 import numpy as np
@@ -30,18 +32,19 @@ from mamba2_jax.eval.data import (
     count_words,
     raw_text_from_rows,
     rows_from_raw_file,
+    split_articles,
     split_documents,
     wikitext_detokenizer,
 )
 from mamba2_jax.eval.provenance import provenance
 from mamba2_jax.eval.results import write_document
 from mamba2_jax.eval.scorer import JaxScorer
-from mamba2_jax.eval.train import TokenBatcher, TrainConfig, Trainer, wikitext_train_val
 from mamba2_jax.fileio import atomic_write_bytes, atomic_write_text, sha256_file
 from mamba2_jax.generate import stepwise_greedy
 from mamba2_jax.loading import load_pretrained, state_dict_from_model
 from mamba2_jax.paths import checkout_root
 from mamba2_jax.tokenizer import load_tokenizer
+from mamba2_jax.train import TokenBatcher, TrainConfig, Trainer, tokenize_documents
 
 REPO = checkout_root() or Path.cwd()
 
@@ -49,6 +52,36 @@ REPO = checkout_root() or Path.cwd()
 def _path(p: str) -> Path:
     p = Path(p).expanduser()
     return p if p.is_absolute() else (REPO / p).resolve()
+
+
+@dataclass
+class WikiTextSplit:
+    """Token streams for training on one raw WikiText file, with the last articles held out."""
+
+    train_tokens: np.ndarray
+    val_tokens: np.ndarray
+    n_articles: int
+    val_titles: list[str]
+    source: str
+
+    def summary(self) -> dict[str, Any]:
+        return {"source": self.source, "n_articles": self.n_articles, "n_val_articles": len(self.val_titles),
+                "val_titles": self.val_titles, "train_tokens": int(len(self.train_tokens)),
+                "val_tokens": int(len(self.val_tokens))}
+
+
+def wikitext_train_val(path: str | Path, tokenizer, val_articles: int = 3, eos_between_docs: bool = True
+                       ) -> WikiTextSplit:
+    """Split a raw WikiText file into articles; the last ``val_articles`` articles are the
+    validation set, the rest the training set.  Each is tokenized and concatenated."""
+    arts = split_articles(rows_from_raw_file(path))
+    if not 0 < val_articles < len(arts):
+        raise ValueError(f"val_articles={val_articles} must be in (0, {len(arts)})")
+    eos = 0 if eos_between_docs else None
+    tr, va = arts[:-val_articles], arts[-val_articles:]
+    titles = [a.lstrip("\n").split("\n", 1)[0].strip(" =") for a in va]
+    return WikiTextSplit(tokenize_documents(tokenizer, tr, eos), tokenize_documents(tokenizer, va, eos),
+                         len(arts), titles, str(path))
 
 
 def test_perplexities(model, tok, test_file: Path, e: DictConfig) -> dict:

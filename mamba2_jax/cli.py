@@ -331,6 +331,22 @@ def _cmd_serve(a) -> int:
     return serve(a)
 
 
+# the core's input errors, reported as "error: ..." with exit status 2 (module, class)
+_INPUT_ERRORS = (("checkpoint", "CheckpointError"), ("compile", "CompileError"), ("config", "ConfigError"),
+                 ("generate", "GenerationError"), ("tokenizer", "TokenizerError"), ("sharding", "MeshError"))
+
+
+def _input_error(e: BaseException) -> bool:
+    """Whether ``e`` is one of the core's input errors.  Only a module the command imported can have
+    raised its error, so this looks in ``sys.modules`` and imports nothing: importing ``generate`` or
+    ``sharding`` for their error classes would import JAX into the JAX-free commands (docs/design.md)."""
+    for mod, cls in _INPUT_ERRORS:
+        m = sys.modules.get(f"{__package__}.{mod}")
+        if m is not None and isinstance(e, getattr(m, cls)):
+            return True
+    return False
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "greedy", False) and any(x is not None for x in (args.temperature, args.top_k, args.top_p)):
@@ -338,21 +354,16 @@ def main(argv=None) -> int:
         return 2
     if getattr(args, "cmd", None) == "compile" and args.model is None:
         args.model = default_model_dir()
-    from .checkpoint import CheckpointError
-    from .compile import CompileError
-    from .config import ConfigError
-    from .generate import GenerationError
-    from .sharding import MeshError
-    from .tokenizer import TokenizerError
-
     try:
         return args.fn(args)
-    except (CheckpointError, CompileError, ConfigError, GenerationError, TokenizerError, MeshError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # disk full, permission denied: not the input's fault, but no traceback either
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:
+        if _input_error(e):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, OSError):  # disk full, permission denied: not the input's fault, but no traceback either
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

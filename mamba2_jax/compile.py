@@ -516,7 +516,7 @@ def compile_program(model: Any, target: str = "tpu-v6e", program: str = "prefill
     import numpy as np
     from jax.sharding import AxisType, Mesh
 
-    from .eval.hardware import get_profile
+    from .hardware import get_profile
     from .sharding import describe_mesh, parse_mesh
 
     if program not in PROGRAMS:

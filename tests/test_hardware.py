@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from mamba2_jax.eval import hardware as hw
+from mamba2_jax import hardware as hw
 
 SMALL = dict(matmul_n=64, bandwidth_bytes=1 << 20, reps=2, measure_bf16=False)
 

@@ -1,7 +1,10 @@
-"""The core's import graph (issue 21): one chain with no cycle, in the documented order, and the
-structure policy chosen for the target platform rather than the host."""
+"""The core's import graph (issue 21): one chain with no cycle, in the documented order, nothing
+from the evaluation package (issue 29), JAX deferred at the JAX-free boundary, and the structure
+policy chosen for the target platform rather than the host."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +16,11 @@ from mamba2_jax.params import init_state_dict
 
 CORE = Path(__file__).resolve().parents[1] / "mamba2_jax"
 # docs/design.md: each module may import only modules of an earlier rank
-RANK = {"params": 0, "config": 1, "fileio": 1, "paths": 1, "hub": 1, "gpu_targets": 1, "ops": 2, "ssd": 2, "cache": 2,
-        "sharding": 3, "model": 4, "checkpoint": 4, "loading": 5, "generate": 6, "tokenizer": 6, "compile": 7,
-        "cli": 8}
+RANK = {"params": 0, "config": 1, "fileio": 1, "paths": 1, "hub": 1, "gpu_targets": 1, "hardware": 1, "ops": 2,
+        "ssd": 2, "cache": 2, "sharding": 3, "model": 4, "checkpoint": 4, "loading": 5, "generate": 6, "tokenizer": 6,
+        "compile": 7, "train": 7, "cli": 8}
+# the core: the package's own modules and the server (mamba2_jax/eval/ builds on it, never the reverse)
+CORE_FILES = sorted([*CORE.glob("*.py"), *(CORE / "serve").glob("*.py")])
 
 
 def _imports(path: Path) -> set[str]:
@@ -37,6 +42,77 @@ def test_core_imports_follow_the_documented_order():
     bad = [f"{m} imports {d}" for m in mods for d in sorted(_imports(CORE / f"{m}.py"))
            if d in RANK and d != m and RANK[d] >= RANK[m]]
     assert not bad, bad
+
+
+def _absolute_imports(path: Path, text: str | None = None) -> set[str]:
+    """Every module ``path`` imports, anywhere (deferred and ``TYPE_CHECKING`` imports included), as an
+    absolute dotted name: relative imports resolved against the file's package, ``from P import n``
+    giving both ``P`` and ``P.n`` (n may be a submodule)."""
+    package = ".".join(path.relative_to(CORE.parent).with_suffix("").parts[:-1])
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text() if text is None else text)):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, *([base] if base else [])])
+            out.add(base)
+            out.update(f"{base}.{a.name}" for a in node.names)
+        elif (isinstance(node, ast.Call) and ast.unparse(node.func).endswith("import_module") and node.args
+              and isinstance(node.args[0], ast.Constant)):
+            out.add(str(node.args[0].value))
+    return out
+
+
+def test_absolute_imports_resolve_relative_ones():
+    """The resolver the next test relies on, deferred imports included: ``..eval`` from serve/ and
+    ``.eval`` from the package name mamba2_jax.eval; ``.eval`` from serve/ is mamba2_jax.serve.eval."""
+    src = ("from ..eval.data import x\nimport mamba2_jax.eval.bench\ndef f():\n    from .eval import y\n"
+           "    from . import eval\n    importlib.import_module('mamba2_jax.eval.oracle')\n")
+    serve = _absolute_imports(CORE / "serve" / "m.py", src)
+    assert {"mamba2_jax.eval.data", "mamba2_jax.eval.bench", "mamba2_jax.serve.eval", "mamba2_jax.serve.eval.y",
+            "mamba2_jax.eval.oracle"} <= serve
+    assert "mamba2_jax.eval.y" not in serve
+    core = _absolute_imports(CORE / "m.py", src)
+    assert {"mamba2_jax.eval", "mamba2_jax.eval.y"} <= core
+    assert "mamba2_jax.hardware" in _absolute_imports(CORE / "compile.py")
+
+
+def test_core_imports_nothing_from_eval():
+    """No core module (mamba2_jax/*.py, mamba2_jax/serve/*.py) imports the evaluation package, not
+    even in a function body: device profiles are ``hardware``, training is ``train`` (issue 29)."""
+    assert len(CORE_FILES) > len(RANK)  # serve/ included
+    bad = {str(p.relative_to(CORE.parent)): sorted(m for m in _absolute_imports(p)
+                                                   if m == "mamba2_jax.eval" or m.startswith("mamba2_jax.eval."))
+           for p in CORE_FILES}
+    bad = {k: v for k, v in bad.items() if v}
+    assert not bad, bad
+
+
+def test_cli_import_and_jax_free_commands_do_not_import_jax(tmp_path):
+    """The JAX-free boundary (docs/design.md): importing the command line, ``--help``, and the
+    checkpoint commands (init-random, info, convert) leave jax, jaxlib and flax unimported."""
+    code = (
+        "import sys, contextlib, io\n"
+        "import mamba2_jax.cli as cli\n"
+        "heavy = lambda: sorted(m for m in ('jax', 'jaxlib', 'flax', 'optax') if m in sys.modules)\n"
+        "assert not heavy(), ('import', heavy())\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    cli.main(['--help'])\n"
+        "assert not heavy(), ('--help', heavy())\n"
+        "d = sys.argv[1]\n"
+        "for argv in (['init-random', '--config', 'tiny', '--out', d + '/a'], ['info', d + '/a'],\n"
+        "             ['convert', d + '/a', d + '/b', '--format', 'hf'], ['info', d + '/missing']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+        "        rc = cli.main(argv)\n"
+        "    assert rc == (2 if 'missing' in argv[-1] else 0), (argv, rc)\n"
+        "    assert not heavy(), (argv, heavy())\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=CORE.parent, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
 
 
 def test_checkpoint_does_not_import_jax():

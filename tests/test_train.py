@@ -1,4 +1,4 @@
-"""Training library (mamba2_jax.eval.train): loss decreases, runs are bitwise deterministic, batching
+"""Training library (mamba2_jax.train): loss decreases, runs are bitwise deterministic, batching
 and evaluation helpers behave."""
 
 import math
@@ -12,9 +12,9 @@ from mamba2_jax.checkpoint import init_state_dict
 from mamba2_jax.config import Mamba2Config
 from mamba2_jax.eval.data import split_articles
 from mamba2_jax.eval.oracle import OracleModel, rel_err
-from mamba2_jax.eval.train import _STEPS, TokenBatcher, TrainConfig, Trainer, lm_loss, weight_decay_mask
 from mamba2_jax.generate import stepwise_greedy
 from mamba2_jax.loading import model_from_state_dict, state_dict_from_model
+from mamba2_jax.train import _STEPS, TokenBatcher, TrainConfig, Trainer, lm_loss, weight_decay_mask
 
 # small vocabulary, two groups (per-group B/C path), several chunks per sequence
 CFG = Mamba2Config(name="train-test", d_model=32, n_layer=2, vocab_size=61, pad_vocab_size_multiple=16,
@@ -123,8 +123,8 @@ def test_compiled_steps_are_keyed_on_the_graph_definition():
     """The train/eval programs are cached per model structure: a model of the same config and
     training config but another structure (in_proj split into its parts, as on a mesh) gets its own
     program and the same loss.  (Keyed on (cfg, tc), it reused the first model's program.)"""
-    from mamba2_jax.eval.train import _compiled_steps
     from mamba2_jax.sharding import make_mesh
+    from mamba2_jax.train import _compiled_steps
 
     sd = init_state_dict(CFG, seed=1)
     toks = jnp.asarray(np.random.default_rng(2).integers(0, CFG.vocab_size, (2, 33)), jnp.int32)

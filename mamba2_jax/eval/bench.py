@@ -85,7 +85,7 @@ def alternate_with_stream(fns: dict[str, Callable[[], float]], rounds: int, stre
     """:func:`alternate` with a streaming-bandwidth probe taking its turn in every round, so that a
     memory-bound time is compared with the bandwidth measured in the same rounds.  Returns
     (times, median bandwidth in B/s, its result record, [load average before, after])."""
-    from .hardware import StreamBench
+    from ..hardware import StreamBench
 
     stream = StreamBench(stream_bytes)
     load0 = list(os.getloadavg())
@@ -282,7 +282,7 @@ def setup_run(cfg, experiment: str) -> dict[str, Any]:
     """
     import sys
 
-    from .hardware import device_description, resolve_profile
+    from ..hardware import device_description, resolve_profile
 
     desc = device_description()
     req = _get(cfg, "require_platform")

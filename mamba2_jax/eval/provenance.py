@@ -20,6 +20,7 @@ from typing import Any
 
 __all__ = ["provenance", "command_line", "hydra_overrides", "git_info", "package_versions", "cpu_model", "utc_now"]
 
+from ..hardware import cpu_model
 from ..paths import checkout_root
 
 DEFAULT_PACKAGES = ("jax", "jaxlib", "flax", "numpy", "torch", "transformers", "tokenizers", "safetensors",
@@ -87,16 +88,6 @@ def package_versions(names=DEFAULT_PACKAGES) -> dict[str, str | None]:
         except _md.PackageNotFoundError:
             out[n] = None
     return out
-
-
-def cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 def _jax_info() -> dict[str, Any]:

@@ -98,7 +98,7 @@ def write_results(experiment: str, run: str, records: list[dict[str, Any]], *, h
 def device_hardware() -> dict[str, Any]:
     """The ``hardware`` section for experiments that compare numbers rather than time them
     (parity, perplexity): the device this process runs on, with no peak profile."""
-    from .hardware import detect_profile_name, device_description
+    from ..hardware import detect_profile_name, device_description
 
     desc = device_description()
     return {"profile": {"name": detect_profile_name(desc)}, "device": desc, "matches_device": True}

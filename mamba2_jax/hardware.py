@@ -30,14 +30,16 @@ requested peaks but records ``matches_device: false`` and the actual device.
 from __future__ import annotations
 
 import dataclasses
+import platform
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 __all__ = ["DeviceProfile", "PROFILES", "detect_profile_name", "device_description", "get_profile",
            "resolve_profile", "measure_cpu_profile", "measure_matmul_flops", "measure_bandwidth", "StreamBench",
-           "matmul_passes"]
+           "matmul_passes", "cpu_model"]
 
 T = 1e12
 G = 1e9
@@ -243,8 +245,6 @@ def measure_cpu_profile(matmul_n: int = 2048, bandwidth_bytes: int = 1 << 30, re
     key = (matmul_n, bandwidth_bytes, reps, measure_bf16)
     if key in _CPU_CACHE:
         return _CPU_CACHE[key]
-    from .provenance import cpu_model
-
     t0 = time.perf_counter()
     mm32 = measure_matmul_flops(matmul_n, "float32", reps)
     mm16 = measure_matmul_flops(matmul_n, "bfloat16", reps) if measure_bf16 else None
@@ -260,6 +260,17 @@ def measure_cpu_profile(matmul_n: int = 2048, bandwidth_bytes: int = 1 << 30, re
     )
     _CPU_CACHE[key] = prof
     return prof
+
+
+def cpu_model() -> str | None:
+    """The host CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere), None if unknown."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def _mem_total() -> float | None:

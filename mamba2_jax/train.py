@@ -11,6 +11,10 @@ The cross-entropy over the (padded) vocabulary is computed in token chunks under
 
 Everything here is deterministic given the seed: initial weights come from
 :func:`mamba2_jax.checkpoint.init_state_dict`, batches from a seeded numpy generator.
+
+A core module (``docs/design.md``): it takes token streams and imports nothing from the evaluation
+package; the corpus is the caller's (``experiments/train_tiny.py`` reads WikiText through
+:mod:`mamba2_jax.eval.data`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -29,16 +32,15 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ..checkpoint import init_state_dict
-from ..config import Mamba2Config
-from ..generate import program_key
-from ..loading import model_from_state_dict
-from ..model import Mamba2LMHeadModel
-from ..params import GLOBAL_PARAMS, LAYER_PARAMS
-from .data import rows_from_raw_file, split_articles
+from .checkpoint import init_state_dict
+from .config import Mamba2Config
+from .generate import program_key
+from .loading import model_from_state_dict
+from .model import Mamba2LMHeadModel
+from .params import GLOBAL_PARAMS, LAYER_PARAMS
 
 __all__ = [
-    "TrainConfig", "tokenize_documents", "TokenBatcher", "lm_loss", "make_optimizer", "wikitext_train_val",
+    "TrainConfig", "tokenize_documents", "TokenBatcher", "lm_loss", "make_optimizer",
     "weight_decay_mask", "Trainer", "eval_loss",
 ]
 
@@ -322,34 +324,3 @@ def eval_loss(eval_step, params, rest, tokens: np.ndarray, seq_len: int, batch_s
         total += m * c
         count += c
     return total / max(count, 1.0)
-
-
-# ------------------------------------------------------------------------------ WikiText
-@dataclass
-class WikiTextSplit:
-    """Token streams for training on one raw WikiText file, with the last articles held out."""
-
-    train_tokens: np.ndarray
-    val_tokens: np.ndarray
-    n_articles: int
-    val_titles: list[str]
-    source: str
-
-    def summary(self) -> dict[str, Any]:
-        return {"source": self.source, "n_articles": self.n_articles, "n_val_articles": len(self.val_titles),
-                "val_titles": self.val_titles, "train_tokens": int(len(self.train_tokens)),
-                "val_tokens": int(len(self.val_tokens))}
-
-
-def wikitext_train_val(path: str | Path, tokenizer, val_articles: int = 3, eos_between_docs: bool = True
-                       ) -> WikiTextSplit:
-    """Split a raw WikiText file into articles; the last ``val_articles`` articles are the
-    validation set, the rest the training set.  Each is tokenized and concatenated."""
-    arts = split_articles(rows_from_raw_file(path))
-    if not 0 < val_articles < len(arts):
-        raise ValueError(f"val_articles={val_articles} must be in (0, {len(arts)})")
-    eos = 0 if eos_between_docs else None
-    tr, va = arts[:-val_articles], arts[-val_articles:]
-    titles = [a.lstrip("\n").split("\n", 1)[0].strip(" =") for a in va]
-    return WikiTextSplit(tokenize_documents(tokenizer, tr, eos), tokenize_documents(tokenizer, va, eos),
-                         len(arts), titles, str(path))
