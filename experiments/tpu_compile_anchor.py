@@ -145,6 +145,7 @@ def target_args(target: str) -> dict:
             raise CompileError(f"JAX's CUDA plugin is not installed in {d}: run `make install-cuda-plugin`")
         out["cuda_dir"] = str(d)
         out["target_config"] = TARGET_CONFIGS[t["target_config"]]
+        out["topology_name"] = f"{t['target_config']}:{t['topology']}"  # as mamba2_jax.compile.target_devices names it
     return out
 
 
@@ -179,7 +180,8 @@ def complete(raw: dict, setup: dict, *, target: str, model: str, cfg, suite: dic
         **mem, **{k: fb[k] for k in ("min_bytes", "bytes_needed_per_device", "hbm_bytes_per_device", "fits")},
         "custom_calls": raw["custom_calls"], "partitioner_annotations": [],
         "compiler_custom_calls": raw["compiler_custom_calls"], "tokens_per_call": raw["tokens_per_call"],
-        "bound_tokens_per_s": fb["bound_tokens_per_s"], "roofline": fb["roofline"], "cost_source": "compiled",
+        "bound_tokens_per_s": fb["bound_tokens_per_s"], "roofline": fb["roofline"],
+        "cost_source": raw.get("cost_source", "compiled"),
         "cost_note": "per device",
         "versions": {"jax": vers.get("jax"), "jaxlib": vers.get("jaxlib"), "libtpu": vers.get("libtpu"),
                      "jax_cuda12_pjrt": vers.get("jax-cuda12-pjrt")},

@@ -103,3 +103,27 @@ def test_missing_anchor_dir_is_a_clear_error(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "experiments" / "tpu_compile_anchor.py"), "--anchor-dir",
                         str(tmp_path / "none")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "make anchor-install" in r.stderr
+
+
+@pytest.mark.parametrize("target", ["tpu-v6e", "cuda-l40s"])
+def test_runner_compiles_for_a_target_without_the_device(anchor, target):
+    """The anchor's process gets the target's devices (libtpu's topology / the CUDA plugin's target description)
+    from the directories our side passes, without importing this project; the tiny decode pads to a chunk."""
+    from mamba2_jax.compile import CompileError
+
+    try:
+        targs = A.target_args(target)
+    except CompileError as e:
+        pytest.skip(f"{e}")
+    r = A.Runner(anchor)
+    try:
+        setup = r.call("setup", **targs, model_cfg=A.model_cfg(TINY))
+        raw = r.call("compile", program="decode", batch=1)
+    finally:
+        r.close()
+    rec = A.complete(raw, setup, target=target, model="tiny", cfg=TINY,
+                     suite={"dtype": "float32", "matmul_precision": "default"}, anchor=anchor)
+    assert rec["device_kind"].startswith("TPU v6" if target == "tpu-v6e" else "NVIDIA L40S")
+    assert rec["topology"] == ("v6e:2x2" if target == "tpu-v6e" else "l40s:1x1x1")
+    assert rec["fits"] is True and rec["roofline"]["bound_tokens_per_s"] > 0 and rec["flops"] > 0
+    assert rec["anchor"]["pads_to_chunk"] and rec["status"].startswith("compiled for ")

@@ -49,6 +49,13 @@ def _custom_calls(text: str) -> list[str]:
     return sorted(set(_CC.findall(text)) | set(_SCC.findall(text)))
 
 
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # the parent package is missing
+        return False
+
+
 def _platform_setup(platform: str, accelerator, libtpu_dir, cuda_dir) -> str:
     """Make the target's compiler loadable (before JAX's backends start); returns its version."""
     import importlib.metadata as md
@@ -67,7 +74,7 @@ def _platform_setup(platform: str, accelerator, libtpu_dir, cuda_dir) -> str:
     if platform == "cuda":
         import jax
 
-        if importlib.util.find_spec("jax_plugins.xla_cuda12") is None and cuda_dir:
+        if not _has_module("jax_plugins.xla_cuda12") and cuda_dir:
             sys.path.append(str(cuda_dir))
             importlib.invalidate_caches()
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
@@ -93,7 +100,7 @@ def _devices(platform: str, topology, target_config):
 
 
 def setup(platform, topology=None, accelerator=None, libtpu_dir=None, cuda_dir=None, target_config=None,
-          model_cfg=None, **_):
+          model_cfg=None, topology_name=None, **_):
     compiler = _platform_setup(platform, accelerator, libtpu_dir, cuda_dir)
     import jax
     from flax import nnx
@@ -124,7 +131,7 @@ def setup(platform, topology=None, accelerator=None, libtpu_dir=None, cuda_dir=N
     S.update(cfg=cfg, graphdef=graphdef, state=state, sh=sh, place=place, m2=m2, devs=devs,
              cache_of=lambda b: jax.tree.map(place, jax.eval_shape(lambda: m2.create_empty_cache(cfg, b))))
     del cache
-    return {"compiler": compiler, "device_kind": devs[0].device_kind, "topology": topo_name,
+    return {"compiler": compiler, "device_kind": devs[0].device_kind, "topology": topology_name or topo_name,
             "topology_devices": len(devs), "num_params": n_params, "param_dtypes": param_dtypes,
             "anchor_config": {k: (list(v) if isinstance(v, tuple) else v)
                               for k, v in vars(cfg).items() if not k.startswith("_")},
@@ -188,8 +195,20 @@ def compile(program, batch=1, length=None, keep_hlo=False, **_):  # noqa: A001  
     ca = compiled.cost_analysis()
     if isinstance(ca, (list, tuple)):
         ca = ca[0] if ca else {}
-    cost = {k: float(v) for k, v in dict(ca or {}).items()
-            if k in ("flops", "bytes accessed", "transcendentals", "optimal_seconds")}
+    ca = dict(ca or {})
+    cost_source = "compiled"
+    if not ca:  # the CUDA plugin's compile-only executable reports none: XLA's count before its optimisations
+        try:     # (as mamba2_jax.compile._lowered_cost does for our programs)
+            from jax._src import xla_bridge as xb
+            from jax._src.lib import _jax
+
+            ca = dict(_jax.hlo_module_cost_analysis(xb.get_backend("cpu"), lowered._lowering.hlo().as_hlo_module()))
+            cost_source = ("XLA's HloCostAnalysis of the program before the target's optimisations (the CUDA "
+                           "plugin's compile-only executable reports no cost analysis)")
+        except Exception:  # private API: no cost rather than no compile
+            ca = {}
+    wanted = ("flops", "bytes accessed", "transcendentals", "optimal_seconds")
+    cost = {k: float(v) for k, v in ca.items() if k in wanted}
     m = compiled.memory_analysis()
     keys = {"argument_bytes": "argument_size_in_bytes", "output_bytes": "output_size_in_bytes",
             "temp_bytes": "temp_size_in_bytes", "alias_bytes": "alias_size_in_bytes",
@@ -202,7 +221,7 @@ def compile(program, batch=1, length=None, keep_hlo=False, **_):  # noqa: A001  
     chunk_square = bool(re.search(rf"\b{chunk},{chunk}\b|\[{chunk},{chunk}\]|x{chunk}x{chunk}x", hlo + stablehlo))
     out = {"program": program, "batch": batch, "length": int(length) if program == "prefill" else None,
            "tokens_per_call": tokens, "lower_s": t1 - t0, "compile_s": t2 - t1,
-           "load_avg_1m": [round(load0, 2), round(load1, 2)], "cost": cost, "memory": mem,
+           "load_avg_1m": [round(load0, 2), round(load1, 2)], "cost": cost, "cost_source": cost_source, "memory": mem,
            "logits_shape": logits_shape, "seq_pads": pads, "chunk_size": chunk,
            "chunk_square_in_hlo": chunk_square,
            "custom_calls": _custom_calls(stablehlo), "compiler_custom_calls": _custom_calls(hlo),
