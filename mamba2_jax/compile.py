@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["TARGETS", "PROGRAMS", "CompileError", "compile_program", "ensure_libtpu", "libtpu_dir",
-           "roofline", "target_devices", "custom_calls", "versions", "NOT_RUN"]
+           "roofline", "fit_and_bound", "target_devices", "custom_calls", "versions", "NOT_RUN"]
 
 PROGRAMS = ("prefill", "step", "generate")
 
@@ -507,6 +507,35 @@ def export_program(model: Any, program: str = "prefill", *, platforms=("cuda",),
             "versions": versions()}
 
 
+def fit_and_bound(mem: dict[str, int], flops: float, xla_bytes: float, tokens: int, profile: str, dtype: str,
+                  precision: Any, num_devices: int = 1, chips: int = 1) -> dict[str, Any]:
+    """Whether a compiled program fits the chip's HBM and its :func:`roofline`, from its memory analysis
+    (``mem``: argument/output/temp/alias/generated_code bytes per device), XLA's flops and bytes, and the
+    target's hardware profile (``TARGETS[target]["profile"]``; "cpu": no bound).  One function for every
+    compiled program, this project's (:func:`compile_program`) and the paper's package's
+    (experiments/tpu_compile_anchor.py), so that their bounds are computed alike."""
+    from .hardware import get_profile
+
+    prof = get_profile(profile) if profile != "cpu" else None
+    per_chip_devices = max(1, num_devices // max(chips, 1))
+    hbm = (prof.memory_bytes / per_chip_devices) if prof is not None and prof.memory_bytes else None
+    need = mem.get("argument_bytes", 0) + mem.get("output_bytes", 0) + mem.get("temp_bytes", 0) \
+        + mem.get("generated_code_bytes", 0) - mem.get("alias_bytes", 0)
+    min_bytes = float(mem.get("argument_bytes", 0) + mem.get("output_bytes", 0))
+    roof = None
+    if prof is not None:
+        peak, peak_note = prof.peak_flops(dtype, precision)
+        bw = prof.bandwidth / per_chip_devices
+        peak = peak / per_chip_devices
+        roof = roofline(flops, min_bytes, tokens, peak, bw, xla_bytes)
+        roof["peak_note"] = peak_note
+        roof["profile"] = prof.name
+        roof["source"] = prof.source
+    return {"min_bytes": min_bytes, "bytes_needed_per_device": need, "hbm_bytes_per_device": hbm,
+            "fits": (need <= hbm) if hbm else None, "roofline": roof,
+            "bound_tokens_per_s": roof["bound_tokens_per_s"] if roof else None}
+
+
 def compile_program(model: Any, target: str = "tpu-v6e", program: str = "prefill", *, batch: int = 1,
                     length: int = 2048, new_tokens: int = 128, last_only: bool = True, dtype: str = "bfloat16",
                     mesh: Any = None, topology: str | None = None, precision: str | None = None,
@@ -516,7 +545,6 @@ def compile_program(model: Any, target: str = "tpu-v6e", program: str = "prefill
     import numpy as np
     from jax.sharding import AxisType, Mesh
 
-    from .hardware import get_profile
     from .sharding import describe_mesh, parse_mesh
 
     if program not in PROGRAMS:
@@ -565,24 +593,12 @@ def compile_program(model: Any, target: str = "tpu-v6e", program: str = "prefill
                        "compile-only executable reports no cost analysis)")
     hlo = compiled.as_text() or ""
     program_calls = custom_calls(lowered.as_text())
-    prof = get_profile(t["profile"]) if t["profile"] != "cpu" else None
     chips = _chips(used)
-    per_chip_devices = max(1, len(used) // max(chips, 1))
-    hbm = (prof.memory_bytes / per_chip_devices) if prof is not None and prof.memory_bytes else None
-    need = mem.get("argument_bytes", 0) + mem.get("output_bytes", 0) + mem.get("temp_bytes", 0) \
-        + mem.get("generated_code_bytes", 0) - mem.get("alias_bytes", 0)
     flops = float(cost.get("flops", float("nan")))
     xla_bytes = float(cost.get("bytes accessed", float("nan")))
-    min_bytes = float(mem.get("argument_bytes", 0) + mem.get("output_bytes", 0))
-    roof = None
-    if prof is not None:
-        peak, peak_note = prof.peak_flops(jdt.name, prec)
-        bw = prof.bandwidth / per_chip_devices
-        peak = peak / per_chip_devices
-        roof = roofline(flops, min_bytes, tokens, peak, bw, xla_bytes)
-        roof["peak_note"] = peak_note
-        roof["profile"] = prof.name
-        roof["source"] = prof.source
+    fb = fit_and_bound(mem, flops, xla_bytes, tokens, t["profile"], jdt.name, prec, len(used), chips)
+    need, hbm, min_bytes, roof = (fb["bytes_needed_per_device"], fb["hbm_bytes_per_device"], fb["min_bytes"],
+                                  fb["roofline"])
     vers = versions()
     out = {
         "target": target, "platform": t["platform"], "device_kind": kind, "topology": topo_name,

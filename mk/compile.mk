@@ -9,8 +9,12 @@
 #                         libraries) into $(CUDA_DIR)/, for `mamba2-jax compile --target cuda-l40s|cuda-h100`
 #   make tpu-compile-claims   the programs the paper's TPU claims rest on only (step, decode loop, prefill 4096)
 #   TPU_COMPILE_ARGS="--models mamba2-130m --resume"   extra arguments for experiments/tpu_compile.py
+#   make tpu-compile-anchor   the paper's own package (mamba2-jax 1.1.2, make anchor-install) compiled for the same
+#                         target and shapes, in its own process: its full-logits prefill at every suite length and
+#                         its cached one-token decode (experiments/tpu_compile_anchor.py; results/tpu_compile_anchor/)
+#   TPU_COMPILE_ANCHOR_ARGS="--phase claims --models mamba2-130m --resume"   its extra arguments
 
-.PHONY: install-tpu install-cuda-plugin reproduce-tpu tpu-compile tpu-compile-claims
+.PHONY: install-tpu install-cuda-plugin reproduce-tpu tpu-compile tpu-compile-claims tpu-compile-anchor
 
 TPU_DIR ?= .tpu
 LIBTPU_VERSION := 0.0.42.*
@@ -41,6 +45,13 @@ tpu-compile: $(STAMP) $(TPU_DIR)/.installed
 
 tpu-compile-claims: $(STAMP) $(TPU_DIR)/.installed
 	$(PY) experiments/tpu_compile.py --phase claims $(TPU_COMPILE_ARGS)
+
+# mamba2-jax 1.1.2 (ANCHOR_DIR, mk/bench.mk's anchor-install) compiled for TPU v6e without a TPU, in its own
+# process (it has this project's module name); --target cuda-l40s in TPU_COMPILE_ANCHOR_ARGS for the L40S
+ANCHOR_DIR ?= .anchor
+TPU_COMPILE_ANCHOR_ARGS ?=
+tpu-compile-anchor: $(STAMP) $(TPU_DIR)/.installed $(ANCHOR_DIR)/.installed
+	$(PY) experiments/tpu_compile_anchor.py --anchor-dir $(abspath $(ANCHOR_DIR)) $(TPU_COMPILE_ANCHOR_ARGS)
 
 reproduce-tpu: $(STAMP) $(TPU_DIR)/.installed
 	@backend=$$($(PY) -c "import jax; print(jax.default_backend())" 2>/dev/null); \

@@ -3,7 +3,8 @@
     python -m paper.make_tables [--results results] [--out paper/tables] [--reported paper/reported.yaml]
 
 Tables: throughput, sweep, cache_speedup, perplexity, parity, comparison (reported vs reproduced,
-paper/compare.py), comparison_cpu, compiled_tpu, and provenance (the paper's appendix: per table and
+paper/compare.py), comparison_cpu, compiled_tpu, compiled_anchor (ours beside the paper's package compiled
+for the same target), and provenance (the paper's appendix: per table and
 figure, its result files and the git sha, machine, precision and weights each records).  A table with
 no input is still written (one row saying which make target fills it), so paper/main.tex always
 compiles.  A LaTeX table is a ``table`` float, or a ``longtable`` that breaks across pages (booktabs,
@@ -35,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "tables"
 FIG_OUT = (checkout_root() or HERE.parent) / "figures" / "out"
 TABLES = ("throughput", "sweep", "cache_speedup", "perplexity", "parity", "comparison", "comparison_cpu",
-          "compiled_tpu")
+          "compiled_tpu", "compiled_anchor")
 
 
 def md(s: Any) -> str:
@@ -539,6 +540,87 @@ def compiled_table(results: Path, rep: dict[str, Any]) -> Table:
     return t
 
 
+def _side_cells(r: dict[str, Any] | None) -> list[str]:
+    """Compile s, XLA FLOPs, XLA bytes, argument / temp / output bytes per device, fits, bound of one record."""
+    if r is None:
+        return [compiled.NOT_COMPILED] + ["-"] * 7
+    ro = r.get("roofline") or {}
+    bound = (f"<= {ro['bound_tokens_per_s']:,.0f} tok/s ({ro.get('bound')})"
+             if ro.get("bound_tokens_per_s") else "n/a")
+    fit = "n/a" if r.get("fits") is None else ("yes" if r["fits"] else "no")
+    fit += f" ({r['bytes_needed_per_device'] / 2**30:.3g} GiB)" if r.get("bytes_needed_per_device") is not None else ""
+    return [fmt(r.get("compile_s"), ".0f"), report_si(r.get("flops")), _gb(r.get("bytes_accessed")),
+            _mib(r.get("argument_bytes")), _mib(r.get("temp_bytes")), _mib(r.get("output_bytes")), fit, bound]
+
+
+def report_si(x) -> str:
+    if x is None:
+        return "n/a"
+    for div, suf in ((1e12, "T"), (1e9, "G"), (1e6, "M")):
+        if abs(float(x)) >= div:
+            return f"{float(x) / div:.3g} {suf}"
+    return f"{float(x):.3g}"
+
+
+def _mib(x) -> str:
+    return "n/a" if x is None else f"{x / 2**20:,.1f}"
+
+
+def anchor_table(results: Path, rep: dict[str, Any]) -> Table:
+    """Ours beside mamba2-jax 1.1.2 (the paper's package), both compiled for TPU v6e by libtpu, per scale and
+    program (mamba2_jax.eval.compiled.side_by_side)."""
+    pairs = sorted(compiled.side_by_side(results), key=lambda x: report.model_key(x["model"]))
+    rows = []
+    for x in pairs:
+        a = x["anchor"] or {}
+        ver = ((a.get("anchor") or {}).get("version")) or "1.1.2"
+        if x["program"] == "step":
+            prog = "decode step, batch 1"
+            ours_what = "ours: step (cache donated)"
+            pads = (a.get("anchor") or {}).get("pads_to_chunk")
+            anc_what = (f"mamba2-jax {ver}: forward on 1 token" + (
+                f", padded to a {a['policy']['scan_chunk_size']}-token chunk" if pads and a.get("policy") else ""))
+        else:
+            prog = f"prefill, {x['program'].split('-L')[1]} tokens"
+            ours_what, anc_what = "ours: last-position logits", f"mamba2-jax {ver}: full logits"
+        rows.append([x["model"], prog, ours_what, *_side_cells(x["ours"])])
+        rows.append([x["model"], prog, anc_what, *_side_cells(x["anchor"])])
+    paired = {x["model"] for x in pairs}
+    docs = {**{(m, "ours"): c for m, c in compiled.load_compiled(results).items() if m in paired},
+            **{(m, "anchor"): c for m, c in compiled.anchor_documents(results).items()}}
+    prov = []
+    for (m, side), c in sorted(docs.items(), key=lambda kv: (report.model_key(kv[0][0]), kv[0][1] != "ours")):
+        d = c["doc"]
+        v = (d.get("provenance") or {}).get("compile") or {}
+        who = f"{v.get('anchor')} from {v.get('anchor_dir')}" if side == "anchor" else "this artifact"
+        prov.append(f"{m}, {who}: {d.get('status')}; {len(c['records'])} programs; topology {v.get('topology')}; "
+                    f"jax {v.get('jax')}, libtpu {v.get('libtpu')}; git {report.short_sha(d.get('provenance'))} "
+                    f"({report.rel(c['path'])}).")
+    t = Table("compiled_anchor", "This artifact beside the paper's package, both compiled for TPU v6e (not run)",
+              ["Scale", "Program", "Implementation", "Compile s", "XLA FLOPs", "XLA bytes", "Argument MiB",
+               "Temp MiB", "Output MiB", "Fits HBM", "Bound"],
+              "p{1.3cm}p{1.5cm}p{2.6cm}rrrrrrp{1.5cm}p{2.0cm}", rows,
+              "The same programs of the paper's setting (batch 1, float32 parameters, default matmul precision) "
+              "built from shapes only by the same compiler (libtpu's TPU v6e compiler, no TPU): this artifact "
+              "(experiments/tpu_compile.py) and the paper's own package mamba2-jax 1.1.2 from PyPI "
+              "(experiments/tpu_compile_anchor.py, in its own process). Its API prefills with full logits only, and "
+              "its decode step is its forward on one cached token. Compile s is wall time on a shared 2-core host "
+              "(each record keeps the load average). Bytes are per device; the bound is the roofline of "
+              "mamba2_jax.compile.fit_and_bound for both (arguments + outputs over 1.64 TB/s, FLOPs over the "
+              "peak). Nothing was run.", prov,
+              empty="no results/tpu_compile_anchor/*.json: run `make tpu-compile-anchor` (the paper's package "
+                    "compiled for TPU v6e without a TPU)",
+              notes=["not compiled: that side has no record of this program (yet); '-' follows. Our decode loop "
+                     "(generate) has no counterpart in its API and is not listed."],
+              size="scriptsize", long=True, group=2,
+              short="This artifact beside the paper's own package (mamba2-jax 1.1.2), the same programs compiled "
+                    "for TPU v6e by the same compiler without a TPU: compile time, XLA's FLOPs and bytes, memory "
+                    "per device and the roofline bound. Nothing was run.")
+    t.sources = list(dict.fromkeys([report.rel(Path(p)) for x in pairs for p in (x["ours_path"], x["anchor_path"])
+                                    if p]))
+    return t
+
+
 FIGURE_RESULT = re.compile(r"results/[\w./\-]+\.json")
 
 
@@ -627,7 +709,7 @@ def provenance_table(tables: list[Table], fig_dir: Path, root: Path | None = Non
 
 
 TABLE_BUILDERS = (throughput_table, sweep_table, cache_speedup_table, perplexity_table, parity_table,
-                  comparison_table, cpu_analogue_table, compiled_table)
+                  comparison_table, cpu_analogue_table, compiled_table, anchor_table)
 
 
 def build_all(results: Path | None, out: Path, reported_claims: Path | dict | None = None,

@@ -134,6 +134,7 @@ def write_synthetic_results(root: Path) -> Path:
     write_json(root / "perplexity" / "synthetic-d64" / "strided-limit3.json",
                perplexity_doc(protocol="strided", scope="first 3 of 141 windows", delta=-3e-4, ppl=800.0))
     write_json(root / "tpu_compile" / "mamba2-130m.json", compiled_doc())
+    write_json(root / "tpu_compile_anchor" / "mamba2-130m.json", compiled_anchor_doc())
     write_json(root / "serve" / "full-cpu.json", serve_doc())
     return root
 
@@ -209,6 +210,28 @@ def compiled_doc():
             "status": "compiled for TPU v6e, not run",
             "provenance": {"git": {"sha": "0" * 40, "dirty": False},
                            "compile": {"jax": "0.10.2", "libtpu": "0.0.42.1", "topology": "v6e:2x2"}}}
+
+
+def compiled_anchor_doc(programs=("decode", "prefill-L4096"), model="mamba2-130m"):
+    """results/tpu_compile_anchor/<model>.json (experiments/tpu_compile_anchor.py): mamba2-jax 1.1.2's decode (one
+    token padded to a 256-token chunk: 2e10 FLOPs, 0.55 GB) and its full-logits prefill at 4096 (1.2 TFLOP, 1.4 GB)."""
+    made = {"decode": compiled_record("decode", 2e10, 5.5e8, 2.1e9, 1),
+            "prefill-L4096": compiled_record("prefill-L4096", 1.2e12, 1.4e9, 3e10, 4096, need=3 << 30)}
+    recs = []
+    for k in programs:
+        r = made[k]
+        r.update(compile_s=40.0 if k == "decode" else 300.0, argument_bytes=5.35e8, temp_bytes=2e7 if k == "decode"
+                 else 8e8, output_bytes=r["min_bytes"] - 5.35e8, load_avg_1m=[2.0, 2.5],
+                 policy={"implementation": "mamba2-jax 1.1.2", "scan_chunk_size": 256, "logits": "full"},
+                 anchor={"version": "1.1.2", "seq_pads": [[0, 255]] if k == "decode" else [[3, 0]],
+                         "pads_to_chunk": k == "decode"})
+        recs.append(r)
+    return {**bench_doc("tpu_compile_anchor", recs, run=model, hw=hardware("tpu_v6e", "tpu", "TPU v6 lite", False)),
+            "status": "compiled for TPU v6e, not run",
+            "config": {"programs": list(made), "anchor": {"version": "1.1.2", "dir": "/x/.anchor"}},
+            "provenance": {"git": {"sha": "1" * 40, "dirty": False},
+                           "compile": {"jax": "0.10.2", "libtpu": "0.0.42.1", "topology": "v6e:2x2",
+                                       "anchor": "mamba2-jax 1.1.2", "anchor_dir": "/x/.anchor"}}}
 
 
 def bench_metrics_doc():

@@ -36,7 +36,8 @@ def png_size(p: Path) -> tuple[int, int]:
 
 def test_figure_scripts():
     assert SCRIPTS == ["fig1_cache_speedup", "fig2_decode_flatness", "fig3_prefill", "fig4_decode", "fig5_parity",
-                       "fig6_perplexity", "fig7_bench_curves", "fig8_tpu_compiled", "fig9_peers", "fig10_serving"]
+                       "fig6_perplexity", "fig7_bench_curves", "fig8_tpu_compiled", "fig9_peers", "fig10_serving",
+                       "fig11_anchor_compile"]
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +57,9 @@ def test_figure_from_synthetic_results(name, results, tmp_path, capsys):
     assert "Device:" in text and "Precision:" in text and "Weights:" in text, text
     if name == "fig8_tpu_compiled":  # TPU programs compiled, not run: no CPU run, no weights
         assert "compiled by libtpu, not run" in text and "plausible, not reproduced" in text
+    elif name == "fig11_anchor_compile":  # ours and the paper's package, compiled, not run
+        assert ("compiled by libtpu, not run" in text and "mamba2-jax 1.1.2" in text
+                and "0 of 4 slots not compiled" in text)
     else:
         assert "synthetic" in text and "CPU" in text
     assert "wrote" in capsys.readouterr().out
@@ -118,3 +122,17 @@ def test_unreadable_result_is_skipped_with_a_warning(results, tmp_path, capsys):
     assert "broken.json" in capsys.readouterr().err
     assert load("fig2_decode_flatness").main(["--results", str(root), "--out", str(tmp_path / "out"), "--strict",
                                               *PNG_ONLY]) == 0
+
+
+def test_anchor_figure_marks_programs_not_compiled(results, tmp_path):
+    """fig11 with only the anchor's decode compiled: its prefill slot says "not compiled" (caption and notes)."""
+    from synthetic_results import compiled_anchor_doc
+
+    root = tmp_path / "r"
+    shutil.copytree(results, root)
+    write_json(root / "tpu_compile_anchor" / "mamba2-130m.json", compiled_anchor_doc(programs=("decode",)))
+    out = tmp_path / "out"
+    assert load("fig11_anchor_compile").main(["--results", str(root), "--out", str(out), "--strict", *PNG_ONLY]) == 0
+    cap = (out / "fig11_anchor_compile.caption.md").read_text()
+    assert "1 of 4 slots not compiled" in cap and "mamba2-130m prefill-L4096 (mamba2-jax 1.1.2): not compiled" in cap
+    assert "sequence paddings [[0, 255]]" in cap

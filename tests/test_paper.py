@@ -90,8 +90,9 @@ def tables(tmp_path_factory):
 
 EXPECTED = {  # table -> (columns, rows from write_synthetic_results)
     "throughput": (10, 4), "sweep": (9, 6), "cache_speedup": (6, 4), "perplexity": (10, 2), "parity": (9, 2),
-    "comparison": (6, 11), "comparison_cpu": (5, 5), "compiled_tpu": (7, 4)}
-LONG = {"comparison", "comparison_cpu", "compiled_tpu", "provenance"}     # longtables: they break across pages
+    "comparison": (6, 11), "comparison_cpu": (5, 5), "compiled_tpu": (7, 4), "compiled_anchor": (11, 4)}
+# longtables: they break across pages
+LONG = {"comparison", "comparison_cpu", "compiled_tpu", "compiled_anchor", "provenance"}
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
@@ -167,6 +168,27 @@ def test_compiled_table_against_the_bound(tables):
     assert "roofline recompute/cached = 3.57x" in t   # 1.089 ms / 0.3053 ms
     comp = (tables / "comparison.md").read_text()
     assert comp.count("not tested here: no TPU or GPU available") == 5
+
+
+def test_anchor_table_sets_ours_beside_the_papers_package(tables, tmp_path):
+    """compiled_anchor: per scale and program, our record and mamba2-jax 1.1.2's, one row each; a program one
+    side has not compiled says so ("not compiled"), never an empty row."""
+    t = (tables / "compiled_anchor.md").read_text()
+    rows = [ln for ln in t.splitlines() if ln.startswith("| mamba2-130m")]
+    assert [r.split(" | ")[2] for r in rows] == [
+        "ours: step (cache donated)", "mamba2-jax 1.1.2: forward on 1 token, padded to a 256-token chunk",
+        "ours: last-position logits", "mamba2-jax 1.1.2: full logits"]
+    assert "<= 2,978 tok/s (memory)" in rows[1] and "20 G" in rows[1]     # 1.638e12 / 5.5e8; 2e10 FLOPs
+    assert "tpu_compile_anchor/mamba2-130m.json" in t and "mamba2-jax 1.1.2 from /x/.anchor" in t
+    res = write_synthetic_results(tmp_path / "r")
+    from synthetic_results import compiled_anchor_doc
+
+    write_json(res / "tpu_compile_anchor" / "mamba2-130m.json", compiled_anchor_doc(programs=("decode",)))
+    mt.build_all(res, tmp_path / "t", PAPER / "reported.yaml", fig_dir=tmp_path)
+    md = (tmp_path / "t" / "compiled_anchor.md").read_text()
+    pre = [ln for ln in md.splitlines() if ln.startswith("| mamba2-130m | prefill")]
+    assert len(pre) == 2 and "not compiled" in pre[1] and "not compiled" not in pre[0]
+    check_balanced((tmp_path / "t" / "compiled_anchor.tex").read_text())
 
 
 def test_empty_results_still_valid_latex(tmp_path):

@@ -25,7 +25,8 @@ from typing import Any
 from ..paths import results_dir
 from .results import read_result
 
-__all__ = ["load_compiled", "implications", "NOT_TESTED", "PLAUSIBLE", "EXCEEDS"]
+__all__ = ["load_compiled", "implications", "side_by_side", "anchor_documents", "NOT_TESTED", "PLAUSIBLE", "EXCEEDS",
+           "NOT_COMPILED", "ANCHOR_EXPERIMENT"]
 
 NOT_TESTED = "not tested here: no TPU or GPU available"
 PLAUSIBLE = "within the bound: plausible, not reproduced"
@@ -110,3 +111,43 @@ def implications(claim: dict[str, Any], compiled: dict[str, dict[str, Any]]) -> 
                          "xla_cached_time_s": step["roofline"]["xla"]["min_time_s"],
                          "roofline_ratio": ratio, "xla_roofline_ratio": ratio_x, "claim_range": [lo, hi]})
     return rows
+
+
+# ------------------------------------------------------------------------------ the paper's own package
+ANCHOR_EXPERIMENT = "tpu_compile_anchor"
+ANCHOR_COUNTERPART = {"step": "decode"}  # our program key -> the key of mamba2-jax 1.1.2's counterpart
+NOT_COMPILED = "not compiled"
+
+
+def _pair_order(key: str) -> tuple[int, int]:
+    return (0, 0) if key == "step" else (1, int(key.split("-L")[1])) if key.startswith("prefill-L") else (2, 0)
+
+
+def side_by_side(results: Path | None = None) -> list[dict[str, Any]]:
+    """Our compiled programs (results/tpu_compile) beside mamba2-jax 1.1.2's (results/tpu_compile_anchor,
+    experiments/tpu_compile_anchor.py), one dict per scale and program that either side compiled or the
+    anchor's run asked for: ``{"model", "program": our key, "anchor_program": its key, "ours": record or None,
+    "anchor": record or None, "ours_path", "anchor_path"}``; None where that side did not compile it.
+    Our step pairs with its cached one-token forward (``decode``); prefills pair by length (ours: last-position
+    logits; its: full logits, its only mode); our decode loop (``generate``) has no counterpart."""
+    ours, anc = load_compiled(results), load_compiled(results, ANCHOR_EXPERIMENT)
+    back = {v: k for k, v in ANCHOR_COUNTERPART.items()}
+    rows = []
+    for m in list(dict.fromkeys([*anc, *ours])):
+        o = (ours.get(m) or {}).get("records", {})
+        a = (anc.get(m) or {}).get("records", {})
+        if m not in anc:
+            continue  # a scale the anchor was never compiled for: nothing to set beside ours
+        asked = ((anc[m]["doc"].get("config") or {}).get("programs") or []) if m in anc else []
+        keys = {back.get(k, k) for k in [*a, *asked]} | {k for k in o if k == "step" or k.startswith("prefill-L")}
+        for k in sorted(keys, key=_pair_order):
+            ak = ANCHOR_COUNTERPART.get(k, k)
+            rows.append({"model": m, "program": k, "anchor_program": ak, "ours": o.get(k), "anchor": a.get(ak),
+                         "ours_path": str(ours[m]["path"]) if m in ours else None,
+                         "anchor_path": str(anc[m]["path"]) if m in anc else None})
+    return rows
+
+
+def anchor_documents(results: Path | None = None) -> dict[str, dict[str, Any]]:
+    """{model: {"doc", "records", "path"}} of results/tpu_compile_anchor (the paper's package compiled)."""
+    return load_compiled(results, ANCHOR_EXPERIMENT)
