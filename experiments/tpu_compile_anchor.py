@@ -49,7 +49,13 @@ ANCHOR_ENV = "MAMBA2_JAX_ANCHOR_DIR"
 ANCHOR_VERSION = "1.1.2"
 PHASES = ("claims", "all")
 # the files that define the anchor's compiled programs on our side (its package is pinned by version)
-PROGRAM_FILES = ("experiments/peers_runners/anchor_compile.py",)
+# (and ours: each anchor record carries our same program compiled just before it, see --no-ours)
+PROGRAM_FILES = ("experiments/peers_runners/anchor_compile.py", "mamba2_jax/compile.py", *ours.PROGRAM_FILES)
+# what each record keeps of our program compiled in the same run
+OURS_KEYS = ("program", "last_only", "compile_s", "lower_s", "flops", "bytes_accessed", "argument_bytes",
+             "output_bytes",
+             "temp_bytes", "alias_bytes", "generated_code_bytes", "bytes_needed_per_device", "hbm_bytes_per_device",
+             "fits", "min_bytes", "roofline", "policy", "precision", "dtype")
 
 
 def anchor_dir(arg: str | None = None) -> Path:
@@ -232,13 +238,16 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="default: results/tpu_compile_anchor (results/compile_anchor-"
                                                 "<target> for another target)")
     ap.add_argument("--anchor-dir", default=None, help=f"default: ${ANCHOR_ENV} or <checkout>/.anchor")
+    ap.add_argument("--no-ours", action="store_true",
+                    help="do not compile our same program (step; prefill with full logits, as the anchor's) right "
+                         "before each of the anchor's (the one alternating run that compares compile times)")
     a = ap.parse_args(argv)
 
     from mamba2_jax.compile import TARGETS, CompileError
     from mamba2_jax.config import PRESETS, Mamba2Config, get_preset
-    from mamba2_jax.eval.hardware import get_profile
     from mamba2_jax.eval.provenance import cpu_model, git_info, provenance
     from mamba2_jax.eval.results import read_result, write_document
+    from mamba2_jax.hardware import get_profile
     from mamba2_jax.paths import results_dir
 
     anchor = anchor_dir(a.anchor_dir)
@@ -297,6 +306,19 @@ def main(argv=None) -> int:
             setup = runner.call("setup", **targs, model_cfg=model_cfg(cfg))
             for p in todo:
                 k = key(p)
+                mine = None
+                if not a.no_ours:  # ours first, then the anchor's: alternating, program by program
+                    from mamba2_jax.compile import compile_program
+
+                    l0 = os.getloadavg()[0]
+                    mine = compile_program(cfg, target=a.target, program="step" if p["program"] == "decode"
+                                           else "prefill", batch=suite["batch"], length=int(p.get("length") or 1),
+                                           last_only=False, dtype=suite["dtype"],
+                                           precision=suite["matmul_precision"])
+                    mine = {k: mine.get(k) for k in OURS_KEYS} | {
+                        "load_avg_1m": [round(l0, 2), round(os.getloadavg()[0], 2)]}
+                    print(f"[tpu_compile_anchor] {name} {k}: ours ({mine['program']}, full logits) "
+                          f"{mine['compile_s']:.1f} s, temp {mine['temp_bytes'] / 2**20:.1f} MiB", flush=True)
                 t0 = time.perf_counter()
                 try:
                     raw = runner.call("compile", batch=suite["batch"], **p)
@@ -310,6 +332,8 @@ def main(argv=None) -> int:
                 total += time.perf_counter() - t0
                 r = complete(raw, setup, target=a.target, model=name, cfg=cfg, suite=suite, anchor=anchor)
                 r.update(key=k, git=git, cpu_model=host_cpu)
+                if mine is not None:
+                    r["ours_same_run"] = mine
                 records[k] = r
                 ro = r["roofline"] or {}
                 print(f"[tpu_compile_anchor] {name} {k}: {r['compile_s']:.1f} s (load {r['load_avg_1m']}), "

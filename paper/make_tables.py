@@ -584,6 +584,9 @@ def anchor_table(results: Path, rep: dict[str, Any]) -> Table:
             prog = f"prefill, {x['program'].split('-L')[1]} tokens"
             ours_what, anc_what = "ours: last-position logits", f"mamba2-jax {ver}: full logits"
         rows.append([x["model"], prog, ours_what, *_side_cells(x["ours"])])
+        if a.get("ours_same_run"):  # ours compiled just before the anchor's, in its run (full logits for prefill)
+            rows.append([x["model"], prog, "ours, same run as the next row" + (
+                ": full logits" if x["program"] != "step" else ""), *_side_cells(a["ours_same_run"])])
         rows.append([x["model"], prog, anc_what, *_side_cells(x["anchor"])])
     paired = {x["model"] for x in pairs}
     docs = {**{(m, "ours"): c for m, c in compiled.load_compiled(results).items() if m in paired},
