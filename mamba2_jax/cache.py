@@ -4,7 +4,10 @@ Per layer, Mamba-2 needs two pieces of state, both independent of the sequence l
 
 * ``conv``: the last ``d_conv - 1`` inputs of the causal depthwise convolution,
   shape (batch, d_conv - 1, conv_dim) per layer, in the activation dtype;
-* ``ssm``: the SSM state, shape (batch, nheads, headdim, d_state) per layer, always float32.
+* ``ssm``: the SSM state, shape (batch, nheads, headdim, d_state) per layer, in the state dtype of
+  the precision policy: float32 (the default and the parity setting), or bfloat16 / float16 for
+  storage only (the decode step and prefill still compute in float32: read, convert, compute,
+  round once when storing; see ``ssd.ssd_step``).
 
 Each is a tuple with one array per layer, not one stacked (n_layer, ...) array: the decode step
 then writes every layer's new state into its own (donated, aliased) buffer.  With a stacked
@@ -20,31 +23,51 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from .config import Mamba2Config
+from .config import STATE_DTYPES, Mamba2Config
 
-__all__ = ["Mamba2Cache"]
+__all__ = ["Mamba2Cache", "STATE_DTYPES", "check_state_dtype"]
 
 
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class Mamba2Cache:
     conv: tuple  # n_layer × (b, d_conv-1, conv_dim)
-    ssm: tuple  # n_layer × (b, h, p, n) float32
+    ssm: tuple  # n_layer × (b, h, p, n) in the state dtype (float32 by default)
     seqlen: jax.Array  # (b,) int32
 
+    @staticmethod
+    def shapes(cfg: Mamba2Config, batch: int) -> dict[str, tuple[int, ...]]:
+        """The shape of one layer's conv and SSM state, and of the length counter."""
+        return {"conv": (batch, cfg.d_conv - 1, cfg.conv_dim), "ssm": (batch, cfg.nheads, cfg.headdim, cfg.d_state),
+                "seqlen": (batch,)}
+
     @classmethod
-    def zeros(cls, cfg: Mamba2Config, batch: int, dtype=jnp.float32) -> Mamba2Cache:
+    def zeros(cls, cfg: Mamba2Config, batch: int, dtype=jnp.float32, state_dtype=jnp.float32) -> Mamba2Cache:
+        """A zero cache: conv state in ``dtype`` (the activation dtype), SSM state in ``state_dtype``."""
+        sh = cls.shapes(cfg, batch)
         return cls(
-            conv=tuple(jnp.zeros((batch, cfg.d_conv - 1, cfg.conv_dim), dtype) for _ in range(cfg.n_layer)),
-            ssm=tuple(jnp.zeros((batch, cfg.nheads, cfg.headdim, cfg.d_state), jnp.float32)
-                      for _ in range(cfg.n_layer)),
-            seqlen=jnp.zeros((batch,), jnp.int32),
+            conv=tuple(jnp.zeros(sh["conv"], dtype) for _ in range(cfg.n_layer)),
+            ssm=tuple(jnp.zeros(sh["ssm"], check_state_dtype(state_dtype)) for _ in range(cfg.n_layer)),
+            seqlen=jnp.zeros(sh["seqlen"], jnp.int32),
         )
+
+    @classmethod
+    def row_bytes(cls, cfg: Mamba2Config, dtype=jnp.float32, state_dtype=jnp.float32) -> int:
+        """Bytes of one sequence's cache (batch 1): every layer's conv and SSM state, and its length counter."""
+        sh = cls.shapes(cfg, 1)
+        conv = int(np.prod(sh["conv"])) * jnp.dtype(dtype).itemsize
+        ssm = int(np.prod(sh["ssm"])) * check_state_dtype(state_dtype).itemsize
+        return cfg.n_layer * (conv + ssm) + 4
 
     def stacked(self) -> tuple[jax.Array, jax.Array]:
         """(conv, ssm) as (n_layer, ...) arrays."""
         return jnp.stack(self.conv), jnp.stack(self.ssm)
+
+    @property
+    def state_dtype(self) -> jnp.dtype:
+        return self.ssm[0].dtype
 
     @property
     def batch(self) -> int:
@@ -52,3 +75,11 @@ class Mamba2Cache:
 
     def replace(self, **kw) -> Mamba2Cache:
         return Mamba2Cache(**{**{"conv": self.conv, "ssm": self.ssm, "seqlen": self.seqlen}, **kw})
+
+
+def check_state_dtype(state_dtype) -> jnp.dtype:
+    """``state_dtype`` as a dtype, if it is one the SSM state may be stored in (``STATE_DTYPES``)."""
+    dt = jnp.dtype(state_dtype)
+    if dt.name not in STATE_DTYPES:
+        raise ValueError(f"unsupported state dtype {dt.name!r} ({' | '.join(STATE_DTYPES)})")
+    return dt

@@ -8,7 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+from .config import STATE_DTYPES
+
 __all__ = ["main", "default_model_dir"]
+
+STATE_DTYPE_HELP = ("dtype the SSM state is stored in (its math is float32 whatever it is; float32, the default, "
+                    "is the parity setting)")
 
 
 def default_model_dir() -> str:
@@ -126,7 +131,8 @@ def _cmd_generate(a) -> int:
         ids = tok.encode(a.prompt)
     else:
         ids = _parse_ids(a.prompt_ids)
-    model = load_pretrained(model_dir, dtype=a.dtype, mesh=mesh, allow_nonfinite=a.allow_nonfinite)
+    model = load_pretrained(model_dir, dtype=a.dtype, mesh=mesh, allow_nonfinite=a.allow_nonfinite,
+                            state_dtype=a.state_dtype)
     sampling = _sampling(a, SamplingConfig)
     gen = Generator(model, eos_id=None if a.ignore_eos else 0)
     if a.stream and not a.json:
@@ -249,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     s.add_argument("--precision", default=None, choices=[None, "highest", "default", "high"])
+    s.add_argument("--state-dtype", default="float32", choices=list(STATE_DTYPES), help=STATE_DTYPE_HELP)
     s.add_argument("--ignore-eos", action="store_true")
     s.add_argument("--allow-nonfinite", action="store_true",
                    help="load weights holding NaN or Inf (refused by default)")
@@ -297,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--slots", type=int, default=8, help="state slots: sequences decoded together")
     s.add_argument("--prefix-cache-bytes", default="1GiB", help="prefix-state cache budget (0: off), e.g. 512MiB")
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--state-dtype", default="float32", choices=list(STATE_DTYPES), help=STATE_DTYPE_HELP)
     s.add_argument("--mesh", default=None, help="shard over this host's devices, e.g. 'data=2,model=1' "
                                                 "(slots on 'data'; see docs/sharding.md)")
     s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or $MAMBA2_JAX_API_KEY)")

@@ -281,7 +281,7 @@ def abstract_model(cfg, dtype, mesh, sharded: bool, policy: dict[str, Any], prec
         params = _single_device_params(cfg, dtype, NamedSharding(mesh, P()))
     model = Mamba2LMHeadModel(cfg, params, precision=precision, scan_chunk_size=policy["scan_chunk_size"],
                               scan_layers=policy.get("prefill_layers") == "scan",
-                              prefill_block=policy["prefill_block"])
+                              prefill_block=policy["prefill_block"], step_block_bytes=policy["step_block_bytes"])
     if sharded:
         model.mesh = mesh
     return model

@@ -23,7 +23,11 @@ from typing import Any
 
 from .params import num_params as count_params
 
-__all__ = ["Mamba2Config", "ConfigError", "PRESETS", "get_preset"]
+__all__ = ["Mamba2Config", "ConfigError", "PRESETS", "get_preset", "STATE_DTYPES"]
+
+# The dtypes the SSM state may be stored in (the precision policy's ``state_dtype``; the state math
+# is float32 whatever it is).  float32, the first, is the default and the parity setting.
+STATE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 class ConfigError(ValueError):

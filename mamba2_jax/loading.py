@@ -3,9 +3,10 @@
 Two policies are decided here, once, for the platform the program is compiled for (not the host
 that builds it: a TPU program compiled on a CPU machine gets the TPU choices):
 
-* **precision** (:func:`precision_policy`), from the param dtype: float32 is the parity mode
-  (matmul precision "highest"), bfloat16/float16 the fast mode; the SSM state and accumulation
-  are float32 in both.
+* **precision** (:func:`precision_policy`), from the param dtype and the state dtype: float32
+  params and state are the parity mode (matmul precision "highest"); bfloat16/float16 params, or a
+  bfloat16/float16 SSM state (storage only: the state math is float32), the fast mode.  Accumulation
+  is float32 in both; the state is float32 unless asked otherwise.
 * **structure** (:func:`structure_policy`), from the target platform: the SSD scan chunk, whether
   long prompts are prefilled in blocks, and whether prefill unrolls or scans the layers.  These are
   execution choices, not math: the outputs agree to fp32 rounding whatever they are (tested
@@ -25,20 +26,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import sharding
+from .cache import check_state_dtype
 from .checkpoint import read_state_dict, resolve_model_dir, write_checkpoint
 from .config import Mamba2Config
 from .model import Mamba2LMHeadModel
 from .params import EMBEDDING, LM_HEAD, ParamSpec, fuse_in_proj, rows
 
-__all__ = ["PLATFORMS", "PREFILL_BLOCK_CPU", "platform_of", "precision_policy", "structure_policy",
-           "jax_params_from_state_dict", "state_dict_from_model", "model_from_state_dict", "load_pretrained",
-           "save_pretrained", "shard_model"]
+__all__ = ["PLATFORMS", "PREFILL_BLOCK_CPU", "STEP_BLOCK_BYTES_CPU", "platform_of", "precision_policy",
+           "structure_policy", "jax_params_from_state_dict", "state_dict_from_model", "model_from_state_dict",
+           "load_pretrained", "save_pretrained", "shard_model"]
 
 # platform names JAX uses → the policy family
 PLATFORMS = {"cpu": "cpu", "tpu": "tpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu"}
 
 # Tokens per block of a long CPU prefill (see ``structure_policy``).
 PREFILL_BLOCK_CPU = 512
+
+# Bytes (float32) per block of the SSM state in the CPU decode step (see ``structure_policy``).
+STEP_BLOCK_BYTES_CPU = 2 << 20
 
 
 def platform_of(platform: str | None = None, mesh=None) -> str:
@@ -52,16 +57,21 @@ def platform_of(platform: str | None = None, mesh=None) -> str:
     return PLATFORMS[key]
 
 
-def precision_policy(dtype) -> dict[str, str]:
-    """The precision policy in effect for a param dtype (recorded by every run)."""
+def precision_policy(dtype, state_dtype="float32") -> dict[str, str]:
+    """The precision policy in effect for a param dtype and an SSM-state storage dtype (recorded by
+    every run).  The matmul precision follows the param dtype; the mode is "parity" only with float32
+    params and a float32 state."""
     name = jnp.dtype(dtype).name
+    state = check_state_dtype(state_dtype).name
     if name == "float32":
-        return {"mode": "parity", "param_dtype": name, "state_dtype": "float32", "accum_dtype": "float32",
-                "matmul_precision": "highest"}
-    if name in ("bfloat16", "float16"):
-        return {"mode": "fast", "param_dtype": name, "state_dtype": "float32", "accum_dtype": "float32",
-                "matmul_precision": "default"}
-    raise ValueError(f"unsupported param dtype {name!r} (float32 | bfloat16 | float16)")
+        prec = "highest"
+    elif name in ("bfloat16", "float16"):
+        prec = "default"
+    else:
+        raise ValueError(f"unsupported param dtype {name!r} (float32 | bfloat16 | float16)")
+    mode = "parity" if name == "float32" and state == "float32" else "fast"
+    return {"mode": mode, "param_dtype": name, "state_dtype": state, "accum_dtype": "float32",
+            "matmul_precision": prec}
 
 
 def structure_policy(cfg: Mamba2Config, platform: str | None = None) -> dict[str, Any]:
@@ -73,15 +83,20 @@ def structure_policy(cfg: Mamba2Config, platform: str | None = None) -> dict[str
       (and a multiple of it) are prefilled block by block, a ``lax.scan`` carrying the cache, so a
       block's activations stay cache-sized (130m, fp32, L = 4096: 3.30 s in one pass, 2.64 s in
       blocks of 512; L = 1024: 0.70 s and 0.67 s).
+    * CPU decode: the step updates and reads out the SSM state in blocks of at most
+      ``STEP_BLOCK_BYTES_CPU`` (``ssd.ssd_step``), so that each block is read from memory once, the
+      read-out taking it from cache (XLA:CPU does not fuse the update and the read-out into one
+      pass); a state that small (130m, batch 1: 0.75 MiB per layer) is one block.
     * TPU and GPU: the checkpoint's own chunk (256), whose larger matmuls suit the MXU and tensor
-      cores, and one pass.
+      cores, and one pass; the decode step in one block.
     * Prefill unrolls the layers everywhere (``scan_layers=True`` is an explicit opt-in; see
       ``Mamba2Backbone``).
     """
     fam = platform_of(platform)
     cpu = fam == "cpu"
     return {"platform": fam, "scan_chunk_size": min(cfg.chunk_size, 64) if cpu else cfg.chunk_size,
-            "prefill_block": PREFILL_BLOCK_CPU if cpu else None, "prefill_layers": "unrolled"}
+            "prefill_block": PREFILL_BLOCK_CPU if cpu else None, "prefill_layers": "unrolled",
+            "step_block_bytes": STEP_BLOCK_BYTES_CPU if cpu else None}
 
 
 # ------------------------------------------------------------------------------ tensors ↔ JAX params
@@ -145,27 +160,31 @@ def _host_params(cfg: Mamba2Config, sd: dict[str, np.ndarray], dtype) -> dict[st
 # ------------------------------------------------------------------------------ models
 def model_from_state_dict(cfg: Mamba2Config, sd: dict[str, np.ndarray], dtype="float32", precision=None, *,
                           platform: str | None = None, scan_chunk_size: int | None = None,
-                          prefill_block: int | None | str = "auto", scan_layers: bool = False, mesh=None):
-    """A model from state-spaces tensors, with the precision policy of ``dtype`` and the structure
-    policy of ``platform`` (None: the mesh's devices, else JAX's default backend).  Explicit
-    ``scan_chunk_size`` / ``prefill_block`` (tokens, or None for one pass) / ``scan_layers``
-    override the structure policy.  The policy in effect is recorded on ``model.policy``."""
+                          prefill_block: int | None | str = "auto", scan_layers: bool = False, mesh=None,
+                          state_dtype="float32", step_block_bytes: int | None | str = "auto"):
+    """A model from state-spaces tensors, with the precision policy of ``dtype`` and ``state_dtype``
+    (the SSM state's storage dtype) and the structure policy of ``platform`` (None: the mesh's
+    devices, else JAX's default backend).  Explicit ``scan_chunk_size`` / ``prefill_block`` (tokens,
+    or None for one pass) / ``scan_layers`` / ``step_block_bytes`` (or None for one block) override
+    the structure policy.  The policy in effect is
+    recorded on ``model.policy``."""
     if isinstance(mesh, str):
         mesh = sharding.make_mesh(mesh)
-    pol = precision_policy(dtype)
+    pol = precision_policy(dtype, state_dtype)
     prec = precision if precision is not None else pol["matmul_precision"]
     st = structure_policy(cfg, platform_of(platform, mesh))
     chunk = int(scan_chunk_size or st["scan_chunk_size"])
     block = st["prefill_block"] if prefill_block == "auto" else prefill_block
+    step_block = st["step_block_bytes"] if step_block_bytes == "auto" else step_block_bytes
     if mesh is None:
         params = jax_params_from_state_dict(cfg, sd, jnp.dtype(dtype))
     else:
         params = sharding.shard_params(cfg, _host_params(cfg, sd, dtype), mesh)
     model = Mamba2LMHeadModel(cfg, params, precision=prec, scan_chunk_size=chunk, scan_layers=scan_layers,
-                              prefill_block=block)
+                              prefill_block=block, state_dtype=pol["state_dtype"], step_block_bytes=step_block)
     model.policy = {**pol, "matmul_precision": str(prec), "platform": st["platform"],
                     "scan_chunk_size": model.scan_chunk_size, "prefill_layers": "scan" if scan_layers else "unrolled",
-                    "prefill_block": model.prefill_block}
+                    "prefill_block": model.prefill_block, "step_block_bytes": model.step_block_bytes}
     if mesh is not None:
         model.mesh = mesh
         model.policy["mesh"] = sharding.describe_mesh(mesh)
@@ -175,11 +194,13 @@ def model_from_state_dict(cfg: Mamba2Config, sd: dict[str, np.ndarray], dtype="f
 def load_pretrained(path_or_hub_id: str | Path, dtype="float32", revision: str | None = None, precision=None, *,
                     platform: str | None = None, scan_chunk_size: int | None = None,
                     prefill_block: int | None | str = "auto", scan_layers: bool = False, mesh=None,
-                    allow_nonfinite: bool = False):
+                    allow_nonfinite: bool = False, state_dtype="float32"):
     """Load a Mamba-2 checkpoint (local dir in either format, or a hub id) as a JAX model.
 
     dtype "float32" is the parity mode (matmul precision "highest"); "bfloat16"/"float16" is the
-    fast mode (low-precision params, float32 SSM state and accumulation).  ``platform`` picks the
+    fast mode (low-precision params, float32 SSM state and accumulation).  ``state_dtype``
+    "bfloat16"/"float16" stores the SSM state in 16 bits (its math stays float32; float32, the
+    default, is the parity setting).  ``platform`` picks the
     structure policy (:func:`structure_policy`; default: where the model will run).  ``mesh`` (a
     ``jax.sharding.Mesh`` with axes ("data", "model"), or a string such as "data=2,model=4") shards
     the parameters over devices, each device receiving only its own shards; see
@@ -191,7 +212,7 @@ def load_pretrained(path_or_hub_id: str | Path, dtype="float32", revision: str |
     cfg, sd, fmt = read_state_dict(model_dir, check_finite=not allow_nonfinite)
     model = model_from_state_dict(cfg, sd, dtype=dtype, precision=precision, platform=platform,
                                   scan_chunk_size=scan_chunk_size, prefill_block=prefill_block,
-                                  scan_layers=scan_layers, mesh=mesh)
+                                  scan_layers=scan_layers, mesh=mesh, state_dtype=state_dtype)
     model.source = {"path": str(model_dir), "format": fmt,
                     "stored_dtype": str(np.asarray(sd["backbone.embedding.weight"]).dtype)}
     return model
@@ -213,7 +234,8 @@ def shard_model(model, mesh):
     out = model_from_state_dict(model.cfg, state_dict_from_model(model), dtype=model.dtype,
                                 precision=model.precision, platform=pol.get("platform"),
                                 scan_chunk_size=model.scan_chunk_size, prefill_block=model.prefill_block,
-                                scan_layers=model.backbone.scan_layers, mesh=mesh)
+                                scan_layers=model.backbone.scan_layers, mesh=mesh, state_dtype=model.state_dtype,
+                                step_block_bytes=model.step_block_bytes)
     if hasattr(model, "source"):
         out.source = dict(model.source)
     return out

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .cache import Mamba2Cache
+from .cache import Mamba2Cache, check_state_dtype
 from .config import Mamba2Config
 from .ops import F32, dot, gated_rms_norm, rms_norm, silu
 from .params import in_proj_slices
@@ -49,12 +49,15 @@ def _at_position(h: jax.Array, pos: jax.Array) -> jax.Array:
 class Mamba2Mixer(nnx.Module):
     """The Mamba-2 mixer (mamba_ssm ``Mamba2``) of one layer."""
 
-    def __init__(self, cfg: Mamba2Config, params: dict[str, Any], precision=None, scan_chunk_size=None):
+    def __init__(self, cfg: Mamba2Config, params: dict[str, Any], precision=None, scan_chunk_size=None,
+                 step_block_bytes=None):
         self.cfg = cfg
         self.precision = precision
-        # The chunk size is an execution choice, not part of the math (outputs are chunk-size
-        # invariant to fp32 rounding; tested).  The loading policy picks it per target platform.
+        # The chunk size and the decode step's state block are execution choices, not part of the
+        # math (outputs are invariant to them to fp32 rounding; tested).  The loading policy picks
+        # them per target platform.
         self.scan_chunk_size = int(scan_chunk_size or cfg.chunk_size)
+        self.step_block_bytes = None if step_block_bytes is None else int(step_block_bytes)
         if "in_proj_parts" in params:  # split into its output parts for a mesh (see sharding.py)
             self.in_proj = None
             self.in_proj_parts = nnx.Dict({k: nnx.Param(v) for k, v in params["in_proj_parts"].items()})
@@ -155,7 +158,7 @@ class Mamba2Mixer(nnx.Module):
             self.scan_chunk_size, D=self._D(), initial_state=ssm_state, precision=self.precision,
         )
         out = self._out(y.reshape(b, l, cfg.ssm_dim), z, z0, x0, u.dtype)
-        return out, new_conv.astype(conv_state.dtype), new_ssm
+        return out, new_conv.astype(conv_state.dtype), new_ssm.astype(ssm_state.dtype)
 
     # -- decode step -----------------------------------------------------------------------
     def step(self, u, conv_state, ssm_state):
@@ -174,7 +177,7 @@ class Mamba2Mixer(nnx.Module):
         y, new_ssm = ssd_step(
             ssm_state, x.reshape(b, cfg.nheads, cfg.headdim), dt, self._A(),
             B.reshape(b, cfg.ngroups, cfg.d_state), C.reshape(b, cfg.ngroups, cfg.d_state), D=self._D(),
-            precision=self.precision,
+            precision=self.precision, block_bytes=self.step_block_bytes,
         )
         out = self._out(y.reshape(b, cfg.ssm_dim), z, z0, x0, u.dtype)
         return out, window[:, 1:].astype(conv_state.dtype), new_ssm
@@ -183,10 +186,11 @@ class Mamba2Mixer(nnx.Module):
 class Mamba2Block(nnx.Module):
     """Pre-norm residual block: stream ← stream + mixer(RMSNorm(stream))."""
 
-    def __init__(self, cfg: Mamba2Config, params: dict[str, Any], precision=None, scan_chunk_size=None):
+    def __init__(self, cfg: Mamba2Config, params: dict[str, Any], precision=None, scan_chunk_size=None,
+                 step_block_bytes=None):
         self.cfg = cfg
         self.norm = nnx.Param(params["norm"])
-        self.mixer = Mamba2Mixer(cfg, params, precision, scan_chunk_size)
+        self.mixer = Mamba2Mixer(cfg, params, precision, scan_chunk_size, step_block_bytes)
 
     def _normed(self, stream):
         return rms_norm(stream, self.norm[...], self.cfg.norm_epsilon).astype(self.mixer.out_proj.dtype)
@@ -219,10 +223,11 @@ class Mamba2Backbone(nnx.Module):
     """
 
     def __init__(self, cfg: Mamba2Config, params: dict[str, Any], precision=None, scan_chunk_size=None,
-                 scan_layers: bool = False):
+                 scan_layers: bool = False, step_block_bytes=None):
         self.cfg = cfg
         self.embedding = nnx.Param(params["embedding"])
-        self.layers = nnx.List([Mamba2Block(cfg, lp, precision, scan_chunk_size) for lp in params["layers"]])
+        self.layers = nnx.List([Mamba2Block(cfg, lp, precision, scan_chunk_size, step_block_bytes)
+                                for lp in params["layers"]])
         self.norm_f = nnx.Param(params["norm_f"])
         self.scan_layers = bool(scan_layers)
 
@@ -268,18 +273,23 @@ class Mamba2LMHeadModel(nnx.Module):
 
     Logits have shape (batch, length, padded_vocab) and are float32.  The LM head is tied to the
     embedding unless the config says otherwise.  ``mesh`` is set when the parameters are sharded
-    (``load_pretrained(..., mesh=...)``); the cache is then sharded too.
+    (``load_pretrained(..., mesh=...)``); the cache is then sharded too.  ``state_dtype`` is the dtype
+    the SSM state is stored in (``init_cache``); the state math is float32 whatever it is.
     """
 
     mesh = None
 
     def __init__(self, cfg: Mamba2Config, params: dict[str, Any], precision=None, scan_chunk_size=None,
-                 scan_layers: bool = False, prefill_block: int | None = None):
+                 scan_layers: bool = False, prefill_block: int | None = None, state_dtype="float32",
+                 step_block_bytes: int | None = None):
         self.cfg = cfg
         self.precision = precision
+        self.state_dtype = check_state_dtype(state_dtype).name
         self.scan_chunk_size = int(scan_chunk_size or cfg.chunk_size)
         self.prefill_block = None if prefill_block is None else int(prefill_block)
-        self.backbone = Mamba2Backbone(cfg, params, precision, self.scan_chunk_size, scan_layers)
+        self.step_block_bytes = None if step_block_bytes is None else int(step_block_bytes)
+        self.backbone = Mamba2Backbone(cfg, params, precision, self.scan_chunk_size, scan_layers,
+                                       self.step_block_bytes)
         self.lm_head = None if cfg.tie_embeddings else nnx.Param(params["lm_head"])
 
     @property
@@ -297,7 +307,7 @@ class Mamba2LMHeadModel(nnx.Module):
                                    preferred_element_type=F32)
 
     def init_cache(self, batch: int) -> Mamba2Cache:
-        return self._sharded(Mamba2Cache.zeros(self.cfg, batch, dtype=self.dtype))
+        return self._sharded(Mamba2Cache.zeros(self.cfg, batch, dtype=self.dtype, state_dtype=self.state_dtype))
 
     def _sharded(self, cache: Mamba2Cache) -> Mamba2Cache:
         return cache if self.mesh is None else constrain_cache(cache, self.mesh)

@@ -313,16 +313,15 @@ def constrain_cache(cache, mesh: Mesh):
                        seqlen=c(cache.seqlen, "seqlen"))
 
 
-def abstract_cache(cfg, batch: int, mesh: Mesh, dtype="float32"):
+def abstract_cache(cfg, batch: int, mesh: Mesh, dtype="float32", state_dtype="float32"):
     """The sharded cache as ``jax.ShapeDtypeStruct`` leaves (allocates nothing)."""
     _check_batch(batch, mesh)
     check_mesh(cfg, mesh)
     sp = CACHE_SPECS
-    S = lambda shape, dt, k: jax.ShapeDtypeStruct(shape, jnp.dtype(dt), sharding=NamedSharding(mesh, sp[k]))
-    return Mamba2Cache(
-        conv=tuple(S((batch, cfg.d_conv - 1, cfg.conv_dim), dtype, "conv") for _ in range(cfg.n_layer)),
-        ssm=tuple(S((batch, cfg.nheads, cfg.headdim, cfg.d_state), F32, "ssm") for _ in range(cfg.n_layer)),
-        seqlen=S((batch,), jnp.int32, "seqlen"))
+    shapes = jax.eval_shape(lambda: Mamba2Cache.zeros(cfg, batch, dtype, state_dtype))
+    return jax.tree.map(lambda x, k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, sp[k])),
+                        shapes, Mamba2Cache(conv=("conv",) * cfg.n_layer, ssm=("ssm",) * cfg.n_layer,
+                                            seqlen="seqlen"))
 
 
 # ------------------------------------------------------------------------------ inputs / outputs

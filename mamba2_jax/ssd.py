@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["segsum", "ssd_chunked", "ssd_step", "discretize_dt", "inter_chunk_scan"]
+__all__ = ["segsum", "ssd_chunked", "ssd_step", "step_block", "discretize_dt", "inter_chunk_scan"]
 
 F32 = jnp.float32
 DA_FLOOR = 200.0
@@ -232,6 +232,19 @@ def ssd_chunked(
     return y, final_state.reshape(b, h, p, n)
 
 
+def step_block(shape: tuple[int, ...], block_bytes: int | None, state_dtype=F32) -> int:
+    """Headdim rows per block of :func:`ssd_step`: p (one block, no loop) for ``block_bytes=None``
+    or a 16-bit state; else the largest divisor of p whose float32 block (b, h, rows, n) fits in
+    ``block_bytes``, but at least 2 rows (with one, XLA:CPU rewrites the read-out dot as a
+    reduction, a YNNPACK custom fusion)."""
+    b, h, p, n = shape
+    if block_bytes is None or jnp.dtype(state_dtype) != F32:
+        return p
+    divisors = [d for d in range(1, p + 1) if p % d == 0]
+    fits = [d for d in divisors if d * b * h * n * 4 <= block_bytes]
+    return max(fits + [min([d for d in divisors if d >= 2] or [p])])
+
+
 def ssd_step(
     state: jax.Array,
     x: jax.Array,
@@ -241,31 +254,73 @@ def ssd_step(
     C: jax.Array,
     D: jax.Array | None = None,
     precision: jax.lax.Precision | str | None = None,
+    block_bytes: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """One recurrent step, O(1) in the sequence length.
 
+    One pass over the state: the update ``s = exp(dt·A)·state + dt·x⊗B`` and the read-out
+    ``y = s·C`` are computed block by block, each block of the state read once from memory and
+    written once, ``y`` read out of the block while it is in cache.  Blocks are slices of the headdim
+    axis p (never sharded: the cache is sharded on batch and heads), of at most ``block_bytes``
+    (float32) each, in a ``lax.fori_loop`` that updates the (donated) state in place; a state of at
+    most ``block_bytes`` (or ``block_bytes=None``) is one block and no loop.  Why blocks: XLA:CPU has
+    no multi-output fusion of an elementwise update with a reduction, so in one block the update
+    fusion writes s and the read-out (a dot) reads it again; without blocks (jax 0.10, 130m shape,
+    b = 64: 50 MB of state per layer) that second read went back to memory.  The structure policy
+    (``loading.structure_policy``) sets ``block_bytes`` per platform; the math is the same whatever it is.
+
+    The state may be stored in a 16-bit dtype (the precision policy's ``state_dtype``): it is read,
+    converted to float32, updated in float32 and rounded once, when it is stored back, all in one
+    fusion; y is read out of the stored state (float32 products and sums), the state the next step
+    and any snapshot of the cache see.  That state is one block, its read-out an elementwise product
+    reduced over n (a YNNPACK fusion that reads the 16-bit state directly, no float32 copy): XLA:CPU
+    computes a bfloat16 dynamic-update-slice in float32 over the whole state (jax 0.10), and with
+    y taken from the float32 update it computes the update twice, each reading the stored state.
+    So a 16-bit state moves 2 + 2 + 2 bytes per element and step (read, write, read-out), a float32
+    one 4 + 4 (one pass, blocks).
+
     Args:
-      state: (b, h, p, n) float32.   x: (b, h, p).   dt: (b, h) float32.   A: (h,).
+      state: (b, h, p, n) float32, bfloat16 or float16.   x: (b, h, p).   dt: (b, h) float32.   A: (h,).
       B, C: (b, g, n).   D: (h,) or (h, p).
-    Returns: y (b, h, p) float32, new state (b, h, p, n) float32.
+    Returns: y (b, h, p) float32, new state (b, h, p, n) in the dtype of ``state``.
     """
     b, h, p, n = state.shape
     g = B.shape[-2]
     r = h // g
     xf, dtf = x.astype(F32), dt.astype(F32)
-    dA = jnp.exp(dtf * A.astype(F32))  # (b h)
+    dA = jnp.exp(dtf * A.astype(F32))[:, :, None, None]  # (b h 1 1)
     # B, C per head (head k belongs to group k // r): tiny (b, h, n) arrays, so that the state is
     # never reshaped; XLA:CPU then updates the donated state buffer in place (with a (b, g, r, p, n)
     # view it copied the whole state once per layer and step).
     Bh, Ch = jnp.repeat(B.astype(F32), r, axis=1), jnp.repeat(C.astype(F32), r, axis=1)
-    s = state * dA[:, :, None, None] + (dtf[..., None] * xf)[..., None] * Bh[:, :, None, :]
-    # y = s·C as a batched matrix-vector product (a dot), not an elementwise product reduced over
-    # n: on XLA:CPU (jax 0.10) that reduction becomes a YNNPACK custom fusion which, per layer and
-    # token, cost more than the dot (decode 130m fp32: ~1.3x tok/s with the dot, measured with
-    # alternating rounds in one process; tests/test_decode_hlo.py guards the op count).
-    y = jnp.einsum("bhpn,bhn->bhp", s, Ch, precision=precision)
+    u = dtf[..., None] * xf  # (b h p)
+
+    def update(st, u_blk):
+        """One block (b, h, rows, n) of the state → (its y (b, h, rows), its new state)."""
+        s = st.astype(F32) * dA + u_blk[..., None] * Bh[:, :, None, :]
+        if st.dtype != F32:  # 16-bit storage: y from the stored state (see above)
+            stored = s.astype(st.dtype)
+            return jnp.sum(stored.astype(F32) * Ch[:, :, None, :], axis=-1), stored
+        # y = s·C as a batched matrix-vector product (a dot), not an elementwise product reduced over
+        # n: on XLA:CPU (jax 0.10) that reduction becomes a YNNPACK custom fusion which, per layer and
+        # token, cost more than the dot (decode 130m fp32: ~1.3x tok/s with the dot, measured with
+        # alternating rounds in one process; tests/test_decode_hlo.py guards the op count).
+        return jnp.einsum("bhpn,bhn->bhp", s, Ch, precision=precision), s
+
+    rows = step_block(state.shape, block_bytes, state.dtype)
+    if rows == p:
+        y, new = update(state, u)
+    else:
+        def body(i, carry):
+            st, y = carry
+            y_blk, s_blk = update(jax.lax.dynamic_slice_in_dim(st, i * rows, rows, axis=2),
+                                  jax.lax.dynamic_slice_in_dim(u, i * rows, rows, axis=2))
+            return (jax.lax.dynamic_update_slice_in_dim(st, s_blk, i * rows, axis=2),
+                    jax.lax.dynamic_update_slice_in_dim(y, y_blk, i * rows, axis=2))
+
+        new, y = jax.lax.fori_loop(0, p // rows, body, (state, jnp.zeros((b, h, p), F32)))
     if D is not None:
         Df = D.astype(F32)
         Df = Df[:, None] if Df.ndim == 1 else Df
         y = y + xf * Df
-    return y, s
+    return y, new

@@ -79,9 +79,10 @@ def param_bytes(cfg: Mamba2Config, dtype="float32") -> dict[str, int]:
     return out
 
 
-def state_bytes(cfg: Mamba2Config, batch: int = 1, dtype="float32") -> dict[str, int]:
-    """Bytes of the inference cache (one copy): SSM state (float32) and conv state (param dtype)."""
-    ssm = cfg.n_layer * batch * cfg.nheads * cfg.headdim * cfg.d_state * 4
+def state_bytes(cfg: Mamba2Config, batch: int = 1, dtype="float32", state_dtype="float32") -> dict[str, int]:
+    """Bytes of the inference cache (one copy): SSM state (state dtype, float32 by default) and conv
+    state (param dtype)."""
+    ssm = cfg.n_layer * batch * cfg.nheads * cfg.headdim * cfg.d_state * itemsize(state_dtype)
     conv = cfg.n_layer * batch * (cfg.d_conv - 1) * cfg.conv_dim * itemsize(dtype)
     return {"ssm": ssm, "conv": conv, "total": ssm + conv}
 

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..cache import Mamba2Cache
 from ..generate import bucket_length
 from .prefix_cache import PrefixCache
 from .programs import SamplingArrays, SlotPrograms
@@ -166,7 +167,7 @@ class Engine:
         self.programs = SlotPrograms(model, self.S, self.P, self.k)
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
         self.metrics = metrics
-        self.slot_bytes = self.state_bytes(self.cfg, model.dtype)
+        self.slot_bytes = self.state_bytes(self.cfg, model.dtype, model.state_dtype)
         self.buckets = sorted({bucket_length(n, self.min_bucket) for n in
                                (2 ** i for i in range(0, self.prefill_chunk.bit_length()))
                                if n <= self.prefill_chunk})
@@ -194,12 +195,10 @@ class Engine:
 
     # ------------------------------------------------------------------------------ set-up
     @staticmethod
-    def state_bytes(cfg, dtype) -> int:
+    def state_bytes(cfg, dtype, state_dtype="float32") -> int:
         """Bytes of one sequence's state: conv (d_conv - 1, conv_dim) in the activation dtype and SSM
-        (nheads, headdim, d_state) float32, per layer, plus its length counter."""
-        conv = (cfg.d_conv - 1) * cfg.conv_dim * jnp.dtype(dtype).itemsize
-        ssm = cfg.nheads * cfg.headdim * cfg.d_state * 4
-        return cfg.n_layer * (conv + ssm) + 4
+        (nheads, headdim, d_state) in the state dtype, per layer, plus its length counter."""
+        return Mamba2Cache.row_bytes(cfg, dtype, state_dtype)
 
     def start(self) -> dict:
         """Allocate the slot table, compile and run every program once (warm-up), start the scheduler.

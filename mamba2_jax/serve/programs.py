@@ -144,6 +144,7 @@ class SlotPrograms:
     def __init__(self, model, slots: int, prefill_rows: int, decode_steps: int):
         self.cfg = model.cfg
         self.model_dtype = model.dtype
+        self.state_dtype = model.state_dtype
         self.mesh = getattr(model, "mesh", None)
         self.graphdef, self.state = nnx.split(model)
         self.S, self.P, self.k = int(slots), int(prefill_rows), int(decode_steps)
@@ -158,7 +159,7 @@ class SlotPrograms:
         return self._model.init_cache(self.S)
 
     def zero_row(self) -> Mamba2Cache:
-        return Mamba2Cache.zeros(self.cfg, 1, dtype=self.model_dtype)
+        return Mamba2Cache.zeros(self.cfg, 1, dtype=self.model_dtype, state_dtype=self.state_dtype)
 
     # -- programs ----------------------------------------------------------------------------
     def _prefill(self, state, rows: Mamba2Cache, ids, lengths, keys, sampling: SamplingArrays):

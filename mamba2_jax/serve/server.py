@@ -60,8 +60,8 @@ def serve(a) -> int:
         prefix_bytes = parse_bytes(a.prefix_cache_bytes)
     except ValueError:
         return err(f"--prefix-cache-bytes {a.prefix_cache_bytes!r} is not a byte count (e.g. 1073741824 or 1GiB)")
-    model = load_pretrained(model_dir, dtype=a.dtype, mesh=mesh)
-    slot_bytes = Engine.state_bytes(model.cfg, model.dtype)
+    model = load_pretrained(model_dir, dtype=a.dtype, mesh=mesh, state_dtype=a.state_dtype)
+    slot_bytes = Engine.state_bytes(model.cfg, model.dtype, model.state_dtype)
     table = slot_bytes * a.slots
     avail = _available_bytes()
     pol = model.policy
