@@ -48,7 +48,8 @@ def split_in_proj_model(model):
             parts.update({"bias_" + k: b[a:e] for k, a, e in in_proj_slices(cfg)})
         lp["in_proj_parts"] = parts
     out = Mamba2LMHeadModel(cfg, params, precision=model.precision, scan_chunk_size=model.scan_chunk_size,
-                            prefill_block=model.prefill_block)
+                            prefill_block=model.prefill_block, state_dtype=model.state_dtype,
+                            step_block_bytes=model.step_block_bytes)
     out.policy = {**model.policy, "in_proj": "parts"}
     return out
 
