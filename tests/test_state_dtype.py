@@ -170,3 +170,27 @@ def test_cli_generate_records_the_state_dtype(capsys):
     assert rc == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["policy"]["state_dtype"] == "bfloat16" and len(out["ids"]) == 3
+
+
+def test_engine_and_generator_with_a_16bit_state():
+    """The serving engine's slot table holds the model's state dtype, its slot bytes count it, and a
+    greedy request through the engine (chunked prefill from restored rows, batched decode, prefix
+    cache) equals the Generator's output on the same model."""
+    from mamba2_jax.eval.oracle import perturbed_sd
+    from mamba2_jax.generate import Generator
+    from mamba2_jax.serve.engine import Engine, RequestParams
+
+    cfg = get_preset("tiny-g2")
+    m = model_from_state_dict(cfg, perturbed_sd(cfg, seed=4), state_dtype="bfloat16")
+    e = Engine(m, slots=2, prefill_chunk=8, decode_steps=3, eos_id=None, min_bucket=4)
+    e.start()
+    try:
+        assert {x.dtype for x in e._cache.ssm} == {jnp.dtype(jnp.bfloat16)}
+        assert e.slot_bytes == Engine.state_bytes(cfg, m.dtype, "bfloat16") < Engine.state_bytes(cfg, m.dtype)
+        prompt = np.random.default_rng(3).integers(1, cfg.vocab_size, 13).tolist()
+        for _ in range(2):  # again, with the prefix cache filled by the first
+            r = e.submit(prompt, RequestParams(max_tokens=7, temperature=0))
+            assert r.wait(120) and r.error is None, r.error
+            assert r.output == Generator(m, eos_id=None).generate([prompt], 7).sequences()[0]
+    finally:
+        e.shutdown()
