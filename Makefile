@@ -45,6 +45,12 @@ FAST_XLA_FLAGS ?= --xla_backend_optimization_level=0
 test-fast: install
 	XLA_FLAGS="$(strip $(XLA_FLAGS) $(FAST_XLA_FLAGS))" $(PY) -m pytest -q $(PYTEST_XDIST) -m "not slow and not integration"
 
+# how long `make test` takes on a fresh machine (a clean clone of HEAD, no venvs, pip's cache off):
+# results/ci/fresh-make-test.json, which the README cites; run it on an idle machine
+.PHONY: fresh-make-test
+fresh-make-test: install
+	$(PY) experiments/fresh_make_test.py $(FRESH_ARGS)
+
 test-slow: install
 	$(PY) -m pytest -q -m slow
 
