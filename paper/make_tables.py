@@ -579,17 +579,11 @@ def anchor_table(results: Path, rep: dict[str, Any]) -> Table:
             return "n/a" if v is None else f(v)
         return f"{one(o)} / {one(a)}"
 
-    def bound(r):
-        ro = (r or {}).get("roofline") or {}
-        return ro.get("bound_tokens_per_s")
-
     for x in pairs:
-        a = x["anchor"]
-        if a is None:
-            continue  # the anchor's run has not reached this program: nothing to set beside ours
-        o = a.get("ours_same_run")  # ours, compiled just before it in the same run (prefill: full logits)
+        a = x["anchor"]  # None: the anchor's run has not reached this program (nor ours, compiled with it): n/a
+        o = (a or {}).get("ours_same_run")  # ours, compiled just before it in the same run (prefill: full logits)
         if x["program"] == "step":
-            pads = (a.get("anchor") or {}).get("pads_to_chunk")
+            pads = ((a or {}).get("anchor") or {}).get("pads_to_chunk")
             prog = "decode step" + (f" (its token padded to {a['policy']['scan_chunk_size']})"
                                     if pads and a.get("policy") else "")
         else:
@@ -599,7 +593,8 @@ def anchor_table(results: Path, rep: dict[str, Any]) -> Table:
                      two(o, a, "load_avg_1m", lambda v: f"{v[0]:.1f}"),
                      two(o, a, "flops", lambda v: f"{v / 1e9:,.0f}" if v >= 1e11 else f"{v / 1e9:.3g}"),
                      two(o, a, "temp_bytes", lambda v: f"{v / 2**20:,.0f}"), fits,
-                     f"{bound(o) or float('nan'):,.0f} / {bound(a) or float('nan'):,.0f}"])
+                     two(o, a, "roofline", lambda ro: "n/a" if not ro.get("bound_tokens_per_s")
+                         else f"{ro['bound_tokens_per_s']:,.0f}")])
     paired = {x["model"] for x in pairs}
     docs = {(m, "anchor"): c for m, c in compiled.anchor_documents(results).items() if m in paired}
     prov = []

@@ -188,7 +188,7 @@ def test_anchor_table_sets_ours_beside_the_papers_package(tables, tmp_path):
     mt.build_all(res, tmp_path / "t", PAPER / "reported.yaml", fig_dir=tmp_path)
     md = (tmp_path / "t" / "compiled_anchor.md").read_text()
     pre = [ln for ln in md.splitlines() if ln.startswith("| mamba2-130m | prefill")]
-    assert len(pre) == 2 and "not compiled" in pre[1] and "not compiled" not in pre[0]
+    assert len(pre) == 1 and pre[0].split(" | ")[2:4] == ["n/a / n/a", "n/a / n/a"]   # asked for, not reached
     check_balanced((tmp_path / "t" / "compiled_anchor.tex").read_text())
 
 
