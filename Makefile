@@ -29,12 +29,13 @@ PYTEST_XDIST ?= -n 2 --dist loadscope --no-loadscope-reorder
 # libllama.  They are independent, so they are made in parallel: on a fresh 2-core machine the llama.cpp
 # compile overlaps the venvs' downloads.  Each target's output is printed in one piece when it ends.
 TEST_SETUP_JOBS ?= 3
-.PHONY: test-setup
-test-setup: install lint install-tpu
+.PHONY: test-setup test-setup-parts
+test-setup:
+	$(MAKE) --no-print-directory -j$(TEST_SETUP_JOBS) --output-sync=target test-setup-parts
+test-setup-parts: install lint install-tpu
 
 # everything, integration tests included (CI)
-test:
-	$(MAKE) --no-print-directory -j$(TEST_SETUP_JOBS) --output-sync=target test-setup
+test: test-setup
 	$(PY) -m pytest -q $(PYTEST_XDIST)
 
 # the fast tests only: no make, subprocess venvs or LaTeX.  The same tests and tolerances on the same
