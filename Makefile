@@ -29,12 +29,13 @@ PYTEST_XDIST ?= -n 2 --dist loadscope --no-loadscope-reorder
 # libllama.  They are independent, so they are made in parallel: on a fresh 2-core machine the llama.cpp
 # compile overlaps the venvs' downloads.  Each target's output is printed in one piece when it ends.
 TEST_SETUP_JOBS ?= 3
-.PHONY: test-setup
-test-setup: install lint install-tpu
+.PHONY: test-setup test-setup-parts
+test-setup:
+	$(MAKE) --no-print-directory -j$(TEST_SETUP_JOBS) --output-sync=target test-setup-parts
+test-setup-parts: install lint install-tpu
 
 # everything, integration tests included (CI)
-test:
-	$(MAKE) --no-print-directory -j$(TEST_SETUP_JOBS) --output-sync=target test-setup
+test: test-setup
 	$(PY) -m pytest -q $(PYTEST_XDIST)
 
 # the fast tests only: no make, subprocess venvs or LaTeX.  The same tests and tolerances on the same
@@ -44,6 +45,12 @@ test:
 FAST_XLA_FLAGS ?= --xla_backend_optimization_level=0
 test-fast: install
 	XLA_FLAGS="$(strip $(XLA_FLAGS) $(FAST_XLA_FLAGS))" $(PY) -m pytest -q $(PYTEST_XDIST) -m "not slow and not integration"
+
+# how long `make test` takes on a fresh machine (a clean clone of HEAD, no venvs, pip's cache off):
+# results/ci/fresh-make-test.json, which the README cites; run it on an idle machine
+.PHONY: fresh-make-test
+fresh-make-test: install
+	$(PY) experiments/fresh_make_test.py $(FRESH_ARGS)
 
 test-slow: install
 	$(PY) -m pytest -q -m slow

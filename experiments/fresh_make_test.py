@@ -52,6 +52,14 @@ def pytest_summary(text: str) -> dict:
     return {"line": line, **counts, "pytest_reported_s": float(secs.group(1)) if secs else None}
 
 
+def slowest(text: str) -> list[dict]:
+    """pytest's --durations lines: [{"seconds", "when", "test"}], slowest first."""
+    out = []
+    for m in re.finditer(r"(?m)^([0-9.]+)s (setup|call|teardown)\s+(\S+)", text):
+        out.append({"seconds": float(m.group(1)), "when": m.group(2), "test": m.group(3)})
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=None, help="default: results/ci/fresh-make-test.json")
@@ -76,6 +84,8 @@ def main(argv=None) -> int:
     env["MAMBA2_JAX_DATA"] = os.environ.get("MAMBA2_JAX_DATA") or str(root.parent / "shared" / "data")
     env["PIP_NO_CACHE_DIR"] = "1"
     env["CI"] = "true"
+    # pytest's 30 slowest tests in the log (where the suite's time goes); it changes nothing else
+    env["PYTEST_ADDOPTS"] = "--durations=30"
     load0 = [round(x, 2) for x in os.getloadavg()]
     rc_setup, wall_setup, setup_log = _run(["make", "test-setup"], repo, env, work / "setup.log")
     rc_test, wall_test, test_log = (None, None, "")
@@ -92,7 +102,8 @@ def main(argv=None) -> int:
         "llama_build_wall_s": (llama or {}).get("build_wall_s"), "llama_targets": (llama or {}).get("targets"),
         "load_avg_before": load0, "load_avg_after": load1, "pip_cache": "off (PIP_NO_CACHE_DIR=1)",
         "tex": shutil.which("pdflatex") is not None,
-        "setup_log_tail": setup_log[-2000:], "test_log_tail": test_log[-3000:],
+        "setup_log_tail": setup_log[-2000:], "test_log_tail": test_log[-6000:],
+        "slowest_tests": slowest(test_log),
     }
     out = Path(a.out) if a.out else results_dir() / "ci" / "fresh-make-test.json"
     write_document(out, {"label": "fresh-make-test", "status": "measured",

@@ -46,8 +46,9 @@ PROGRAM_FILES = ("mamba2_jax/model.py", "mamba2_jax/ssd.py", "mamba2_jax/cache.p
                  "mamba2_jax/ops.py", "mamba2_jax/checkpoint.py")
 
 
-def reusable(rec: dict, head: dict) -> bool:
-    """Whether ``rec`` (a record of an earlier run) compiled the same programs this commit would."""
+def reusable(rec: dict, head: dict, program_files: tuple[str, ...] = PROGRAM_FILES) -> bool:
+    """Whether ``rec`` (a record of an earlier run) compiled the same programs this commit would: both trees
+    clean, and ``program_files`` unchanged between the two commits."""
     import subprocess
 
     from mamba2_jax.paths import checkout_root
@@ -57,7 +58,7 @@ def reusable(rec: dict, head: dict) -> bool:
         return False
     if g["sha"] == head["sha"]:
         return True
-    r = subprocess.run(["git", "diff", "--quiet", g["sha"], head["sha"], "--", *PROGRAM_FILES],
+    r = subprocess.run(["git", "diff", "--quiet", g["sha"], head["sha"], "--", *program_files],
                        cwd=checkout_root(), capture_output=True)
     return r.returncode == 0
 

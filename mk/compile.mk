@@ -8,6 +8,8 @@
 #   make install-cuda-plugin  jax-cuda12-plugin + jax-cuda12-pjrt 0.10.2 (JAX's CUDA plugin; --no-deps: no CUDA
 #                         libraries) into $(CUDA_DIR)/, for `mamba2-jax compile --target cuda-l40s|cuda-h100`
 #   make tpu-compile-claims   the programs the paper's TPU claims rest on only (step, decode loop, prefill 4096)
+#   make gpu-compile      the same suite compiled for an L40S by JAX's CUDA plugin (results/compile-cuda-l40s)
+#   make tpu-compile-codestral   Mamba-Codestral-7B's claims programs for TPU v6e (1 chip) and v5e (2 chips)
 #   TPU_COMPILE_ARGS="--models mamba2-130m --resume"   extra arguments for experiments/tpu_compile.py
 #   make tpu-compile-anchor   the paper's own package (mamba2-jax 1.1.2, make anchor-install) compiled for the same
 #                         target and shapes, in its own process: its full-logits prefill at every suite length and
@@ -74,4 +76,14 @@ gpu-export: $(STAMP) $(CUDA_DIR)/.installed
 	$(PY) experiments/gpu_export.py $(GPU_EXPORT_ARGS)
 
 gpu-compile: $(STAMP) $(CUDA_DIR)/.installed
-	$(PY) experiments/tpu_compile.py --target cuda-l40s --phase claims $(TPU_COMPILE_ARGS)
+	$(PY) experiments/tpu_compile.py --target cuda-l40s $(TPU_COMPILE_ARGS)
+
+# Mamba-Codestral-7B (configs/mamba-codestral-7b, a sixth scale beside the paper's five), bfloat16: the claims'
+# programs for one TPU v6e chip, and for TPU v5e on two chips (16 GiB per chip holds too little for one)
+CODESTRAL := configs/mamba-codestral-7b/config.json
+.PHONY: tpu-compile-codestral
+tpu-compile-codestral: $(STAMP) $(TPU_DIR)/.installed
+	$(PY) experiments/tpu_compile.py --models $(CODESTRAL) --target tpu-v6e --dtype bfloat16 --phase claims \
+	  --out results/compile-codestral-tpu-v6e $(TPU_COMPILE_ARGS)
+	$(PY) experiments/tpu_compile.py --models $(CODESTRAL) --target tpu-v5e --dtype bfloat16 --mesh data=1,model=2 \
+	  --phase claims --out results/compile-codestral-tpu-v5e $(TPU_COMPILE_ARGS)

@@ -65,7 +65,7 @@ llama-cpp-try:
 	@$(MAKE) --no-print-directory llama-cpp || echo "llama.cpp: build failed, continuing without it (see $(LLAMA_BUILD)/build-failed.txt)"
 
 # CI (`make test` on a clean clone) builds libllama first, so the integration tests run against it
-test-setup: llama-cpp-try
+test-setup-parts: llama-cpp-try
 
 llama-cpp-clean:
 	rm -rf $(LLAMA_BUILD)

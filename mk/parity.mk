@@ -64,7 +64,7 @@ parity-gpu: $(STAMP) $(REF_STAMP) $(GPU_VENV)/.installed
 
 # The reference tests (tests/test_reference_*.py, tests/test_parity*.py) run mamba_ssm_ref_cpu in .venv-ref.
 install: $(REF_STAMP)
-test-setup: $(REF_STAMP)
+test-setup-parts: $(REF_STAMP)
 
 PARITY_LABEL ?= $(if $(MODEL),cpu-$(notdir $(MODEL)),cpu-synthetic)
 parity: $(STAMP) $(REF_STAMP)

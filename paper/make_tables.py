@@ -571,26 +571,32 @@ def anchor_table(results: Path, rep: dict[str, Any]) -> Table:
     program (mamba2_jax.eval.compiled.side_by_side)."""
     pairs = sorted(compiled.side_by_side(results), key=lambda x: report.model_key(x["model"]))
     rows = []
+
+    def two(o, a, key, f) -> str:
+        """'ours / anchor' of one field (n/a where a side has no record or value)."""
+        def one(r):
+            v = None if r is None else r.get(key)
+            return "n/a" if v is None else f(v)
+        return f"{one(o)} / {one(a)}"
+
     for x in pairs:
-        a = x["anchor"] or {}
-        ver = ((a.get("anchor") or {}).get("version")) or "1.1.2"
+        a = x["anchor"]  # None: the anchor's run has not reached this program (nor ours, compiled with it): n/a
+        o = (a or {}).get("ours_same_run")  # ours, compiled just before it in the same run (prefill: full logits)
         if x["program"] == "step":
-            prog = "decode step, batch 1"
-            ours_what = "ours: step (cache donated)"
-            pads = (a.get("anchor") or {}).get("pads_to_chunk")
-            anc_what = (f"mamba2-jax {ver}: forward on 1 token" + (
-                f", padded to a {a['policy']['scan_chunk_size']}-token chunk" if pads and a.get("policy") else ""))
+            pads = ((a or {}).get("anchor") or {}).get("pads_to_chunk")
+            prog = "decode step" + (f" (its token padded to {a['policy']['scan_chunk_size']})"
+                                    if pads and a.get("policy") else "")
         else:
-            prog = f"prefill, {x['program'].split('-L')[1]} tokens"
-            ours_what, anc_what = "ours: last-position logits", f"mamba2-jax {ver}: full logits"
-        rows.append([x["model"], prog, ours_what, *_side_cells(x["ours"])])
-        if a.get("ours_same_run"):  # ours compiled just before the anchor's, in its run (full logits for prefill)
-            rows.append([x["model"], prog, "ours, same run as the next row" + (
-                ": full logits" if x["program"] != "step" else ""), *_side_cells(a["ours_same_run"])])
-        rows.append([x["model"], prog, anc_what, *_side_cells(x["anchor"])])
+            prog = f"prefill {x['program'].split('-L')[1]}, full logits"
+        fits = two(o, a, "bytes_needed_per_device", lambda v: f"{v / 2**30:.2f}")
+        rows.append([x["model"], prog, two(o, a, "compile_s", lambda v: f"{v:.0f}"),
+                     two(o, a, "load_avg_1m", lambda v: f"{v[0]:.1f}"),
+                     two(o, a, "flops", lambda v: f"{v / 1e9:,.0f}" if v >= 1e11 else f"{v / 1e9:.3g}"),
+                     two(o, a, "temp_bytes", lambda v: f"{v / 2**20:,.0f}"), fits,
+                     two(o, a, "roofline", lambda ro: "n/a" if not ro.get("bound_tokens_per_s")
+                         else f"{ro['bound_tokens_per_s']:,.0f}")])
     paired = {x["model"] for x in pairs}
-    docs = {**{(m, "ours"): c for m, c in compiled.load_compiled(results).items() if m in paired},
-            **{(m, "anchor"): c for m, c in compiled.anchor_documents(results).items()}}
+    docs = {(m, "anchor"): c for m, c in compiled.anchor_documents(results).items() if m in paired}
     prov = []
     for (m, side), c in sorted(docs.items(), key=lambda kv: (report.model_key(kv[0][0]), kv[0][1] != "ours")):
         d = c["doc"]
@@ -600,27 +606,26 @@ def anchor_table(results: Path, rep: dict[str, Any]) -> Table:
                     f"jax {v.get('jax')}, libtpu {v.get('libtpu')}; git {report.short_sha(d.get('provenance'))} "
                     f"({report.rel(c['path'])}).")
     t = Table("compiled_anchor", "This artifact beside the paper's package, both compiled for TPU v6e (not run)",
-              ["Scale", "Program", "Implementation", "Compile s", "XLA FLOPs", "XLA bytes", "Argument MiB",
-               "Temp MiB", "Output MiB", "Fits HBM", "Bound"],
-              "p{1.3cm}p{1.5cm}p{2.6cm}rrrrrrp{1.5cm}p{2.0cm}", rows,
-              "The same programs of the paper's setting (batch 1, float32 parameters, default matmul precision) "
-              "built from shapes only by the same compiler (libtpu's TPU v6e compiler, no TPU): this artifact "
-              "(experiments/tpu_compile.py) and the paper's own package mamba2-jax 1.1.2 from PyPI "
-              "(experiments/tpu_compile_anchor.py, in its own process). Its API prefills with full logits only, and "
-              "its decode step is its forward on one cached token. Compile s is wall time on a shared 2-core host "
-              "(each record keeps the load average). Bytes are per device; the bound is the roofline of "
-              "mamba2_jax.compile.fit_and_bound for both (arguments + outputs over 1.64 TB/s, FLOPs over the "
-              "peak). Nothing was run.", prov,
+              ["Scale", "Program", "Compile s", "Load (1 min)", "XLA GFLOP", "Temp MiB", "GiB per chip",
+               "Bound tok/s"],
+              "p{1.4cm}p{2.6cm}rrrrrr", rows,
+              "Each cell is this artifact / the paper's package mamba2-jax 1.1.2 (PyPI), the same program of the "
+              "paper's setting (batch 1, float32, default matmul precision) built from shapes only by libtpu's "
+              "TPU v6e compiler, no TPU, in one run: ours just before its, in its own process "
+              "(experiments/tpu_compile_anchor.py). Prefill returns every position's logits (its API's only mode, "
+              "so ours too); its decode step is its forward on one cached token. Compile s is wall time on a shared "
+              "2-core host; the load is the 1-minute average at its start. Bytes are per device; both bounds come "
+              "from mamba2_jax.compile.fit_and_bound. Nothing was run.", prov,
               empty="no results/tpu_compile_anchor/*.json: run `make tpu-compile-anchor` (the paper's package "
                     "compiled for TPU v6e without a TPU)",
-              notes=["not compiled: that side has no record of this program (yet); '-' follows. Our decode loop "
-                     "(generate) has no counterpart in its API and is not listed."],
-              size="scriptsize", long=True, group=2,
-              short="This artifact beside the paper's own package (mamba2-jax 1.1.2), the same programs compiled "
-                    "for TPU v6e by the same compiler without a TPU: compile time, XLA's FLOPs and bytes, memory "
-                    "per device and the roofline bound. Nothing was run.")
-    t.sources = list(dict.fromkeys([report.rel(Path(p)) for x in pairs for p in (x["ours_path"], x["anchor_path"])
-                                    if p]))
+              notes=["n/a: that side has no record or value (the anchor's run had not reached it). Our decode loop "
+                     "(generate) has no counterpart in its API and is not listed; our last-position prefills are in "
+                     "the compiled-suite table."],
+              size="scriptsize", long=False, group=1,
+              short="This artifact / the paper's own package (mamba2-jax 1.1.2): the same programs compiled for TPU "
+                    "v6e by the same compiler in one run, without a TPU. Compile time, XLA's FLOPs, temporaries, "
+                    "memory per chip and the roofline bound. Nothing was run.")
+    t.sources = list(dict.fromkeys([report.rel(Path(x["anchor_path"])) for x in pairs if x["anchor_path"]]))
     return t
 
 
