@@ -421,10 +421,10 @@ def build_program(cfg, program: str, jdt, jmesh, sharded: bool, policy: dict[str
         bvec = lambda dt: S((batch,), dt, sharding=batch_sh)  # noqa: E731
         dstate = DecodeState(  # the loop's carry after the prompt's token: shapes only
             cache=_abstract_cache(cfg, batch, jmesh, jdt), token=bvec(jnp.int32),
-            position=S((), jnp.int32, sharding=rep),
+            position=bvec(jnp.int32),
             tokens=S((batch, int(new_tokens)), jnp.int32, sharding=NamedSharding(jmesh, P("data", None))),
             step=S((), jnp.int32, sharding=rep), done=bvec(jnp.bool_), nonfinite=bvec(jnp.bool_),
-            nonfinite_at=bvec(jnp.int32), key=S(key.shape, key.dtype, sharding=rep))
+            nonfinite_at=bvec(jnp.int32), keys=S((batch,) + key.shape, key.dtype, sharding=batch_sh))
         args = (gen.state, dstate)
         jitted, kwargs = gen._decode, {"sampling": SamplingConfig()}
         tokens = batch  # per loop iteration (XLA counts a while body once)

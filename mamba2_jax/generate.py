@@ -7,11 +7,18 @@
   prompts are the model's business: ``model.prefill_block`` runs them block by block inside the
   one program (see ``Mamba2LMHeadModel.prefill``).
 * The decode loop is one ``lax.while_loop`` on device (:func:`decode_loop`), built once: the
-  ``Generator``, its streaming mode and the decode benchmarks all run it.  Its carry is a typed,
-  registered PyTree, :class:`DecodeState` (cache, last token, output buffer, step, done flags,
-  PRNG key, non-finite flags).  The state is donated, sampling happens on device with explicit
-  PRNG keys, every row stops at its own EOS, the loop stops when all rows are done, and the host
-  sees tokens once, when the loop ends.
+  ``Generator``, its streaming mode, the decode benchmarks and the server (``mamba2-jax serve``,
+  k tokens per dispatch) all run it.  Its carry is a typed, registered PyTree, :class:`DecodeState`
+  (cache, last token, per-row positions, output buffer, step, done flags, per-row PRNG keys,
+  non-finite flags).  The state is donated, sampling happens on device with explicit PRNG keys,
+  every row stops at its own EOS, the loop stops when all rows are done, and the host sees tokens
+  once, when the loop ends.
+* Sampling is per row (:func:`sample_rows`): each row has its own settings (:class:`SamplingArrays`)
+  and key, and draws over its own logits only, so a row's tokens never depend on the other rows.
+  The Generator's settings are static (one :class:`SamplingConfig`; the program is specialised to
+  it: greedy is the argmax alone); the server's are device arrays, so requests with different
+  settings share one program.  Row r of a batch drawn with ``key`` uses ``key`` (r = 0) or
+  ``fold_in(key, r)`` (:func:`row_keys`); its token at position p uses ``fold_in(row key, p)``.
 * Streaming runs the same loop in chunks of ``k`` tokens: one device round trip per chunk.
 * A non-finite logit is never turned into a token silently: the loop records, per row, the first
   step whose logits hold a NaN or Inf (and stops that row); the host then raises
@@ -32,8 +39,9 @@ from flax import nnx
 
 from .cache import Mamba2Cache
 
-__all__ = ["SamplingConfig", "GenerationResult", "GenerationError", "Generator", "DecodeState", "decode_loop",
-           "generate", "sample_logits", "bucket_length", "stepwise_greedy", "program_key"]
+__all__ = ["SamplingConfig", "SamplingArrays", "GenerationResult", "GenerationError", "Generator", "DecodeState",
+           "decode_loop", "generate", "sample_rows", "sample_at", "sample_logits", "row_keys", "bucket_length",
+           "stepwise_greedy", "program_key"]
 
 
 class GenerationError(ValueError):
@@ -76,26 +84,112 @@ class SamplingConfig:
 GREEDY = SamplingConfig()
 
 
-def sample_logits(logits: jax.Array, key: jax.Array, cfg: SamplingConfig, vocab_size: int) -> jax.Array:
-    """(b, V) float32 logits → (b,) int32 tokens.  Padded vocabulary entries are never chosen."""
-    V = logits.shape[-1]
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class SamplingArrays:
+    """Per-row sampling settings (b,): ``greedy`` rows take the argmax; the others sample at
+    ``temperature`` (> 0) from the ``top_k`` (0: all) largest logits, then from the smallest prefix of
+    that sorted distribution whose mass reaches ``top_p`` (1: all).
+
+    NumPy arrays are known when the program is traced, and :func:`sample_rows` is specialised to them
+    (the Generator: :meth:`of` a static :class:`SamplingConfig`, so an all-greedy program is the
+    argmax alone); device arrays are inputs of the program, so rows with different settings share
+    one compiled program (the server)."""
+
+    greedy: Any  # bool
+    temperature: Any  # float32
+    top_k: Any  # int32
+    top_p: Any  # float32
+
+    @classmethod
+    def host(cls, greedy, temperature, top_k, top_p) -> SamplingArrays:
+        return cls(greedy=np.asarray(greedy, bool), temperature=np.asarray(temperature, np.float32),
+                   top_k=np.asarray(top_k, np.int32), top_p=np.asarray(top_p, np.float32))
+
+    @classmethod
+    def of(cls, cfg: SamplingConfig, b: int) -> SamplingArrays:
+        """``cfg`` for each of ``b`` rows, as NumPy arrays (a greedy config: temperature 1, no filters)."""
+        if cfg.greedy:
+            return cls.host(np.ones(b, bool), np.ones(b), np.zeros(b), np.ones(b))
+        return cls.host(np.zeros(b, bool), np.full(b, cfg.temperature), np.full(b, cfg.top_k), np.full(b, cfg.top_p))
+
+    def take(self, idx) -> SamplingArrays:
+        return SamplingArrays(*(np.asarray(a)[idx] for a in (self.greedy, self.temperature, self.top_k, self.top_p)))
+
+
+def _cond(pred, true_fn, false_fn, x):
+    """``lax.cond``, or the branch itself when ``pred`` is known at trace time (NumPy)."""
+    if isinstance(pred, (bool, np.bool_, np.ndarray)):
+        return true_fn(x) if bool(pred) else false_fn(x)
+    return jax.lax.cond(pred, true_fn, false_fn, x)
+
+
+def sample_rows(logits: jax.Array, keys: jax.Array, s: SamplingArrays, vocab_size: int) -> jax.Array:
+    """(b, V) float32 logits, (b,) PRNG keys → (b,) int32 tokens, each row by its own settings and key:
+    the sampler of the decode loop, the Generator's prefill and the server's prefill.
+
+    Padded vocabulary entries are never chosen.  Row by row: logits minus their max, over the
+    temperature; entries below the k-th largest dropped; entries below the last one of the smallest
+    sorted prefix whose probability reaches top_p dropped; a Gumbel-max draw
+    (``jax.random.categorical``) with the row's key over that row alone, so a row's token depends
+    only on its logits, settings and key, never on the other rows.  The draws are paid only when
+    some row samples, and the sort only when some sampled row asks for top-k or top-p."""
+    b, V = logits.shape
     if vocab_size < V:
         logits = jnp.where(jnp.arange(V) < vocab_size, logits, -jnp.inf)
-    if cfg.greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = (logits - jnp.max(logits, axis=-1, keepdims=True)) / cfg.temperature  # max → 0: no overflow at tiny T
-    if cfg.top_k and cfg.top_k < V:
-        kth = jax.lax.top_k(logits, cfg.top_k)[0][:, -1:]
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
-    if cfg.top_p < 1.0:
-        srt = jnp.sort(logits, axis=-1)[:, ::-1]
+    greedy_tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    use_k = (s.top_k > 0) & (s.top_k < V)
+    use_p = s.top_p < 1.0
+    xp = np if isinstance(s.greedy, np.ndarray) and isinstance(use_k, np.ndarray) \
+        and isinstance(use_p, np.ndarray) else jnp
+
+    def filtered(z):
+        srt = jnp.sort(z, axis=-1)[:, ::-1]
+        k = jnp.where(use_k, s.top_k, V)
+        kth = jnp.take_along_axis(srt, (k - 1)[:, None], axis=-1)
+        z = jnp.where(z < kth, -jnp.inf, z)
+        srt = jnp.where(srt < kth, -jnp.inf, srt)  # the sorted top-k-filtered logits
         probs = jax.nn.softmax(srt, axis=-1)
         cum = jnp.cumsum(probs, axis=-1)
-        # keep the smallest prefix whose mass reaches top_p (always at least one token)
-        keep = (cum - probs) < cfg.top_p
+        keep = (cum - probs) < jnp.asarray(s.top_p)[:, None]  # the smallest prefix reaching top_p (≥ 1 token)
         thresh = jnp.min(jnp.where(keep, srt, jnp.inf), axis=-1, keepdims=True)
-        logits = jnp.where(logits < thresh, -jnp.inf, logits)
-    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+        return jnp.where(use_p[:, None] & (z < thresh), -jnp.inf, z)
+
+    def sampled(logits):
+        t = jnp.asarray(xp.where(s.greedy, 1.0, s.temperature), jnp.float32)
+        z = (logits - jnp.max(logits, axis=-1, keepdims=True)) / t[:, None]  # max → 0: no overflow at tiny T
+        z = _cond(xp.any(~s.greedy & (use_k | use_p)), filtered, lambda z: z, z)
+        drawn = jax.vmap(lambda k, row: jax.random.categorical(k, row))(keys, z).astype(jnp.int32)
+        return jnp.where(s.greedy, greedy_tok, drawn)
+
+    # an all-greedy batch pays for the argmax only, not for b x V random draws
+    return _cond(xp.all(s.greedy), lambda lg: greedy_tok, sampled, logits)
+
+
+def row_keys(key: jax.Array, b: int) -> jax.Array:
+    """The (b,) per-row keys of a batch drawn with one ``key``: row 0 draws with ``key`` itself (a
+    prompt alone draws what it draws in row 0 of any batch), row r > 0 with ``fold_in(key, r)`` (the
+    server's convention for the choices of an ``n`` > 1 request).  A (b,) array of keys is returned
+    as it is."""
+    key = jnp.asarray(key)
+    if key.ndim == 1:
+        return key
+    if b == 1:
+        return key[None]
+    return jnp.concatenate([key[None], jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(1, b))])
+
+
+def sample_at(logits: jax.Array, keys: jax.Array, position, s: SamplingArrays, vocab_size: int) -> jax.Array:
+    """The tokens at ``position`` ((b,) or scalar): row r draws with ``fold_in(keys[r], position[r])``."""
+    pos = jnp.broadcast_to(jnp.asarray(position, jnp.int32), keys.shape)
+    return sample_rows(logits, jax.vmap(jax.random.fold_in)(keys, pos), s, vocab_size)
+
+
+def sample_logits(logits: jax.Array, key: jax.Array, cfg: SamplingConfig, vocab_size: int) -> jax.Array:
+    """(b, V) float32 logits → (b,) int32 tokens with one static config and one key:
+    :func:`sample_rows` with the rows' keys of :func:`row_keys`."""
+    b = logits.shape[0]
+    return sample_rows(logits, row_keys(key, b), SamplingArrays.of(cfg, b), vocab_size)
 
 
 def _finite_rows(logits: jax.Array, vocab_size: int) -> jax.Array:
@@ -125,71 +219,118 @@ def program_key(graphdef) -> Hashable:
 
 
 # ------------------------------------------------------------------------------ the decode loop
+NO_LIMIT = np.iinfo(np.int32).max
+
+
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class DecodeState:
     """The carry of :func:`decode_loop`, a registered PyTree (every field is an array).
 
-    Token positions count the new tokens of one generation: position 0 is the token sampled from
-    the prompt's last logits; the token at position p is drawn with ``fold_in(key, p)``.
+    Token positions count the new tokens of one sequence: position 0 is the token sampled from the
+    prompt's last logits; row r's token at position p is drawn with ``fold_in(keys[r], p)``.  Rows
+    may be at different positions (the server's slots); a done row neither samples nor advances.
     """
 
     cache: Mamba2Cache
     token: jax.Array  # (b,) int32: the last token (the next step's input)
-    position: jax.Array  # () int32: the position of ``token``
-    tokens: jax.Array  # (b, n) int32: the output buffer; after a row is done, its EOS id (or 0)
+    position: jax.Array  # (b,) int32: the position of ``token``
+    tokens: jax.Array  # (b, n) int32: the output buffer; a done row's columns hold its EOS id (or 0)
     step: jax.Array  # () int32: columns of ``tokens`` written; the loop runs while step < n
-    done: jax.Array  # (b,) bool: the row emitted EOS or met a non-finite logit
+    done: jax.Array  # (b,) bool: the row is not decoding (EOS, its limit, a non-finite logit; idle)
     nonfinite: jax.Array  # (b,) bool: the row met a non-finite logit ...
     nonfinite_at: jax.Array  # (b,) int32: ... at this position (where ``nonfinite``)
-    key: jax.Array  # the PRNG key of the generation
+    keys: jax.Array  # (b,) PRNG keys, one per row
 
     @classmethod
     def start(cls, cache: Mamba2Cache, token, finite, key, n: int, eos_id: int | None,
               position: int = 0) -> DecodeState:
         """The state after the token at ``position`` (from prefill: 0), with an ``n``-column buffer
-        whose first column holds it.  ``finite`` (b,) bool: its logits were finite."""
+        whose first column holds it.  ``finite`` (b,) bool: its logits were finite.  ``key``: one key
+        (the rows' keys are :func:`row_keys`) or (b,) keys."""
         token = jnp.asarray(token, jnp.int32)
         finite = jnp.asarray(finite, bool)
+        b = token.shape[0]
         done = ~finite if eos_id is None else (token == eos_id) | ~finite
         pad = 0 if eos_id is None else eos_id
-        tokens = jnp.full((token.shape[0], n), pad, jnp.int32).at[:, 0].set(token)
+        tokens = jnp.full((b, n), pad, jnp.int32).at[:, 0].set(token)
         # the loop donates its state: a private copy of the caller's key
-        return cls(cache=cache, token=token, position=jnp.int32(position), tokens=tokens, step=jnp.int32(1),
-                   done=done, nonfinite=~finite, nonfinite_at=jnp.full(token.shape, position, jnp.int32),
-                   key=jnp.array(key, copy=True))
+        return cls(cache=cache, token=token, position=jnp.full((b,), position, jnp.int32), tokens=tokens,
+                   step=jnp.int32(1), done=done, nonfinite=~finite, nonfinite_at=jnp.full((b,), position, jnp.int32),
+                   keys=jnp.array(row_keys(key, b), copy=True))
+
+    @classmethod
+    def rows(cls, cache: Mamba2Cache, token, position, done, keys, n: int, eos) -> DecodeState:
+        """Rows at their own ``position`` (b,) after ``token`` (b,), ``done`` rows idle, with an empty
+        ``n``-column buffer (step 0); ``eos`` (b,) the rows' EOS ids (-1: none), for the padding.
+        Host arrays (copies: the state is donated) go to the program as its inputs."""
+        eos = np.asarray(eos, np.int32)
+        b = eos.shape[0]
+        return cls(cache=cache, token=np.array(token, np.int32), position=np.array(position, np.int32),
+                   tokens=np.repeat(np.where(eos >= 0, eos, 0)[:, None], n, axis=1).astype(np.int32),
+                   step=np.int32(0), done=np.array(done, bool), nonfinite=np.zeros(b, bool),
+                   nonfinite_at=np.zeros(b, np.int32), keys=keys)
 
     def replace(self, **kw) -> DecodeState:
         return replace(self, **kw)
 
 
-def decode_loop(model, state: DecodeState, sampling: SamplingConfig = GREEDY, eos_id: int | None = None,
-                check_finite: bool = True) -> DecodeState:
-    """Fill ``state.tokens`` from column ``state.step`` on: one ``model.step`` and one sample per
-    column, in a ``lax.while_loop`` that stops early when every row is done.  Traced (call it
-    inside ``jax.jit``).  A row is done after its EOS (``eos_id``; None: never) or after a step whose
-    logits (real vocabulary) hold a NaN or Inf: the loop then records that position in
-    ``nonfinite_at`` and stops the row (the token it writes there is not a sample).
-    ``check_finite=False`` drops the check (only to measure its cost)."""
+def decode_loop(model, state: DecodeState, sampling: SamplingArrays | SamplingConfig = GREEDY,
+                eos_id: int | jax.Array | None = None, check_finite: bool = True, *, limit=None,
+                stop_at_finish: bool = False) -> DecodeState:
+    """THE decode loop: fill ``state.tokens`` from column ``state.step`` on, one ``model.step`` and one
+    sample per column, in one ``lax.while_loop`` that stops early when every row is done.  Traced
+    (call it inside ``jax.jit``): ``Generator.generate``, ``Generator.stream``, the decode benchmarks
+    and the server's decode dispatches (``Generator.decode_rows``) all run it.
+
+    Every row is stepped (the batch is one dot per weight), but only rows not done sample, advance
+    and count; a done row keeps its token and position and its buffer columns hold the padding
+    (its EOS id, or 0).  Settings, per row:
+
+    * ``sampling``: :class:`SamplingArrays` (NumPy: the program is specialised to them; device
+      arrays: one program for all settings) or a static :class:`SamplingConfig` for every row;
+    * ``eos_id``: an int, None (no EOS) or (b,) int32 ids with -1 for none (the server's
+      ``ignore_eos``): a row is done after emitting its EOS;
+    * ``limit``: None, or (b,) int32: a row is done once its position reaches ``limit`` - 1 (its
+      ``max_tokens``-th token).
+
+    A row is also done after a step whose logits (real vocabulary) hold a NaN or Inf: the loop records
+    that position in ``nonfinite_at`` (the token it writes there is not a sample) and the other rows
+    go on.  ``stop_at_finish``: stop after the first step in which some row becomes done, so that a
+    finished row's state is exactly that of the tokens it consumed (the server snapshots it).
+    ``check_finite=False`` drops the non-finite check (only to measure its cost)."""
     n = state.tokens.shape[1]
+    b = state.token.shape[0]
     V = model.cfg.vocab_size
-    pad = 0 if eos_id is None else eos_id
+    if isinstance(sampling, SamplingConfig):
+        sampling = SamplingArrays.of(sampling, b)
+    if eos_id is None or isinstance(eos_id, (int, np.integer)):
+        eos = np.full((b,), -1 if eos_id is None else int(eos_id), np.int32)  # known at trace time
+    else:
+        eos = eos_id
+    has_eos = (eos >= 0)
+    pad = jnp.where(has_eos, eos, 0).astype(jnp.int32)
+    done0 = state.done
 
     def cond(s: DecodeState):
-        return (s.step < n) & ~jnp.all(s.done)
+        go = (s.step < n) & ~jnp.all(s.done)
+        return go & ~jnp.any(s.done & ~done0) if stop_at_finish else go
 
     def body(s: DecodeState):
+        active = ~s.done
         logits, cache = model.step(s.token, s.cache)
-        pos = s.position + 1
-        nxt = jnp.where(s.done, pad, sample_logits(logits, jax.random.fold_in(s.key, pos), sampling, V))
-        done = s.done if eos_id is None else s.done | (nxt == eos_id)
+        pos = s.position + active.astype(jnp.int32)
+        nxt = jnp.where(active, sample_at(logits, s.keys, pos, sampling, V), s.token)
+        fin = active & has_eos & (nxt == eos)
+        if limit is not None:
+            fin = fin | (active & (pos + 1 >= limit))
         nonfinite, nonfinite_at = s.nonfinite, s.nonfinite_at
         if check_finite:
-            bad = ~_finite_rows(logits, V) & ~s.done
+            bad = active & ~_finite_rows(logits, V)
             nonfinite, nonfinite_at = nonfinite | bad, jnp.where(bad, pos, nonfinite_at)
-            done = done | bad
-        tokens = jax.lax.dynamic_update_slice(s.tokens, nxt[:, None], (jnp.int32(0), s.step))
-        return s.replace(cache=cache, token=nxt, position=pos, tokens=tokens, step=s.step + 1, done=done,
+            fin = fin | bad
+        tokens = jax.lax.dynamic_update_slice(s.tokens, jnp.where(active, nxt, pad)[:, None], (jnp.int32(0), s.step))
+        return s.replace(cache=cache, token=nxt, position=pos, tokens=tokens, step=s.step + 1, done=s.done | fin,
                          nonfinite=nonfinite, nonfinite_at=nonfinite_at)
 
     return jax.lax.while_loop(cond, body, state)
@@ -224,6 +365,7 @@ class _Programs:
         self.trace_counts = {"prefill": 0, "decode": 0}
         self.prefill = jax.jit(self._prefill, static_argnames=("sampling",))
         self.decode = jax.jit(self._decode, static_argnames=("sampling",), donate_argnums=(1,))
+        self.decode_rows = jax.jit(self._decode_rows, static_argnames=("stop_at_finish",), donate_argnums=(1,))
 
     def _prefill(self, state, ids, lengths, key, sampling: SamplingConfig):
         """→ (first token (b,), its logits finite (b,), cache)."""
@@ -231,13 +373,24 @@ class _Programs:
         model = nnx.merge(self.graphdef, state)
         V = model.cfg.vocab_size
         logits, cache = model.prefill(ids, lengths=lengths, last_only=True)
-        tok = sample_logits(logits, jax.random.fold_in(key, 0), sampling, V)
+        b = logits.shape[0]
+        tok = sample_at(logits, row_keys(key, b), 0, SamplingArrays.of(sampling, b), V)
         return self._replicated(tok), self._replicated(_finite_rows(logits, V)), cache
 
     def _decode(self, state, dstate: DecodeState, sampling: SamplingConfig) -> DecodeState:
+        """The loop with one static config and this program's EOS id (the Generator)."""
         self.trace_counts["decode"] += 1
+        return self._loop(state, dstate, sampling, self.eos_id, None, False)
+
+    def _decode_rows(self, state, dstate: DecodeState, sampling: SamplingArrays, eos, limit,
+                     stop_at_finish: bool) -> DecodeState:
+        """The same loop with per-row settings as device arrays (the server)."""
+        self.trace_counts["decode"] += 1
+        return self._loop(state, dstate, sampling, eos, limit, stop_at_finish)
+
+    def _loop(self, state, dstate, sampling, eos, limit, stop_at_finish) -> DecodeState:
         model = nnx.merge(self.graphdef, state)
-        s = decode_loop(model, dstate, sampling, self.eos_id, self.check_finite)
+        s = decode_loop(model, dstate, sampling, eos, self.check_finite, limit=limit, stop_at_finish=stop_at_finish)
         r = self._replicated
         return s.replace(token=r(s.token), tokens=r(s.tokens), done=r(s.done), nonfinite=r(s.nonfinite),
                          nonfinite_at=r(s.nonfinite_at))
@@ -295,8 +448,18 @@ class Generator:
         return self._programs.trace_counts
 
     def decode(self, dstate: DecodeState, sampling: SamplingConfig = GREEDY) -> DecodeState:
-        """Run the compiled decode loop from ``dstate`` (donated: do not reuse it)."""
+        """Run the compiled decode loop from ``dstate`` (donated: do not reuse it), every row with
+        ``sampling`` and this generator's EOS id (the program is specialised to both)."""
         return self._decode(self.state, dstate, sampling=sampling)
+
+    def decode_rows(self, dstate: DecodeState, sampling: SamplingArrays, eos, limit, *,
+                    stop_at_finish: bool = True) -> DecodeState:
+        """The same decode loop with per-row settings, all device inputs of one compiled program (per
+        batch and buffer shape): ``sampling`` (b,) arrays, ``eos`` (b,) EOS ids (-1: none), ``limit``
+        (b,) positions at which rows stop (``max_tokens``).  ``dstate`` is donated.  With
+        ``stop_at_finish`` the loop stops after the step in which some row finishes (see
+        :func:`decode_loop`).  The server's decode dispatches run this."""
+        return self._programs.decode_rows(self.state, dstate, sampling, eos, limit, stop_at_finish=stop_at_finish)
 
     def start_state(self, cache: Mamba2Cache, token, key=None, n: int = 1, position: int = 0,
                     finite=None) -> DecodeState:

@@ -153,16 +153,19 @@ def host_sample(logits: np.ndarray, gumbel: np.ndarray, s: SamplingConfig, vocab
 def test_sampled_ragged_batch_equals_a_host_sampler(broad):
     """Every token of a sampled ragged batch is what a NumPy sampler draws from the float64 oracle's
     logits (teacher-forced on the row's prompt and tokens so far) with the same Gumbel noise: token t
-    of the batch uses key fold_in(key(seed), t) over the (batch, V) logits.  The distributions are
-    broad (many candidates survive top-k/top-p; the draws are not the greedy tokens)."""
+    of row i uses key fold_in(k_i, t) over the row's own (V,) logits, k_0 = key(seed) and
+    k_i = fold_in(key(seed), i) (``row_keys``).  The distributions are broad (many candidates survive
+    top-k/top-p; the draws are not the greedy tokens)."""
     cfg, sd, _, g = broad
     prompts = ragged_prompts(cfg)
     s = SamplingConfig(greedy=False, temperature=1.5, top_k=50, top_p=0.9)
     n, seed = 16, 11
     got = g.generate(prompts, n, s, seed=seed).tokens
     V = cfg.padded_vocab_size
-    noise = [np.asarray(jax.random.gumbel(jax.random.fold_in(jax.random.key(seed), t), (len(prompts), V)))
-             for t in range(n)]
+    key = jax.random.key(seed)
+    row_key = [key] + [jax.random.fold_in(key, i) for i in range(1, len(prompts))]
+    noise = [np.stack([np.asarray(jax.random.gumbel(jax.random.fold_in(row_key[i], t), (V,)))
+                       for i in range(len(prompts))]) for t in range(n)]
     oracle = OracleModel(cfg, sd)
     gaps, n_greedy = [], 0
     for i, p in enumerate(prompts):
@@ -174,6 +177,35 @@ def test_sampled_ragged_batch_equals_a_host_sampler(broad):
         n_greedy += int(np.sum(got[i] == np.argmax(lg[:, :cfg.vocab_size], -1)))
     assert min(gaps) > 1e-3  # no draw decided at fp32 rounding
     assert n_greedy < len(prompts) * n // 2  # the sampler, not argmax, chose most tokens
+
+
+def test_per_row_settings_program_equals_the_static_one(broad):
+    """The decode loop with its settings as program inputs (``Generator.decode_rows``: the server's
+    dispatches) gives the tokens of the program specialised to one static config, token for token,
+    on the sampled ragged batch; with ``limit`` and ``stop_at_finish`` it stops after the step in
+    which the first row reaches its limit, the other rows mid-way."""
+    from mamba2_jax.generate import DecodeState, SamplingArrays
+
+    cfg, _, _, g = broad
+    prompts = ragged_prompts(cfg)
+    s = SamplingConfig(greedy=False, temperature=1.5, top_k=50, top_p=0.9)
+    n, seed, b = 16, 11, len(prompts)
+    want = g.generate(prompts, n, s, seed=seed).tokens  # the host-sampler test's program
+
+    def start():
+        (tok, finite, cache), _ = g._prefill_raw(prompts, jax.random.key(seed), s)
+        return DecodeState.start(cache, tok, finite, jax.random.key(seed), n, None)
+
+    no_eos = np.full(b, -1, np.int32)
+    st = g.decode_rows(start(), SamplingArrays.of(s, b), no_eos, np.full(b, n, np.int32), stop_at_finish=False)
+    np.testing.assert_array_equal(np.asarray(st.tokens), want)
+    assert np.asarray(st.done).all() and np.asarray(st.position).tolist() == [n - 1] * b
+
+    limit = np.array([n, 6, n, 9], np.int32)  # row 1 finishes at position 5: the loop stops there
+    st = g.decode_rows(start(), SamplingArrays.of(s, b), no_eos, limit, stop_at_finish=True)
+    assert int(st.step) == 6 and np.asarray(st.done).tolist() == [False, True, False, False]
+    assert np.asarray(st.position).tolist() == [5] * b
+    np.testing.assert_array_equal(np.asarray(st.tokens)[:, :6], want[:, :6])
 
 
 def test_long_prompts_run_in_prefill_blocks_inside_one_program(tiny):
