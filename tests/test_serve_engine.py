@@ -12,11 +12,10 @@ import pytest
 
 from mamba2_jax.config import get_preset
 from mamba2_jax.eval.oracle import OracleModel, jax_cache_from_oracle, perturbed_sd, rel_err
-from mamba2_jax.generate import Generator, SamplingConfig, sample_logits
+from mamba2_jax.generate import DecodeState, Generator, SamplingArrays, SamplingConfig, sample_logits, sample_rows
 from mamba2_jax.loading import model_from_state_dict
 from mamba2_jax.serve.engine import Engine, RequestParams
 from mamba2_jax.serve.prefix_cache import PrefixCache
-from mamba2_jax.serve.programs import SamplingArrays, sample_rows
 
 TOL = 1e-5  # tests/test_oracle.py's tolerance for fp32 against the float64 oracle
 CHUNK = 8  # prefill chunk (and prefix block): prompts below span several, from irregular starts
@@ -61,9 +60,33 @@ def _oracle_greedy(orc, cfg, prompt, out):
     return np.argmax(logits[0, len(prompt) - 1:, :cfg.vocab_size], axis=-1).tolist()
 
 
+def _scalar_sampler(logits, key, cfg: SamplingConfig, vocab_size: int):
+    """An independent sampler for a batch of one with static settings (the Generator's sampler before
+    it became per-row): padded vocabulary masked, logits minus their max over the temperature, the
+    ``lax.top_k`` threshold, the top-p prefix of the sorted distribution, ``categorical`` with ``key``."""
+    V = logits.shape[-1]
+    logits = jnp.where(jnp.arange(V) < vocab_size, logits, -jnp.inf)
+    if cfg.greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = (logits - jnp.max(logits, axis=-1, keepdims=True)) / cfg.temperature
+    if cfg.top_k and cfg.top_k < V:
+        kth = jax.lax.top_k(logits, cfg.top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if cfg.top_p < 1.0:
+        srt = jnp.sort(logits, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(srt, axis=-1)
+        cum = jnp.cumsum(probs, axis=-1)
+        keep = (cum - probs) < cfg.top_p
+        thresh = jnp.min(jnp.where(keep, srt, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < thresh, -jnp.inf, logits)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
 def test_sample_rows_equals_the_generator_sampler():
-    """Each row of one per-row-settings call draws what ``sample_logits`` draws for that row alone with
-    that row's static settings and key (the Generator's sampler), padded vocabulary masked."""
+    """Each row of one per-row-settings call (device arrays: one program for every setting) draws
+    what an independent scalar sampler draws for that row alone with that row's static settings and
+    key, and what the Generator's static-settings path (``sample_logits``: the program specialised to
+    the settings) draws; padded vocabulary masked."""
     rng = np.random.default_rng(0)
     V, vocab = 64, 60
     cfgs = [SamplingConfig(), SamplingConfig(greedy=False, temperature=0.7),
@@ -72,19 +95,22 @@ def test_sample_rows_equals_the_generator_sampler():
     b = len(cfgs)
     arrays = SamplingArrays.host([c.greedy for c in cfgs], [c.temperature for c in cfgs],
                                  [c.top_k for c in cfgs], [c.top_p for c in cfgs])
-    rows = jax.jit(lambda lg, k: sample_rows(lg, k, arrays, vocab))
-    single = {i: jax.jit(lambda lg, k, c=c: sample_logits(lg, k, c, vocab)) for i, c in enumerate(cfgs)}
+    rows = jax.jit(lambda lg, k, s: sample_rows(lg, k, s, vocab))  # settings traced
+    single = {i: jax.jit(lambda lg, k, c=c: _scalar_sampler(lg, k, c, vocab)) for i, c in enumerate(cfgs)}
+    static = {i: jax.jit(lambda lg, k, c=c: sample_logits(lg, k, c, vocab)) for i, c in enumerate(cfgs)}
     seen = [set() for _ in cfgs]
     for t in range(40):
         logits = jnp.asarray(rng.standard_normal((b, V)) * 2, jnp.float32)
         keys = jax.random.split(jax.random.key(t), b)
-        got = np.asarray(rows(logits, keys))
+        got = np.asarray(rows(logits, keys, arrays))
         for i in range(b):
             want = int(single[i](logits[i:i + 1], keys[i])[0])
             assert got[i] == want, (t, cfgs[i])
+            assert int(static[i](logits[i:i + 1], keys[i])[0]) == want, (t, cfgs[i])
             seen[i].add(want)
     assert all(len(s) > 1 for s in seen[1:5])  # the sampled rows really sampled
     assert max(max(s) for s in seen) < vocab
+    assert rows._cache_size() == 1  # one program for every mix of settings
 
 
 def test_chunked_prefill_from_restored_states_matches_the_oracle(tiny, engine):
@@ -253,10 +279,12 @@ def test_decode_program_makes_no_extra_pass_over_the_state(engine):
     import re
 
     p, S, cfg = engine.programs, engine.S, engine.cfg
-    args = (p.state, engine._cache, np.zeros(S, np.int32), np.zeros(S, np.int32), np.zeros(S, bool),
-            jax.random.wrap_key_data(np.zeros((S, 2), np.uint32)), engine._samp, np.full(S, -1, np.int32),
-            np.full(S, 9, np.int32))
-    hlo = p.decode.lower(*args).compile().as_text()
+    eos = np.full(S, -1, np.int32)
+    st = DecodeState.rows(engine._cache, np.zeros(S, np.int32), np.zeros(S, np.int32), np.zeros(S, bool),
+                          jax.random.wrap_key_data(np.zeros((S, 2), np.uint32)), p.k, eos)
+    gen = p.generator  # the engine's decode dispatches run the Generator's decode loop with per-row settings
+    hlo = gen._programs.decode_rows.lower(gen.state, st, engine._samp, eos, np.full(S, 9, np.int32),
+                                          stop_at_finish=True).compile().as_text()
     shape = f"f32[{S},{cfg.nheads},{cfg.headdim},{cfg.d_state}]"
     body = [ln for ln in hlo.splitlines() if shape in ln.split("=")[0] + (ln.split("=")[1][:40] if "=" in ln else "")]
     selects = [ln for ln in body if re.search(r"= f32\[[^]]*\]\{[^}]*\} (select|fusion)\(", ln) and "select" in ln

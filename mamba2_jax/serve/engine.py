@@ -17,7 +17,9 @@ lengths; the prefix cache holds further states under its own byte budget.
 
 A request's output depends only on its prompt, its settings and its key (``seed``, and the choice
 index for ``n`` > 1): rows are independent in the model, sampling draws per row with the row's key
-(:func:`.programs.sample_rows`), and a row that is not decoding never samples, advances or emits.
+(:func:`~mamba2_jax.generate.sample_rows`, in the project's one decode loop,
+:func:`~mamba2_jax.generate.decode_loop`), and a row that is not decoding never samples, advances or
+emits.
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..cache import Mamba2Cache
-from ..generate import bucket_length
+from ..generate import SamplingArrays, bucket_length
 from .prefix_cache import PrefixCache
-from .programs import SamplingArrays, SlotPrograms
+from .programs import SlotPrograms
 
 __all__ = ["Engine", "EngineError", "QueueFull", "Request", "RequestParams"]
 
@@ -218,7 +220,7 @@ class Engine:
         while True:  # every decode batch: 1, 2, 4, ... below S gathered, then the whole table (rows done)
             idx = np.zeros(min(B, S), int)
             cache = self._cache if B >= S else pr.read_rows(self._cache, np.full(B, S, np.int32))
-            c = pr.decode(pr.state, cache, self._tok[idx], self._pos[idx], np.ones(len(idx), bool),
+            c = pr.decode(cache, self._tok[idx], self._pos[idx], np.ones(len(idx), bool),
                           self._key_arr(self._keys[idx]), self._samp.take(idx), self._eos[idx], self._limit[idx])
             if B >= S:
                 self._cache = c.cache
@@ -242,7 +244,8 @@ class Engine:
 
     @staticmethod
     def request_key(seed: int | None, choice: int = 0) -> np.ndarray:
-        """The key data of a request: key(seed) for choice 0, fold_in(key(seed), choice) after."""
+        """The key data of a request: key(seed) for choice 0, fold_in(key(seed), choice) after (the
+        rows' keys of ``Generator.generate([prompt] * n, seed=seed)``: ``generate.row_keys``)."""
         if seed is None:
             seed = int(np.random.default_rng().integers(0, 2**62))
         k = jax.random.key(int(seed))
@@ -457,7 +460,7 @@ class Engine:
             protect = np.full(self.P, S, np.int32)
             protect[:len(mid)] = mid
             saved = pr.read_rows(self._cache, protect) if mid else None
-            c = pr.decode(pr.state, self._cache, self._tok, self._pos, self._done, self._key_arr(self._keys),
+            c = pr.decode(self._cache, self._tok, self._pos, self._done, self._key_arr(self._keys),
                           self._samp, self._eos, self._limit)
             self._cache = c.cache
             if mid:
@@ -469,7 +472,7 @@ class Engine:
             idx = np.minimum(rows, S - 1)
             done = self._done[idx].copy()
             done[n:] = True
-            c = pr.decode(pr.state, pr.read_rows(self._cache, rows), self._tok[idx], self._pos[idx], done,
+            c = pr.decode(pr.read_rows(self._cache, rows), self._tok[idx], self._pos[idx], done,
                           self._key_arr(self._keys[idx]), self._samp.take(idx), self._eos[idx], self._limit[idx])
             self._cache = pr.write_rows(self._cache, rows, c.cache)
             sel = np.arange(n)
