@@ -170,8 +170,10 @@ def row_keys(key: jax.Array, b: int) -> jax.Array:
     """The (b,) per-row keys of a batch drawn with one ``key``: row 0 draws with ``key`` itself (a
     prompt alone draws what it draws in row 0 of any batch), row r > 0 with ``fold_in(key, r)`` (the
     server's convention for the choices of an ``n`` > 1 request).  A (b,) array of keys is returned
-    as it is."""
+    as it is; raw uint32 key data (``jax.random.PRNGKey``) is wrapped first."""
     key = jnp.asarray(key)
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
     if key.ndim == 1:
         return key
     if b == 1:
