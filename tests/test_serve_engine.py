@@ -172,6 +172,21 @@ def test_batch_of_mixed_requests_equals_each_alone(tiny, engine):
     assert engine.programs.trace_counts == engine.warm_counts
 
 
+def test_choices_are_the_rows_of_one_generator_batch(tiny, engine):
+    """The choices of an ``n`` > 1 request (choice c: key fold_in(key(seed), c), c > 0) are the rows of
+    ``Generator.generate([prompt] * n, seed=seed)``: the same per-row keys (``generate.row_keys``)."""
+    cfg, _, model = tiny
+    prompt = [3, 14, 15, 9, 2, 6]
+    params = RequestParams(max_tokens=7, temperature=40.0, top_k=30, seed=21)  # the sharp logits: a hot draw
+    reqs = [engine.submit(prompt, params, choice=c) for c in range(3)]
+    for r in reqs:
+        assert r.wait(120) and r.error is None
+    want = Generator(model, eos_id=None).generate([prompt] * 3, 7, SamplingConfig(greedy=False, temperature=40.0,
+                                                                                 top_k=30), seed=21).sequences()
+    assert [r.output for r in reqs] == want
+    assert len({tuple(w) for w in want}) > 1  # the choices differ
+
+
 def test_idle_and_failing_rows_do_not_disturb_the_others(tiny, engine):
     """A cached prefix whose state is NaN makes that request fail alone, with an error naming it, while
     a request decoding beside it gets the Generator's tokens; idle slots hold NaN meanwhile."""
