@@ -60,6 +60,22 @@ def slowest(text: str) -> list[dict]:
     return out
 
 
+# What each part of `make test-setup` leaves behind when it is done (the parts run in parallel, so their
+# end times, not their durations, show which one was last)
+SETUP_PART_FILES = {".venv": ".venv/.installed", ".venv-ref": ".venv-ref/.installed", ".tpu": ".tpu/.installed",
+                    "llama sdist": ".llama/dl/*.tar.gz",
+                    "libllama": ".llama/build/build-info.json"}
+
+
+def setup_parts_done_at(repo: Path, t0: float) -> dict[str, float | None]:
+    """Seconds after the setup started at which each part's stamp file was written (None: not made)."""
+    out = {}
+    for name, rel in SETUP_PART_FILES.items():
+        found = sorted(repo.glob(rel))
+        out[name] = round(found[0].stat().st_mtime - t0, 1) if found else None
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=None, help="default: results/ci/fresh-make-test.json")
@@ -87,7 +103,9 @@ def main(argv=None) -> int:
     # pytest's 30 slowest tests in the log (where the suite's time goes); it changes nothing else
     env["PYTEST_ADDOPTS"] = "--durations=30"
     load0 = [round(x, 2) for x in os.getloadavg()]
+    t_setup = time.time()
     rc_setup, wall_setup, setup_log = _run(["make", "test-setup"], repo, env, work / "setup.log")
+    parts = setup_parts_done_at(repo, t_setup)
     rc_test, wall_test, test_log = (None, None, "")
     if rc_setup == 0:
         rc_test, wall_test, test_log = _run(["make", "test"], repo, env, work / "test.log")
@@ -96,6 +114,7 @@ def main(argv=None) -> int:
     llama = json.loads(info_p.read_text()) if info_p.exists() else None
     rec = {
         "sha": git["sha"], "setup_rc": rc_setup, "setup_wall_s": round(wall_setup, 1),
+        "setup_parts_done_at_s": parts,
         "test_rc": rc_test, "pytest_wall_s": round(wall_test, 1) if wall_test is not None else None,
         "total_wall_s": round(wall_setup + (wall_test or 0.0), 1),
         "pytest": pytest_summary(test_log),
@@ -111,6 +130,7 @@ def main(argv=None) -> int:
                          "provenance": provenance(git=git)},
                    experiment="fresh_make_test", run="fresh-make-test", records=[rec],
                    hardware=None)
+    print("setup parts done at (s): " + ", ".join(f"{k} {v}" for k, v in parts.items()))
     print(f"fresh make test: setup {wall_setup / 60:.1f} min (rc {rc_setup}), pytest "
           f"{(wall_test or 0) / 60:.1f} min (rc {rc_test}); {rec['pytest'].get('line')}; -> {out}")
     if not a.keep:

@@ -55,10 +55,51 @@ PEERS = {
                          "desc": "mamba2-jax 1.1.2 from PyPI (jitted forward, Python decode loop)"},
     "hf_transformers": {"script": "hf.py", "weights": "hf", "decode": "fast",
                         "desc": "transformers Mamba2ForCausalLM, torch eager fp32 (no mamba_ssm kernels)"},
-    "llama_cpp": {"script": "llama_cpp.py", "weights": "gguf", "decode": "fast",
-                  "desc": "llama.cpp (ggml Mamba-2 graph, C API via llama-cpp-python's ctypes), GGUF f32 "
-                          "(+ f16/bf16/q8_0 lower-precision rows) converted with its convert_hf_to_gguf.py"},
+    "llama_cpp": {"script": "llama_tools.py", "weights": "gguf", "decode": "fast",
+                  "desc": "llama.cpp measured by its own tools (llama-bench pp/tg, llama-batched-bench), one tool "
+                          "process per measurement, GGUF f32 (+ f16/bf16/q8_0 lower-precision rows) converted "
+                          "with its convert_hf_to_gguf.py"},
+    "llama_cpp_capi": {"script": "llama_cpp.py", "weights": "gguf", "decode": "fast",
+                       "desc": "llama.cpp through its C API (llama-cpp-python's ctypes) in one process, GGUF f32: "
+                               "what the tools cannot measure (full-logit prefill, logits for the fidelity "
+                               "check) and the calibration against llama-bench in the same rounds"},
 }
+# The results document's extension of the common schema (mamba2_jax.eval.results, schema_version 1):
+# 2 = llama_cpp measured by llama.cpp's tools (tool_runs, calibration, llama_settings), the C-API runner
+# as llama_cpp_capi.  Documents without the key are version 1 (llama_cpp = the C-API runner).
+PEERS_SCHEMA = 2
+TOOL_PEER, CAPI_PEER = "llama_cpp", "llama_cpp_capi"
+
+
+class CalibrationError(RuntimeError):
+    pass
+
+
+def calibration(capi_rows: dict, tool_rows: dict, max_gap: float) -> dict:
+    """The C-API runner against llama.cpp's own tools, task by task, from the same rounds: for every
+    fp32 task both ran, capi tokens/s ÷ tool tokens/s and ``flag`` when it is off by more than
+    ``max_gap`` (relative) either way."""
+    out = {}
+    for key, c in capi_rows.items():
+        t = tool_rows.get(key)
+        if t is None or c.get("lower_precision") or t.get("lower_precision") or "tokens_per_s" not in c:
+            continue
+        r = c["tokens_per_s"] / t["tokens_per_s"]
+        gap = max(r, 1 / r) - 1
+        out[key] = {"capi_tokens_per_s": c["tokens_per_s"], "tool_tokens_per_s": t["tokens_per_s"],
+                    "capi_over_tool": r, "gap": gap, "max_gap": max_gap,
+                    "flag": gap > max_gap + 1e-9}
+    return out
+
+
+def check_calibration(cal: dict, strict: bool) -> list[str]:
+    """The flagged rows as warnings; with ``strict``, refuse the run (CalibrationError)."""
+    bad = [f"{k}: C API {v['capi_tokens_per_s']:.4g} vs tool {v['tool_tokens_per_s']:.4g} tokens/s "
+           f"(x{v['capi_over_tool']:.2f}, gap {v['gap']:.0%} > {v['max_gap']:.0%})"
+           for k, v in cal.items() if v["flag"]]
+    if bad and strict:
+        raise CalibrationError("llama.cpp C-API runner disagrees with llama.cpp's own tools: " + "; ".join(bad))
+    return bad
 
 
 class Peer:
@@ -152,11 +193,35 @@ def prepare_llama(P, weights: dict[str, Path], work: Path) -> tuple[dict | None,
         ggufs = convert(weights["state-spaces"], work / "gguf", outtypes)
     except ConversionError as e:
         return None, f"GGUF conversion failed: {e}"
-    print(f"[peers] llama_cpp: GGUF {', '.join(ggufs)} ready in {time.perf_counter() - t0:.1f} s "
+    print(f"[peers] llama.cpp: GGUF {', '.join(ggufs)} ready in {time.perf_counter() - t0:.1f} s "
           f"(llama.cpp {info.get('llama_cpp_commit')}, ggml CPU features {','.join(info.get('cpu_features') or [])})",
           flush=True)
     return {"ggufs": {k: str(v) for k, v in ggufs.items()}, "threads": L.get("threads"),
             "n_ubatch": L.get("n_ubatch"), "lowp_batch_sizes": list(L.get("lowp_batch_sizes") or [])}, None
+
+
+def tool_threads(bin_dir: Path, gguf: str, threads, env: dict) -> int:
+    """The thread count llama.cpp's tools use (``threads`` if set, else their default): what a one-token
+    ``llama-bench`` run reports.  The C-API runner gets the same count, so the calibration compares like
+    with like."""
+    from peers_runners.llama_tools import parse_llama_bench_json, run_tool
+
+    argv = [str(bin_dir / "llama-bench"), "-m", gguf, "-p", "0", "-n", "1", "-r", "1", "--no-warmup", "-o", "json"]
+    out, _ = run_tool(argv + (["-t", str(int(threads))] if threads else []), env=env, timeout=600)
+    return int(parse_llama_bench_json(out)[0]["n_threads"])
+
+
+def llama_peer_args(name: str, largs: dict, P, common: dict, threads: int) -> dict:
+    """Per-runner setup arguments: the tools runner gets every GGUF type; the C-API runner the f32 GGUF
+    alone, one context (``llama_cpp.capi_batch_sizes`` adds a batched one), the tools' thread count."""
+    from reference.llama_cpp_capi import binary
+
+    L = P.get("llama_cpp") or {}
+    if name == TOOL_PEER:
+        return {"llama": {**largs, "bin_dir": str(binary("llama-bench").parent),
+                          "repetitions": int(L.get("repetitions") or 1), "timeout_s": float(P.timeout_s)}}
+    return {"llama": {**largs, "ggufs": {"f32": largs["ggufs"]["f32"]}, "threads": threads},
+            "batch_sizes": [int(b) for b in _lst(L.get("capi_batch_sizes") or [])]}
 
 
 def _lst(x) -> list:
@@ -198,6 +263,13 @@ def run(cfg) -> dict:
                             "expand": mcfg.expand, "d_conv": mcfg.d_conv, "n_layer": mcfg.n_layer,
                             "norm_epsilon": mcfg.norm_epsilon, "ngroups": mcfg.ngroups}}
     extra_args: dict[str, dict] = {}
+    L = P.get("llama_cpp") or {}
+    # llama.cpp runs as its users run it: OMP_WAIT_POLICY unset (its OpenMP threads spin between graphs)
+    # unless peers.llama_cpp.omp_wait_policy; recorded in llama_settings
+    llama_env = {k: v for k, v in base_env.items() if k != "OMP_WAIT_POLICY"}
+    if L.get("omp_wait_policy"):
+        llama_env["OMP_WAIT_POLICY"] = str(L.omp_wait_policy)
+    largs, llama_why, llama_threads, llama_settings = None, None, None, {}
     for name in P.list:
         if name not in PEERS:
             raise ValueError(f"unknown peer {name!r}; known: {sorted(PEERS)}")
@@ -208,13 +280,37 @@ def run(cfg) -> dict:
                 print(f"[peers] {name}: SKIPPED ({skipped[name]})", flush=True)
                 continue
             env["PYTHONPATH"] = str(anchor)
-        if name == "llama_cpp":
-            largs, why = prepare_llama(P, weights, work)
+        if name in (TOOL_PEER, CAPI_PEER):
+            env = dict(llama_env)
+            if largs is None and llama_why is None:
+                largs, llama_why = prepare_llama(P, weights, work)
+            why = llama_why
+            if not why and name == TOOL_PEER:
+                from reference.llama_cpp_capi import binary
+
+                miss = [t for t in ("llama-bench", "llama-batched-bench") if not binary(t).exists()]
+                if miss:
+                    why = f"{', '.join(miss)} not built (make llama-tools)"
+            if not why and llama_threads is None:
+                from reference.llama_cpp_capi import binary
+
+                if binary("llama-bench").exists():
+                    llama_threads = tool_threads(binary("llama-bench").parent, largs["ggufs"]["f32"],
+                                                 L.get("threads"), env)
+                else:  # the C-API runner alone (no tools): its own default
+                    llama_threads = int(L.get("threads") or os.cpu_count() or 1)
+                llama_settings = {"threads": llama_threads,
+                                  "threads_source": "peers.llama_cpp.threads" if L.get("threads")
+                                  else "llama.cpp tools' default (as reported by llama-bench)",
+                                  "omp_wait_policy": env.get("OMP_WAIT_POLICY"),
+                                  "repetitions_per_round": int(L.get("repetitions") or 1),
+                                  "calibration_max_gap": float(L.get("calibration_max_gap", 0.10)),
+                                  "calibration_strict": bool(L.get("calibration_strict", False))}
             if why:
                 skipped[name] = why
                 print(f"[peers] {name}: SKIPPED ({why.splitlines()[0]})", flush=True)
                 continue
-            extra_args[name] = {"llama": largs}
+            extra_args[name] = llama_peer_args(name, largs, P, common, llama_threads)
         peers[name] = Peer(name, sys.executable, env, work / f"{name}.log", float(P.timeout_s))
     setups, times = {}, {}
     stream = None
@@ -223,9 +319,9 @@ def run(cfg) -> dict:
         parallel = bool(P.get("parallel_setup", False))
         t0 = time.perf_counter()
         for name, peer in list(peers.items()):
-            peer.send("setup", weights_dir=str(weights.get(PEERS[name]["weights"], "")),
-                      dump=str(work / f"{name}_logits.npy"), **common, decode_tokens=tokens[name],
-                      **extra_args.get(name, {}))
+            peer.send("setup", **{"weights_dir": str(weights.get(PEERS[name]["weights"], "")),
+                                  "dump": str(work / f"{name}_logits.npy"), **common, "decode_tokens": tokens[name],
+                                  **extra_args.get(name, {})})
             if not parallel:
                 _collect_setup(name, peers, setups, skipped, t0)
                 t0 = time.perf_counter()
@@ -233,10 +329,17 @@ def run(cfg) -> dict:
             for name in list(peers):
                 _collect_setup(name, peers, setups, skipped, t0)
         specs = {name: {t["key"]: t for t in setups[name]["tasks"]} for name in peers}
-        tasks = {}
+        tasks, tool_runs = {}, {}
+
+        def call(p, t, k):
+            res = p.call(t["cmd"], **t["args"])
+            if "tool" in res:  # llama.cpp's tools: every run's own record (argv, n_threads, its tokens/s)
+                tool_runs.setdefault(k, []).append(res["tool"])
+            return res["seconds"]
+
         for name, peer in peers.items():
             for key, t in specs[name].items():
-                tasks[f"{name}:{key}"] = (lambda p=peer, t=t: p.call(t["cmd"], **t["args"])["seconds"])
+                tasks[f"{name}:{key}"] = (lambda p=peer, t=t, k=f"{name}:{key}": call(p, t, k))
         if P.get("stream_bytes"):
             from mamba2_jax.hardware import StreamBench
 
@@ -277,6 +380,12 @@ def run(cfg) -> dict:
             row = {k: t.get(k) for k in ("kind", "variant", "lower_precision", "length", "logits", "batch", "context")
                    if t.get(k) is not None}
             row.update({"median_s": s, "tokens": t["tokens"], "times_s": times[f"{name}:{key}"]})
+            if t.get("argv"):  # llama.cpp's tools: the command, and the tool's own tokens/s (median over rounds)
+                row["command"] = " ".join(t["argv"])
+                runs = tool_runs.get(f"{name}:{key}") or []
+                if runs:
+                    row["tool_tokens_per_s"] = bench.median([r["tool_tokens_per_s"] for r in runs])
+                    row["n_threads"] = runs[0].get("n_threads")
             if t["kind"] == "recompute":
                 row["ms_per_token"] = s * 1e3
             else:
@@ -306,13 +415,20 @@ def run(cfg) -> dict:
             s["decode_stepwise_tokens_per_s"] = rows["decode_stepwise"]["tokens_per_s"]
         summary[name] = s
     # ratios, ours ÷ peer, over the tasks both ran at fp32 (lower-precision rows are never ranked)
-    ratios = {}
+    ratios, ratio_sources = {}, {}
     if "ours" in table:
         o = table["ours"]
         for name, rows in table.items():
-            if name == "ours":
+            if name == "ours" or (name == CAPI_PEER and TOOL_PEER in table):
                 continue
             r = {}
+            rows = dict(rows)
+            if name == TOOL_PEER and CAPI_PEER in table:
+                # what llama.cpp's tools cannot measure (full-logit prefill) comes from the C-API runner, in
+                # the same rounds; its calibration against the tools is in `calibration`
+                extra = {k: v for k, v in table[CAPI_PEER].items() if k not in rows and v["kind"] == "prefill"}
+                rows.update(extra)
+                ratio_sources[name] = dict.fromkeys(extra, CAPI_PEER)
             for key, row in rows.items():
                 if row.get("lower_precision") or key not in o:
                     continue
@@ -322,6 +438,8 @@ def run(cfg) -> dict:
                     r[key] = o[key]["tokens_per_s"] / row["tokens_per_s"]
             if f"prefill_full_{L0}" in r:
                 r["prefill"] = r[f"prefill_full_{L0}"]
+                if f"prefill_full_{L0}" in ratio_sources.get(name, {}):
+                    ratio_sources[name]["prefill"] = CAPI_PEER
             if "decode_stepwise" in o and "decode" in rows:
                 r["decode_stepwise"] = o["decode_stepwise"]["tokens_per_s"] / rows["decode"]["tokens_per_s"]
             ratios[name] = r
@@ -335,12 +453,28 @@ def run(cfg) -> dict:
             ratios["ours"] = own
         for name, r in ratios.items():
             for m, v in r.items():
-                rec(name, f"ours_over_peer_{m}" if name != "ours" else m, v, "ratio")
-    # fidelity vs ours
+                src = ratio_sources.get(name, {}).get(m)
+                rec(name, f"ours_over_peer_{m}" if name != "ours" else m, v, "ratio",
+                    **({"measured_by": src} if src else {}))
+    # the C-API runner vs llama.cpp's own tools, same rounds: flagged beyond peers.llama_cpp.calibration_max_gap
+    cal, cal_bad = {}, []
+    if TOOL_PEER in table and CAPI_PEER in table:
+        cal = calibration(table[CAPI_PEER], table[TOOL_PEER], float(llama_settings["calibration_max_gap"]))
+        for key, v in cal.items():
+            rec(CAPI_PEER, "capi_over_tool", v["capi_over_tool"], "ratio", task=key, flag=v["flag"], gap=v["gap"],
+                max_gap=v["max_gap"], capi_tokens_per_s=v["capi_tokens_per_s"],
+                tool_tokens_per_s=v["tool_tokens_per_s"])
+        cal_bad = check_calibration(cal, strict=False)
+        for line in cal_bad:
+            print(f"[peers] WARNING calibration: {line}", flush=True)
+    # fidelity vs ours (runners that dump logits; llama.cpp's tools print timings only)
     fidelity = {}
     if "ours" in setups:
         ref = np.load(work / "ours_logits.npy")
         for name in setups:
+            if setups[name].get("check_tokens") is None or not (work / f"{name}_logits.npy").exists():
+                fidelity[name] = {"not_measured": setups[name].get("fidelity") or "no logits dumped"}
+                continue
             lg = np.load(work / f"{name}_logits.npy")
             V = mcfg.vocab_size
             fidelity[name] = {"max_abs_logit_diff_vs_ours": float(np.max(np.abs(lg[:V] - ref[:V]))),
@@ -369,22 +503,29 @@ def run(cfg) -> dict:
             note="median of the streaming probe alternated with the peers in the same rounds")
     label = (f"{ctx['label']}; {mcfg.name} shape, synthetic (random-init) weights, float32 (bf16 / GGUF f16, bf16, "
              f"q8_0 rows: lower precision, not ranked), batch 1 unless batched; peers alternated round-robin "
-             f"in one run")
+             f"in one run; llama.cpp timed by its own llama-bench / llama-batched-bench (C-API runner: full-logit "
+             f"prefill and calibration)")
     extra = {"summary": summary, "ratios": ratios, "targets": targets, "fidelity": fidelity, "skipped": skipped,
              "setups": setups, "peers": {n: PEERS[n]["desc"] for n in P.list if n in PEERS}, "tasks": table,
              "times_s": times, "decode_tokens": tokens, "omp_wait_policy": P.get("omp_wait_policy"),
              "stream_bandwidth": bw, "load_avg": {"rounds_start": load0 if peers else None,
-                                                  "rounds_end": load1 if peers else None}}
+                                                  "rounds_end": load1 if peers else None},
+             "peers_schema": PEERS_SCHEMA, "tool_runs": tool_runs, "calibration": cal, "ratio_sources": ratio_sources,
+             "calibration_flagged": cal_bad, "llama_settings": llama_settings}
     paths = write_results("peers", ctx["run"], recs, hardware=ctx["hardware"], config=bench.config_dict(cfg),
                           label=label, out_dir=cfg.out_dir, extra=extra)
     md = Path(paths[0]).with_suffix(".md")
-    atomic_write_text(md, markdown_table(label, table, ratios, targets, skipped, setups, bw, L0))
+    atomic_write_text(md, markdown_table(label, table, ratios, targets, skipped, setups, bw, L0, cal, llama_settings,
+                                       ratio_sources))
     print(f"[peers] wrote {paths[0]} and {md.name}")
+    # written first (the evidence), then refused: peers.llama_cpp.calibration_strict=true fails the run
+    check_calibration(cal, strict=bool(llama_settings.get("calibration_strict")))
     return {"records": recs, "summary": summary, "ratios": ratios, "fidelity": fidelity, "skipped": skipped,
-            "targets": targets, "paths": paths, "run": ctx["run"], "tasks": table}
+            "targets": targets, "paths": paths, "run": ctx["run"], "tasks": table, "calibration": cal}
 
 
-def markdown_table(label, table, ratios, targets, skipped, setups, bw, L0) -> str:
+def markdown_table(label, table, ratios, targets, skipped, setups, bw, L0, cal=None, llama_settings=None,
+                   ratio_sources=None) -> str:
     """The run as a Markdown table: every task's median tokens/s per peer, ours ÷ peer on the fp32
     tasks, our achieved ÷ bound, the targets, and what was skipped and why (same numbers as the JSON)."""
     peers = list(table)
@@ -416,8 +557,25 @@ def markdown_table(label, table, ratios, targets, skipped, setups, bw, L0) -> st
                   for k, v in targets.items()]
     for p, why in skipped.items():
         lines.append(f"\n- skipped {p}: {why.splitlines()[0]}")
-    b = (setups.get("llama_cpp") or {}).get("build")
-    if b:
+    for p, src in (ratio_sources or {}).items():
+        keys = [k for k in src if k != "prefill"]
+        if keys:
+            lines += ["", f"ours ÷ {p} at {', '.join(keys)}: measured by {next(iter(src.values()))} (llama.cpp's "
+                      f"tools have no full-logit prefill)."]
+    if cal:
+        lines += ["", "Calibration, llama.cpp C API ÷ llama.cpp's own tools (same rounds; flagged beyond "
+                  f"{next(iter(cal.values()))['max_gap']:.0%}):", "",
+                  "| task | C API tok/s | tool tok/s | C API ÷ tool | |", "|---|---|---|---|---|"]
+        lines += [f"| {k} | {v['capi_tokens_per_s']:.4g} | {v['tool_tokens_per_s']:.4g} | {v['capi_over_tool']:.2f} | "
+                  f"{'FLAG' if v['flag'] else 'ok'} |" for k, v in cal.items()]
+    cmds = [(k, row["command"]) for k, row in (table.get(TOOL_PEER) or {}).items() if row.get("command")]
+    if cmds:
+        ls = llama_settings or {}
+        lines += ["", f"llama.cpp's tools, one process per task per round (threads {ls.get('threads')}: "
+                  f"{ls.get('threads_source')}; OMP_WAIT_POLICY {ls.get('omp_wait_policy') or 'unset'}):", ""]
+        lines += [f"- {k}: `{c}`" for k, c in cmds]
+    b = (setups.get(TOOL_PEER) or {}).get("build") or (setups.get(CAPI_PEER) or {}).get("build")
+    if b and b.get("cmake_flags"):
         lines += ["", f"llama.cpp {b.get('llama_cpp_commit')} from {b.get('sdist')}; "
                   f"cmake {' '.join(b['cmake_flags'])}; "
                   f"ggml CPU features {', '.join(b.get('cpu_features') or [])}; built in {b.get('build_wall_s')} s."]

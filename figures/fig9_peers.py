@@ -3,6 +3,10 @@
 Input: results/peers/*.json (experiments/peers.py), records with metric ``tokens_per_s`` and a
 ``task`` (prefill_{full,last}_<L>, decode, batched_b<b>, with a ``_<variant>`` suffix for the
 lower-precision rows).  One figure per newest peers document that has per-task records.
+
+Documents with ``peers_schema`` >= 2 (issue 28): ``llama_cpp`` is llama.cpp measured by its own tools
+(llama-bench, llama-batched-bench) and ``llama_cpp_capi`` the C-API runner (full-logit prefill and the
+calibration against the tools, in ``calibration``); before, ``llama_cpp`` was the C-API runner.
 """
 
 from __future__ import annotations
@@ -30,13 +34,18 @@ NOT_RUN = {
     ("mamba2_jax_1_1_2", "batched"): "its runner has no batched decode (a Python decode loop at batch 1)",
     ("hf_transformers", "batched"): "its runner times batch-1 decode only",
     ("llama_cpp", "prefill"): "the lower-precision GGUFs run last-position prefill at the first length only",
+    ("llama_cpp_capi", "batched"): "the C-API runner runs batch 1 only (peers.llama_cpp.capi_batch_sizes)",
     ("ours", "decode"): "bf16 runs batched decode only (peers.batch_dtypes); batch 1 is the batched b=1 bar",
 }
 
-PEER_ORDER = ["ours", "llama_cpp", "hf_transformers", "mamba2_jax_1_1_2"]
+PEER_ORDER = ["ours", "llama_cpp", "llama_cpp_capi", "hf_transformers", "mamba2_jax_1_1_2"]
 HATCH = {"bf16": "//", "f16": "\\\\", "q8_0": "xx"}  # lower-precision variants, one pattern each
 PEER_LABEL = {"ours": "this project", "llama_cpp": "llama.cpp", "hf_transformers": "HF transformers",
-              "mamba2_jax_1_1_2": "mamba2-jax 1.1.2"}
+              "mamba2_jax_1_1_2": "mamba2-jax 1.1.2", "llama_cpp_capi": "llama.cpp C API"}
+# peers_schema >= 2: llama_cpp is measured by llama.cpp's own tools
+TOOL_LABELS = {"llama_cpp": "llama.cpp (llama-bench / llama-batched-bench)"}
+TOOL_NOT_RUN = {("llama_cpp", "prefill"): "llama-bench's pp test returns the last position's logits only (full "
+                                          "logits: the C-API runner); lower-precision GGUFs at the first length only"}
 
 
 def _docs(results: Path):
@@ -125,6 +134,10 @@ def build(results: Path) -> style.Figure:
         raise style.MissingInput(f"no per-task peers records in results/peers/*.json under {results} "
                                  f"(run `make bench-peers`)")
     p, d = max(docs, key=lambda pd: str((pd[1].get("provenance") or {}).get("date_utc", "")))
+    tools = int(d.get("peers_schema") or 1) >= 2
+    PEER_LABEL.update(TOOL_LABELS if tools else {"llama_cpp": "llama.cpp"})
+    NOT_RUN.update(TOOL_NOT_RUN if tools else {
+        ("llama_cpp", "prefill"): "the lower-precision GGUFs run last-position prefill at the first length only"})
     fig = plt.figure(figsize=(12.0, 4.8))
     grid = fig.add_gridspec(2, 2, height_ratios=[1, 6])
     ax_legend, ax0, ax1 = fig.add_subplot(grid[0, :]), fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])
@@ -145,7 +158,11 @@ def build(results: Path) -> style.Figure:
     ax_legend.axis("off")
     ax_legend.legend(list(labels.values()), list(labels), loc="center", ncol=4, fontsize=7, frameon=False)
     skipped = ", ".join(f"{k} ({v.splitlines()[0]})" for k, v in (d.get("skipped") or {}).items())
-    notes = _gap_notes(empty) + [f"Skipped peers: {skipped}" if skipped else "No peer was skipped.",
+    cal = d.get("calibration") or {}
+    cal_note = ([("Calibration, llama.cpp C API ÷ its own tools (same rounds): "
+                  + ", ".join(f"{k} {v['capi_over_tool']:.2f}" + (" (FLAGGED)" if v.get("flag") else "")
+                              for k, v in cal.items()) + ".")] if cal else [])
+    notes = _gap_notes(empty) + cal_note + [f"Skipped peers: {skipped}" if skipped else "No peer was skipped.",
              "Ratios (this project ÷ peer, fp32 rows only) are in the results document's `ratios`; the targets in "
              "`targets`."]
     return style.Figure(fig, NAME, TITLE, style.prose(DESCRIPTION), style.bench_provenance_lines([(p, d)]), notes,

@@ -3,7 +3,8 @@
 #   make throughput | sweep | cache-speedup     one experiment (BENCH_PROFILE, default cpu_smoke)
 #   make bench                issue-3 CPU benchmark, 130m shape (results/bench/); with the batch and length curves
 #   make decode-formulations  decode read-out / layout / XLA-flag and 16-bit GEMV formulations, one alternating run
-#   make bench-peers          this project vs mamba2-jax 1.1.2 vs HF transformers vs llama.cpp (mk/llama.mk), CPU,
+#   make bench-peers          this project vs mamba2-jax 1.1.2 vs HF transformers vs llama.cpp (mk/llama.mk: its
+#                             own llama-bench / llama-batched-bench, and the C-API runner for calibration), CPU,
 #                             one alternating run
 #   make reproduce-tpu        see mk/compile.mk: on a TPU the paper's TPU v6e runs; elsewhere the suite compiled for v6e
 #   BENCH_ARGS="models=[mamba2-130m] reps=3"   extra Hydra overrides for any of them
@@ -57,5 +58,5 @@ $(ANCHOR_DIR)/.installed: | $(STAMP)
 
 anchor-install: $(ANCHOR_DIR)/.installed
 
-bench-peers: $(STAMP) $(ANCHOR_DIR)/.installed llama-cpp-try
+bench-peers: $(STAMP) $(ANCHOR_DIR)/.installed llama-cpp-try llama-tools-try
 	$(PY) experiments/peers.py profile=cpu_bench peers.anchor_dir=$(ANCHOR_DIR) $(BENCH_ARGS)

@@ -1,9 +1,10 @@
 # llama.cpp (issue 20): a CPU peer in `make bench-peers` and a fifth implementation in parity / perplexity.
-#   make llama-cpp        download the llama-cpp-python sdist once, build the vendored llama.cpp's shared
+#   make llama-cpp        download the llama-cpp-python sdist once (by its PyPI URL, sha256 checked), build the
 #                         library (libllama: all that the tests, parity, perplexity and the C-API peer load)
 #                         into $(LLAMA_DIR)/build (ignored, cached); writes build-info.json
 #   make llama-tools      llama.cpp's own llama-bench, llama-batched-bench and llama-perplexity in the same
-#                         build (not part of `make test`); writes tools-build-info.json
+#                         build (not part of `make test`; `make bench-peers` times llama.cpp with them);
+#                         writes tools-build-info.json
 #   make llama-cpp-try    the same, but a failure is recorded and does not stop the caller (make test, bench-peers)
 #   make llama-cpp-clean  remove the build (keeps the downloaded sdist)
 # Nothing here touches .venv: the binaries and libllama live in $(LLAMA_DIR); the llama_cpp Python binding is
@@ -11,7 +12,7 @@
 # If there is no compiler or no network the target fails; the consumers (peers, parity, tests) then skip
 # llama.cpp with the reason, read from $(LLAMA_DIR)/build-failed.txt.
 
-.PHONY: llama-cpp llama-cpp-try llama-cpp-clean llama-tools
+.PHONY: llama-cpp llama-cpp-try llama-cpp-clean llama-tools llama-tools-try
 
 LLAMA_DIR ?= .llama
 LLAMA_PY_VERSION := 0.3.36
@@ -28,13 +29,21 @@ LLAMA_TOOL_TARGETS := llama-bench llama-batched-bench llama-perplexity
 
 llama_fail = { mkdir -p $(LLAMA_BUILD); echo "$(1)" > $(LLAMA_BUILD)/build-failed.txt; echo "llama.cpp: $(1)" >&2; exit 1; }
 
-# pip download prepares the sdist's metadata (a build-isolation env with scikit-build-core): ~2 min, once
+# The pinned sdist is fetched straight from PyPI's file store by its URL (no `pip download`: without pip's
+# cache that prepares the sdist's metadata in a build-isolation env, ~8 min on 2 cores) and its sha256 is
+# checked.  Offline: put the file in $(LLAMA_DIR)/dl/ yourself, or pass LLAMA_SDIST_URL=file:///path/to/$(LLAMA_SDIST)
+# (or a mirror's URL); the sha256 is checked either way.
+LLAMA_SDIST_URL ?= https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58c1258a8f6521aae45ca773a59fe7cf3/$(LLAMA_SDIST)
+LLAMA_FETCH_TIMEOUT ?= 60
+llama_fetch = import sys, urllib.request, shutil; \
+	r = urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[3])); shutil.copyfileobj(r, open(sys.argv[2], "wb"))
+
 $(LLAMA_DIR)/dl/$(LLAMA_SDIST):
-	mkdir -p $(LLAMA_DIR)/dl
-	$(PY_SYS) -m pip download -q --no-deps --no-binary :all: -d $(LLAMA_DIR)/dl.tmp "llama-cpp-python==$(LLAMA_PY_VERSION)" \
-		|| $(call llama_fail,pip download llama-cpp-python==$(LLAMA_PY_VERSION) failed (no network?))
+	rm -rf $(LLAMA_DIR)/dl.tmp && mkdir -p $(LLAMA_DIR)/dl $(LLAMA_DIR)/dl.tmp
+	$(PY_SYS) -c '$(llama_fetch)' "$(LLAMA_SDIST_URL)" $(LLAMA_DIR)/dl.tmp/$(LLAMA_SDIST) $(LLAMA_FETCH_TIMEOUT) \
+		2>$(LLAMA_DIR)/dl.tmp/fetch.err || { tail -n 1 $(LLAMA_DIR)/dl.tmp/fetch.err >&2; $(call llama_fail,could not fetch $(LLAMA_SDIST_URL) (offline? put $(LLAMA_SDIST) in $(LLAMA_DIR)/dl/ or pass LLAMA_SDIST_URL=file:///path/to/$(LLAMA_SDIST))); }
 	echo "$(LLAMA_SDIST_SHA256)  $(LLAMA_DIR)/dl.tmp/$(LLAMA_SDIST)" | sha256sum -c --quiet \
-		|| $(call llama_fail,$(LLAMA_SDIST) does not have the expected sha256 $(LLAMA_SDIST_SHA256))
+		|| $(call llama_fail,$(LLAMA_SDIST) from $(LLAMA_SDIST_URL) does not have the expected sha256 $(LLAMA_SDIST_SHA256))
 	mv $(LLAMA_DIR)/dl.tmp/$(LLAMA_SDIST) $@ && rm -rf $(LLAMA_DIR)/dl.tmp
 
 $(LLAMA_SRC)/.unpacked: $(LLAMA_DIR)/dl/$(LLAMA_SDIST)
@@ -57,6 +66,11 @@ $(LLAMA_BUILD)/tools-build-info.json: $(LLAMA_BUILD)/build-info.json
 		-- $(LLAMA_CMAKE_FLAGS)
 
 llama-tools: $(LLAMA_BUILD)/tools-build-info.json
+
+# bench-peers measures llama.cpp with these tools (issue 28); a failure is recorded in tools-build-failed.txt
+# and the tools peer is skipped with the reason (the C-API runner still runs)
+llama-tools-try: llama-cpp-try
+	@$(MAKE) --no-print-directory llama-tools || echo "llama.cpp tools: build failed, continuing without them"
 
 # The same, but a failure (no compiler, no network) does not stop the caller: it is recorded in
 # $(LLAMA_BUILD)/build-failed.txt and the llama.cpp peer / parity backend / tests skip with that reason.

@@ -31,20 +31,28 @@ def _offline_hub(monkeypatch):
 # (pytest_xdist_make_scheduler).  Each test module is one work unit, run in its file order by one worker,
 # so module fixtures, the functools caches of tests/helpers.py and JAX's per-shape op caches are built
 # once, as in a serial run.  Exceptions: test_parity.py and test_reference_backends.py share one unit
-# (both read the tiny parity run of tests/helpers.py), and test_oracle.py is split by chunk size (its
-# cases share nothing across chunk sizes).  Units are handed out heaviest first (measured with
+# (both read the tiny parity run of tests/helpers.py), test_oracle.py is split by chunk size (its
+# cases share nothing across chunk sizes), and test_sharding.py's two-process test is a unit of its own.
+# Units are handed out heaviest first (measured with
 # `--durations`), so that the last ones to finish are short.  (xdist's own `loadgroup` cannot be used:
 # it renames node ids, which pytest 9 no longer allows.)  Without xdist none of this has any effect.
 _SHARED_UNIT = {"test_reference_backends.py": "test_parity.py"}
-_HEAVY_FIRST = ("test_sharding.py", "test_serve_http.py", "test_generate.py", "test_ssd.py", "test_oracle.py-chunk8",
-                "test_oracle.py-chunk64", "test_oracle.py-chunk16", "test_train.py",
-                "test_parity.py", "test_experiments_throughput.py", "test_compile.py", "test_robust_generate.py",
+# test_sharding.py: its two-process test (~35 s, two subprocesses of its own) shares nothing with the
+# 8-device worker of the module fixture (~160 s), so another worker can run it meanwhile
+_OWN_UNIT = {"test_sharding.py::test_two_processes_match_one_process": "test_sharding.py-processes"}
+_HEAVY_FIRST = ("test_sharding.py", "test_serve_http.py", "test_generate.py", "test_serve_engine.py", "test_ssd.py",
+                "test_oracle.py-chunk8", "test_oracle.py-chunk64", "test_oracle.py-chunk16", "test_train.py",
+                "test_parity.py", "test_serve_bench.py", "test_experiments_throughput.py", "test_compile.py",
+                "test_sharding.py-processes", "test_robust_generate.py",
                 "test_perplexity.py", "test_llama_cpp.py", "test_cli.py", "test_train_checkpoint.py",
                 "test_reference_triton.py", "test_robust_faults.py", "test_robust_numerics.py", "test_layering.py")
 
 
 def _work_unit(nodeid: str) -> str:
     module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+    own = _OWN_UNIT.get(module + "::" + nodeid.partition("::")[2])
+    if own:
+        return own
     if module == "test_oracle.py":
         params = nodeid.partition("[")[2]
         chunk = params.split("-", 1)[0] if nodeid.split("::")[1].startswith("test_prefill_") else "8"
