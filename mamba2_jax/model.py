@@ -76,6 +76,10 @@ class Mamba2Mixer(nnx.Module):
     # -- shared pieces ---------------------------------------------------------------------
     def _in_proj(self, u):
         """u (..., d) → (z0, x0, z, xBC, dt), the in_proj output split as mamba_ssm splits it."""
+        with jax.named_scope("in_proj"):
+            return self._in_proj_split(u)
+
+    def _in_proj_split(self, u):
         cfg = self.cfg
         at = {k: (a, b) for k, a, b in in_proj_slices(cfg)}
         if self.in_proj is None:
@@ -107,13 +111,15 @@ class Mamba2Mixer(nnx.Module):
 
     def _out(self, y, z, z0, x0, dtype):
         cfg = self.cfg
-        y = gated_rms_norm(y, z, self.norm[...], cfg.ngroups, cfg.mixer_norm_epsilon, cfg.norm_before_gate)
-        y = y.astype(dtype)
-        if cfg.d_mlp > 0:
-            y = jnp.concatenate([(silu(z0.astype(F32)) * x0.astype(F32)).astype(dtype), y], axis=-1)
-        out = dot(y, self.out_proj[...], self.precision, out_dtype=F32)
-        if self.out_proj_bias is not None:
-            out = out + self.out_proj_bias[...].astype(F32)
+        with jax.named_scope("gate_norm"):
+            y = gated_rms_norm(y, z, self.norm[...], cfg.ngroups, cfg.mixer_norm_epsilon, cfg.norm_before_gate)
+            y = y.astype(dtype)
+            if cfg.d_mlp > 0:
+                y = jnp.concatenate([(silu(z0.astype(F32)) * x0.astype(F32)).astype(dtype), y], axis=-1)
+        with jax.named_scope("out_proj"):
+            out = dot(y, self.out_proj[...], self.precision, out_dtype=F32)
+            if self.out_proj_bias is not None:
+                out = out + self.out_proj_bias[...].astype(F32)
         return out
 
     def _A(self):
@@ -134,29 +140,31 @@ class Mamba2Mixer(nnx.Module):
         b, l, _ = u.shape
         z0, x0, z, xBC, dt_raw = self._in_proj(u)
         k = cfg.d_conv
-        # causal depthwise conv over [previous k-1 inputs, xBC]
-        xpad = jnp.concatenate([conv_state.astype(xBC.dtype), xBC], axis=1)  # (b, k-1+l, cd)
-        w = self.conv_w[...].astype(F32)
-        acc = sum(xpad[:, j:j + l].astype(F32) * w[j] for j in range(k))
-        if self.conv_b is not None:
-            acc = acc + self.conv_b[...].astype(F32)
-        xBC_act = silu(acc).astype(u.dtype)
-        if lengths is None:
-            new_conv = xpad[:, l:]  # last k-1 inputs
-        else:
-            idx = lengths[:, None] + jnp.arange(k - 1)[None, :]  # positions (in xpad) of the last k-1 real inputs
-            new_conv = jnp.take_along_axis(xpad, idx[:, :, None], axis=1)
+        with jax.named_scope("conv"):
+            # causal depthwise conv over [previous k-1 inputs, xBC]
+            xpad = jnp.concatenate([conv_state.astype(xBC.dtype), xBC], axis=1)  # (b, k-1+l, cd)
+            w = self.conv_w[...].astype(F32)
+            acc = sum(xpad[:, j:j + l].astype(F32) * w[j] for j in range(k))
+            if self.conv_b is not None:
+                acc = acc + self.conv_b[...].astype(F32)
+            xBC_act = silu(acc).astype(u.dtype)
+            if lengths is None:
+                new_conv = xpad[:, l:]  # last k-1 inputs
+            else:
+                idx = lengths[:, None] + jnp.arange(k - 1)[None, :]  # positions (in xpad) of the last k-1 real inputs
+                new_conv = jnp.take_along_axis(xpad, idx[:, :, None], axis=1)
         x, B, C = self._split_xbc(xBC_act)
         dt = discretize_dt(dt_raw, self.dt_bias[...], cfg.dt_limit)  # (b, l, h) f32
         if lengths is not None:
             valid = jnp.arange(l)[None, :] < lengths[:, None]
             dt = jnp.where(valid[..., None], dt, 0.0)
             x = jnp.where(valid[..., None], x, jnp.zeros_like(x))
-        y, new_ssm = ssd_chunked(
-            x.reshape(b, l, cfg.nheads, cfg.headdim), dt, self._A(),
-            B.reshape(b, l, cfg.ngroups, cfg.d_state), C.reshape(b, l, cfg.ngroups, cfg.d_state),
-            self.scan_chunk_size, D=self._D(), initial_state=ssm_state, precision=self.precision,
-        )
+        with jax.named_scope("ssd_chunk_scan"):
+            y, new_ssm = ssd_chunked(
+                x.reshape(b, l, cfg.nheads, cfg.headdim), dt, self._A(),
+                B.reshape(b, l, cfg.ngroups, cfg.d_state), C.reshape(b, l, cfg.ngroups, cfg.d_state),
+                self.scan_chunk_size, D=self._D(), initial_state=ssm_state, precision=self.precision,
+            )
         out = self._out(y.reshape(b, l, cfg.ssm_dim), z, z0, x0, u.dtype)
         return out, new_conv.astype(conv_state.dtype), new_ssm.astype(ssm_state.dtype)
 
@@ -166,19 +174,21 @@ class Mamba2Mixer(nnx.Module):
         cfg = self.cfg
         b = u.shape[0]
         z0, x0, z, xBC, dt_raw = self._in_proj(u)
-        window = jnp.concatenate([conv_state.astype(xBC.dtype), xBC[:, None, :]], axis=1)  # (b, k, cd)
-        w = self.conv_w[...].astype(F32)
-        acc = sum(window[:, j].astype(F32) * w[j] for j in range(cfg.d_conv))  # one fused loop, no transpose
-        if self.conv_b is not None:
-            acc = acc + self.conv_b[...].astype(F32)
-        xBC_act = silu(acc).astype(u.dtype)
+        with jax.named_scope("conv"):
+            window = jnp.concatenate([conv_state.astype(xBC.dtype), xBC[:, None, :]], axis=1)  # (b, k, cd)
+            w = self.conv_w[...].astype(F32)
+            acc = sum(window[:, j].astype(F32) * w[j] for j in range(cfg.d_conv))  # one fused loop, no transpose
+            if self.conv_b is not None:
+                acc = acc + self.conv_b[...].astype(F32)
+            xBC_act = silu(acc).astype(u.dtype)
         x, B, C = self._split_xbc(xBC_act)
         dt = discretize_dt(dt_raw, self.dt_bias[...], cfg.dt_limit)
-        y, new_ssm = ssd_step(
-            ssm_state, x.reshape(b, cfg.nheads, cfg.headdim), dt, self._A(),
-            B.reshape(b, cfg.ngroups, cfg.d_state), C.reshape(b, cfg.ngroups, cfg.d_state), D=self._D(),
-            precision=self.precision, block_bytes=self.step_block_bytes,
-        )
+        with jax.named_scope("ssd_step"):
+            y, new_ssm = ssd_step(
+                ssm_state, x.reshape(b, cfg.nheads, cfg.headdim), dt, self._A(),
+                B.reshape(b, cfg.ngroups, cfg.d_state), C.reshape(b, cfg.ngroups, cfg.d_state), D=self._D(),
+                precision=self.precision, block_bytes=self.step_block_bytes,
+            )
         out = self._out(y.reshape(b, cfg.ssm_dim), z, z0, x0, u.dtype)
         return out, window[:, 1:].astype(conv_state.dtype), new_ssm
 
@@ -301,10 +311,11 @@ class Mamba2LMHeadModel(nnx.Module):
 
     def logits(self, h: jax.Array) -> jax.Array:
         """h (..., d) float32 → logits (..., V) float32: h · Eᵀ, contracting E's contiguous axis."""
-        E = self._head()[...]
-        hh = h.astype(E.dtype)
-        return jax.lax.dot_general(hh, E, (((hh.ndim - 1,), (1,)), ((), ())), precision=self.precision,
-                                   preferred_element_type=F32)
+        with jax.named_scope("lm_head"):
+            E = self._head()[...]
+            hh = h.astype(E.dtype)
+            return jax.lax.dot_general(hh, E, (((hh.ndim - 1,), (1,)), ((), ())), precision=self.precision,
+                                       preferred_element_type=F32)
 
     def init_cache(self, batch: int) -> Mamba2Cache:
         return self._sharded(Mamba2Cache.zeros(self.cfg, batch, dtype=self.dtype, state_dtype=self.state_dtype))
