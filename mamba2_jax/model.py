@@ -333,6 +333,20 @@ class Mamba2LMHeadModel(nnx.Module):
         ``prefill_block`` (a multiple of it, without ``collect_hidden``) run block by block,
         carrying the cache (see ``loading.structure_policy``).
         """
+        h, new_cache, hidden = self._prefill_hidden(input_ids, cache, lengths, collect_hidden, last_only)
+        logits = self.logits(h)
+        return (logits, new_cache, hidden) if collect_hidden else (logits, new_cache)
+
+    def hidden_states(self, input_ids, cache: Mamba2Cache | None = None, lengths=None):
+        """The prefill without the LM head: (final normed hidden states (b, l, d) float32, cache).
+
+        The same program as :meth:`prefill` (the model's prefill policy: blocks of ``prefill_block``,
+        the scan chunk, right padding by ``lengths``), the entry for scoring and training, which apply
+        the head themselves a chunk at a time (:meth:`token_logprobs`)."""
+        h, new_cache, _ = self._prefill_hidden(input_ids, cache, lengths, False, False)
+        return h, new_cache
+
+    def _prefill_hidden(self, input_ids, cache, lengths, collect_hidden, last_only):
         input_ids = jnp.asarray(input_ids)
         b, l = input_ids.shape
         if cache is None:
@@ -346,9 +360,33 @@ class Mamba2LMHeadModel(nnx.Module):
             h, conv, ssm, hidden = self.backbone.prefill(input_ids, cache, lengths, collect_hidden)
             if last_only:
                 h = _at_position(h, n_new - 1)
-        new_cache = self._sharded(Mamba2Cache(conv=conv, ssm=ssm, seqlen=cache.seqlen + n_new))
-        logits = self.logits(h)
-        return (logits, new_cache, hidden) if collect_hidden else (logits, new_cache)
+        return h, self._sharded(Mamba2Cache(conv=conv, ssm=ssm, seqlen=cache.seqlen + n_new)), hidden
+
+    def token_logprobs(self, h: jax.Array, targets: jax.Array, chunk: int) -> jax.Array:
+        """log p(target) under the LM head, in float32: h (N, d), targets (N,) int → (N,).
+
+        The one place the chunked log-softmax is written (scoring and the training loss use it):
+        the head and the float32 log-softmax over the padded vocabulary run ``chunk`` rows at a time
+        (a ``lax.map``, each chunk under ``jax.checkpoint`` so that a backward pass recomputes its
+        logits), so the (N, V) logits are never materialised.  N need not be a multiple of ``chunk``."""
+        n, d = h.shape
+        chunk = max(1, min(int(chunk), n))
+        pad = (-n) % chunk
+        if pad:
+            h = jnp.pad(h, ((0, pad), (0, 0)))
+            targets = jnp.pad(targets, (0, pad))
+
+        @jax.checkpoint
+        def piece(args):
+            hc, tc = args
+            logits = self.logits(hc)  # (chunk, V) float32
+            lse = jax.nn.logsumexp(logits, axis=-1)
+            return jnp.take_along_axis(logits, tc[:, None], axis=-1)[:, 0] - lse
+
+        c = (n + pad) // chunk
+        with jax.named_scope("token_logprobs"):
+            lp = jax.lax.map(piece, (h.reshape(c, chunk, d), targets.reshape(c, chunk)))
+        return lp.reshape(-1)[:n]
 
     def _prefill_blocks(self, input_ids, cache: Mamba2Cache, blk: int, last_only: bool, n_new, ragged: bool):
         """Prefill (b, l) ids, l a multiple of ``blk``, as a ``lax.scan`` over blocks of ``blk`` tokens
