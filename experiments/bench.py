@@ -34,6 +34,7 @@ def run(cfg) -> dict:
     contexts = sorted(int(c) for c in B.contexts)
     rc = int(B.recompute_context)
     dtypes = [str(d) for d in B.dtypes]
+    state_dtype = str(B.get("state_dtype") or "float32")  # the SSM state's storage dtype (precision policy)
     base = dtypes[0]
     spec = model_specs.load_model_spec(str(B.model))
     dd = require_data_dir(cfg.paths.data_dir)
@@ -42,7 +43,8 @@ def run(cfg) -> dict:
     models, infos, dbs = {}, {}, {}
     for dt in dtypes:
         models[dt], infos[dt] = model_specs.build_model(spec, dtype=dt, checkpoint=ckpt, seed=int(cfg.seed),
-                                                  precision=cfg.matmul_precision, data=dd)
+                                                        precision=cfg.matmul_precision, data=dd,
+                                                        state_dtype=state_dtype)
         dbs[dt] = bench.DecodeBench(models[dt], n_tokens=n, batch=b, seed=int(cfg.seed))
     mcfg = models[base].cfg
     dec_ctx = {base: sorted(set(contexts) | {rc})}
@@ -80,7 +82,7 @@ def run(cfg) -> dict:
     for L in prefills:
         rec("prefill_tokens_per_s", b * L / med[f"prefill:{L}"], "tokens/s", dtype=base, length=L,
             median_s=med[f"prefill:{L}"], compile_s=prefills[L].compile_s, times_s=times[f"prefill:{L}"])
-    by = {dt: flops.decode_bytes(mcfg, b, dt) for dt in dtypes}
+    by = {dt: flops.decode_bytes(mcfg, b, dt, state_dtype) for dt in dtypes}
     bw_stream = stream.bytes_per_call / med["stream"] if stream else None
     bw_best = stream.bytes_per_call / min(times["stream"]) if stream else None
     bw_start = prof.bandwidth

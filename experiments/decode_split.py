@@ -50,7 +50,7 @@ def split_in_proj_model(model):
     out = Mamba2LMHeadModel(cfg, params, precision=model.precision, scan_chunk_size=model.scan_chunk_size,
                             prefill_block=model.prefill_block, state_dtype=model.state_dtype,
                             step_block_bytes=model.step_block_bytes)
-    out.policy = {**model.policy, "in_proj": "parts"}
+    out.policy = model.policy  # (the in_proj split is this model's structure, in its graph definition)
     return out
 
 

@@ -43,6 +43,7 @@ def measure(cfg_model, mesh, batch: int, dtype: str, precision: str | None = Non
     from jax.sharding import PartitionSpec as P
 
     from mamba2_jax import sharding
+    from mamba2_jax.eval import flops
     from mamba2_jax.loading import precision_policy
     from mamba2_jax.model import Mamba2LMHeadModel
 
@@ -79,9 +80,8 @@ def measure(cfg_model, mesh, batch: int, dtype: str, precision: str | None = Non
     mem = {k: int(getattr(ma, k)) for k in ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
                                             "temp_size_in_bytes", "generated_code_size_in_bytes")
            if ma is not None and getattr(ma, k, None) is not None}
-    ssm_frac = (cfg_model.nheads * cfg_model.headdim * cfg_model.d_state * 4) / (
-        cfg_model.nheads * cfg_model.headdim * cfg_model.d_state * 4
-        + (cfg_model.d_conv - 1) * cfg_model.conv_dim * jnp.dtype(dtype).itemsize)
+    sb = flops.state_bytes(cfg_model, batch, dtype)  # float32 SSM state, conv state in the param dtype
+    ssm_frac = sb["ssm"] / sb["total"]
     return {
         "model": cfg_model.name, "dtype": dtype, "batch": batch,
         "mesh_data": int(mesh.shape["data"]), "mesh_model": int(mesh.shape["model"]),

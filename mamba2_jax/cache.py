@@ -39,27 +39,41 @@ class Mamba2Cache:
 
     @staticmethod
     def shapes(cfg: Mamba2Config, batch: int) -> dict[str, tuple[int, ...]]:
-        """The shape of one layer's conv and SSM state, and of the length counter."""
+        """The shape of one layer's conv and SSM state, and of the length counter: the one place the
+        cache's shapes are written (``zeros``, ``nbytes``, ``sharding.abstract_cache`` and
+        ``eval.flops.state_bytes`` derive theirs from it)."""
         return {"conv": (batch, cfg.d_conv - 1, cfg.conv_dim), "ssm": (batch, cfg.nheads, cfg.headdim, cfg.d_state),
                 "seqlen": (batch,)}
+
+    @staticmethod
+    def dtypes(dtype=jnp.float32, state_dtype=jnp.float32) -> dict[str, jnp.dtype]:
+        """The dtype of each field: conv in the activation dtype, SSM in the state dtype, seqlen int32."""
+        return {"conv": jnp.dtype(dtype), "ssm": check_state_dtype(state_dtype), "seqlen": jnp.dtype(jnp.int32)}
 
     @classmethod
     def zeros(cls, cfg: Mamba2Config, batch: int, dtype=jnp.float32, state_dtype=jnp.float32) -> Mamba2Cache:
         """A zero cache: conv state in ``dtype`` (the activation dtype), SSM state in ``state_dtype``."""
-        sh = cls.shapes(cfg, batch)
+        sh, dt = cls.shapes(cfg, batch), cls.dtypes(dtype, state_dtype)
         return cls(
-            conv=tuple(jnp.zeros(sh["conv"], dtype) for _ in range(cfg.n_layer)),
-            ssm=tuple(jnp.zeros(sh["ssm"], check_state_dtype(state_dtype)) for _ in range(cfg.n_layer)),
-            seqlen=jnp.zeros(sh["seqlen"], jnp.int32),
+            conv=tuple(jnp.zeros(sh["conv"], dt["conv"]) for _ in range(cfg.n_layer)),
+            ssm=tuple(jnp.zeros(sh["ssm"], dt["ssm"]) for _ in range(cfg.n_layer)),
+            seqlen=jnp.zeros(sh["seqlen"], dt["seqlen"]),
         )
+
+    @classmethod
+    def nbytes(cls, cfg: Mamba2Config, batch: int = 1, dtype=jnp.float32, state_dtype=jnp.float32) -> dict[str, int]:
+        """Bytes of a cache of ``batch`` sequences, by field over all layers ("conv", "ssm", "seqlen"),
+        and their "total"."""
+        sh, dt = cls.shapes(cfg, batch), cls.dtypes(dtype, state_dtype)
+        layers = {"conv": cfg.n_layer, "ssm": cfg.n_layer, "seqlen": 1}
+        out = {k: layers[k] * int(np.prod(sh[k])) * dt[k].itemsize for k in sh}
+        out["total"] = sum(out.values())
+        return out
 
     @classmethod
     def row_bytes(cls, cfg: Mamba2Config, dtype=jnp.float32, state_dtype=jnp.float32) -> int:
         """Bytes of one sequence's cache (batch 1): every layer's conv and SSM state, and its length counter."""
-        sh = cls.shapes(cfg, 1)
-        conv = int(np.prod(sh["conv"])) * jnp.dtype(dtype).itemsize
-        ssm = int(np.prod(sh["ssm"])) * check_state_dtype(state_dtype).itemsize
-        return cfg.n_layer * (conv + ssm) + 4
+        return cls.nbytes(cfg, 1, dtype, state_dtype)["total"]
 
     def stacked(self) -> tuple[jax.Array, jax.Array]:
         """(conv, ssm) as (n_layer, ...) arrays."""

@@ -319,6 +319,9 @@ def write_checkpoint(cfg: Mamba2Config, sd: dict[str, np.ndarray], out_dir: str 
         config_text = json.dumps(cfg.to_state_spaces(), indent=4)
         weights = weights or "bin"
     else:
+        if cfg.norm_before_gate:  # the transformers layout cannot say it (Mamba2Config.from_hf ignores the field)
+            raise ConfigError("norm_before_gate=True cannot be written in the transformers layout (transformers, "
+                              "llama.cpp and our reader gate before the norm); write fmt='state-spaces'")
         config_text = json.dumps(cfg.to_hf(), indent=2)
         arrs = {("backbone.embeddings.weight" if k == "backbone.embedding.weight" else k): v for k, v in arrs.items()}
         weights = "safetensors"

@@ -155,7 +155,7 @@ def _cmd_generate(a) -> int:
         print(json.dumps({"ids": new, "text": text, "prompt_ids": ids, "prefill_s": res.prefill_s,
                           "decode_tok_s": res.decode_tok_s, "decode_s": res.decode_s,
                           "compile_s": compile_s, "decode_steps": res.decode_steps,
-                          "policy": model.policy, "model": str(a.model), "mesh": describe_mesh(mesh),
+                          "policy": model.policy.as_dict(), "model": str(a.model), "mesh": describe_mesh(mesh),
                           "tokenizer": None if tok is None else {"origin": tok.origin, "source": tok.source}}))
     else:
         print((a.prompt if a.prompt is not None else (tok.decode(ids) if tok else ids)), end="")
@@ -172,7 +172,7 @@ def _cmd_compile(a) -> int:
 
     r = compile_program(a.model, target=a.target, program=a.program, batch=a.batch, length=a.length,
                         new_tokens=a.new_tokens, last_only=a.last_only, dtype=a.dtype, mesh=a.mesh,
-                        topology=a.topology, precision=a.precision)
+                        topology=a.topology, precision=a.precision, state_dtype=a.state_dtype)
     if a.json:
         print(json.dumps(r, default=str))
         return 0
@@ -181,7 +181,8 @@ def _cmd_compile(a) -> int:
             "step": f"decode step b={r['batch']}",
             "generate": f"decode loop b={r['batch']} new_tokens={r['new_tokens']}"}[r["program"]]
     pol = r["policy"]
-    print(f"{r['status']}: {r['config']} {what}, {r['dtype']} (matmul precision {r['precision']}), "
+    print(f"{r['status']}: {r['config']} {what}, {r['dtype']} (matmul precision {r['precision']}, "
+          f"SSM state {pol['state_dtype']}), "
           f"scan chunk {pol['scan_chunk_size']}, prefill block {pol['prefill_block']}")
     print(f"  target      {r['target']}: {r['device_kind']}, topology {r['topology']}, program on "
           f"{r['num_devices']} of {r['topology_devices']} devices, mesh {r['mesh_shape']}")
@@ -286,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="prefill returns the last position's logits (default)")
     lo.add_argument("--full-logits", dest="last_only", action="store_false", help="prefill returns (b, L, V) logits")
     s.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--state-dtype", default="float32", choices=list(STATE_DTYPES), help=STATE_DTYPE_HELP)
     s.add_argument("--precision", default=None, choices=[None, "highest", "default", "high"],
                    help="matmul precision (default: the dtype's policy: float32 highest, 16-bit default)")
     s.add_argument("--mesh", default=None, help="e.g. 'data=1,model=4' (default: one device)")

@@ -246,16 +246,19 @@ def _chips(devices) -> int:
 
 
 # ------------------------------------------------------------------------------ the abstract model
-def _structure_policy(cfg, platform: str) -> dict[str, Any]:
+def _structure_policy(cfg, platform: str):
     from .loading import structure_policy
 
     return structure_policy(cfg, platform)
 
 
-def _precision_policy(dtype) -> dict[str, Any]:
+def _precision_policy(dtype, state_dtype="float32") -> dict[str, Any]:
     from .loading import precision_policy
 
-    return precision_policy(dtype)
+    try:
+        return precision_policy(dtype, state_dtype)
+    except ValueError as e:
+        raise CompileError(str(e)) from None
 
 
 def _single_device_params(cfg, dtype, sharding) -> dict[str, Any]:
@@ -267,8 +270,9 @@ def _single_device_params(cfg, dtype, sharding) -> dict[str, Any]:
                         _param_shapes(cfg, dtype))
 
 
-def abstract_model(cfg, dtype, mesh, sharded: bool, policy: dict[str, Any], precision):
-    """The model with ``jax.ShapeDtypeStruct`` parameters (with their shardings): no weights."""
+def abstract_model(cfg, dtype, mesh, sharded: bool, policy, precision, state_dtype="float32"):
+    """The model with ``jax.ShapeDtypeStruct`` parameters (with their shardings): no weights.  ``policy``
+    is the target's ``loading.StructurePolicy``; ``state_dtype`` the SSM state's storage dtype."""
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
@@ -279,18 +283,18 @@ def abstract_model(cfg, dtype, mesh, sharded: bool, policy: dict[str, Any], prec
         params = abstract_params(cfg, mesh, dtype)
     else:
         params = _single_device_params(cfg, dtype, NamedSharding(mesh, P()))
-    model = Mamba2LMHeadModel(cfg, params, precision=precision, scan_chunk_size=policy["scan_chunk_size"],
-                              scan_layers=policy.get("prefill_layers") == "scan",
-                              prefill_block=policy["prefill_block"], step_block_bytes=policy["step_block_bytes"])
+    model = Mamba2LMHeadModel(cfg, params, precision=precision, scan_chunk_size=policy.scan_chunk_size,
+                              scan_layers=policy.prefill_layers == "scan", prefill_block=policy.prefill_block,
+                              step_block_bytes=policy.step_block_bytes, state_dtype=state_dtype)
     if sharded:
         model.mesh = mesh
     return model
 
 
-def _abstract_cache(cfg, batch: int, mesh, dtype):
+def _abstract_cache(cfg, batch: int, mesh, dtype, state_dtype="float32"):
     from .sharding import abstract_cache
 
-    return abstract_cache(cfg, batch, mesh, dtype)
+    return abstract_cache(cfg, batch, mesh, dtype, state_dtype)
 
 
 # ------------------------------------------------------------------------------ HLO facts
@@ -380,17 +384,18 @@ def _config(model: Any):
     return Mamba2Config.from_json(d / "config.json"), s
 
 
-def build_program(cfg, program: str, jdt, jmesh, sharded: bool, policy: dict[str, Any], prec, *, batch: int,
-                  length: int, new_tokens: int, last_only: bool):
+def build_program(cfg, program: str, jdt, jmesh, sharded: bool, policy, prec, *, batch: int,
+                  length: int, new_tokens: int, last_only: bool, state_dtype: str = "float32"):
     """(jitted function, abstract arguments, static keyword arguments, tokens per call) of ``program``
-    for the abstract model on ``jmesh`` (the shardings of its arguments)."""
+    for the abstract model on ``jmesh`` (the shardings of its arguments), its SSM state stored in
+    ``state_dtype``."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    abstract = abstract_model(cfg, jdt, jmesh, sharded, policy, prec)
+    abstract = abstract_model(cfg, jdt, jmesh, sharded, policy, prec, state_dtype)
     graphdef, state = nnx.split(abstract)
     batch_sh = NamedSharding(jmesh, P("data"))
     rep = NamedSharding(jmesh, P())
@@ -409,7 +414,7 @@ def build_program(cfg, program: str, jdt, jmesh, sharded: bool, policy: dict[str
             return nnx.merge(graphdef, state).step(tok, cache)
 
         args = (state, jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=batch_sh),
-                _abstract_cache(cfg, batch, jmesh, jdt))
+                _abstract_cache(cfg, batch, jmesh, jdt, state_dtype))
         jitted, kwargs = jax.jit(fn, donate_argnums=2), {}
         tokens = batch
     else:
@@ -420,7 +425,7 @@ def build_program(cfg, program: str, jdt, jmesh, sharded: bool, policy: dict[str
         S = jax.ShapeDtypeStruct
         bvec = lambda dt: S((batch,), dt, sharding=batch_sh)  # noqa: E731
         dstate = DecodeState(  # the loop's carry after the prompt's token: shapes only
-            cache=_abstract_cache(cfg, batch, jmesh, jdt), token=bvec(jnp.int32),
+            cache=_abstract_cache(cfg, batch, jmesh, jdt, state_dtype), token=bvec(jnp.int32),
             position=bvec(jnp.int32),
             tokens=S((batch, int(new_tokens)), jnp.int32, sharding=NamedSharding(jmesh, P("data", None))),
             step=S((), jnp.int32, sharding=rep), done=bvec(jnp.bool_), nonfinite=bvec(jnp.bool_),
@@ -450,7 +455,7 @@ def _ensure_flatbuffers() -> None:
 
 def export_program(model: Any, program: str = "prefill", *, platforms=("cuda",), batch: int = 1, length: int = 2048,
                    new_tokens: int = 128, last_only: bool = True, dtype: str = "bfloat16",
-                   precision: str | None = None) -> dict[str, Any]:
+                   precision: str | None = None, state_dtype: str = "float32") -> dict[str, Any]:
     """``jax.export`` one program for ``platforms`` from shapes only (no device of that kind needed),
     serialize it (the ``flatbuffers`` package: ``make install-cuda-plugin`` installs it beside the
     plugin) and list the custom calls of its StableHLO.  The structure policy is the first
@@ -468,10 +473,11 @@ def export_program(model: Any, program: str = "prefill", *, platforms=("cuda",),
     jmesh = Mesh(np.array(cpu).reshape(1, 1), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
     plat = {"gpu": "cuda"}.get(platforms[0], platforms[0])
     policy = _structure_policy(cfg, plat)
-    prec_pol = _precision_policy(jdt)
+    prec_pol = _precision_policy(jdt, state_dtype)
     prec = precision if precision is not None else prec_pol["matmul_precision"]
     jitted, args, kwargs, tokens = build_program(cfg, program, jdt, jmesh, False, policy, prec, batch=batch,
-                                                 length=length, new_tokens=new_tokens, last_only=last_only)
+                                                 length=length, new_tokens=new_tokens, last_only=last_only,
+                                                 state_dtype=prec_pol["state_dtype"])
     # flat arguments and results: an nnx State or a Mamba2Cache has no serialization registered with
     # jax.export, and a flat signature is what another runtime would call anyway
     # (and a typed PRNG key, in or out, travels as its raw uint32 data, which jax.export can serialize)
@@ -499,7 +505,7 @@ def export_program(model: Any, program: str = "prefill", *, platforms=("cuda",),
     return {"model": model_name, "config": cfg.name, "program": program, "platforms": list(exp.platforms),
             "batch": batch, "length": length if program == "prefill" else None,
             "new_tokens": new_tokens if program == "generate" else None, "dtype": jdt.name, "precision": str(prec),
-            "policy": {**policy, **prec_pol, "matmul_precision": str(prec)}, "export_s": t1 - t0,
+            "policy": {**policy.as_dict(), **prec_pol, "matmul_precision": str(prec)}, "export_s": t1 - t0,
             "io_dtypes": sorted({str(a.dtype) for a in (*exp.in_avals, *exp.out_avals)}),
             "stablehlo_chars": len(text), **ser,
             "custom_calls": [c for c in calls if c not in PARTITIONER_ANNOTATIONS],
@@ -539,7 +545,7 @@ def fit_and_bound(mem: dict[str, int], flops: float, xla_bytes: float, tokens: i
 def compile_program(model: Any, target: str = "tpu-v6e", program: str = "prefill", *, batch: int = 1,
                     length: int = 2048, new_tokens: int = 128, last_only: bool = True, dtype: str = "bfloat16",
                     mesh: Any = None, topology: str | None = None, precision: str | None = None,
-                    keep_hlo: bool = False) -> dict[str, Any]:
+                    keep_hlo: bool = False, state_dtype: str = "float32") -> dict[str, Any]:
     """Compile one program for one target (see the module docstring); returns the report dict."""
     import jax.numpy as jnp
     import numpy as np
@@ -572,10 +578,11 @@ def compile_program(model: Any, target: str = "tpu-v6e", program: str = "prefill
     jmesh = Mesh(np.array(used).reshape(D, M), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
     sharded = D * M > 1
     policy = _structure_policy(cfg, t["platform"])
-    prec_pol = _precision_policy(jdt)
+    prec_pol = _precision_policy(jdt, state_dtype)
     prec = precision if precision is not None else prec_pol["matmul_precision"]
     jitted, args, kwargs, tokens = build_program(cfg, program, jdt, jmesh, sharded, policy, prec, batch=batch,
-                                                 length=length, new_tokens=new_tokens, last_only=last_only)
+                                                 length=length, new_tokens=new_tokens, last_only=last_only,
+                                                 state_dtype=prec_pol["state_dtype"])
 
     t0 = time.perf_counter()
     lowered = jitted.lower(*args, **kwargs)
@@ -608,7 +615,7 @@ def compile_program(model: Any, target: str = "tpu-v6e", program: str = "prefill
         "batch": batch, "length": length if program == "prefill" else None,
         "new_tokens": new_tokens if program == "generate" else None,
         "last_only": last_only if program == "prefill" else None, "dtype": jdt.name,
-        "precision": str(prec), "policy": {**policy, **prec_pol, "matmul_precision": str(prec)},
+        "precision": str(prec), "policy": {**policy.as_dict(), **prec_pol, "matmul_precision": str(prec)},
         "lower_s": t1 - t0, "compile_s": t2 - t1,
         "flops": flops, "bytes_accessed": xla_bytes, "transcendentals": float(cost.get("transcendentals", 0.0)),
         "optimal_seconds": cost.get("optimal_seconds"),

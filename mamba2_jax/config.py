@@ -382,7 +382,18 @@ class Mamba2Config:
             dt_init_floor=d.get("time_step_floor", 1e-4),
             dt_limit=tuple(limit) if isinstance(limit, (list, tuple)) else limit,
             rmsnorm=True,
-            norm_before_gate=d.get("norm_before_gate", False),
+            # The transformers layout's ``norm_before_gate`` is not read: every implementation that runs
+            # these checkpoints gates before the norm, norm(y · silu(z)), whatever the field says
+            # (Mamba-Codestral-7B's published config.json says true).  mamba_ssm 2.2.2: the field is no
+            # part of ``MambaConfig`` (models/config_mamba.py: only ``ssm_cfg`` reaches the mixer) and
+            # ``Mamba2.__init__(norm_before_gate=False)`` (modules/mamba2.py:49) passes it to
+            # ``RMSNormGated`` (mamba2.py:142); mistral-inference builds Codestral with
+            # ``ssm_cfg={"ngroups": n_groups, "layer": "Mamba2"}``, so the default.  transformers 5.x
+            # modeling_mamba2.py: ``MambaRMSNormGated.forward`` multiplies by silu(gate) before the
+            # norm, and the fused path passes ``norm_before_gate=False`` (line 497).  llama.cpp
+            # src/models/mamba-base.cpp: ``ggml_swiglu_split(z, y)`` then the grouped RMS norm.
+            # (The state-spaces layout's ``ssm_cfg.norm_before_gate`` is a real mamba_ssm argument and is read.)
+            norm_before_gate=False,
             bias=d.get("use_bias", False),
             conv_bias=d.get("use_conv_bias", True),
         )

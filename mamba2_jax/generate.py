@@ -211,13 +211,15 @@ def program_key(graphdef) -> Hashable:
     """A hashable key for the program a ``graphdef`` compiles to, for caches of jitted functions that
     close over it: two models share a program only if their graph definitions are equal (same
     structure: layers, in_proj layout, ``scan_chunk_size``, ``prefill_block``, precision, ...).
-    A graphdef whose static attributes are not all hashable (``model.policy`` is a dict) is keyed
-    by its text, which lists every static attribute."""
+    Every static attribute of a model is hashable (``model.policy`` and ``model.source`` are frozen
+    dataclasses, ``loading.ModelPolicy`` / ``ModelSource``), so the graphdef is its own key; a module
+    given an unhashable attribute is refused here, not keyed by an approximation."""
     try:
         hash(graphdef)
-        return graphdef
-    except TypeError:
-        return repr(graphdef)
+    except TypeError as e:
+        raise TypeError(f"the model's graph definition is not hashable ({e}): give its modules hashable "
+                        "static attributes (frozen dataclasses, tuples), not dicts or lists") from None
+    return graphdef
 
 
 # ------------------------------------------------------------------------------ the decode loop

@@ -17,7 +17,9 @@ Both are recorded on ``model.policy`` and by every run.
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +34,9 @@ from .config import Mamba2Config
 from .model import Mamba2LMHeadModel
 from .params import EMBEDDING, LM_HEAD, ParamSpec, fuse_in_proj, rows
 
-__all__ = ["PLATFORMS", "PREFILL_BLOCK_CPU", "STEP_BLOCK_BYTES_CPU", "platform_of", "precision_policy",
-           "structure_policy", "jax_params_from_state_dict", "state_dict_from_model", "model_from_state_dict",
-           "load_pretrained", "save_pretrained", "shard_model"]
+__all__ = ["PLATFORMS", "PREFILL_BLOCK_CPU", "STEP_BLOCK_BYTES_CPU", "StructurePolicy", "ModelPolicy", "ModelSource",
+           "platform_of", "precision_policy", "structure_policy", "jax_params_from_state_dict",
+           "state_dict_from_model", "model_from_state_dict", "load_pretrained", "save_pretrained", "shard_model"]
 
 # platform names JAX uses → the policy family
 PLATFORMS = {"cpu": "cpu", "tpu": "tpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu"}
@@ -44,6 +46,92 @@ PREFILL_BLOCK_CPU = 512
 
 # Bytes (float32) per block of the SSM state in the CPU decode step (see ``structure_policy``).
 STEP_BLOCK_BYTES_CPU = 2 << 20
+
+
+class _Record:
+    """A frozen dataclass read like the dict it replaced: ``rec["field"]``, ``rec.get``, ``keys``/``items``
+    and ``{**rec}``; :meth:`as_dict` is what results record (``dataclasses.asdict``, fields that are
+    None and marked ``optional`` left out).  Frozen and hashable, so a model holding one as a static
+    attribute has a hashable graph definition (``generate.program_key``)."""
+
+    _optional: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if not (k in self._optional and v is None)}
+
+    def keys(self):
+        return self.as_dict().keys()
+
+    def items(self):
+        return self.as_dict().items()
+
+    def __getitem__(self, key: str):
+        d = self.as_dict()
+        if key not in d:
+            raise KeyError(key)
+        return d[key]
+
+    def get(self, key: str, default=None):
+        return self.as_dict().get(key, default)
+
+
+@dataclass(frozen=True)
+class StructurePolicy(_Record):
+    """The execution structure of a target platform (:func:`structure_policy`): not math, the outputs
+    agree to fp32 rounding whatever it is."""
+
+    platform: str  # the policy family: "cpu", "tpu" or "gpu"
+    scan_chunk_size: int  # the SSD scan chunk
+    prefill_block: int | None  # tokens per block of a long prefill (None: one pass)
+    prefill_layers: str  # "unrolled" or "scan"
+    step_block_bytes: int | None  # bytes per block of the SSM state in the decode step (None: one block)
+
+    def replace(self, **kw) -> StructurePolicy:
+        return dataclasses.replace(self, **kw)
+
+
+def _frozen_mesh(desc: dict[str, Any] | None):
+    """``sharding.describe_mesh``'s dict as a hashable tuple of items (lists as tuples), or None."""
+    if desc is None:
+        return None
+    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in desc.items())
+
+
+@dataclass(frozen=True)
+class ModelPolicy(_Record):
+    """What a model runs with (``model.policy``): its precision policy (:func:`precision_policy`), its
+    structure (:class:`StructurePolicy`, with the model's own values) and, on a mesh, the mesh
+    (``sharding.describe_mesh``).  ``as_dict()`` is the record results keep (the keys and values of
+    the dict ``model.policy`` was before it was frozen; "mesh" only with a mesh)."""
+
+    mode: str
+    param_dtype: str
+    state_dtype: str
+    accum_dtype: str
+    matmul_precision: str
+    platform: str
+    scan_chunk_size: int
+    prefill_layers: str
+    prefill_block: int | None
+    step_block_bytes: int | None
+    mesh: tuple | None = None  # describe_mesh's items, frozen (as_dict gives the dict back)
+
+    _optional = ("mesh",)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = super().as_dict()
+        if self.mesh is not None:
+            d["mesh"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.mesh}
+        return d
+
+
+@dataclass(frozen=True)
+class ModelSource(_Record):
+    """Where a loaded model's weights came from (``model.source``)."""
+
+    path: str
+    format: str
+    stored_dtype: str
 
 
 def platform_of(platform: str | None = None, mesh=None) -> str:
@@ -74,7 +162,7 @@ def precision_policy(dtype, state_dtype="float32") -> dict[str, str]:
             "matmul_precision": prec}
 
 
-def structure_policy(cfg: Mamba2Config, platform: str | None = None) -> dict[str, Any]:
+def structure_policy(cfg: Mamba2Config, platform: str | None = None) -> StructurePolicy:
     """The execution structure for ``platform`` (None: JAX's default backend).
 
     * CPU: scan chunk min(config chunk, 64): the quadratic intra-chunk work and the (q × q) decay
@@ -94,9 +182,9 @@ def structure_policy(cfg: Mamba2Config, platform: str | None = None) -> dict[str
     """
     fam = platform_of(platform)
     cpu = fam == "cpu"
-    return {"platform": fam, "scan_chunk_size": min(cfg.chunk_size, 64) if cpu else cfg.chunk_size,
-            "prefill_block": PREFILL_BLOCK_CPU if cpu else None, "prefill_layers": "unrolled",
-            "step_block_bytes": STEP_BLOCK_BYTES_CPU if cpu else None}
+    return StructurePolicy(platform=fam, scan_chunk_size=min(cfg.chunk_size, 64) if cpu else cfg.chunk_size,
+                           prefill_block=PREFILL_BLOCK_CPU if cpu else None, prefill_layers="unrolled",
+                           step_block_bytes=STEP_BLOCK_BYTES_CPU if cpu else None)
 
 
 # ------------------------------------------------------------------------------ tensors ↔ JAX params
@@ -173,21 +261,22 @@ def model_from_state_dict(cfg: Mamba2Config, sd: dict[str, np.ndarray], dtype="f
     pol = precision_policy(dtype, state_dtype)
     prec = precision if precision is not None else pol["matmul_precision"]
     st = structure_policy(cfg, platform_of(platform, mesh))
-    chunk = int(scan_chunk_size or st["scan_chunk_size"])
-    block = st["prefill_block"] if prefill_block == "auto" else prefill_block
-    step_block = st["step_block_bytes"] if step_block_bytes == "auto" else step_block_bytes
+    chunk = int(scan_chunk_size or st.scan_chunk_size)
+    block = st.prefill_block if prefill_block == "auto" else prefill_block
+    step_block = st.step_block_bytes if step_block_bytes == "auto" else step_block_bytes
     if mesh is None:
         params = jax_params_from_state_dict(cfg, sd, jnp.dtype(dtype))
     else:
         params = sharding.shard_params(cfg, _host_params(cfg, sd, dtype), mesh)
     model = Mamba2LMHeadModel(cfg, params, precision=prec, scan_chunk_size=chunk, scan_layers=scan_layers,
                               prefill_block=block, state_dtype=pol["state_dtype"], step_block_bytes=step_block)
-    model.policy = {**pol, "matmul_precision": str(prec), "platform": st["platform"],
-                    "scan_chunk_size": model.scan_chunk_size, "prefill_layers": "scan" if scan_layers else "unrolled",
-                    "prefill_block": model.prefill_block, "step_block_bytes": model.step_block_bytes}
+    model.policy = ModelPolicy(**{**pol, "matmul_precision": str(prec)}, platform=st.platform,
+                               scan_chunk_size=model.scan_chunk_size,
+                               prefill_layers="scan" if scan_layers else "unrolled", prefill_block=model.prefill_block,
+                               step_block_bytes=model.step_block_bytes,
+                               mesh=None if mesh is None else _frozen_mesh(sharding.describe_mesh(mesh)))
     if mesh is not None:
         model.mesh = mesh
-        model.policy["mesh"] = sharding.describe_mesh(mesh)
     return model
 
 
@@ -213,8 +302,8 @@ def load_pretrained(path_or_hub_id: str | Path, dtype="float32", revision: str |
     model = model_from_state_dict(cfg, sd, dtype=dtype, precision=precision, platform=platform,
                                   scan_chunk_size=scan_chunk_size, prefill_block=prefill_block,
                                   scan_layers=scan_layers, mesh=mesh, state_dtype=state_dtype)
-    model.source = {"path": str(model_dir), "format": fmt,
-                    "stored_dtype": str(np.asarray(sd["backbone.embedding.weight"]).dtype)}
+    model.source = ModelSource(path=str(model_dir), format=fmt,
+                               stored_dtype=str(np.asarray(sd["backbone.embedding.weight"]).dtype))
     return model
 
 
@@ -230,12 +319,12 @@ def shard_model(model, mesh):
     same precision and structure."""
     if getattr(model, "mesh", None) is mesh:
         return model
-    pol = getattr(model, "policy", {})
+    pol = getattr(model, "policy", None)
     out = model_from_state_dict(model.cfg, state_dict_from_model(model), dtype=model.dtype,
-                                precision=model.precision, platform=pol.get("platform"),
+                                precision=model.precision, platform=None if pol is None else pol.platform,
                                 scan_chunk_size=model.scan_chunk_size, prefill_block=model.prefill_block,
                                 scan_layers=model.backbone.scan_layers, mesh=mesh, state_dtype=model.state_dtype,
                                 step_block_bytes=model.step_block_bytes)
     if hasattr(model, "source"):
-        out.source = dict(model.source)
+        out.source = model.source
     return out

@@ -76,6 +76,10 @@ class Mamba2Mixer(nnx.Module):
     # -- shared pieces ---------------------------------------------------------------------
     def _in_proj(self, u):
         """u (..., d) → (z0, x0, z, xBC, dt), the in_proj output split as mamba_ssm splits it."""
+        with jax.named_scope("in_proj"):
+            return self._in_proj_split(u)
+
+    def _in_proj_split(self, u):
         cfg = self.cfg
         at = {k: (a, b) for k, a, b in in_proj_slices(cfg)}
         if self.in_proj is None:
@@ -107,13 +111,15 @@ class Mamba2Mixer(nnx.Module):
 
     def _out(self, y, z, z0, x0, dtype):
         cfg = self.cfg
-        y = gated_rms_norm(y, z, self.norm[...], cfg.ngroups, cfg.mixer_norm_epsilon, cfg.norm_before_gate)
-        y = y.astype(dtype)
-        if cfg.d_mlp > 0:
-            y = jnp.concatenate([(silu(z0.astype(F32)) * x0.astype(F32)).astype(dtype), y], axis=-1)
-        out = dot(y, self.out_proj[...], self.precision, out_dtype=F32)
-        if self.out_proj_bias is not None:
-            out = out + self.out_proj_bias[...].astype(F32)
+        with jax.named_scope("gate_norm"):
+            y = gated_rms_norm(y, z, self.norm[...], cfg.ngroups, cfg.mixer_norm_epsilon, cfg.norm_before_gate)
+            y = y.astype(dtype)
+            if cfg.d_mlp > 0:
+                y = jnp.concatenate([(silu(z0.astype(F32)) * x0.astype(F32)).astype(dtype), y], axis=-1)
+        with jax.named_scope("out_proj"):
+            out = dot(y, self.out_proj[...], self.precision, out_dtype=F32)
+            if self.out_proj_bias is not None:
+                out = out + self.out_proj_bias[...].astype(F32)
         return out
 
     def _A(self):
@@ -134,29 +140,31 @@ class Mamba2Mixer(nnx.Module):
         b, l, _ = u.shape
         z0, x0, z, xBC, dt_raw = self._in_proj(u)
         k = cfg.d_conv
-        # causal depthwise conv over [previous k-1 inputs, xBC]
-        xpad = jnp.concatenate([conv_state.astype(xBC.dtype), xBC], axis=1)  # (b, k-1+l, cd)
-        w = self.conv_w[...].astype(F32)
-        acc = sum(xpad[:, j:j + l].astype(F32) * w[j] for j in range(k))
-        if self.conv_b is not None:
-            acc = acc + self.conv_b[...].astype(F32)
-        xBC_act = silu(acc).astype(u.dtype)
-        if lengths is None:
-            new_conv = xpad[:, l:]  # last k-1 inputs
-        else:
-            idx = lengths[:, None] + jnp.arange(k - 1)[None, :]  # positions (in xpad) of the last k-1 real inputs
-            new_conv = jnp.take_along_axis(xpad, idx[:, :, None], axis=1)
+        with jax.named_scope("conv"):
+            # causal depthwise conv over [previous k-1 inputs, xBC]
+            xpad = jnp.concatenate([conv_state.astype(xBC.dtype), xBC], axis=1)  # (b, k-1+l, cd)
+            w = self.conv_w[...].astype(F32)
+            acc = sum(xpad[:, j:j + l].astype(F32) * w[j] for j in range(k))
+            if self.conv_b is not None:
+                acc = acc + self.conv_b[...].astype(F32)
+            xBC_act = silu(acc).astype(u.dtype)
+            if lengths is None:
+                new_conv = xpad[:, l:]  # last k-1 inputs
+            else:
+                idx = lengths[:, None] + jnp.arange(k - 1)[None, :]  # positions (in xpad) of the last k-1 real inputs
+                new_conv = jnp.take_along_axis(xpad, idx[:, :, None], axis=1)
         x, B, C = self._split_xbc(xBC_act)
         dt = discretize_dt(dt_raw, self.dt_bias[...], cfg.dt_limit)  # (b, l, h) f32
         if lengths is not None:
             valid = jnp.arange(l)[None, :] < lengths[:, None]
             dt = jnp.where(valid[..., None], dt, 0.0)
             x = jnp.where(valid[..., None], x, jnp.zeros_like(x))
-        y, new_ssm = ssd_chunked(
-            x.reshape(b, l, cfg.nheads, cfg.headdim), dt, self._A(),
-            B.reshape(b, l, cfg.ngroups, cfg.d_state), C.reshape(b, l, cfg.ngroups, cfg.d_state),
-            self.scan_chunk_size, D=self._D(), initial_state=ssm_state, precision=self.precision,
-        )
+        with jax.named_scope("ssd_chunk_scan"):
+            y, new_ssm = ssd_chunked(
+                x.reshape(b, l, cfg.nheads, cfg.headdim), dt, self._A(),
+                B.reshape(b, l, cfg.ngroups, cfg.d_state), C.reshape(b, l, cfg.ngroups, cfg.d_state),
+                self.scan_chunk_size, D=self._D(), initial_state=ssm_state, precision=self.precision,
+            )
         out = self._out(y.reshape(b, l, cfg.ssm_dim), z, z0, x0, u.dtype)
         return out, new_conv.astype(conv_state.dtype), new_ssm.astype(ssm_state.dtype)
 
@@ -166,19 +174,21 @@ class Mamba2Mixer(nnx.Module):
         cfg = self.cfg
         b = u.shape[0]
         z0, x0, z, xBC, dt_raw = self._in_proj(u)
-        window = jnp.concatenate([conv_state.astype(xBC.dtype), xBC[:, None, :]], axis=1)  # (b, k, cd)
-        w = self.conv_w[...].astype(F32)
-        acc = sum(window[:, j].astype(F32) * w[j] for j in range(cfg.d_conv))  # one fused loop, no transpose
-        if self.conv_b is not None:
-            acc = acc + self.conv_b[...].astype(F32)
-        xBC_act = silu(acc).astype(u.dtype)
+        with jax.named_scope("conv"):
+            window = jnp.concatenate([conv_state.astype(xBC.dtype), xBC[:, None, :]], axis=1)  # (b, k, cd)
+            w = self.conv_w[...].astype(F32)
+            acc = sum(window[:, j].astype(F32) * w[j] for j in range(cfg.d_conv))  # one fused loop, no transpose
+            if self.conv_b is not None:
+                acc = acc + self.conv_b[...].astype(F32)
+            xBC_act = silu(acc).astype(u.dtype)
         x, B, C = self._split_xbc(xBC_act)
         dt = discretize_dt(dt_raw, self.dt_bias[...], cfg.dt_limit)
-        y, new_ssm = ssd_step(
-            ssm_state, x.reshape(b, cfg.nheads, cfg.headdim), dt, self._A(),
-            B.reshape(b, cfg.ngroups, cfg.d_state), C.reshape(b, cfg.ngroups, cfg.d_state), D=self._D(),
-            precision=self.precision, block_bytes=self.step_block_bytes,
-        )
+        with jax.named_scope("ssd_step"):
+            y, new_ssm = ssd_step(
+                ssm_state, x.reshape(b, cfg.nheads, cfg.headdim), dt, self._A(),
+                B.reshape(b, cfg.ngroups, cfg.d_state), C.reshape(b, cfg.ngroups, cfg.d_state), D=self._D(),
+                precision=self.precision, block_bytes=self.step_block_bytes,
+            )
         out = self._out(y.reshape(b, cfg.ssm_dim), z, z0, x0, u.dtype)
         return out, window[:, 1:].astype(conv_state.dtype), new_ssm
 
@@ -301,10 +311,11 @@ class Mamba2LMHeadModel(nnx.Module):
 
     def logits(self, h: jax.Array) -> jax.Array:
         """h (..., d) float32 → logits (..., V) float32: h · Eᵀ, contracting E's contiguous axis."""
-        E = self._head()[...]
-        hh = h.astype(E.dtype)
-        return jax.lax.dot_general(hh, E, (((hh.ndim - 1,), (1,)), ((), ())), precision=self.precision,
-                                   preferred_element_type=F32)
+        with jax.named_scope("lm_head"):
+            E = self._head()[...]
+            hh = h.astype(E.dtype)
+            return jax.lax.dot_general(hh, E, (((hh.ndim - 1,), (1,)), ((), ())), precision=self.precision,
+                                       preferred_element_type=F32)
 
     def init_cache(self, batch: int) -> Mamba2Cache:
         return self._sharded(Mamba2Cache.zeros(self.cfg, batch, dtype=self.dtype, state_dtype=self.state_dtype))
@@ -322,6 +333,20 @@ class Mamba2LMHeadModel(nnx.Module):
         ``prefill_block`` (a multiple of it, without ``collect_hidden``) run block by block,
         carrying the cache (see ``loading.structure_policy``).
         """
+        h, new_cache, hidden = self._prefill_hidden(input_ids, cache, lengths, collect_hidden, last_only)
+        logits = self.logits(h)
+        return (logits, new_cache, hidden) if collect_hidden else (logits, new_cache)
+
+    def hidden_states(self, input_ids, cache: Mamba2Cache | None = None, lengths=None):
+        """The prefill without the LM head: (final normed hidden states (b, l, d) float32, cache).
+
+        The same program as :meth:`prefill` (the model's prefill policy: blocks of ``prefill_block``,
+        the scan chunk, right padding by ``lengths``), the entry for scoring and training, which apply
+        the head themselves a chunk at a time (:meth:`token_logprobs`)."""
+        h, new_cache, _ = self._prefill_hidden(input_ids, cache, lengths, False, False)
+        return h, new_cache
+
+    def _prefill_hidden(self, input_ids, cache, lengths, collect_hidden, last_only):
         input_ids = jnp.asarray(input_ids)
         b, l = input_ids.shape
         if cache is None:
@@ -335,9 +360,33 @@ class Mamba2LMHeadModel(nnx.Module):
             h, conv, ssm, hidden = self.backbone.prefill(input_ids, cache, lengths, collect_hidden)
             if last_only:
                 h = _at_position(h, n_new - 1)
-        new_cache = self._sharded(Mamba2Cache(conv=conv, ssm=ssm, seqlen=cache.seqlen + n_new))
-        logits = self.logits(h)
-        return (logits, new_cache, hidden) if collect_hidden else (logits, new_cache)
+        return h, self._sharded(Mamba2Cache(conv=conv, ssm=ssm, seqlen=cache.seqlen + n_new)), hidden
+
+    def token_logprobs(self, h: jax.Array, targets: jax.Array, chunk: int) -> jax.Array:
+        """log p(target) under the LM head, in float32: h (N, d), targets (N,) int → (N,).
+
+        The one place the chunked log-softmax is written (scoring and the training loss use it):
+        the head and the float32 log-softmax over the padded vocabulary run ``chunk`` rows at a time
+        (a ``lax.map``, each chunk under ``jax.checkpoint`` so that a backward pass recomputes its
+        logits), so the (N, V) logits are never materialised.  N need not be a multiple of ``chunk``."""
+        n, d = h.shape
+        chunk = max(1, min(int(chunk), n))
+        pad = (-n) % chunk
+        if pad:
+            h = jnp.pad(h, ((0, pad), (0, 0)))
+            targets = jnp.pad(targets, (0, pad))
+
+        @jax.checkpoint
+        def piece(args):
+            hc, tc = args
+            logits = self.logits(hc)  # (chunk, V) float32
+            lse = jax.nn.logsumexp(logits, axis=-1)
+            return jnp.take_along_axis(logits, tc[:, None], axis=-1)[:, 0] - lse
+
+        c = (n + pad) // chunk
+        with jax.named_scope("token_logprobs"):
+            lp = jax.lax.map(piece, (h.reshape(c, chunk, d), targets.reshape(c, chunk)))
+        return lp.reshape(-1)[:n]
 
     def _prefill_blocks(self, input_ids, cache: Mamba2Cache, blk: int, last_only: bool, n_new, ragged: bool):
         """Prefill (b, l) ids, l a multiple of ``blk``, as a ``lax.scan`` over blocks of ``blk`` tokens

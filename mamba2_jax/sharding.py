@@ -317,11 +317,10 @@ def abstract_cache(cfg, batch: int, mesh: Mesh, dtype="float32", state_dtype="fl
     """The sharded cache as ``jax.ShapeDtypeStruct`` leaves (allocates nothing)."""
     _check_batch(batch, mesh)
     check_mesh(cfg, mesh)
-    sp = CACHE_SPECS
-    shapes = jax.eval_shape(lambda: Mamba2Cache.zeros(cfg, batch, dtype, state_dtype))
-    return jax.tree.map(lambda x, k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, sp[k])),
-                        shapes, Mamba2Cache(conv=("conv",) * cfg.n_layer, ssm=("ssm",) * cfg.n_layer,
-                                            seqlen="seqlen"))
+    sh, dt = Mamba2Cache.shapes(cfg, batch), Mamba2Cache.dtypes(dtype, state_dtype)
+    leaf = lambda k: jax.ShapeDtypeStruct(sh[k], dt[k], sharding=NamedSharding(mesh, CACHE_SPECS[k]))  # noqa: E731
+    return Mamba2Cache(conv=tuple(leaf("conv") for _ in range(cfg.n_layer)),
+                       ssm=tuple(leaf("ssm") for _ in range(cfg.n_layer)), seqlen=leaf("seqlen"))
 
 
 # ------------------------------------------------------------------------------ inputs / outputs

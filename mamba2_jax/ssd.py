@@ -199,32 +199,36 @@ def ssd_chunked(
 
     # 1) intra-chunk (diagonal blocks): y = (C Bᵀ ∘ L) (dt x).  C·Bᵀ once per group.  A per-head
     #    skip D is folded into the diagonal of the (q × q) matrix, so D·x costs no pass of its own.
-    CB = ein("bcgln,bcgsn->bcgls", Ct, Bt)  # (b c g q q)
-    Lmat = jnp.exp(segsum(dA))  # (b c g r q q)
-    M = CB[:, :, :, None] * Lmat * dt_q[..., None, :]  # (b c g r l s)
-    Df = None if D is None else D.astype(F32)
-    if Df is not None and Df.ndim == 1:
-        M = M + Df.reshape(g, r)[:, :, None, None] * jnp.eye(q, dtype=F32)
-        Df = None
-    y_diag = ein("bcgrls,bcgrsp->bcgrlp", M, xt)
+    with jax.named_scope("intra_chunk"):
+        CB = ein("bcgln,bcgsn->bcgls", Ct, Bt)  # (b c g q q)
+        Lmat = jnp.exp(segsum(dA))  # (b c g r q q)
+        M = CB[:, :, :, None] * Lmat * dt_q[..., None, :]  # (b c g r l s)
+        Df = None if D is None else D.astype(F32)
+        if Df is not None and Df.ndim == 1:
+            M = M + Df.reshape(g, r)[:, :, None, None] * jnp.eye(q, dtype=F32)
+            Df = None
+        y_diag = ein("bcgrls,bcgrsp->bcgrlp", M, xt)
 
     # 2) state contributed by each chunk, decayed to the chunk end.
-    decay_states = jnp.exp(dA_cs[..., -1:] - dA_cs)  # (b c g r q)
-    xw = xt * (decay_states * dt_q)[..., None]  # (b c g r q p)
-    states = ein("bcgrsp,bcgsn->bcgrpn", xw, Bt)
+    with jax.named_scope("chunk_states"):
+        decay_states = jnp.exp(dA_cs[..., -1:] - dA_cs)  # (b c g r q)
+        xw = xt * (decay_states * dt_q)[..., None]  # (b c g r q p)
+        states = ein("bcgrsp,bcgsn->bcgrpn", xw, Bt)
 
     # 3) inter-chunk recurrence, linear in the number of chunks c (blocks of chunks combined by a
     #    matmul, a scan across blocks only; see ``inter_chunk_scan``):
     #    state_z = exp(sum of chunk z-1's dA) * state_{z-1} + states_{z-1}.
     init = (jnp.zeros((b, g, r, p, n), F32) if initial_state is None
             else initial_state.astype(F32).reshape(b, g, r, p, n))
-    prev_states, final_state = inter_chunk_scan(states, dA_cs[..., -1], init)
+    with jax.named_scope("inter_chunk"):
+        prev_states, final_state = inter_chunk_scan(states, dA_cs[..., -1], init)
 
     # 4) contribution of the state entering each chunk to that chunk's outputs.  (Written in
     #    token-major order (b c g l r p) as a dot with the heads as free dims, it saved y_off's
     #    transpose but made the whole 130m prefill ~9% slower on XLA:CPU: not used.)
-    state_decay_out = jnp.exp(dA_cs)  # (b c g r q)
-    y_off = ein("bcgln,bcgrpn->bcgrlp", Ct, prev_states) * state_decay_out[..., None]
+    with jax.named_scope("state_output"):
+        state_decay_out = jnp.exp(dA_cs)  # (b c g r q)
+        y_off = ein("bcgln,bcgrpn->bcgrlp", Ct, prev_states) * state_decay_out[..., None]
     y = jnp.transpose(y_diag + y_off, (0, 1, 4, 2, 3, 5))  # (b c q g r p)
     y = y.reshape(b, L, h, p)[:, :l]
     if Df is not None:  # D per (head, headdim)
@@ -300,15 +304,18 @@ def ssd_step(
 
     def update(st, u_blk):
         """One block (b, h, rows, n) of the state → (its y (b, h, rows), its new state)."""
-        s = st.astype(F32) * dA + u_blk[..., None] * Bh[:, :, None, :]
+        with jax.named_scope("state_update"):
+            s = st.astype(F32) * dA + u_blk[..., None] * Bh[:, :, None, :]
         if st.dtype != F32:  # 16-bit storage: y from the stored state (see above)
             stored = s.astype(st.dtype)
-            return jnp.sum(stored.astype(F32) * Ch[:, :, None, :], axis=-1), stored
+            with jax.named_scope("readout"):
+                return jnp.sum(stored.astype(F32) * Ch[:, :, None, :], axis=-1), stored
         # y = s·C as a batched matrix-vector product (a dot), not an elementwise product reduced over
         # n: on XLA:CPU (jax 0.10) that reduction becomes a YNNPACK custom fusion which, per layer and
         # token, cost more than the dot (decode 130m fp32: ~1.3x tok/s with the dot, measured with
         # alternating rounds in one process; tests/test_decode_hlo.py guards the op count).
-        return jnp.einsum("bhpn,bhn->bhp", s, Ch, precision=precision), s
+        with jax.named_scope("readout"):
+            return jnp.einsum("bhpn,bhn->bhp", s, Ch, precision=precision), s
 
     rows = step_block(state.shape, block_bytes, state.dtype)
     if rows == p:

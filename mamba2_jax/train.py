@@ -2,7 +2,8 @@
 
 Training runs through exactly the modules used for inference: the model is a
 :class:`~mamba2_jax.model.Mamba2LMHeadModel` built by :func:`mamba2_jax.loading.model_from_state_dict`,
-the forward pass is its chunked-SSD ``backbone.prefill`` and its tied ``logits`` head, and the
+the forward pass is its ``hidden_states`` (the inference prefill, under the model's prefill policy) and
+its ``token_logprobs`` (the LM head and log-softmax, chunked; shared with scoring), and the
 gradients are taken with respect to the model's ``nnx.Param`` state (``nnx.split`` / ``nnx.merge``).
 
 The cross-entropy over the (padded) vocabulary is computed in token chunks under
@@ -110,36 +111,6 @@ class TokenBatcher:
 
 
 # ------------------------------------------------------------------------------ loss
-def _chunked_xent(model: Mamba2LMHeadModel, h: jax.Array, targets: jax.Array, weights: jax.Array,
-                  chunk: int) -> tuple[jax.Array, jax.Array]:
-    """Sum of weighted token cross-entropies and sum of weights, in float32.
-
-    h (N, d), targets (N,), weights (N,).  Logits are computed ``chunk`` tokens at a time with the
-    model's own head, under ``jax.checkpoint`` so that the backward pass recomputes them.
-    """
-    n, d = h.shape
-    pad = (-n) % chunk
-    if pad:
-        h = jnp.pad(h, ((0, pad), (0, 0)))
-        targets = jnp.pad(targets, (0, pad))
-        weights = jnp.pad(weights, (0, pad))
-    c = (n + pad) // chunk
-    hs, ts, ws = h.reshape(c, chunk, d), targets.reshape(c, chunk), weights.reshape(c, chunk)
-
-    @jax.checkpoint
-    def piece(hc, tc, wc):
-        logits = model.logits(hc)  # (chunk, V) float32
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        tgt = jnp.take_along_axis(logits, tc[:, None], axis=-1)[:, 0]
-        return jnp.sum((lse - tgt) * wc)
-
-    def body(acc, xs):
-        return acc + piece(*xs), None
-
-    total, _ = jax.lax.scan(body, jnp.zeros((), F32), (hs, ts, ws))
-    return total, jnp.sum(weights.astype(F32))
-
-
 def lm_loss(model: Mamba2LMHeadModel, tokens: jax.Array, weights: jax.Array | None = None,
             xent_chunk: int = 1024) -> jax.Array:
     """Mean next-token cross-entropy (nats) of ``tokens`` (b, l+1): inputs ``[:, :-1]``, targets ``[:, 1:]``.
@@ -149,11 +120,10 @@ def lm_loss(model: Mamba2LMHeadModel, tokens: jax.Array, weights: jax.Array | No
     """
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     b, l = inputs.shape
-    h, *_ = model.backbone.prefill(inputs, model.init_cache(b))
+    h, _ = model.hidden_states(inputs)
     w = jnp.ones((b, l), F32) if weights is None else weights.astype(F32)
-    total, count = _chunked_xent(model, h.reshape(b * l, -1), targets.reshape(-1), w.reshape(-1),
-                                 min(xent_chunk, b * l))
-    return total / jnp.maximum(count, 1.0)
+    lp = model.token_logprobs(h.reshape(b * l, -1), targets.reshape(-1), xent_chunk)
+    return -jnp.sum(lp * w.reshape(-1)) / jnp.maximum(jnp.sum(w), 1.0)
 
 
 # ------------------------------------------------------------------------------ optimiser

@@ -181,3 +181,37 @@ def test_forward_matches_the_float64_oracle_with_an_untied_head(ckpt):
     # the untied head is the one used: the embedding as head gives other logits
     tied = _rms(hidden[-1], sd["backbone.norm_f.weight"], small.norm_epsilon) @ emb.astype(np.float32).T
     assert rel_err(tied, ref) > 0.5
+
+
+def test_transformers_layout_norm_before_gate_is_mamba_ssms_false(tmp_path):
+    """The hub's config.json for Mamba-Codestral-7B says ``norm_before_gate: true`` (README, source 1), but
+    mamba_ssm runs the checkpoint with its ``Mamba2`` default, False: norm(y · silu(z)).  Our reader does
+    the same for every transformers-layout config (Mamba2Config._from_hf_fields cites the sources), while
+    the state-spaces layout's ``ssm_cfg.norm_before_gate`` (a real mamba_ssm argument) is still read.
+    The model loaded from the "true" file matches the float64 oracle run with False, and not with True."""
+    from mamba2_jax.checkpoint import init_state_dict, write_checkpoint
+    from mamba2_jax.config import ConfigError, get_preset
+    from mamba2_jax.eval.oracle import OracleModel
+    from mamba2_jax.loading import model_from_state_dict
+
+    published = {**json.loads(CONFIG.read_text()), "norm_before_gate": True}
+    assert not Mamba2Config.from_hf(published).norm_before_gate
+    tiny = get_preset("tiny").replace(ngroups=2)
+    hf = {**tiny.to_hf(), "norm_before_gate": True}
+    cfg = Mamba2Config.from_hf(hf)
+    assert not cfg.norm_before_gate
+    ss = tiny.to_state_spaces()
+    ss["ssm_cfg"]["norm_before_gate"] = True
+    assert Mamba2Config.from_state_spaces(ss).norm_before_gate  # mamba_ssm reads it there
+
+    sd = init_state_dict(cfg, seed=3)
+    ids = np.array([[5, 17, 3, 99, 41, 8]])
+    got = np.asarray(model_from_state_dict(cfg, sd, "float32")(ids)[0])
+    gate_first = OracleModel(cfg.replace(norm_before_gate=False), sd).run(ids)[0]
+    norm_first = OracleModel(cfg.replace(norm_before_gate=True), sd).run(ids)[0]
+    err = lambda ref: float(np.max(np.abs(got - ref)) / np.max(np.abs(ref)))
+    assert err(gate_first) < TOL < err(norm_first)
+
+    # a model that does norm first cannot be written in the transformers layout (it would reload as False)
+    with pytest.raises(ConfigError, match="norm_before_gate"):
+        write_checkpoint(cfg.replace(norm_before_gate=True), sd, tmp_path / "hf", fmt="hf")

@@ -172,3 +172,29 @@ def test_prefill_generate_and_a_sharded_prefill_for_v6e(libtpu):
     assert per_step <= gen["flops"] <= 1.1 * per_step
     # the sharded step: half of every split array per device, the LM head and projections halved
     assert abs(step2["flops"] - per_step / 2) / (per_step / 2) < 0.05
+
+
+def test_state_dtype_is_accepted_and_halves_the_ssm_state_arguments(libtpu):
+    """``--state-dtype`` (the precision policy's SSM-state storage) reaches the compiled step: the
+    policy records it (float32 by default), and the step's arguments shrink by the SSM state's
+    bytes saved, n_layer × b × nheads × headdim × d_state × (4 − 2), counted from config.json, with
+    d_state laid out in whole 128-lane TPU tiles (d_state 64 here: one tile of 128; headdim 32 fills
+    the 8- and 16-row sublane tiles of float32 and bfloat16 exactly)."""
+    from mamba2_jax.cli import build_parser
+
+    a = build_parser().parse_args(["compile", "--model", str(MODEL)])
+    assert a.state_dtype == "float32"
+    assert build_parser().parse_args(["compile", "--state-dtype", "bfloat16"]).state_dtype == "bfloat16"
+    b = 8
+    fp32, bf16 = _compile_many([
+        {"program": "step", "batch": b, "dtype": "bfloat16"},
+        {"program": "step", "batch": b, "dtype": "bfloat16", "state_dtype": "bfloat16"},
+    ])
+    assert fp32["policy"]["state_dtype"] == "float32" and fp32["policy"]["mode"] == "fast"
+    assert bf16["policy"]["state_dtype"] == "bfloat16"
+    s = shape()
+    assert s["p"] % 16 == 0
+    lanes = -(-s["n"] // 128) * 128
+    saved = s["L"] * b * s["h"] * s["p"] * lanes * (4 - 2)
+    assert fp32["argument_bytes"] - bf16["argument_bytes"] == saved
+    assert fp32["alias_bytes"] - bf16["alias_bytes"] == saved  # the donated state, updated in place

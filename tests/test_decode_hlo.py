@@ -201,3 +201,24 @@ def test_conv_state_passes(batch):
     shape = (batch, cfg.d_conv - 1, cfg.conv_dim)
     t = state_traffic(hlo, lambda d: d == shape, int(np.prod(shape)))
     assert t["reads"] == 1 and t["writes"] <= 2 and t["copies"] <= 1 and len(t["rereads"]) <= 2, t
+
+
+def test_blocks_are_named_in_the_hlo_metadata():
+    """Each block of the mixer, the SSD scan and the LM head runs under a ``jax.named_scope``, so the
+    compiled programs' metadata (and profiles) name them: every name appears in some op's op_name."""
+    cfg = get_preset("tiny")
+    model = model_from_state_dict(cfg, init_state_dict(cfg, seed=0), dtype="float32", prefill_block=None)
+    graphdef, state = nnx.split(model)
+    step = jax.jit(lambda st, c, t: nnx.merge(graphdef, st).step(t, c))
+    prefill = jax.jit(lambda st, ids: nnx.merge(graphdef, st).prefill(ids)[0])
+    cache = model.init_cache(1)
+    step_hlo = step.lower(state, cache, jnp.zeros((1,), jnp.int32)).compile().as_text()
+    prefill_hlo = prefill.lower(state, jnp.zeros((1, 32), jnp.int32)).compile().as_text()
+
+    def scopes(hlo):
+        return {part for name in re.findall(r'op_name="([^"]*)"', hlo) for part in name.split("/")}
+
+    common = {"in_proj", "conv", "gate_norm", "out_proj", "lm_head"}
+    assert common | {"ssd_step", "state_update", "readout"} <= scopes(step_hlo)
+    ssd = {"ssd_chunk_scan", "intra_chunk", "chunk_states", "inter_chunk", "state_output"}
+    assert common | ssd <= scopes(prefill_hlo)

@@ -74,6 +74,10 @@ def test_param_and_decode_bytes_bf16():
     db = flops.decode_bytes(TINY, 1, "bfloat16")
     assert db["conv_state"] == 2 * 3 * 160 * 2
     assert db["total"] == 145_600 + 2 * (16_384 + 1_920) == 182_208
+    # a bfloat16 SSM state (storage only) halves the SSM bytes: 2 layers x 8 heads x 16 x 16 x 2
+    db16 = flops.decode_bytes(TINY, 1, "bfloat16", "bfloat16")
+    assert db16["ssm_state"] == 2 * 8 * 16 * 16 * 2 == 8_192
+    assert db16["total"] == 145_600 + 2 * (8_192 + 1_920)
 
 
 def test_param_bytes_match_the_model():
@@ -91,6 +95,12 @@ def test_param_bytes_match_the_model():
         assert nbytes == flops.param_bytes(TINY, dt)["total"]
         cache_bytes = sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(m.init_cache(1)))
         assert cache_bytes - 4 == flops.state_bytes(TINY, 1, dt)["total"]  # minus seqlen
+    for dt, sdt in (("float32", "bfloat16"), ("bfloat16", "float16")):
+        m = model_from_state_dict(TINY, init_state_dict(TINY, 0), dtype=dt, state_dtype=sdt)
+        cache = m.init_cache(3)
+        cache_bytes = sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(cache))
+        assert cache_bytes - 3 * 4 == flops.state_bytes(TINY, 3, dt, sdt)["total"]
+        assert sum(int(x.size) * x.dtype.itemsize for x in cache.ssm) == flops.state_bytes(TINY, 3, dt, sdt)["ssm"]
 
 
 @pytest.mark.parametrize("name", ["mamba2-130m", "mamba2-2.7b"])

@@ -131,7 +131,38 @@ def test_structure_policy_is_the_target_platforms(platform, chunk, block):
     cfg = get_preset("mamba2-130m")
     assert cfg.chunk_size == 256
     pol = structure_policy(cfg, platform)
-    assert (pol["scan_chunk_size"], pol["prefill_block"], pol["prefill_layers"]) == (chunk, block, "unrolled")
+    assert (pol.scan_chunk_size, pol.prefill_block, pol.prefill_layers) == (chunk, block, "unrolled")
+
+
+def test_policies_are_frozen_and_hashable_and_record_the_same_dict(tmp_path):
+    """``structure_policy`` and ``model.policy`` / ``model.source`` are frozen dataclasses: a loaded
+    model's graph definition hashes (``program_key`` keys on it, no text fallback), and the records
+    results keep (``as_dict``) have the keys and values the policy dicts had: the precision policy,
+    then the structure (the model's own values), "mesh" only with a mesh."""
+    import dataclasses
+
+    from flax import nnx
+
+    from mamba2_jax.generate import program_key
+    from mamba2_jax.loading import load_pretrained, precision_policy, save_pretrained
+
+    cfg = get_preset("tiny")
+    pol = structure_policy(cfg, "cpu")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        pol.scan_chunk_size = 8
+    assert pol.as_dict() == {"platform": "cpu", "scan_chunk_size": 16, "prefill_block": 512,
+                             "prefill_layers": "unrolled", "step_block_bytes": 2 << 20}
+    save_pretrained(model_from_state_dict(cfg, init_state_dict(cfg, seed=0)), tmp_path / "m")
+    m = load_pretrained(tmp_path / "m", state_dtype="bfloat16", prefill_block=8)
+    assert m.source["format"] == "state-spaces" and m.source.stored_dtype == "float32"
+    graphdef, _ = nnx.split(m)
+    assert program_key(graphdef) is graphdef and hash(graphdef) == hash(nnx.split(m)[0])
+    rec = m.policy.as_dict()
+    assert list(rec) == ["mode", "param_dtype", "state_dtype", "accum_dtype", "matmul_precision", "platform",
+                         "scan_chunk_size", "prefill_layers", "prefill_block", "step_block_bytes"]
+    assert rec == {**precision_policy("float32", "bfloat16"), "platform": "cpu", "scan_chunk_size": 16,
+                   "prefill_layers": "unrolled", "prefill_block": 8, "step_block_bytes": 2 << 20}
+    assert rec["mode"] == "fast" and m.policy["state_dtype"] == "bfloat16" and dict(m.policy) == rec
 
 
 def test_model_built_for_another_platform_carries_its_policy():
@@ -143,7 +174,7 @@ def test_model_built_for_another_platform_carries_its_policy():
     tpu = model_from_state_dict(cfg, sd, platform="tpu")
     assert (cpu.scan_chunk_size, cpu.prefill_block) == (64, 512)
     assert (tpu.scan_chunk_size, tpu.prefill_block) == (128, None)
-    assert tpu.policy["platform"] == "tpu" and tpu.policy["scan_chunk_size"] == 128
+    assert tpu.policy.platform == "tpu" and tpu.policy.scan_chunk_size == 128
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (1, 200))
     a, _ = cpu(ids)  # each model's prefill as one compiled program (op by op, every primitive compiles alone)
     b, _ = tpu(ids)

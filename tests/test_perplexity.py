@@ -217,6 +217,33 @@ def test_pipeline_equals_direct_log_softmax(tiny_model):
     np.testing.assert_allclose(sc2.loglik, _direct_loglik(tiny_model, ws), rtol=1e-6, atol=1e-5)
 
 
+def test_scores_match_the_float64_oracle_under_the_prefill_policy():
+    """The scorer goes through the model's own prefill entry (``hidden_states``: blocks of
+    ``prefill_block`` when the policy says so, as generation runs) and the shared chunked
+    log-softmax (``token_logprobs``): its per-window log-likelihoods equal the float64 oracle's
+    (mamba2_jax/eval/oracle.py, token by token, float64 log-softmax), with one pass and with blocks
+    of 8 tokens (the 17-wide bucket's 16 inputs run as two blocks)."""
+    from mamba2_jax.eval.oracle import OracleModel
+
+    cfg = get_preset("tiny")
+    sd = init_state_dict(cfg, seed=1)
+    sd["backbone.embedding.weight"] = sd["lm_head.weight"] = sd["backbone.embedding.weight"] * 50.0
+    w = P.lm_eval_windows(_docs(), max_length=16)
+    oracle = OracleModel(cfg, sd)
+    want = []
+    for i in range(len(w)):
+        ids = w.input_ids[i, : w.lengths[i]]
+        logits = oracle.run(ids[None])[0][0]
+        lp = logits - logits.max(-1, keepdims=True)
+        lp = lp - np.log(np.exp(lp).sum(-1, keepdims=True))
+        want.append(sum(lp[t - 1, ids[t]] for t in range(w.score_from[i], w.lengths[i])))
+    for block in (None, 8):
+        model = model_from_state_dict(cfg, sd, prefill_block=block)
+        assert model.prefill_block == block
+        sc = JaxScorer(model, batch_size=3, bucket=8, logits_chunk=8).score(w, progress=False)
+        np.testing.assert_allclose(sc.loglik, want, rtol=1e-5, atol=1e-4, err_msg=f"prefill_block={block}")
+
+
 class _Killed(Exception):
     pass
 

@@ -285,6 +285,13 @@ def test_commands():
     assert ours[:4] == ["py", "-m", "mamba2_jax.cli", "serve"]
     assert ours[ours.index("--slots") + 1] == "16" and ours[ours.index("--prefix-cache-bytes") + 1] == "0"
     assert ours[-2:] == ["--decode-steps", "4"] and ours[ours.index("--host") + 1] == "127.0.0.1"
+    assert ours[ours.index("--state-dtype") + 1] == "float32"  # the default: a float32 SSM state
+    bf = sb.ours_command("/m", 8001, 16, state_dtype="bfloat16")
+    assert bf[bf.index("--state-dtype") + 1] == "bfloat16" and bf[bf.index("--dtype") + 1] == "float32"
+    from mamba2_jax.cli import build_parser  # the command is one `mamba2-jax serve` accepts
+
+    a = build_parser().parse_args(bf[3:])
+    assert (a.state_dtype, a.dtype, a.slots) == ("bfloat16", "float32", 16)
     ll = sb.llama_server_command("/b/llama-server", "/m.gguf", 8002, 16, 16 * 1024, 2, alias="m")
     assert ll[ll.index("-np") + 1] == "16" and "-cb" in ll and ll[ll.index("-c") + 1] == str(16 * 1024)
     assert ll[ll.index("-t") + 1] == "2" and ll[ll.index("--host") + 1] == "127.0.0.1"
@@ -365,6 +372,8 @@ def test_profiles_compose():
     assert F["workloads"]["shared_prefix"]["prefix_len"] == 2048 and F["workloads"]["shared_prefix"]["suffix_len"] == 32
     assert F["workloads"]["saturation"]["n_requests"] >= 2000 and F["workloads"]["soak"]["n_requests"] >= 10000
     assert F["models"]["mamba2-130m"]["checkpoint"] is None and F["dtype"] == "float32"
+    assert F["state_dtype"] == "float32"  # fp32 SSM state by default; `serve.state_dtype=bfloat16` overrides
+    assert _cfg("serve.state_dtype=bfloat16")["serve"]["state_dtype"] == "bfloat16"
     for name in F["model_list"] + quick["serve"]["model_list"]:
         assert name in F["models"]
     assert quick["serve"]["models"]["tiny-wikitext"]["checkpoint"] == "checkpoints/mamba2-tiny-wikitext"

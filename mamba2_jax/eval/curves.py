@@ -66,7 +66,7 @@ def batch_curve(models: dict[str, Any], batches, n_tokens: int, rounds: int, str
         for b in batches:
             t = times[f"batch:{dt}:{b}"]
             s = bench.median(t)
-            by = flops.decode_bytes(model.cfg, int(b), dt)["total"]
+            by = flops.decode_bytes(model.cfg, int(b), dt, getattr(model, "state_dtype", "float32"))["total"]
             recs.append({
                 "metric": "decode_batch_tokens_per_s", "value": b / s, "unit": "tokens/s", "dtype": dt,
                 "batch": int(b), "median_s": s, "min_s": min(t), "times_s": t, "bytes_per_step": by,

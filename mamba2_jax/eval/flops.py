@@ -34,7 +34,8 @@ Decode bytes per token (the minimum that must cross the memory bus, HBU numerato
 
     params  = every parameter once (matrices, norms, conv in the param dtype; A_log, dt_bias, D
               in float32; the tied embedding counted once, as the LM head reads all of it)
-    state   = 2 × (N·b·h·p·n·4  +  N·b·(K−1)·Cd·itemsize)     (SSM + conv state, read and written)
+    state   = 2 × (N·b·h·p·n·state_itemsize  +  N·b·(K−1)·Cd·itemsize)   (SSM + conv state, read and
+              written; the shapes are ``Mamba2Cache.shapes``, the SSM state float32 unless stored in 16 bits)
     total   = params + state
 
 Logits (b·V·4 bytes written) and the embedding row gather are reported separately and not
@@ -81,10 +82,12 @@ def param_bytes(cfg: Mamba2Config, dtype="float32") -> dict[str, int]:
 
 def state_bytes(cfg: Mamba2Config, batch: int = 1, dtype="float32", state_dtype="float32") -> dict[str, int]:
     """Bytes of the inference cache (one copy): SSM state (state dtype, float32 by default) and conv
-    state (param dtype)."""
-    ssm = cfg.n_layer * batch * cfg.nheads * cfg.headdim * cfg.d_state * itemsize(state_dtype)
-    conv = cfg.n_layer * batch * (cfg.d_conv - 1) * cfg.conv_dim * itemsize(dtype)
-    return {"ssm": ssm, "conv": conv, "total": ssm + conv}
+    state (param dtype); the length counter is not counted.  Shapes and dtypes are the cache's own
+    (``Mamba2Cache.nbytes``)."""
+    from ..cache import Mamba2Cache
+
+    nb = Mamba2Cache.nbytes(cfg, batch, dtype, state_dtype)
+    return {"ssm": nb["ssm"], "conv": nb["conv"], "total": nb["ssm"] + nb["conv"]}
 
 
 def _ssd_prefill(cfg: Mamba2Config, b: int, L: int, q: int) -> dict[str, int]:
@@ -152,10 +155,10 @@ def decode_flops(cfg: Mamba2Config, batch: int = 1) -> dict[str, int]:
     return out
 
 
-def decode_bytes(cfg: Mamba2Config, batch: int = 1, dtype="float32") -> dict[str, int]:
+def decode_bytes(cfg: Mamba2Config, batch: int = 1, dtype="float32", state_dtype="float32") -> dict[str, int]:
     """Bytes that must move per decode step: params once + SSM/conv state read and written."""
     pb = param_bytes(cfg, dtype)
-    sb = state_bytes(cfg, batch, dtype)
+    sb = state_bytes(cfg, batch, dtype, state_dtype)
     out = {"params": pb["total"], "state_read": sb["total"], "state_write": sb["total"],
            "ssm_state": sb["ssm"], "conv_state": sb["conv"],
            "logits_write": batch * cfg.padded_vocab_size * 4,

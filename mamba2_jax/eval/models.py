@@ -50,9 +50,11 @@ def model_config(spec: dict[str, Any], data: Path | None = None):
 
 
 def build_model(spec: dict[str, Any] | str, dtype: str = "float32", checkpoint: str | None = None,
-                seed: int = 0, precision: str | None = None, data: Path | None = None, mesh=None):
+                seed: int = 0, precision: str | None = None, data: Path | None = None, mesh=None,
+                state_dtype: str = "float32"):
     """(model, info): weights from ``checkpoint`` (or ``spec['checkpoint']``) if given, else the
-    mamba_ssm-style random init of the spec's shape; ``mesh`` shards it (mamba2_jax.sharding)."""
+    mamba_ssm-style random init of the spec's shape; ``mesh`` shards it (mamba2_jax.sharding);
+    ``state_dtype`` is the SSM state's storage dtype (the precision policy, recorded in info's "policy")."""
     from ..checkpoint import init_state_dict
     from ..loading import load_pretrained, model_from_state_dict
     from ..sharding import describe_mesh
@@ -60,16 +62,16 @@ def build_model(spec: dict[str, Any] | str, dtype: str = "float32", checkpoint: 
     spec = load_model_spec(spec) if isinstance(spec, str) else dict(spec)
     ckpt = checkpoint or spec.get("checkpoint")
     if ckpt:
-        model = load_pretrained(ckpt, dtype=dtype, precision=precision, mesh=mesh)
-        info = {"weights": "checkpoint", "checkpoint": str(ckpt), **getattr(model, "source", {})}
+        model = load_pretrained(ckpt, dtype=dtype, precision=precision, mesh=mesh, state_dtype=state_dtype)
+        info = {"weights": "checkpoint", "checkpoint": str(ckpt), **model.source.as_dict()}
     else:
         cfg = model_config(spec, data)
         sd = init_state_dict(cfg, seed=seed)
-        model = model_from_state_dict(cfg, sd, dtype=dtype, precision=precision, mesh=mesh)
+        model = model_from_state_dict(cfg, sd, dtype=dtype, precision=precision, mesh=mesh, state_dtype=state_dtype)
         info = {"weights": "random-init", "seed": seed}
         del sd
     info.update({"model": spec.get("name", model.cfg.name), "dtype": dtype,
-                 "policy": getattr(model, "policy", None), "num_params": model.cfg.num_params(),
+                 "policy": policy_record(model), "num_params": model.cfg.num_params(),
                  "mesh": describe_mesh(mesh)})
     return model, info
 
@@ -185,3 +187,9 @@ def resolve_model(name: str, cfg) -> dict[str, Any]:
     label = name.replace("/", "__")
     return {"name": name, "label": label, "dir": str(d), "weights": f"hub {name}", "synthetic": False,
             "source": f"hub:{name}"}
+
+
+def policy_record(model) -> dict | None:
+    """What results record of ``model.policy`` (``loading.ModelPolicy.as_dict``; None without one)."""
+    pol = getattr(model, "policy", None)
+    return None if pol is None else pol.as_dict()

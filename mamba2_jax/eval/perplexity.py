@@ -27,7 +27,7 @@ from ..paths import checkout_root, repo_path, require_data_dir
 from . import refproc
 from . import windows as ppl
 from .data import check_rows, count_bytes, count_words, load_wikitext_rows, wikitext_detokenizer
-from .models import REAL_MODELS, SYNTHETIC_LABEL, model_fingerprint, resolve_model
+from .models import REAL_MODELS, SYNTHETIC_LABEL, model_fingerprint, policy_record, resolve_model
 from .provenance import provenance
 from .results import write_document
 from .scorer import JaxScorer
@@ -155,7 +155,7 @@ def evaluate_one(spec: dict[str, Any], protocol: str, windows: ppl.Windows, winf
                 sc = scorer.score(windows, state_path=state, fingerprint=fp, progress=bool(cfg.progress),
                                   desc=f"{spec['label']}/{protocol}/{b}",
                                   checkpoint_every_s=float(cfg.jax.checkpoint_every_s))
-                sc.info["policy"] = getattr(scorer.model, "policy", None)
+                sc.info["policy"] = policy_record(scorer.model)
             elif b in refproc.REFERENCE_BACKENDS:
                 if b == "llama_cpp":  # built by make llama-cpp; unavailable (with the reason) otherwise
                     from .llama_cpp import unavailable

@@ -171,7 +171,6 @@ class JaxScorer:
 
 def _make_score_fn(graphdef, chunk: int):
     """(state, ids (b, w), lengths, score_from) → per-target log-probs (b, w-1), fp32 log-softmax."""
-    import jax
     import jax.numpy as jnp
     from flax import nnx
 
@@ -181,18 +180,11 @@ def _make_score_fn(graphdef, chunk: int):
         lb = w - 1
         inp, tgt = ids[:, :-1], ids[:, 1:]
         in_len = jnp.clip(lengths - 1, 1, lb).astype(jnp.int32)
-        h, _, _, _ = model.backbone.prefill(inp, model.init_cache(b), in_len)  # (b, lb, d) f32
-        nc = lb // chunk
-        hc = jnp.swapaxes(h.reshape(b, nc, chunk, h.shape[-1]), 0, 1)
-        tc = jnp.swapaxes(tgt.reshape(b, nc, chunk), 0, 1)
-
-        def one(args):
-            hh, tt = args
-            logits = model.logits(hh).astype(jnp.float32)  # (b, chunk, V)
-            lse = jax.nn.logsumexp(logits, axis=-1)
-            return jnp.take_along_axis(logits, tt[..., None], axis=-1)[..., 0] - lse
-
-        lp = jnp.swapaxes(jax.lax.map(one, (hc, tc)), 0, 1).reshape(b, lb)
+        h, _ = model.hidden_states(inp, lengths=in_len)  # (b, lb, d) f32, under the model's prefill policy
+        # position-major rows, so that each chunk of the head holds ``chunk`` positions of every row
+        rows = jnp.swapaxes(h, 0, 1).reshape(lb * b, h.shape[-1])
+        lp = model.token_logprobs(rows, jnp.swapaxes(tgt, 0, 1).reshape(-1), chunk * b)
+        lp = jnp.swapaxes(lp.reshape(lb, b), 0, 1)
         t = jnp.arange(1, w)[None, :]
         mask = (t >= score_from[:, None]) & (t < lengths[:, None])
         return jnp.where(mask, lp, 0.0)

@@ -482,11 +482,11 @@ def read_rss(pid: int) -> float | None:
     return None
 
 
-def ours_command(model_dir: str, port: int, slots: int, *, dtype: str = "float32",
+def ours_command(model_dir: str, port: int, slots: int, *, dtype: str = "float32", state_dtype: str = "float32",
                  prefix_cache_bytes: int | None = None, extra: Sequence[str] = (),
                  python: str | None = None, name: str | None = None) -> list[str]:
     cmd = [python or sys.executable, "-m", "mamba2_jax.cli", "serve", "--model", str(model_dir), "--host",
-           "127.0.0.1", "--port", str(port), "--slots", str(slots), "--dtype", dtype]
+           "127.0.0.1", "--port", str(port), "--slots", str(slots), "--dtype", dtype, "--state-dtype", state_dtype]
     if name:
         cmd += ["--served-model-name", name]
     if prefix_cache_bytes is not None:
@@ -798,16 +798,19 @@ def run(cfg) -> dict:
         M = dict(S["models"][mname])
         slots = int(M["slots"])
         dtype = str(M.get("dtype") or S.get("dtype") or "float32")
+        state_dtype = str(M.get("state_dtype") or S.get("state_dtype") or "float32")
         model_dir, mcfg, wlabel = prepare_model(mname, M, work, seed, data)
         wkind = f"checkpoint {M['checkpoint']}" if M.get("checkpoint") else "random-init"
         wl = list(M["workloads"])
         want = set()
         for W in wl:
             want |= {s for s in S["workloads"][W]["systems"] if s in S["systems"] and s not in skipped}
-        dbytes = flops.decode_bytes(mcfg, slots, dtype)["total"]
-        model_info[mname] = {"dir": str(model_dir), "weights": wlabel, "dtype": dtype, "slots": slots,
-                             "num_params": mcfg.num_params(), "decode_bytes_per_step_all_slots": dbytes,
-                             "state_bytes_per_slot": flops.state_bytes(mcfg, 1, dtype)["total"], "workloads": wl}
+        dbytes = flops.decode_bytes(mcfg, slots, dtype, state_dtype)["total"]
+        model_info[mname] = {"dir": str(model_dir), "weights": wlabel, "dtype": dtype, "state_dtype": state_dtype,
+                             "slots": slots, "num_params": mcfg.num_params(),
+                             "decode_bytes_per_step_all_slots": dbytes,
+                             "state_bytes_per_slot": flops.state_bytes(mcfg, 1, dtype, state_dtype)["total"],
+                             "workloads": wl}
         gen = None
         need_gen = "generator" in want or any(W == "multiturn" and S["workloads"][W].get("replies", "model") == "model"
                                               for W in wl)
@@ -815,7 +818,7 @@ def run(cfg) -> dict:
             from ..generate import Generator
             from ..loading import load_pretrained
 
-            gen = Generator(load_pretrained(str(model_dir), dtype=dtype), eos_id=None)
+            gen = Generator(load_pretrained(str(model_dir), dtype=dtype, state_dtype=state_dtype), eos_id=None)
 
         def respond(prompt, n, gen=gen):
             return gen.generate([prompt], n).sequences()[0]
@@ -841,7 +844,8 @@ def run(cfg) -> dict:
                 port = free_port()
                 if s in ("ours", "ours_nocache"):
                     pcb = 0 if s == "ours_nocache" else S["ours"].get("prefix_cache_bytes")
-                    cmd = ours_command(str(model_dir), port, slots, dtype=dtype, prefix_cache_bytes=pcb,
+                    cmd = ours_command(str(model_dir), port, slots, dtype=dtype, state_dtype=state_dtype,
+                                       prefix_cache_bytes=pcb,
                                        extra=S["ours"].get("args") or [], name=mname)
                 else:
                     from reference.llama_gguf import convert
@@ -881,12 +885,13 @@ def run(cfg) -> dict:
                         for s in _rotate(systems, r):
                             rec, rows = _run_one(s, servers.get(s), gen, tr[r], conc, S, W, servers)
                             rec.update({"model": mname, "workload": W, "variant": variant, "system": s, "round": r,
-                                        "concurrency": conc, "slots": slots, "dtype": dtype, "weights": wkind,
+                                        "concurrency": conc, "slots": slots, "dtype": dtype,
+                                        "state_dtype": state_dtype, "weights": wkind,
                                         "max_tokens": tr[r][0][0].max_tokens})
                             if s in ("ours", "ours_nocache", "generator"):
                                 nrows = conc if s == "generator" else decode_rows(conc, slots)
                                 rec["decode_rows"] = nrows
-                                rec.update(decode_fraction(flops.decode_bytes(mcfg, nrows, dtype)["total"],
+                                rec.update(decode_fraction(flops.decode_bytes(mcfg, nrows, dtype, state_dtype)["total"],
                                                            rec.get("itl_p50_s"), bandwidth))
                             records.append(rec)
                             per_sys[s].append(rec)

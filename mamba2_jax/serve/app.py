@@ -286,7 +286,7 @@ def create_app(engine: Engine, tokenizer, cfg: ServeConfig, metrics: ServeMetric
         return {"object": "list", "data": [{
             "id": cfg.model_name, "object": "model", "created": 0, "owned_by": "mamba2-jax",
             "root": str(getattr(engine.model, "source", {}).get("path", cfg.model_name)),
-            "precision": {k: v for k, v in getattr(engine.model, "policy", {}).items()
+            "precision": {k: v for k, v in _policy_items(engine.model)
                           if k in ("mode", "param_dtype", "state_dtype", "accum_dtype", "matmul_precision")},
             "slots": engine.S, "state_bytes_per_slot": engine.slot_bytes}]}
 
@@ -412,3 +412,9 @@ def create_app(engine: Engine, tokenizer, cfg: ServeConfig, metrics: ServeMetric
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app
+
+
+def _policy_items(model):
+    """(key, value) pairs of ``model.policy`` as results record it (none without a policy)."""
+    pol = getattr(model, "policy", None)
+    return () if pol is None else pol.as_dict().items()
