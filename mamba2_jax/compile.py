@@ -258,13 +258,13 @@ def _precision_policy(dtype) -> dict[str, Any]:
     return precision_policy(dtype)
 
 
-def _single_device_params(cfg, dtype, sharding) -> dict[str, Any]:
+def _single_device_params(cfg, dtype, sharding, stacked: bool = False) -> dict[str, Any]:
     import jax
 
     from .sharding import _param_shapes
 
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-                        _param_shapes(cfg, dtype))
+                        _param_shapes(cfg, dtype, stacked))
 
 
 def abstract_model(cfg, dtype, mesh, sharded: bool, policy: dict[str, Any], precision):
@@ -275,13 +275,15 @@ def abstract_model(cfg, dtype, mesh, sharded: bool, policy: dict[str, Any], prec
     from .model import Mamba2LMHeadModel
     from .sharding import abstract_params
 
+    stacked = policy.get("param_layout") == "stacked"
     if sharded:
-        params = abstract_params(cfg, mesh, dtype)
+        params = abstract_params(cfg, mesh, dtype, stacked)
     else:
-        params = _single_device_params(cfg, dtype, NamedSharding(mesh, P()))
+        params = _single_device_params(cfg, dtype, NamedSharding(mesh, P()), stacked)
     model = Mamba2LMHeadModel(cfg, params, precision=precision, scan_chunk_size=policy["scan_chunk_size"],
                               scan_layers=policy.get("prefill_layers") == "scan",
-                              prefill_block=policy["prefill_block"], step_block_bytes=policy["step_block_bytes"])
+                              prefill_block=policy["prefill_block"], step_block_bytes=policy["step_block_bytes"],
+                              ssd_chunk_loop=policy.get("ssd_chunks") == "scan")
     if sharded:
         model.mesh = mesh
     return model
@@ -587,6 +589,21 @@ def compile_program(model: Any, target: str = "tpu-v6e", program: str = "prefill
     t2 = time.perf_counter()
     cost, mem = _cost(compiled), _mem(compiled)
     cost_source = "compiled"
+    loop_cost = None
+    if program == "prefill" and (policy.get("prefill_layers") == "scan" or policy.get("ssd_chunks") == "scan"):
+        # XLA counts a while body once: the scans over layers and over SSD chunks would hide all but
+        # one layer's and one chunk's work.  The count is XLA's on the same program with the layers
+        # unrolled and the chunks at once (the same math), before optimisations, per device.
+        flat = {**policy, "prefill_layers": "unrolled", "ssd_chunks": "parallel"}
+        fj, fargs, fkw, _ = build_program(cfg, program, jdt, jmesh, sharded, flat, prec, batch=batch,
+                                          length=length, new_tokens=new_tokens, last_only=last_only)
+        flat_cost = _lowered_cost(fj.lower(*fargs, **fkw))
+        if flat_cost:
+            loop_cost, cost = cost, {k: float(v) / len(used) for k, v in flat_cost.items()
+                                     if k in ("flops", "bytes accessed", "transcendentals")}
+            cost_source = ("XLA's HloCostAnalysis, before optimisations, of the same program with the layers "
+                           "unrolled and the SSD chunks at once (the compiled program's loops are counted once); "
+                           "divided by the devices")
     if not cost:  # the CUDA plugin's compile-only executable reports none: XLA's count on the unoptimised HLO
         cost = _lowered_cost(lowered)
         cost_source = ("XLA's HloCostAnalysis of the program before the target's optimisations (the CUDA plugin's "
@@ -621,6 +638,8 @@ def compile_program(model: Any, target: str = "tpu-v6e", program: str = "prefill
         "bound_tokens_per_s": roof["bound_tokens_per_s"] if roof else None,
         "roofline": roof,
         "cost_source": cost_source,
+        "compiled_cost_loops_once": ({k: loop_cost.get(k) for k in ("flops", "bytes accessed", "transcendentals")}
+                                     if loop_cost else None),
         "cost_note": ("per device; a while loop's body is counted once by XLA's cost analysis"
                       if program == "generate" else "per device"),
         "versions": vers,
