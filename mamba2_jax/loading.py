@@ -91,16 +91,20 @@ def structure_policy(cfg: Mamba2Config, platform: str | None = None) -> dict[str
       cores, and one pass; the decode step in one block.
     * Prefill layers: unrolled on CPU (XLA:CPU copies each layer's weights out of a stacked array;
       see ``Mamba2Backbone``), a ``lax.scan`` over the layers on TPU and GPU ("scan"): one compiled
-      layer instead of n_layer, so compile time and generated code no longer grow with depth, and
-      fewer temporaries live at once (v6e, 130m, L = 4096, full logits, fp32: 152 s and 204 MB of
-      temporaries scanned against 403 s and 378 MB unrolled, compiled on the 2-core host).
+      layer instead of n_layer, so compile time and generated code no longer grow with depth.
     * SSD chunks (``ssd.ssd_chunked``'s ``chunk_loop``): all at once on CPU ("parallel", today's
       measured-fast form), one at a time on TPU and GPU ("scan", a ``lax.scan`` over chunks carrying
-      the state): the same FLOPs, but only one chunk's (heads × q × q) float32 matrices are live
-      instead of all chunks' (2.7b, L = 4096, q = 256: 21 MB instead of 335 MB each).
+      the state): the same FLOPs, a smaller program to compile.
     * Parameter layout: one array per layer on CPU ("layers"), one (n_layer, ...) array per
       parameter on TPU and GPU ("stacked"), so that the layer scan reads the stored arrays instead
       of stacking them on every call (see ``Mamba2Backbone``).
+
+    Compiled for v6e on the shared 2-core host (fp32, matmul precision "default", L = 4096; probes,
+    not committed results): 130m, full logits: 403 s, 180 MB of code and 378 MB of temporaries
+    unrolled; 147 s, 4.6 MB and 150 MB with the three choices above (the paper's package, same run:
+    240 s, 61 MiB).  2.7b, last position: 262 s and 2.4 GiB unrolled; 124 s and 5.9 GB scanned:
+    XLA:TPU converts the stacked float32 weights to bfloat16 once, before the loop, a temporary of
+    all layers' in_proj and out_proj (5.1 GB), where the unrolled program converts inside each dot.
     """
     fam = platform_of(platform)
     cpu = fam == "cpu"
