@@ -261,13 +261,13 @@ def _precision_policy(dtype, state_dtype="float32") -> dict[str, Any]:
         raise CompileError(str(e)) from None
 
 
-def _single_device_params(cfg, dtype, sharding) -> dict[str, Any]:
+def _single_device_params(cfg, dtype, sharding, stacked: bool = False) -> dict[str, Any]:
     import jax
 
     from .sharding import _param_shapes
 
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-                        _param_shapes(cfg, dtype))
+                        _param_shapes(cfg, dtype, stacked))
 
 
 def abstract_model(cfg, dtype, mesh, sharded: bool, policy, precision, state_dtype="float32"):
@@ -279,13 +279,15 @@ def abstract_model(cfg, dtype, mesh, sharded: bool, policy, precision, state_dty
     from .model import Mamba2LMHeadModel
     from .sharding import abstract_params
 
+    stacked = policy.param_layout == "stacked"
     if sharded:
-        params = abstract_params(cfg, mesh, dtype)
+        params = abstract_params(cfg, mesh, dtype, stacked)
     else:
-        params = _single_device_params(cfg, dtype, NamedSharding(mesh, P()))
+        params = _single_device_params(cfg, dtype, NamedSharding(mesh, P()), stacked)
     model = Mamba2LMHeadModel(cfg, params, precision=precision, scan_chunk_size=policy.scan_chunk_size,
                               scan_layers=policy.prefill_layers == "scan", prefill_block=policy.prefill_block,
-                              step_block_bytes=policy.step_block_bytes, state_dtype=state_dtype)
+                              step_block_bytes=policy.step_block_bytes, state_dtype=state_dtype,
+                              ssd_chunk_loop=policy.ssd_chunks == "scan")
     if sharded:
         model.mesh = mesh
     return model
@@ -594,6 +596,22 @@ def compile_program(model: Any, target: str = "tpu-v6e", program: str = "prefill
     t2 = time.perf_counter()
     cost, mem = _cost(compiled), _mem(compiled)
     cost_source = "compiled"
+    loop_cost = None
+    if program == "prefill" and (policy.prefill_layers == "scan" or policy.ssd_chunks == "scan"):
+        # XLA counts a while body once: the scans over layers and over SSD chunks would hide all but
+        # one layer's and one chunk's work.  The count is XLA's on the same program with the layers
+        # unrolled and the chunks at once (the same math), before optimisations, per device.
+        flat = policy.replace(prefill_layers="unrolled", ssd_chunks="parallel")
+        fj, fargs, fkw, _ = build_program(cfg, program, jdt, jmesh, sharded, flat, prec, batch=batch,
+                                          length=length, new_tokens=new_tokens, last_only=last_only,
+                                          state_dtype=prec_pol["state_dtype"])
+        flat_cost = _lowered_cost(fj.lower(*fargs, **fkw))
+        if flat_cost:
+            loop_cost, cost = cost, {k: float(v) / len(used) for k, v in flat_cost.items()
+                                     if k in ("flops", "bytes accessed", "transcendentals")}
+            cost_source = ("XLA's HloCostAnalysis, before optimisations, of the same program with the layers "
+                           "unrolled and the SSD chunks at once (the compiled program's loops are counted once); "
+                           "divided by the devices")
     if not cost:  # the CUDA plugin's compile-only executable reports none: XLA's count on the unoptimised HLO
         cost = _lowered_cost(lowered)
         cost_source = ("XLA's HloCostAnalysis of the program before the target's optimisations (the CUDA plugin's "
@@ -628,6 +646,8 @@ def compile_program(model: Any, target: str = "tpu-v6e", program: str = "prefill
         "bound_tokens_per_s": roof["bound_tokens_per_s"] if roof else None,
         "roofline": roof,
         "cost_source": cost_source,
+        "compiled_cost_loops_once": ({k: loop_cost.get(k) for k in ("flops", "bytes accessed", "transcendentals")}
+                                     if loop_cost else None),
         "cost_note": ("per device; a while loop's body is counted once by XLA's cost analysis"
                       if program == "generate" else "per device"),
         "versions": vers,

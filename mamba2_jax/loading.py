@@ -83,7 +83,9 @@ class StructurePolicy(_Record):
     platform: str  # the policy family: "cpu", "tpu" or "gpu"
     scan_chunk_size: int  # the SSD scan chunk
     prefill_block: int | None  # tokens per block of a long prefill (None: one pass)
-    prefill_layers: str  # "unrolled" or "scan"
+    prefill_layers: str  # "unrolled" or "scan" (a lax.scan over layers)
+    ssd_chunks: str  # "parallel" (all chunks at once) or "scan" (one chunk at a time, ssd._ssd_chunk_loop)
+    param_layout: str  # "layers" (one array per layer and parameter) or "stacked" (one (n_layer, ...) array)
     step_block_bytes: int | None  # bytes per block of the SSM state in the decode step (None: one block)
 
     def replace(self, **kw) -> StructurePolicy:
@@ -112,8 +114,10 @@ class ModelPolicy(_Record):
     platform: str
     scan_chunk_size: int
     prefill_layers: str
+    ssd_chunks: str
     prefill_block: int | None
     step_block_bytes: int | None
+    param_layout: str
     mesh: tuple | None = None  # describe_mesh's items, frozen (as_dict gives the dict back)
 
     _optional = ("mesh",)
@@ -177,26 +181,44 @@ def structure_policy(cfg: Mamba2Config, platform: str | None = None) -> Structur
       pass); a state that small (130m, batch 1: 0.75 MiB per layer) is one block.
     * TPU and GPU: the checkpoint's own chunk (256), whose larger matmuls suit the MXU and tensor
       cores, and one pass; the decode step in one block.
-    * Prefill unrolls the layers everywhere (``scan_layers=True`` is an explicit opt-in; see
-      ``Mamba2Backbone``).
+    * Prefill layers: unrolled on CPU (XLA:CPU copies each layer's weights out of a stacked array;
+      see ``Mamba2Backbone``), a ``lax.scan`` over the layers on TPU and GPU ("scan"): one compiled
+      layer instead of n_layer, so compile time and generated code no longer grow with depth.
+    * SSD chunks (``ssd.ssd_chunked``'s ``chunk_loop``): all at once on CPU ("parallel", today's
+      measured-fast form), one at a time on TPU and GPU ("scan", a ``lax.scan`` over chunks carrying
+      the state): the same FLOPs, a smaller program to compile.
+    * Parameter layout: one array per layer on CPU ("layers"), one (n_layer, ...) array per
+      parameter on TPU and GPU ("stacked"), so that the layer scan reads the stored arrays instead
+      of stacking them on every call (see ``Mamba2Backbone``).
+
+    Compiled for v6e on the shared 2-core host (fp32, matmul precision "default", L = 4096; probes,
+    not committed results): 130m, full logits: 403 s, 180 MB of code and 378 MB of temporaries
+    unrolled; 147 s, 4.6 MB and 150 MB with the three choices above (the paper's package, same run:
+    240 s, 61 MiB).  2.7b, last position: 262 s and 2.4 GiB unrolled; 124 s and 5.9 GB scanned:
+    XLA:TPU converts the stacked float32 weights to bfloat16 once, before the loop, a temporary of
+    all layers' in_proj and out_proj (5.1 GB), where the unrolled program converts inside each dot.
     """
     fam = platform_of(platform)
     cpu = fam == "cpu"
     return StructurePolicy(platform=fam, scan_chunk_size=min(cfg.chunk_size, 64) if cpu else cfg.chunk_size,
-                           prefill_block=PREFILL_BLOCK_CPU if cpu else None, prefill_layers="unrolled",
+                           prefill_block=PREFILL_BLOCK_CPU if cpu else None,
+                           prefill_layers="unrolled" if cpu else "scan", ssd_chunks="parallel" if cpu else "scan",
+                           param_layout="layers" if cpu else "stacked",
                            step_block_bytes=STEP_BLOCK_BYTES_CPU if cpu else None)
 
 
 # ------------------------------------------------------------------------------ tensors ↔ JAX params
-def jax_params_from_state_dict(cfg: Mamba2Config, sd: dict[str, np.ndarray], dtype=None) -> dict[str, Any]:
-    """state-spaces tensors (torch layout, numpy) → JAX-layout parameter dict (one dict per layer).
+def jax_params_from_state_dict(cfg: Mamba2Config, sd: dict[str, np.ndarray], dtype=None,
+                               stacked: bool = False) -> dict[str, Any]:
+    """state-spaces tensors (torch layout, numpy) → JAX-layout parameter dict: ``"layers"`` one dict
+    per layer, or, ``stacked``, one dict of (n_layer, ...) arrays (the policy's "stacked" layout).
 
     Matrices and norms take ``dtype`` (default float32); the table's float32 rows (A_log, dt_bias
     and D) stay float32 (the SSM math is fp32)."""
     npd = np.dtype(jnp.dtype(dtype or jnp.float32))
 
     def cast(spec: ParamSpec, a) -> Any:
-        return jnp.asarray(spec.to_jax(np.asarray(a)).astype(np.float32 if spec.fp32 else npd))
+        return spec.to_jax(np.asarray(a)).astype(np.float32 if spec.fp32 else npd)
 
     layers: list[dict[str, Any]] = [{} for _ in range(cfg.n_layer)]
     params: dict[str, Any] = {"layers": layers}
@@ -204,15 +226,16 @@ def jax_params_from_state_dict(cfg: Mamba2Config, sd: dict[str, np.ndarray], dty
         (params if i is None else layers[i])[spec.name] = cast(spec, sd[key])
     if not cfg.tie_embeddings:
         params[LM_HEAD.name] = cast(LM_HEAD, sd[LM_HEAD.key])
-    return params
+    if stacked:
+        params["layers"] = {k: np.stack([lp[k] for lp in layers]) for k in layers[0]}
+    return jax.tree.map(jnp.asarray, params)
 
 
-def _param_of(model, spec: ParamSpec, i: int | None):
+def _param_of(model, spec: ParamSpec, i: int | None, blk=None):
     if spec.owner == "model":
         return getattr(model, spec.attr)
     if spec.owner == "backbone":
         return getattr(model.backbone, spec.attr)
-    blk = model.backbone.layers[i]
     return getattr(blk if spec.owner == "block" else blk.mixer, spec.attr)
 
 
@@ -222,19 +245,23 @@ def state_dict_from_model(model) -> dict[str, np.ndarray]:
     for a mesh is fused back."""
     cfg = model.cfg
     sd: dict[str, np.ndarray] = {}
+    blocks: dict[int, Any] = {}
     for key, spec, i in rows(cfg):
-        mixer = model.backbone.layers[i].mixer if i is not None else None
+        if i is not None and i not in blocks:
+            blocks[i] = model.backbone.layer(i)  # stored stacked: a view on row i
+        blk = blocks.get(i)
+        mixer = blk.mixer if blk is not None else None
         if spec.name in ("in_proj", "in_proj_bias") and mixer.in_proj is None:
             w, b = fuse_in_proj(cfg, {k: sharding.to_host(v[...]) for k, v in mixer.in_proj_parts.items()})
             sd[key] = spec.from_jax(w if spec.name == "in_proj" else b)
         else:
-            sd[key] = spec.from_jax(sharding.to_host(_param_of(model, spec, i)[...]))
+            sd[key] = spec.from_jax(sharding.to_host(_param_of(model, spec, i, blk)[...]))
     head = model.lm_head
     sd[LM_HEAD.key] = sd[EMBEDDING.key] if head is None else LM_HEAD.from_jax(sharding.to_host(head[...]))
     return sd
 
 
-def _host_params(cfg: Mamba2Config, sd: dict[str, np.ndarray], dtype) -> dict[str, Any]:
+def _host_params(cfg: Mamba2Config, sd: dict[str, np.ndarray], dtype, stacked: bool = False) -> dict[str, Any]:
     """:func:`jax_params_from_state_dict` built on the host CPU device (not on an accelerator:
     ``sharding.put`` then sends each device only its own shards)."""
     try:
@@ -242,19 +269,20 @@ def _host_params(cfg: Mamba2Config, sd: dict[str, np.ndarray], dtype) -> dict[st
     except RuntimeError:
         ctx = nullcontext()
     with ctx:
-        return jax_params_from_state_dict(cfg, sd, jnp.dtype(dtype))
+        return jax_params_from_state_dict(cfg, sd, jnp.dtype(dtype), stacked)
 
 
 # ------------------------------------------------------------------------------ models
 def model_from_state_dict(cfg: Mamba2Config, sd: dict[str, np.ndarray], dtype="float32", precision=None, *,
                           platform: str | None = None, scan_chunk_size: int | None = None,
-                          prefill_block: int | None | str = "auto", scan_layers: bool = False, mesh=None,
-                          state_dtype="float32", step_block_bytes: int | None | str = "auto"):
+                          prefill_block: int | None | str = "auto", scan_layers: bool | None = None, mesh=None,
+                          state_dtype="float32", step_block_bytes: int | None | str = "auto",
+                          ssd_chunk_loop: bool | None = None):
     """A model from state-spaces tensors, with the precision policy of ``dtype`` and ``state_dtype``
     (the SSM state's storage dtype) and the structure policy of ``platform`` (None: the mesh's
     devices, else JAX's default backend).  Explicit ``scan_chunk_size`` / ``prefill_block`` (tokens,
-    or None for one pass) / ``scan_layers`` / ``step_block_bytes`` (or None for one block) override
-    the structure policy.  The policy in effect is
+    or None for one pass) / ``scan_layers`` / ``step_block_bytes`` (or None for one block) /
+    ``ssd_chunk_loop`` override the structure policy (None: the policy's).  The policy in effect is
     recorded on ``model.policy``."""
     if isinstance(mesh, str):
         mesh = sharding.make_mesh(mesh)
@@ -264,16 +292,23 @@ def model_from_state_dict(cfg: Mamba2Config, sd: dict[str, np.ndarray], dtype="f
     chunk = int(scan_chunk_size or st.scan_chunk_size)
     block = st.prefill_block if prefill_block == "auto" else prefill_block
     step_block = st.step_block_bytes if step_block_bytes == "auto" else step_block_bytes
+    if scan_layers is None:
+        scan_layers = st.prefill_layers == "scan"
+    if ssd_chunk_loop is None:
+        ssd_chunk_loop = st.ssd_chunks == "scan"
+    stacked = st.param_layout == "stacked"
     if mesh is None:
-        params = jax_params_from_state_dict(cfg, sd, jnp.dtype(dtype))
+        params = jax_params_from_state_dict(cfg, sd, jnp.dtype(dtype), stacked)
     else:
-        params = sharding.shard_params(cfg, _host_params(cfg, sd, dtype), mesh)
+        params = sharding.shard_params(cfg, _host_params(cfg, sd, dtype, stacked), mesh)
     model = Mamba2LMHeadModel(cfg, params, precision=prec, scan_chunk_size=chunk, scan_layers=scan_layers,
-                              prefill_block=block, state_dtype=pol["state_dtype"], step_block_bytes=step_block)
+                              prefill_block=block, state_dtype=pol["state_dtype"], step_block_bytes=step_block,
+                              ssd_chunk_loop=ssd_chunk_loop)
     model.policy = ModelPolicy(**{**pol, "matmul_precision": str(prec)}, platform=st.platform,
                                scan_chunk_size=model.scan_chunk_size,
-                               prefill_layers="scan" if scan_layers else "unrolled", prefill_block=model.prefill_block,
-                               step_block_bytes=model.step_block_bytes,
+                               prefill_layers="scan" if scan_layers else "unrolled",
+                               ssd_chunks="scan" if ssd_chunk_loop else "parallel", prefill_block=model.prefill_block,
+                               step_block_bytes=model.step_block_bytes, param_layout=st.param_layout,
                                mesh=None if mesh is None else _frozen_mesh(sharding.describe_mesh(mesh)))
     if mesh is not None:
         model.mesh = mesh
@@ -282,7 +317,7 @@ def model_from_state_dict(cfg: Mamba2Config, sd: dict[str, np.ndarray], dtype="f
 
 def load_pretrained(path_or_hub_id: str | Path, dtype="float32", revision: str | None = None, precision=None, *,
                     platform: str | None = None, scan_chunk_size: int | None = None,
-                    prefill_block: int | None | str = "auto", scan_layers: bool = False, mesh=None,
+                    prefill_block: int | None | str = "auto", scan_layers: bool | None = None, mesh=None,
                     allow_nonfinite: bool = False, state_dtype="float32"):
     """Load a Mamba-2 checkpoint (local dir in either format, or a hub id) as a JAX model.
 
@@ -324,7 +359,7 @@ def shard_model(model, mesh):
                                 precision=model.precision, platform=None if pol is None else pol.platform,
                                 scan_chunk_size=model.scan_chunk_size, prefill_block=model.prefill_block,
                                 scan_layers=model.backbone.scan_layers, mesh=mesh, state_dtype=model.state_dtype,
-                                step_block_bytes=model.step_block_bytes)
+                                step_block_bytes=model.step_block_bytes, ssd_chunk_loop=model.ssd_chunk_loop)
     if hasattr(model, "source"):
         out.source = model.source
     return out

@@ -4,8 +4,9 @@ Structure (mamba_ssm v2.2.2 ``MambaLMHeadModel``):
 
     embedding → n_layer × [RMSNorm → Mamba2 mixer → + residual] → RMSNorm → tied LM head
 
-Each layer owns its parameters; see ``Mamba2Backbone`` for how layers are run (unrolled in both
-decode and prefill; ``scan_layers=True`` scans prefill over layers).
+Each layer owns its parameters (CPU), or each parameter is one array stacked over layers (the
+TPU/GPU policy); see ``Mamba2Backbone`` for how layers are run (decode unrolled; prefill unrolled on
+CPU, a ``lax.scan`` over layers with ``scan_layers=True``, the TPU/GPU policy).
 
 Parameter layout (JAX side):
 
@@ -50,7 +51,7 @@ class Mamba2Mixer(nnx.Module):
     """The Mamba-2 mixer (mamba_ssm ``Mamba2``) of one layer."""
 
     def __init__(self, cfg: Mamba2Config, params: dict[str, Any], precision=None, scan_chunk_size=None,
-                 step_block_bytes=None):
+                 step_block_bytes=None, chunk_loop: bool = False):
         self.cfg = cfg
         self.precision = precision
         # The chunk size and the decode step's state block are execution choices, not part of the
@@ -58,6 +59,7 @@ class Mamba2Mixer(nnx.Module):
         # them per target platform.
         self.scan_chunk_size = int(scan_chunk_size or cfg.chunk_size)
         self.step_block_bytes = None if step_block_bytes is None else int(step_block_bytes)
+        self.chunk_loop = bool(chunk_loop)  # prefill's SSD chunks one at a time (ssd_chunked's chunk_loop)
         if "in_proj_parts" in params:  # split into its output parts for a mesh (see sharding.py)
             self.in_proj = None
             self.in_proj_parts = nnx.Dict({k: nnx.Param(v) for k, v in params["in_proj_parts"].items()})
@@ -164,6 +166,7 @@ class Mamba2Mixer(nnx.Module):
                 x.reshape(b, l, cfg.nheads, cfg.headdim), dt, self._A(),
                 B.reshape(b, l, cfg.ngroups, cfg.d_state), C.reshape(b, l, cfg.ngroups, cfg.d_state),
                 self.scan_chunk_size, D=self._D(), initial_state=ssm_state, precision=self.precision,
+                chunk_loop=self.chunk_loop,
             )
         out = self._out(y.reshape(b, l, cfg.ssm_dim), z, z0, x0, u.dtype)
         return out, new_conv.astype(conv_state.dtype), new_ssm.astype(ssm_state.dtype)
@@ -197,10 +200,10 @@ class Mamba2Block(nnx.Module):
     """Pre-norm residual block: stream ← stream + mixer(RMSNorm(stream))."""
 
     def __init__(self, cfg: Mamba2Config, params: dict[str, Any], precision=None, scan_chunk_size=None,
-                 step_block_bytes=None):
+                 step_block_bytes=None, chunk_loop: bool = False):
         self.cfg = cfg
         self.norm = nnx.Param(params["norm"])
-        self.mixer = Mamba2Mixer(cfg, params, precision, scan_chunk_size, step_block_bytes)
+        self.mixer = Mamba2Mixer(cfg, params, precision, scan_chunk_size, step_block_bytes, chunk_loop)
 
     def _normed(self, stream):
         return rms_norm(stream, self.norm[...], self.cfg.norm_epsilon).astype(self.mixer.out_proj.dtype)
@@ -230,49 +233,87 @@ class Mamba2Backbone(nnx.Module):
     per-layer parameters inside the jitted function: compile time independent of depth, at the
     cost of the stacking copy and the per-layer weight slices (130m, L = 1024, fp32, CPU: prefill
     1.22x slower, 135 ms of the 1.37 s being the ``stack`` of the weights).  Decode always unrolls.
+
+    Stored stacked (``params["layers"]`` a dict of (n_layer, ...) arrays, the loading policy's
+    layout for TPU and GPU): ``self.stack`` is one block whose parameters carry the layer axis and
+    ``self.layers`` is None.  The scanned prefill then reads the stored arrays (nothing is stacked
+    per call: on TPU the per-call stack was a bfloat16 copy of every in_proj and out_proj), and the
+    decode step, unrolled, reads layer i through static slices (``layer(i)``).
     """
 
     def __init__(self, cfg: Mamba2Config, params: dict[str, Any], precision=None, scan_chunk_size=None,
-                 scan_layers: bool = False, step_block_bytes=None):
+                 scan_layers: bool = False, step_block_bytes=None, chunk_loop: bool = False):
         self.cfg = cfg
         self.embedding = nnx.Param(params["embedding"])
-        self.layers = nnx.List([Mamba2Block(cfg, lp, precision, scan_chunk_size, step_block_bytes)
-                                for lp in params["layers"]])
+        lp = params["layers"]
+        if isinstance(lp, dict):  # stored stacked: one (n_layer, ...) array per parameter
+            self.layers = None
+            self.stack = Mamba2Block(cfg, lp, precision, scan_chunk_size, step_block_bytes, chunk_loop)
+        else:
+            self.stack = None
+            self.layers = nnx.List([Mamba2Block(cfg, p, precision, scan_chunk_size, step_block_bytes, chunk_loop)
+                                    for p in lp])
         self.norm_f = nnx.Param(params["norm_f"])
         self.scan_layers = bool(scan_layers)
+
+    @property
+    def stacked(self) -> bool:
+        """Whether the layers' parameters are stored stacked (see the class docstring)."""
+        return self.stack is not None
+
+    def layer(self, i: int) -> Mamba2Block:
+        """Layer ``i``: its own block, or, stored stacked, a block on row ``i`` of every stacked
+        parameter (static slices)."""
+        if self.stack is None:
+            return self.layers[i]
+        graphdef, state = nnx.split(self.stack)
+        return nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state))
+
+    def _scanned(self):
+        """(graphdef of one block, its state with every parameter stacked over layers) for the scan."""
+        if self.stack is not None:
+            return nnx.split(self.stack)
+        graphdef, _ = nnx.split(self.layers[0])
+        states = [nnx.state(blk) for blk in self.layers]
+        return graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
     def _stream_dtype(self):
         return F32 if self.cfg.residual_in_fp32 else self.embedding.dtype
 
-    def prefill(self, input_ids, cache: Mamba2Cache, lengths=None, collect_hidden=False):
+    def prefill(self, input_ids, cache: Mamba2Cache, lengths=None, collect_hidden=False, fresh=False):
+        """``fresh``: ``cache`` is the zero cache of a new prompt; the layer scan then starts each layer
+        from zeros made inside its body instead of reading a stacked copy of the zero cache."""
         stream = jnp.take(self.embedding[...], input_ids, axis=0).astype(self._stream_dtype())
+        n = self.cfg.n_layer
         if not self.scan_layers:
             conv, ssm, hid = [], [], []
-            for i, blk in enumerate(self.layers):
-                stream, c, m = blk.prefill(stream, cache.conv[i], cache.ssm[i], lengths)
+            for i in range(n):
+                stream, c, m = self.layer(i).prefill(stream, cache.conv[i], cache.ssm[i], lengths)
                 conv.append(c), ssm.append(m), hid.append(stream)
             hidden = jnp.stack(hid) if collect_hidden else None
             return rms_norm(stream, self.norm_f[...], self.cfg.norm_epsilon), tuple(conv), tuple(ssm), hidden
-        graphdef, _ = nnx.split(self.layers[0])
-        states = [nnx.state(blk) for blk in self.layers]
-        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+        graphdef, stacked = self._scanned()
+
+        c0, s0 = cache.conv[0], cache.ssm[0]
 
         def body(carry, xs):
             layer_state, conv, ssm = xs
+            if fresh:
+                conv, ssm = jnp.zeros(c0.shape, c0.dtype), jnp.zeros(s0.shape, s0.dtype)
             blk = nnx.merge(graphdef, layer_state)
             new, conv, ssm = blk.prefill(carry, conv, ssm, lengths)
             return new, (conv, ssm, new if collect_hidden else None)
 
-        conv0, ssm0 = cache.stacked()
+        conv0, ssm0 = (None, None) if fresh else cache.stacked()
         stream, (conv, ssm, hidden) = jax.lax.scan(body, stream, (stacked, conv0, ssm0))
-        conv, ssm = tuple(conv[i] for i in range(len(self.layers))), tuple(ssm[i] for i in range(len(self.layers)))
+        conv, ssm = tuple(conv[i] for i in range(n)), tuple(ssm[i] for i in range(n))
         return rms_norm(stream, self.norm_f[...], self.cfg.norm_epsilon), conv, ssm, hidden
 
     def step(self, token, cache: Mamba2Cache, collect_hidden=False):
         stream = jnp.take(self.embedding[...], token, axis=0).astype(self._stream_dtype())
         conv, ssm, hid = [], [], []
-        for i, blk in enumerate(self.layers):
-            stream, c, m = blk.step(stream, cache.conv[i], cache.ssm[i])
+        for i in range(self.cfg.n_layer):
+            stream, c, m = self.layer(i).step(stream, cache.conv[i], cache.ssm[i])
             conv.append(c), ssm.append(m), hid.append(stream)
         hidden = jnp.stack(hid) if collect_hidden else None
         return rms_norm(stream, self.norm_f[...], self.cfg.norm_epsilon), tuple(conv), tuple(ssm), hidden
@@ -291,15 +332,16 @@ class Mamba2LMHeadModel(nnx.Module):
 
     def __init__(self, cfg: Mamba2Config, params: dict[str, Any], precision=None, scan_chunk_size=None,
                  scan_layers: bool = False, prefill_block: int | None = None, state_dtype="float32",
-                 step_block_bytes: int | None = None):
+                 step_block_bytes: int | None = None, ssd_chunk_loop: bool = False):
         self.cfg = cfg
         self.precision = precision
         self.state_dtype = check_state_dtype(state_dtype).name
         self.scan_chunk_size = int(scan_chunk_size or cfg.chunk_size)
         self.prefill_block = None if prefill_block is None else int(prefill_block)
         self.step_block_bytes = None if step_block_bytes is None else int(step_block_bytes)
+        self.ssd_chunk_loop = bool(ssd_chunk_loop)
         self.backbone = Mamba2Backbone(cfg, params, precision, self.scan_chunk_size, scan_layers,
-                                       self.step_block_bytes)
+                                       self.step_block_bytes, self.ssd_chunk_loop)
         self.lm_head = None if cfg.tie_embeddings else nnx.Param(params["lm_head"])
 
     @property
@@ -349,7 +391,8 @@ class Mamba2LMHeadModel(nnx.Module):
     def _prefill_hidden(self, input_ids, cache, lengths, collect_hidden, last_only):
         input_ids = jnp.asarray(input_ids)
         b, l = input_ids.shape
-        if cache is None:
+        fresh = cache is None  # a new prompt: the zero cache
+        if fresh:
             cache = self.init_cache(b)
         n_new = jnp.full((b,), l, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
         blk = self.prefill_block
@@ -357,7 +400,7 @@ class Mamba2LMHeadModel(nnx.Module):
             h, conv, ssm = self._prefill_blocks(input_ids, cache, int(blk), last_only, n_new, lengths is not None)
             hidden = None
         else:
-            h, conv, ssm, hidden = self.backbone.prefill(input_ids, cache, lengths, collect_hidden)
+            h, conv, ssm, hidden = self.backbone.prefill(input_ids, cache, lengths, collect_hidden, fresh)
             if last_only:
                 h = _at_position(h, n_new - 1)
         return h, self._sharded(Mamba2Cache(conv=conv, ssm=ssm, seqlen=cache.seqlen + n_new)), hidden

@@ -201,24 +201,25 @@ def param_spec(cfg, name: str, M: int) -> P:
     raise KeyError(f"no sharding rule for parameter {name!r}")
 
 
-def _out_rows(w, a: int, b: int):
-    """Rows [a, b) of axis 0 (the output axis of an (out, in) weight and of a bias) of an array or a
-    ShapeDtypeStruct."""
+def _out_rows(w, a: int, b: int, axis: int = 0):
+    """Rows [a, b) of ``axis`` (the output axis of an (out, in) weight and of a bias; 1 when stored
+    stacked over layers) of an array or a ShapeDtypeStruct."""
     if isinstance(w, jax.ShapeDtypeStruct):
-        return jax.ShapeDtypeStruct((b - a,) + w.shape[1:], w.dtype)
-    return w[a:b]
+        return jax.ShapeDtypeStruct(w.shape[:axis] + (b - a,) + w.shape[axis + 1:], w.dtype)
+    return w[(slice(None),) * axis + (slice(a, b),)]
 
 
-def _split_layer(cfg, lp: dict[str, Any]) -> dict[str, Any]:
-    """One layer's params with the fused in_proj (and bias) replaced by ``in_proj_parts``."""
+def _split_layer(cfg, lp: dict[str, Any], axis: int = 0) -> dict[str, Any]:
+    """One layer's params (``axis`` 1: every layer's, stacked) with the fused in_proj (and bias)
+    replaced by ``in_proj_parts``."""
     lp = dict(lp)
     w = lp.pop("in_proj")
     b = lp.pop("in_proj_bias", None)
     parts = {}
     for k, a, e in in_proj_slices(cfg):
-        parts[k] = _out_rows(w, a, e)
+        parts[k] = _out_rows(w, a, e, axis)
         if b is not None:
-            parts["bias_" + k] = _out_rows(b, a, e)
+            parts["bias_" + k] = _out_rows(b, a, e, axis)
     lp["in_proj_parts"] = parts
     return lp
 
@@ -253,10 +254,15 @@ def put(x, sharding: NamedSharding) -> jax.Array:
 
 def _place(params: dict[str, Any], cfg, mesh: Mesh, abstract: bool) -> dict[str, Any]:
     M = mesh_shape(mesh)["model"]
-    layers = [_split_layer(cfg, lp) for lp in params["layers"]]
     top = {k: v for k, v in params.items() if k != "layers"}
     specs = {k: param_spec(cfg, k, M) for k in top}
-    specs["layers"] = [_layer_specs(cfg, lp, M) for lp in layers]
+    if isinstance(params["layers"], dict):  # stored stacked: the layer axis leads, unsharded
+        layers = _split_layer(cfg, params["layers"], axis=1)
+        specs["layers"] = jax.tree.map(lambda sp: P(None, *sp), _layer_specs(cfg, layers, M),
+                                       is_leaf=lambda v: isinstance(v, P))
+    else:
+        layers = [_split_layer(cfg, lp) for lp in params["layers"]]
+        specs["layers"] = [_layer_specs(cfg, lp, M) for lp in layers]
     tree = {**top, "layers": layers}
 
     def one(path, x, spec):
@@ -277,19 +283,25 @@ def shard_params(cfg, params: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
     return _place(params, cfg, mesh, abstract=False)
 
 
-def _param_shapes(cfg, dtype) -> dict[str, Any]:
+def _param_shapes(cfg, dtype, stacked: bool = False) -> dict[str, Any]:
     """ShapeDtypeStructs of the JAX-layout params, from the parameter table (``params.jax_shapes``):
-    the table's float32 rows (A_log, dt_bias, D) stay float32, the rest take ``dtype``."""
+    the table's float32 rows (A_log, dt_bias, D) stay float32, the rest take ``dtype``.  ``stacked``:
+    the layers as one dict of (n_layer, ...) arrays (``loading.jax_params_from_state_dict``'s)."""
     leaf = lambda t: isinstance(t, tuple) and len(t) == 2 and isinstance(t[1], bool)
-    return jax.tree.map(lambda t: jax.ShapeDtypeStruct(t[0], F32 if t[1] else jnp.dtype(dtype)), jax_shapes(cfg),
-                        is_leaf=leaf)
+    out = jax.tree.map(lambda t: jax.ShapeDtypeStruct(t[0], F32 if t[1] else jnp.dtype(dtype)), jax_shapes(cfg),
+                       is_leaf=leaf)
+    if stacked:
+        lay = out["layers"]
+        out["layers"] = {k: jax.ShapeDtypeStruct((len(lay),) + v.shape, v.dtype) for k, v in lay[0].items()}
+    return out
 
 
-def abstract_params(cfg, mesh: Mesh, dtype="float32") -> dict[str, Any]:
+def abstract_params(cfg, mesh: Mesh, dtype="float32", stacked: bool = False) -> dict[str, Any]:
     """The sharded params as ``jax.ShapeDtypeStruct`` (with shardings): allocates nothing; for AOT
-    ``lower(...).compile()`` and memory accounting."""
+    ``lower(...).compile()`` and memory accounting.  ``stacked``: the stacked layout (the layer axis
+    unsharded)."""
     check_mesh(cfg, mesh)
-    return _place(_param_shapes(cfg, dtype), cfg, mesh, abstract=True)
+    return _place(_param_shapes(cfg, dtype, stacked), cfg, mesh, abstract=True)
 
 
 # ------------------------------------------------------------------------------ cache rules

@@ -124,14 +124,18 @@ def test_checkpoint_does_not_import_jax():
     assert not names & {"jax", "jaxlib", "flax"}, names
 
 
-@pytest.mark.parametrize("platform,chunk,block", [("cpu", 64, 512), ("tpu", 256, None), ("cuda", 256, None)])
-def test_structure_policy_is_the_target_platforms(platform, chunk, block):
-    """The 130m config (chunk_size 256): CPU runs chunk min(256, 64) with prefill blocks of 512;
-    TPU and GPU run the checkpoint's chunk in one pass, whatever the host is."""
+@pytest.mark.parametrize("platform,chunk,block,layers,chunks", [("cpu", 64, 512, "unrolled", "parallel"),
+                                                                 ("tpu", 256, None, "scan", "scan"),
+                                                                 ("cuda", 256, None, "scan", "scan")])
+def test_structure_policy_is_the_target_platforms(platform, chunk, block, layers, chunks):
+    """The 130m config (chunk_size 256): CPU runs chunk min(256, 64) with prefill blocks of 512,
+    unrolled layers and all SSD chunks at once; TPU and GPU run the checkpoint's chunk in one pass,
+    scanning the layers and the SSD chunks, whatever the host is."""
     cfg = get_preset("mamba2-130m")
     assert cfg.chunk_size == 256
     pol = structure_policy(cfg, platform)
-    assert (pol.scan_chunk_size, pol.prefill_block, pol.prefill_layers) == (chunk, block, "unrolled")
+    assert (pol.scan_chunk_size, pol.prefill_block, pol.prefill_layers, pol.ssd_chunks) == (
+        chunk, block, layers, chunks)
 
 
 def test_policies_are_frozen_and_hashable_and_record_the_same_dict(tmp_path):
@@ -151,7 +155,8 @@ def test_policies_are_frozen_and_hashable_and_record_the_same_dict(tmp_path):
     with pytest.raises(dataclasses.FrozenInstanceError):
         pol.scan_chunk_size = 8
     assert pol.as_dict() == {"platform": "cpu", "scan_chunk_size": 16, "prefill_block": 512,
-                             "prefill_layers": "unrolled", "step_block_bytes": 2 << 20}
+                             "prefill_layers": "unrolled", "ssd_chunks": "parallel", "param_layout": "layers",
+                             "step_block_bytes": 2 << 20}
     save_pretrained(model_from_state_dict(cfg, init_state_dict(cfg, seed=0)), tmp_path / "m")
     m = load_pretrained(tmp_path / "m", state_dtype="bfloat16", prefill_block=8)
     assert m.source["format"] == "state-spaces" and m.source.stored_dtype == "float32"
@@ -159,9 +164,11 @@ def test_policies_are_frozen_and_hashable_and_record_the_same_dict(tmp_path):
     assert program_key(graphdef) is graphdef and hash(graphdef) == hash(nnx.split(m)[0])
     rec = m.policy.as_dict()
     assert list(rec) == ["mode", "param_dtype", "state_dtype", "accum_dtype", "matmul_precision", "platform",
-                         "scan_chunk_size", "prefill_layers", "prefill_block", "step_block_bytes"]
+                         "scan_chunk_size", "prefill_layers", "ssd_chunks", "prefill_block", "step_block_bytes",
+                         "param_layout"]
     assert rec == {**precision_policy("float32", "bfloat16"), "platform": "cpu", "scan_chunk_size": 16,
-                   "prefill_layers": "unrolled", "prefill_block": 8, "step_block_bytes": 2 << 20}
+                   "prefill_layers": "unrolled", "ssd_chunks": "parallel", "prefill_block": 8,
+                   "step_block_bytes": 2 << 20, "param_layout": "layers"}
     assert rec["mode"] == "fast" and m.policy["state_dtype"] == "bfloat16" and dict(m.policy) == rec
 
 
@@ -175,10 +182,44 @@ def test_model_built_for_another_platform_carries_its_policy():
     assert (cpu.scan_chunk_size, cpu.prefill_block) == (64, 512)
     assert (tpu.scan_chunk_size, tpu.prefill_block) == (128, None)
     assert tpu.policy.platform == "tpu" and tpu.policy.scan_chunk_size == 128
+    assert (cpu.backbone.scan_layers, cpu.ssd_chunk_loop) == (False, False)
+    assert (tpu.backbone.scan_layers, tpu.ssd_chunk_loop) == (True, True)
+    assert (tpu.policy.prefill_layers, tpu.policy.ssd_chunks) == ("scan", "scan")
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (1, 200))
     a, _ = cpu(ids)  # each model's prefill as one compiled program (op by op, every primitive compiles alone)
     b, _ = tpu(ids)
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-4)
+
+
+def test_stacked_parameter_layout_round_trips():
+    """The TPU/GPU policy stores each layer parameter as one (n_layer, ...) array: the abstract shapes
+    (``sharding._param_shapes``) are the loaded ones, the state dict round-trips bit for bit, and the
+    decode step (static slices of the stacked arrays) agrees with the per-layer CPU model."""
+    import jax
+    import jax.numpy as jnp
+
+    from mamba2_jax.loading import jax_params_from_state_dict, state_dict_from_model
+    from mamba2_jax.sharding import _param_shapes
+
+    cfg = get_preset("tiny").replace(chunk_size=32)
+    sd = init_state_dict(cfg, seed=3)
+    params = jax_params_from_state_dict(cfg, sd, stacked=True)
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), params) == jax.tree.map(
+        lambda a: (a.shape, a.dtype), _param_shapes(cfg, "float32", stacked=True))
+    cpu = model_from_state_dict(cfg, sd, platform="cpu")
+    tpu = model_from_state_dict(cfg, sd, platform="tpu")
+    assert cpu.policy["param_layout"] == "layers" and tpu.policy["param_layout"] == "stacked"
+    assert tpu.backbone.stacked and tpu.backbone.layers is None and not cpu.backbone.stacked
+    assert tpu.backbone.stack.mixer.in_proj[...].shape[0] == cfg.n_layer
+    back = state_dict_from_model(tpu)
+    assert set(back) == set(sd) and all(np.array_equal(np.asarray(sd[k]), back[k]) for k in sd)
+    ids = np.random.default_rng(1).integers(0, cfg.vocab_size, (2, 40))
+    (a, ca), (b, cb) = cpu(ids), tpu(ids)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-4)
+    tok = jnp.asarray([3, 5])
+    step = jax.jit(lambda m, t, c: m.step(t, c))
+    (la, _), (lb, _) = step(cpu, tok, ca), step(tpu, tok, cb)
+    np.testing.assert_allclose(np.asarray(la), np.asarray(lb), rtol=2e-4, atol=2e-4)
 
 
 def test_unknown_platform_is_an_error():

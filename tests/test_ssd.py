@@ -10,7 +10,7 @@ from mamba2_jax import ssd
 # The functions under test, each compiled as one program (not run op by op, which compiles every
 # primitive separately for every shape).  Chunk size, block and precision are static, as in the model;
 # jax.jit's cache shares a program between all calls with equal shapes and static arguments.
-ssd_chunked = jax.jit(ssd.ssd_chunked, static_argnames=("chunk_size", "precision"))
+ssd_chunked = jax.jit(ssd.ssd_chunked, static_argnames=("chunk_size", "precision", "chunk_loop"))
 inter_chunk_scan = jax.jit(ssd.inter_chunk_scan, static_argnames=("block",))
 ssd_step = jax.jit(ssd.ssd_step, static_argnames=("precision",))
 segsum = jax.jit(ssd.segsum)
@@ -51,14 +51,16 @@ def rel(a, b):
 @pytest.mark.parametrize("l,q", [(1, 8), (7, 8), (8, 8), (9, 8), (29, 8), (50, 16), (64, 64), (70, 64),
                                  (300, 8)])  # 38 chunks: three blocks of the inter-chunk recurrence
 @pytest.mark.parametrize("with_init", [False, True])
-def test_chunked_matches_sequential(l, q, with_init):
+@pytest.mark.parametrize("chunk_loop", [False, True])  # all chunks at once (CPU) / one at a time (TPU, GPU)
+def test_chunked_matches_sequential(l, q, with_init, chunk_loop):
     x, dt, A, B, C, D, init = make(l, seed=l)
     y_ref, s_ref = seq_scan64(x, dt, A, B, C, D, init if with_init else None)
     f = lambda a: jnp.asarray(np.asarray(a, np.float32))
     # without an initial state: an explicit zero state (what ssd_chunked builds for None), so that both cases
     # share one compiled program per shape; initial_state=None itself: test_large_decay_is_stable
     s0 = init if with_init else np.zeros_like(init)
-    y, s = ssd_chunked(f(x), f(dt), f(A), f(B), f(C), q, D=f(D), initial_state=f(s0), precision="highest")
+    y, s = ssd_chunked(f(x), f(dt), f(A), f(B), f(C), q, D=f(D), initial_state=f(s0), precision="highest",
+                       chunk_loop=chunk_loop)
     assert rel(y, y_ref) < 1e-5
     assert rel(s, s_ref) < 1e-5
 
@@ -88,13 +90,14 @@ def test_inter_chunk_blocks_match_sequential(c, block):
     assert rel(prev, prev_ref) < 1e-6 and rel(final, final_ref) < 1e-6
 
 
-def test_large_decay_is_stable():
+@pytest.mark.parametrize("chunk_loop", [False, True])
+def test_large_decay_is_stable(chunk_loop):
     """Large dt·|A| (decays to ~0 inside a chunk): no NaN/inf, still matches float64.  No initial state
     (initial_state=None)."""
     x, dt, A, B, C, D, _ = make(64, seed=3, big_dt=True)
     y_ref, s_ref = seq_scan64(x, dt, A, B, C, D)
     f = lambda a: jnp.asarray(np.asarray(a, np.float32))
-    y, s = ssd_chunked(f(x), f(dt), f(A), f(B), f(C), 64, D=f(D), precision="highest")
+    y, s = ssd_chunked(f(x), f(dt), f(A), f(B), f(C), 64, D=f(D), precision="highest", chunk_loop=chunk_loop)
     assert np.isfinite(np.asarray(y)).all()
     assert rel(y, y_ref) < 1e-5 and rel(s, s_ref) < 1e-5
 
@@ -158,7 +161,8 @@ def test_segsum_accuracy_on_long_strongly_decaying_chunks():
 
 
 @pytest.mark.parametrize("per_headdim", [False, True])
-def test_skip_D_per_head_and_per_headdim(per_headdim):
+@pytest.mark.parametrize("chunk_loop", [False, True])
+def test_skip_D_per_head_and_per_headdim(per_headdim, chunk_loop):
     """D enters as the diagonal of the intra-chunk matrix when it is per head, as a separate term
     when it is per (head, headdim); both equal x·D added to the float64 scan without D."""
     x, dt, A, B, C, D, init = make(29, seed=11)
@@ -166,5 +170,6 @@ def test_skip_D_per_head_and_per_headdim(per_headdim):
     y0, s_ref = seq_scan64(x, dt, A, B, C, np.zeros(4), init)
     y_ref = y0 + x * (Dfull if per_headdim else Dfull[:, None])
     f = lambda a: jnp.asarray(np.asarray(a, np.float32))
-    y, s = ssd_chunked(f(x), f(dt), f(A), f(B), f(C), 8, D=f(Dfull), initial_state=f(init), precision="highest")
+    y, s = ssd_chunked(f(x), f(dt), f(A), f(B), f(C), 8, D=f(Dfull), initial_state=f(init), precision="highest",
+                       chunk_loop=chunk_loop)
     assert rel(y, y_ref) < 1e-5 and rel(s, s_ref) < 1e-5
