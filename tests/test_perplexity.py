@@ -487,8 +487,13 @@ def test_make_perplexity_tables_rebuilds_the_committed_table(tmp_path):
     dry = subprocess.run(["make", "-s", "-n", "perplexity-tables", "-o", ".venv/.installed", "PY=python"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
-    (cmd,) = [ln.split() for ln in dry.stdout.splitlines() if ln.strip()]
-    assert cmd[:3] == ["python", "-m", "paper.make_tables"], cmd
+    # the recipe's one command; a make run from inside another make (CI's `make test`, `make
+    # fresh-make-test`) may print more lines around it (one fresh-clone run did), so it is picked out
+    lines = [ln.split() for ln in dry.stdout.splitlines() if ln.strip()]
+    cmds = [ln for ln in lines if ln[1:3] == ["-m", "paper.make_tables"]]
+    assert len(cmds) == 1, f"make -n printed:\n{dry.stdout}"
+    (cmd,) = cmds
+    assert cmd[0] == "python", cmd
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     r = subprocess.run([sys.executable, *cmd[1:], "--out", str(tmp_path)], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=300)
