@@ -178,7 +178,9 @@ def structure_policy(cfg: Mamba2Config, platform: str | None = None) -> Structur
     * CPU decode: the step updates and reads out the SSM state in blocks of at most
       ``STEP_BLOCK_BYTES_CPU`` (``ssd.ssd_step``), so that each block is read from memory once, the
       read-out taking it from cache (XLA:CPU does not fuse the update and the read-out into one
-      pass); a state that small (130m, batch 1: 0.75 MiB per layer) is one block.
+      pass); blocks are batch rows (130m: 0.75 MiB per row and layer, so batch 1 and 2 are one
+      block, larger batches blocks of 2 rows).  Under a mesh (``model_from_state_dict``), whose
+      "data" axis shards the batch, the step is one block.
     * TPU and GPU: the checkpoint's own chunk (256), whose larger matmuls suit the MXU and tensor
       cores, and one pass; the decode step in one block.
     * Prefill layers: unrolled on CPU (XLA:CPU copies each layer's weights out of a stacked array;
@@ -291,7 +293,9 @@ def model_from_state_dict(cfg: Mamba2Config, sd: dict[str, np.ndarray], dtype="f
     st = structure_policy(cfg, platform_of(platform, mesh))
     chunk = int(scan_chunk_size or st.scan_chunk_size)
     block = st.prefill_block if prefill_block == "auto" else prefill_block
-    step_block = st.step_block_bytes if step_block_bytes == "auto" else step_block_bytes
+    # blocks are batch rows, and a mesh's "data" axis shards the batch: one block under a mesh
+    auto_step = st.step_block_bytes if mesh is None else None
+    step_block = auto_step if step_block_bytes == "auto" else step_block_bytes
     if scan_layers is None:
         scan_layers = st.prefill_layers == "scan"
     if ssd_chunk_loop is None:

@@ -288,16 +288,13 @@ def _ssd_chunk_loop(xc, dtc, dA, Bc, Cc, init, Df, precision):
 
 
 def step_block(shape: tuple[int, ...], block_bytes: int | None, state_dtype=F32) -> int:
-    """Headdim rows per block of :func:`ssd_step`: p (one block, no loop) for ``block_bytes=None``
-    or a 16-bit state; else the largest divisor of p whose float32 block (b, h, rows, n) fits in
-    ``block_bytes``, but at least 2 rows (with one, XLA:CPU rewrites the read-out dot as a
-    reduction, a YNNPACK custom fusion)."""
+    """Batch rows per block of :func:`ssd_step`: b (one block, no loop) for ``block_bytes=None`` or a
+    16-bit state; else the largest divisor of b whose float32 block (rows, h, p, n) fits in
+    ``block_bytes``, at least one row (a row larger than ``block_bytes`` is a block of its own)."""
     b, h, p, n = shape
     if block_bytes is None or jnp.dtype(state_dtype) != F32:
-        return p
-    divisors = [d for d in range(1, p + 1) if p % d == 0]
-    fits = [d for d in divisors if d * b * h * n * 4 <= block_bytes]
-    return max(fits + [min([d for d in divisors if d >= 2] or [p])])
+        return b
+    return max(d for d in range(1, b + 1) if b % d == 0 and (d == 1 or d * h * p * n * 4 <= block_bytes))
 
 
 def ssd_step(
@@ -315,16 +312,19 @@ def ssd_step(
 
     One pass over the state: the update ``s = exp(dt·A)·state + dt·x⊗B`` and the read-out
     ``y = s·C`` are computed block by block, each block of the state read once from memory and
-    written once, ``y`` read out of the block while it is in cache.  Blocks are slices of the headdim
-    axis p (never sharded: the cache is sharded on batch and heads), of at most ``block_bytes``
-    (float32) each, in a ``lax.fori_loop`` that updates the (donated) state in place; a state of at
-    most ``block_bytes`` (or ``block_bytes=None``) is one block and no loop.  Why blocks: XLA:CPU has
-    no multi-output fusion of an elementwise update with a reduction, so in one block the update
-    fusion writes s and the read-out (a dot) reads it again; without blocks (jax 0.10, 130m shape,
-    b = 64: 50 MB of state per layer) that second read went back to memory.  The structure policy
-    (``loading.structure_policy``) sets ``block_bytes`` per platform; the update is the same whatever
-    it is, elementwise, and y the same to float32 rounding (130m shape: bit for bit at b = 4, within
-    8e-7 at b = 64).
+    written once, ``y`` read out of the block while it is in cache.  Blocks are rows of the batch
+    axis (contiguous in memory, each block's read-out a dot of full (p, n) matrices), of at most
+    ``block_bytes`` (float32) each, in a ``lax.fori_loop`` that updates the (donated) state in place;
+    a state of at most ``block_bytes`` (or ``block_bytes=None``) is one block and no loop.  Why
+    blocks: XLA:CPU has no multi-output fusion of an elementwise update with a reduction, so in one
+    block the update fusion writes s and the read-out (a dot) reads it again; without blocks (jax
+    0.10, 130m shape, b = 64: 50 MB of state per layer) that second read went back to memory.  Why
+    batch rows: blocks of headdim rows (strided slices, each read-out 2 × n matrices) measured
+    slower than one block at b = 64 (130m fp32: 84–119 tok/s against 124–133), blocks of 2 batch
+    rows faster (139–159; b = 16: 88–101 against 88–97; a decode probe, 3 alternating rounds in one
+    process, quiet host).  The structure policy (``loading.structure_policy``) sets ``block_bytes`` per platform
+    (None under a mesh, whose "data" axis shards the batch); the update is the same whatever it is,
+    elementwise, and y the same to float32 rounding.
 
     The state may be stored in a 16-bit dtype (the precision policy's ``state_dtype``): it is read,
     converted to float32, updated in float32 and rounded once, when it is stored back, all in one
@@ -353,8 +353,9 @@ def ssd_step(
     Bh, Ch = jnp.repeat(B.astype(F32), r, axis=1), jnp.repeat(C.astype(F32), r, axis=1)
     u = dtf[..., None] * xf  # (b h p)
 
-    def update(st, u_blk):
-        """One block (b, h, rows, n) of the state → (its y (b, h, rows), its new state)."""
+    def update(st, u_blk, dA, Bh, Ch):
+        """One block (rows, h, p, n) of the state and its rows of u, dA, B, C → (its y (rows, h, p),
+        its new state)."""
         with jax.named_scope("state_update"):
             s = st.astype(F32) * dA + u_blk[..., None] * Bh[:, :, None, :]
         if st.dtype != F32:  # 16-bit storage: y from the stored state (see above)
@@ -369,17 +370,17 @@ def ssd_step(
             return jnp.einsum("bhpn,bhn->bhp", s, Ch, precision=precision), s
 
     rows = step_block(state.shape, block_bytes, state.dtype)
-    if rows == p:
-        y, new = update(state, u)
+    if rows == b:
+        y, new = update(state, u, dA, Bh, Ch)
     else:
         def body(i, carry):
             st, y = carry
-            y_blk, s_blk = update(jax.lax.dynamic_slice_in_dim(st, i * rows, rows, axis=2),
-                                  jax.lax.dynamic_slice_in_dim(u, i * rows, rows, axis=2))
-            return (jax.lax.dynamic_update_slice_in_dim(st, s_blk, i * rows, axis=2),
-                    jax.lax.dynamic_update_slice_in_dim(y, y_blk, i * rows, axis=2))
+            sl = lambda a: jax.lax.dynamic_slice_in_dim(a, i * rows, rows, axis=0)  # noqa: E731
+            y_blk, s_blk = update(sl(st), sl(u), sl(dA), sl(Bh), sl(Ch))
+            return (jax.lax.dynamic_update_slice_in_dim(st, s_blk, i * rows, axis=0),
+                    jax.lax.dynamic_update_slice_in_dim(y, y_blk, i * rows, axis=0))
 
-        new, y = jax.lax.fori_loop(0, p // rows, body, (state, jnp.zeros((b, h, p), F32)))
+        new, y = jax.lax.fori_loop(0, b // rows, body, (state, jnp.zeros((b, h, p), F32)))
     if D is not None:
         Df = D.astype(F32)
         Df = Df[:, None] if Df.ndim == 1 else Df
