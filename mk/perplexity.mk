@@ -6,7 +6,11 @@
 #                                                      Triton reference on short windows (PPL_TRITON_SMOKE)
 #   make perplexity-timing                             130m-shape CPU runtime, measured on a few windows, extrapolated
 #   make perplexity PPL_ARGS="protocol=strided strided.stride=1024 backends=[jax_fp32,transformers]"
-.PHONY: perplexity perplexity-smoke perplexity-timing perplexity-tables test-perplexity
+#   make perplexity-state-dtype                        a 16-bit SSM state vs the float32 state (issue 28): the embedded
+#                                                      model on the whole test set, the 130m shape on PPL_STATE_130M_LIMIT
+#   make state-dtype-fidelity                          greedy agreement and decode logits of a 16-bit state (experiments/state_dtype.py)
+.PHONY: perplexity perplexity-smoke perplexity-timing perplexity-tables test-perplexity perplexity-state-dtype \
+  state-dtype-fidelity
 
 PPL_SCRIPT := experiments/perplexity.py
 PPL_LIMIT ?=
@@ -39,6 +43,19 @@ perplexity-smoke: $(STAMP) $(ppl_ref_deps) llama-cpp-try
 
 perplexity-timing: $(STAMP)
 	$(PY) $(PPL_SCRIPT) mode=timing $(PPL_ARGS)
+
+# The state dtype reaches a score where the scoring program stores the state: at its prefill block
+# boundaries (CPU: every 512 tokens of a 2048-token window), as a chunked prefill stores it between chunks.
+PPL_STATE_BACKENDS := backends=[jax_fp32,jax_fp32_state_bf16,jax_fp32_state_fp16] reference_backend=jax_fp32 tag=state_dtype
+# the 130m shape (random init): ~5 s per 2048-token window and backend on 2 cores, so a prefix of each protocol
+PPL_STATE_130M_LIMIT ?= 24
+perplexity-state-dtype: $(STAMP)
+	$(PY) $(PPL_SCRIPT) 'models=[tiny-wikitext]' $(PPL_STATE_BACKENDS) $(PPL_ARGS)
+	$(PY) $(PPL_SCRIPT) 'models=[synthetic]' synthetic.d_model=768 synthetic.n_layer=24 synthetic.d_state=128 \
+	  synthetic.headdim=64 synthetic.chunk_size=256 limit=$(PPL_STATE_130M_LIMIT) $(PPL_STATE_BACKENDS) $(PPL_ARGS)
+
+state-dtype-fidelity: $(STAMP)
+	$(PY) experiments/state_dtype.py $(STATE_DTYPE_ARGS)
 
 perplexity-tables: $(STAMP)
 	$(PY) -m paper.make_tables

@@ -37,7 +37,11 @@ from .windows import primary_metric
 # configuration are taken relative to it
 REPO = checkout_root() or Path.cwd()
 
-JAX_BACKENDS = {"jax_fp32": "float32", "jax_bf16": "bfloat16"}
+# JAX backend → (parameter dtype, SSM state storage dtype).  The state dtype reaches a score where the
+# state is stored: at the prefill block boundaries of the scoring program (CPU: every
+# ``loading.PREFILL_BLOCK_CPU`` tokens of a window), as a chunked prefill stores it between chunks.
+JAX_BACKENDS = {"jax_fp32": ("float32", "float32"), "jax_bf16": ("bfloat16", "float32"),
+                "jax_fp32_state_bf16": ("float32", "bfloat16"), "jax_fp32_state_fp16": ("float32", "float16")}
 
 
 def log(msg: str) -> None:
@@ -123,14 +127,14 @@ class JaxModels:
         self.cfg = cfg
         self._scorers: dict[tuple[str, str], JaxScorer] = {}
 
-    def scorer(self, model_dir: str, dtype: str) -> JaxScorer:
-        key = (model_dir, dtype)
+    def scorer(self, model_dir: str, dtype: str, state_dtype: str = "float32") -> JaxScorer:
+        key = (model_dir, dtype, state_dtype)
         if key not in self._scorers:
             from mamba2_jax.loading import load_pretrained
 
             if any(k[0] != model_dir for k in self._scorers):
                 self._scorers.clear()  # one model (in its fp32 and bf16 copies) in memory at a time
-            model = load_pretrained(model_dir, dtype=dtype, mesh=_mesh(self.cfg))
+            model = load_pretrained(model_dir, dtype=dtype, mesh=_mesh(self.cfg), state_dtype=state_dtype)
             j = self.cfg.jax
             self._scorers[key] = JaxScorer(model, int(j.batch_size), int(j.bucket), int(j.logits_chunk))
         return self._scorers[key]
@@ -147,10 +151,10 @@ def evaluate_one(spec: dict[str, Any], protocol: str, windows: ppl.Windows, winf
         t0 = time.perf_counter()
         try:
             if b in JAX_BACKENDS:
-                dtype = JAX_BACKENDS[b]
-                scorer = jax_models.scorer(spec["dir"], dtype)
+                dtype, state_dtype = JAX_BACKENDS[b]
+                scorer = jax_models.scorer(spec["dir"], dtype, state_dtype)
                 state = work / f"{b}.progress.npz" if cfg.resume else None
-                fp = {"model": model_fingerprint(Path(spec["dir"])), "dtype": dtype, "backend": b,
+                fp = {"model": model_fingerprint(Path(spec["dir"])), "dtype": dtype, "state_dtype": state_dtype, "backend": b,
                       "bucket": scorer.bucket, "batch_size": scorer.batch_size}
                 sc = scorer.score(windows, state_path=state, fingerprint=fp, progress=bool(cfg.progress),
                                   desc=f"{spec['label']}/{protocol}/{b}",
@@ -174,7 +178,7 @@ def evaluate_one(spec: dict[str, Any], protocol: str, windows: ppl.Windows, winf
                     env.update({k: env.get(k, n) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
                 sc = _run_reference(b, spec, windows, windows_path, work, cfg, env, extra_args)
             else:
-                known = " | ".join(("jax_fp32", "jax_bf16", *refproc.REFERENCE_BACKENDS))
+                known = " | ".join((*JAX_BACKENDS, *refproc.REFERENCE_BACKENDS))
                 raise ValueError(f"unknown backend {b!r} ({known})")
             m = ppl.aggregate(windows, sc, words, nbytes)
             backends[b] = {"status": "ok", **m, "seconds": time.perf_counter() - t0, "run": to_jsonable(sc.info)}
