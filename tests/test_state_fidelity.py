@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 from omegaconf import OmegaConf
 
 from mamba2_jax.checkpoint import init_state_dict
@@ -20,6 +19,7 @@ from mamba2_jax.eval.state_fidelity import teacher_forced_logits
 from mamba2_jax.generate import Generator
 from mamba2_jax.loading import model_from_state_dict
 from mamba2_jax.paths import CONF_DIR, default_model_dir
+
 
 def _oracle_logliks(cfg, sd, w):
     oracle, want = OracleModel(cfg, sd), []

@@ -154,8 +154,8 @@ def evaluate_one(spec: dict[str, Any], protocol: str, windows: ppl.Windows, winf
                 dtype, state_dtype = JAX_BACKENDS[b]
                 scorer = jax_models.scorer(spec["dir"], dtype, state_dtype)
                 state = work / f"{b}.progress.npz" if cfg.resume else None
-                fp = {"model": model_fingerprint(Path(spec["dir"])), "dtype": dtype, "state_dtype": state_dtype, "backend": b,
-                      "bucket": scorer.bucket, "batch_size": scorer.batch_size}
+                fp = {"model": model_fingerprint(Path(spec["dir"])), "dtype": dtype, "state_dtype": state_dtype,
+                      "backend": b, "bucket": scorer.bucket, "batch_size": scorer.batch_size}
                 sc = scorer.score(windows, state_path=state, fingerprint=fp, progress=bool(cfg.progress),
                                   desc=f"{spec['label']}/{protocol}/{b}",
                                   checkpoint_every_s=float(cfg.jax.checkpoint_every_s))
