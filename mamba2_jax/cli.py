@@ -313,7 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-queue", type=int, default=256, help="waiting requests before 429")
     s.add_argument("--decode-steps", type=int, default=4, help="decode steps per dispatch")
     s.add_argument("--prefill-chunk", type=int, default=256,
-                   help="prompt tokens per scheduler iteration (a power of two; also the prefix-cache block)")
+                   help="prompt tokens per prefill call (a power of two; also the prefix-cache block)")
+    s.add_argument("--prefill-budget", type=int, default=None,
+                   help="prompt tokens per scheduler iteration, the most decoding rows wait for between "
+                        "dispatches (default: --prefill-chunk)")
     s.add_argument("--max-tokens-limit", type=int, default=1 << 16, help="largest max_tokens a request may ask")
     s.add_argument("--graceful-timeout", type=float, default=60.0,
                    help="seconds SIGTERM waits for in-flight requests")
@@ -328,8 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_serve(a) -> int:
     if a.model is None:
         a.model = default_model_dir()
-    for name in ("slots", "max_queue", "decode_steps", "prefill_chunk", "max_tokens_limit"):
+    for name in ("slots", "max_queue", "decode_steps", "prefill_chunk", "prefill_budget", "max_tokens_limit"):
         v = getattr(a, name)
+        if v is None:
+            continue
         if v < (0 if name == "max_queue" else 1):
             print(f"error: --{name.replace('_', '-')} must be >= 1, got {v}", file=sys.stderr)
             return 2

@@ -172,6 +172,32 @@ def test_batch_of_mixed_requests_equals_each_alone(tiny, engine):
     assert engine.programs.trace_counts == engine.warm_counts
 
 
+def test_prefill_budget_runs_several_calls_per_iteration(tiny):
+    """With a prefill budget of 3 chunks, an iteration runs several prefill calls (admitting between
+    them), fewer prompt tokens than the budget plus one call's, and every output still equals
+    the Generator's on that prompt alone."""
+    cfg, _, model = tiny
+    gen = Generator(model, eos_id=None)
+    rng = np.random.default_rng(12)
+    prompts = [rng.integers(1, cfg.vocab_size, n).tolist() for n in (30, 5, 19, 8, 41, 2, 13)]
+    e = Engine(model, slots=4, prefill_chunk=CHUNK, prefill_rows=2, prefill_budget=3 * CHUNK, decode_steps=3,
+               eos_id=None, min_bucket=4)
+    e.start()
+    try:
+        reqs = [e.submit(p, RequestParams(max_tokens=6, temperature=0)) for p in prompts]
+        for r in reqs:
+            assert r.wait(120) and r.error is None
+        st = e.stats()
+    finally:
+        e.shutdown()
+    for p, r in zip(prompts, reqs):
+        assert r.output == gen.generate([p], 6).sequences()[0], len(p)
+    assert st["prefill_tokens"] == sum(map(len, prompts)) and st["prefill_budget"] == 3 * CHUNK
+    # a call runs at most one chunk of tokens (rows x bucket <= chunk), so more than one chunk in an
+    # iteration means several calls; the last call starts below the budget
+    assert CHUNK < st["max_prefill_per_iteration"] < 3 * CHUNK + CHUNK, st
+
+
 def test_choices_are_the_rows_of_one_generator_batch(tiny, engine):
     """The choices of an ``n`` > 1 request (choice c: key fold_in(key(seed), c), c > 0) are the rows of
     ``Generator.generate([prompt] * n, seed=seed)``: the same per-row keys (``generate.row_keys``)."""

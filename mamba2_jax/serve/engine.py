@@ -5,9 +5,10 @@ One scheduler thread loops:
 1. drop cancelled requests (a client that went away, a stop string) and free their slots;
 2. admit waiting requests into free slots: restore the longest cached exact prefix of the prompt
    (:class:`~.prefix_cache.PrefixCache`), else zero the slot;
-3. prefill one compiled call of about ``prefill_chunk`` tokens: one chunk of a long prompt, or the
-   chunks of up to ``prefill_rows`` short ones (at most that many slots are between prefill chunks at
-   a time), so a long prompt stalls the decoding rows for at most one chunk; chunk ends fall on
+3. prefill compiled calls of about ``prefill_chunk`` tokens each (one chunk of a long prompt, or the
+   chunks of up to ``prefill_rows`` short ones: at most that many slots are between prefill chunks at
+   a time), admitting more requests between calls, until ``prefill_budget`` prompt tokens are done,
+   so the decoding rows wait for at most that many prompt tokens per iteration; chunk ends fall on
    multiples of the block (= ``prefill_chunk``), where the state is snapshotted into the prefix cache;
 4. run the compiled decode program (``decode_steps`` tokens) over all slots, hand the tokens to their
    requests, snapshot and free the slots of finished requests.
@@ -142,14 +143,17 @@ class _Slot:
 class Engine:
     """Continuous batching over ``slots`` state slots (see the module docstring).
 
-    ``prefill_chunk``: prompt tokens per scheduler iteration (and the prefix-cache block);
-    ``prefill_rows``: requests per prefill call; ``decode_steps``: tokens per decode dispatch;
+    ``prefill_chunk``: prompt tokens per prefill call (and the prefix-cache block);
+    ``prefill_budget``: prompt tokens per scheduler iteration (None: ``prefill_chunk``), the most the
+    decoding rows wait for between dispatches; ``prefill_rows``: requests per prefill call;
+    ``decode_steps``: tokens per decode dispatch;
     ``prefix_cache_bytes``: the prefix cache's budget (0: off); ``max_queue``: waiting requests
     before ``submit`` raises :class:`QueueFull`.
     """
 
     def __init__(self, model, *, slots: int = 8, prefill_chunk: int = 256, prefill_rows: int | None = None,
-                 decode_steps: int = 4, prefix_cache_bytes: int = 1 << 30, max_queue: int = 256,
+                 prefill_budget: int | None = None, decode_steps: int = 4, prefix_cache_bytes: int = 1 << 30,
+                 max_queue: int = 256,
                  eos_id: int | None = 0, metrics=None, min_bucket: int = 16):
         if slots < 1 or decode_steps < 1 or prefill_chunk < 1 or max_queue < 0:
             raise ValueError("slots, decode_steps and prefill_chunk must be >= 1 and max_queue >= 0")
@@ -159,6 +163,9 @@ class Engine:
         self.cfg = model.cfg
         self.S = int(slots)
         self.prefill_chunk = int(prefill_chunk)
+        self.prefill_budget = int(prefill_budget or prefill_chunk)
+        if self.prefill_budget < 1:
+            raise ValueError(f"prefill_budget must be >= 1, got {prefill_budget}")
         self.min_bucket = min(int(min_bucket), self.prefill_chunk)
         mesh = getattr(model, "mesh", None)
         self.D = 1 if mesh is None else int(mesh.shape["data"])  # batches the model runs: multiples of D
@@ -184,6 +191,9 @@ class Engine:
         self.decode_time = 0.0
         self.decode_dispatches = 0
         self.decode_row_steps = 0
+        self.prefill_calls = 0
+        self.prefill_tokens = 0
+        self.max_prefill_per_iteration = 0  # prompt tokens, the most one iteration ran
         self.fatal: str | None = None
         # per-slot decode inputs, on the host
         S = self.S
@@ -348,8 +358,16 @@ class Engine:
     def _iteration(self) -> None:
         self.iterations += 1
         self._drop_cancelled()
-        self._admit()
-        self._prefill()
+        done = 0
+        while done < self.prefill_budget:
+            self._admit()
+            n = self._prefill()
+            if not n:
+                break
+            done += n
+            self.prefill_calls += 1
+        self.prefill_tokens += done
+        self.max_prefill_per_iteration = max(self.max_prefill_per_iteration, done)
         self._decode()
         self._gauges()
 
@@ -393,7 +411,8 @@ class Engine:
         """n rounded up to a multiple of the mesh's "data" axis (1 without a mesh)."""
         return -(-n // self.D) * self.D
 
-    def _prefill(self) -> None:
+    def _prefill(self) -> int:
+        """One prefill call; returns the prompt tokens it ran (0: nothing to prefill)."""
         chosen = []  # (slot, start, n): FIFO while the rows fit the budget at the batch's bucket
         for i, s in sorted(((i, s) for i, s in enumerate(self._slots) if s is not None and not s.decoding),
                            key=lambda x: x[1].req.id):
@@ -404,7 +423,7 @@ class Engine:
                 break
             chosen.append((i, s.progress, n))
         if not chosen:
-            return
+            return 0
         C = bucket_length(max(n for _, _, n in chosen), self.min_bucket)
         P, S = (self._batch(1) if len(chosen) == 1 else self.rows_for(C)), self.S  # a lone row: no batch
         slots = np.full(P, S, np.int32)
@@ -446,6 +465,7 @@ class Engine:
                 self._release(i, "stop" if self._eos[i] == t else "length")
             else:
                 self._done[i] = False
+        return sum(n for _, _, n in chosen)
 
     def _decode(self) -> None:
         act = np.nonzero(~self._done)[0]
@@ -560,6 +580,8 @@ class Engine:
         return {"slots": self.S, "busy_slots": self.busy_slots, "queue_depth": self.queue_depth,
                 "iterations": self.iterations, "decode_dispatches": self.decode_dispatches,
                 "decode_s": self.decode_time, "decode_row_steps": self.decode_row_steps,
+                "prefill_calls": self.prefill_calls, "prefill_tokens": self.prefill_tokens,
+                "prefill_budget": self.prefill_budget, "max_prefill_per_iteration": self.max_prefill_per_iteration,
                 "prefix_cache": {"entries": len(pc), "bytes": pc.bytes, "max_bytes": pc.max_bytes, "hits": pc.hits,
                                  "misses": pc.misses, "hit_tokens": pc.hit_tokens, "evictions": pc.evictions},
                 "trace_counts": dict(self.programs.trace_counts)}

@@ -80,7 +80,8 @@ def serve(a) -> int:
         tok = None
     name = a.served_model_name or Path(str(model_dir)).name
     metrics = ServeMetrics(name)
-    engine = Engine(model, slots=a.slots, prefill_chunk=a.prefill_chunk, decode_steps=a.decode_steps,
+    engine = Engine(model, slots=a.slots, prefill_chunk=a.prefill_chunk, prefill_budget=a.prefill_budget,
+                    decode_steps=a.decode_steps,
                     prefix_cache_bytes=prefix_bytes, max_queue=a.max_queue, eos_id=0, metrics=metrics)
     api_key = a.api_key or os.environ.get("MAMBA2_JAX_API_KEY") or None
     cfg = ServeConfig(model_name=name, api_key=api_key, max_tokens_limit=a.max_tokens_limit)
