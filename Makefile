@@ -34,17 +34,18 @@ test-setup:
 	$(MAKE) --no-print-directory -j$(TEST_SETUP_JOBS) --output-sync=target test-setup-parts
 test-setup-parts: install lint install-tpu
 
-# everything, integration tests included (CI)
+# everything, integration tests included (CI).  Compiled with XLA:CPU's LLVM backend passes off
+# (TEST_XLA_FLAGS): the same optimised HLO, the same tests and tolerances, about half the compile time
+# that is most of the suite's; test_oracle.py::test_default_backend_level_matches_oracle checks the
+# default level's machine code (what users run) against the float64 oracle in its own process.
+# TEST_XLA_FLAGS= (empty) runs the whole suite at the default level.
+TEST_XLA_FLAGS ?= --xla_backend_optimization_level=0
 test: test-setup
-	$(PY) -m pytest -q $(PYTEST_XDIST)
+	XLA_FLAGS="$(strip $(XLA_FLAGS) $(TEST_XLA_FLAGS))" $(PY) -m pytest -q $(PYTEST_XDIST)
 
-# the fast tests only: no make, subprocess venvs or LaTeX.  The same tests and tolerances on the same
-# optimised HLO, compiled with XLA:CPU's LLVM backend passes off (FAST_XLA_FLAGS): compiling is most of
-# the suite's time and this halves it.  `make test` (CI) runs everything at the default level, the
-# machine code users run.  FAST_XLA_FLAGS= (empty) runs the fast tier at the default level too.
-FAST_XLA_FLAGS ?= --xla_backend_optimization_level=0
+# the fast tests only: no make, subprocess venvs or LaTeX, compiled as `make test` compiles
 test-fast: install
-	XLA_FLAGS="$(strip $(XLA_FLAGS) $(FAST_XLA_FLAGS))" $(PY) -m pytest -q $(PYTEST_XDIST) -m "not slow and not integration"
+	XLA_FLAGS="$(strip $(XLA_FLAGS) $(TEST_XLA_FLAGS))" $(PY) -m pytest -q $(PYTEST_XDIST) -m "not slow and not integration"
 
 # how long `make test` takes on a fresh machine (a clean clone of HEAD, no venvs, pip's cache off):
 # results/ci/fresh-make-test.json, which the README cites; run it on an idle machine

@@ -80,3 +80,45 @@ def test_step_matches_oracle(variant):
         hidden = np.asarray(hidden)
         assert rel_err(logits, ref_logits[:, t]) <= TOL
         assert max(rel_err(hidden[i], ref_hidden[i, :, t]) for i in range(cfg.n_layer)) <= TOL
+
+
+_DEFAULT_LEVEL_CHECK = """
+import sys, numpy as np, jax
+from mamba2_jax.eval.oracle import VARIANTS, oracle_run, rel_err
+from mamba2_jax.loading import model_from_state_dict
+worst = 0.0
+for variant in VARIANTS:
+    cfg, sd, orc, ids, _, ref_logits, _ = oracle_run(variant, False)
+    m = model_from_state_dict(cfg, sd, dtype="float32")
+    L = 2 * cfg.chunk_size + 3
+    logits, cache = jax.jit(lambda i: m.prefill(i))(ids[:, :L])
+    worst = max(worst, rel_err(logits, ref_logits[:, :L]))
+    step = jax.jit(lambda t, c: m.step(t, c))
+    for t in range(L, L + 4):
+        logits, cache = step(ids[:, t], cache)
+        worst = max(worst, rel_err(logits, ref_logits[:, t]))
+print(worst)
+"""
+
+
+@pytest.mark.integration
+def test_default_backend_level_matches_oracle():
+    """``make test`` compiles with XLA:CPU's LLVM backend passes off (``TEST_XLA_FLAGS`` in the
+    Makefile: the same optimised HLO, half the compile time).  The machine code users run comes from
+    the default level: in a process at that level, the prefill and the step of every oracle variant
+    match the float64 oracle at TOL."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    flags = re.sub(r"--xla_backend_optimization_level=\d+", "", env.get("XLA_FLAGS", "")).strip()
+    env["XLA_FLAGS"] = flags
+    if not flags:
+        env.pop("XLA_FLAGS")
+    r = subprocess.run([sys.executable, "-c", _DEFAULT_LEVEL_CHECK], env=env, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    worst = float(r.stdout.strip().splitlines()[-1])
+    assert worst <= TOL, worst
