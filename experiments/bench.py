@@ -129,8 +129,18 @@ def run(cfg) -> dict:
         prefill_frac = min(r["value"] for r in mrecs if r["metric"] == "prefill_matmul_fraction")
     batch_recs = []
     if B.get("batch_curve") and stream:
-        bdt = [d for d in (B.batch_curve.get("dtypes") or [base]) if d in models]
-        batch_recs = curves.batch_curve({d: models[d] for d in bdt}, [int(x) for x in B.batch_curve.batches],
+        # entries: a parameter dtype of bench.dtypes (its model), or "<param dtype>/<state dtype>": a model
+        # of that parameter dtype with the SSM state stored in that dtype (e.g. bfloat16/bfloat16)
+        curve_models = {}
+        for d in (str(x) for x in (B.batch_curve.get("dtypes") or [base])):
+            if d in models:
+                curve_models[d] = models[d]
+            elif "/" in d:
+                w, s = d.split("/")
+                curve_models[d], infos[d] = model_specs.build_model(
+                    spec, dtype=w, checkpoint=ckpt, seed=int(cfg.seed), precision=cfg.matmul_precision, data=dd,
+                    state_dtype=s)
+        batch_recs = curves.batch_curve(curve_models, [int(x) for x in B.batch_curve.batches],
                                         int(B.batch_curve.decode_tokens), int(B.batch_curve.rounds), stream,
                                         seed=int(cfg.seed))
         recs.extend(batch_recs)
@@ -168,6 +178,13 @@ def run(cfg) -> dict:
     if len_ratio is not None:
         targets["prefill_length_ratio"] = {"target": f"<= {T.prefill_length_ratio_max} (per-token time vs shortest)",
                                            "value": len_ratio, "pass": len_ratio <= T.prefill_length_ratio_max}
+    b16s = [r for r in batch_recs if r["metric"] == "decode_batch_speed_ratio" and r["dtype"] == "bfloat16/bfloat16"
+            and r["batch"] == max(int(x) for x in B.batch_curve.batches)] if batch_recs else []
+    if b16s and T.get("bf16_weights_and_state_over_fp32_batched"):
+        v = b16s[0]["value"]
+        targets["bf16_weights_and_state_over_fp32_batched"] = {
+            "target": f">= {T.bf16_weights_and_state_over_fp32_batched} at batch {b16s[0]['batch']}", "value": v,
+            "pass": v >= T.bf16_weights_and_state_over_fp32_batched}
     for k, v in targets.items():
         print(f"[bench] {k}: {v['value']!s:.8} (target {v['target']}): {'PASS' if v['pass'] else 'MISS'}", flush=True)
     for r in recs:
@@ -176,7 +193,7 @@ def run(cfg) -> dict:
     label = f"{ctx['label']}; {bench.weights_label(list(infos.values()))}"
     paths = write_results("bench", ctx["run"], recs, hardware=ctx["hardware"], config=bench.config_dict(cfg),
                                 label=label, out_dir=cfg.out_dir,
-                                extra={"targets": targets, "models": {dt: infos[dt] for dt in dtypes},
+                                extra={"targets": targets, "models": dict(infos),
                                        "decode_bytes": by})
     print(f"[bench] wrote {paths[0]}")
     return {"records": recs, "targets": targets, "paths": paths, "run": ctx["run"]}

@@ -91,7 +91,8 @@ def test_bench_tiny(tmp_path):
               "cached_over_recompute", "bfloat16_over_float32_decode_speed", "stream_bandwidth"):
         assert m in metrics, m
     assert set(doc["targets"]) == {"decode_tokens_per_s", "bandwidth_fraction", "context_ratio", "bf16_over_fp32",
-                                   "cached_over_recompute", "prefill_matmul_fraction", "prefill_length_ratio"}
+                                   "cached_over_recompute", "prefill_matmul_fraction", "prefill_length_ratio",
+                                   "bf16_weights_and_state_over_fp32_batched"}
     recs = doc["records"]
     from mamba2_jax.config import get_preset
     from mamba2_jax.eval.flops import decode_bytes
@@ -102,8 +103,17 @@ def test_bench_tiny(tmp_path):
         for b, r in curve.items():  # the bound counts the weights once and every row's state
             assert r["bytes_per_step"] == decode_bytes(get_preset("tiny"), b, dt)["total"]
             assert abs(r["bandwidth_fraction"] - r["value"] / r["bound_tokens_per_s"]) < 1e-9 * r["bandwidth_fraction"]
-    ratios = {r["batch"]: r for r in recs if r["metric"] == "decode_batch_speed_ratio"}
-    assert sorted(ratios) == [1, 3] and all(r["dtype"] == "bfloat16" for r in ratios.values())
+    # bf16 weights with the SSM state stored in bf16: a model of its own in the same rounds, its bound
+    # counting 2-byte state elements
+    both = {r["batch"]: r for r in recs
+            if r["metric"] == "decode_batch_tokens_per_s" and r["dtype"] == "bfloat16/bfloat16"}
+    assert sorted(both) == [1, 3] and all(r["state_dtype"] == "bfloat16" for r in both.values())
+    for b, r in both.items():
+        assert r["bytes_per_step"] == decode_bytes(get_preset("tiny"), b, "bfloat16", "bfloat16")["total"]
+        assert r["bytes_per_step"] < decode_bytes(get_preset("tiny"), b, "bfloat16")["total"]
+    assert doc["targets"]["bf16_weights_and_state_over_fp32_batched"]["target"] == ">= 1.6 at batch 3"
+    ratios = {r["batch"]: r for r in recs if r["metric"] == "decode_batch_speed_ratio" and r["dtype"] == "bfloat16"}
+    assert sorted(ratios) == [1, 3] and all(r["state_dtype"] == "float32" for r in ratios.values())
     fp, bf = ({r["batch"]: r for r in recs if r["metric"] == "decode_batch_tokens_per_s" and r["dtype"] == d}
               for d in ("float32", "bfloat16"))
     for b, r in ratios.items():  # ratio of the medians of the same rounds = ratio of the tokens/s

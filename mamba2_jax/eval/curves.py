@@ -66,9 +66,11 @@ def batch_curve(models: dict[str, Any], batches, n_tokens: int, rounds: int, str
         for b in batches:
             t = times[f"batch:{dt}:{b}"]
             s = bench.median(t)
-            by = flops.decode_bytes(model.cfg, int(b), dt, getattr(model, "state_dtype", "float32"))["total"]
+            sdt = getattr(model, "state_dtype", "float32")
+            by = flops.decode_bytes(model.cfg, int(b), dt.split("/")[0], sdt)["total"]
             recs.append({
                 "metric": "decode_batch_tokens_per_s", "value": b / s, "unit": "tokens/s", "dtype": dt,
+                "state_dtype": str(sdt),
                 "batch": int(b), "median_s": s, "min_s": min(t), "times_s": t, "bytes_per_step": by,
                 "bound_tokens_per_s": b * bw / by, "bandwidth_fraction": by / s / bw,
                 "stream_bandwidth": bw, "load_avg": [load0, bench.load_avg()],
@@ -79,6 +81,7 @@ def batch_curve(models: dict[str, Any], batches, n_tokens: int, rounds: int, str
         for b in batches:
             r = bench.median(times[f"batch:{first}:{b}"]) / bench.median(times[f"batch:{dt}:{b}"])
             recs.append({"metric": "decode_batch_speed_ratio", "value": r, "unit": "ratio", "dtype": dt,
+                         "state_dtype": str(getattr(models[dt], "state_dtype", "float32")),
                          "batch": int(b), "note": f"{dt} tokens/s ÷ {first} tokens/s, same rounds"})
     return recs
 
