@@ -314,9 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--decode-steps", type=int, default=4, help="decode steps per dispatch")
     s.add_argument("--prefill-chunk", type=int, default=256,
                    help="prompt tokens per prefill call (a power of two; also the prefix-cache block)")
-    s.add_argument("--prefill-budget", type=int, default=None,
-                   help="prompt tokens per scheduler iteration, the most decoding rows wait for between "
-                        "dispatches (default: --prefill-chunk)")
+    s.add_argument("--prefill-budget", type=int, default=1024,
+                   help="prompt tokens per scheduler iteration (several prefill calls), about the most "
+                        "decoding rows wait for between dispatches")
     s.add_argument("--max-tokens-limit", type=int, default=1 << 16, help="largest max_tokens a request may ask")
     s.add_argument("--graceful-timeout", type=float, default=60.0,
                    help="seconds SIGTERM waits for in-flight requests")

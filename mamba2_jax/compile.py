@@ -286,7 +286,7 @@ def abstract_model(cfg, dtype, mesh, sharded: bool, policy, precision, state_dty
         params = _single_device_params(cfg, dtype, NamedSharding(mesh, P()), stacked)
     model = Mamba2LMHeadModel(cfg, params, precision=precision, scan_chunk_size=policy.scan_chunk_size,
                               scan_layers=policy.prefill_layers == "scan", prefill_block=policy.prefill_block,
-                              step_block_bytes=policy.step_block_bytes, state_dtype=state_dtype,
+                              step_block_bytes=None if sharded else policy.step_block_bytes, state_dtype=state_dtype,
                               ssd_chunk_loop=policy.ssd_chunks == "scan")
     if sharded:
         model.mesh = mesh

@@ -18,7 +18,9 @@
   The Generator's settings are static (one :class:`SamplingConfig`; the program is specialised to
   it: greedy is the argmax alone); the server's are device arrays, so requests with different
   settings share one program.  Row r of a batch drawn with ``key`` uses ``key`` (r = 0) or
-  ``fold_in(key, r)`` (:func:`row_keys`); its token at position p uses ``fold_in(row key, p)``.
+  ``fold_in(fold_in(key, ROWS_TAG), r)`` (:func:`row_key`); its token at position p uses
+  ``fold_in(row key, p)``.  A key is thus only ever the parent of draws (positions < 2**31) or, with
+  the one tag no position reaches, of the other rows' keys: never both for the same data.
 * Streaming runs the same loop in chunks of ``k`` tokens: one device round trip per chunk.
 * A non-finite logit is never turned into a token silently: the loop records, per row, the first
   step whose logits hold a NaN or Inf (and stops that row); the host then raises
@@ -40,8 +42,8 @@ from flax import nnx
 from .cache import Mamba2Cache
 
 __all__ = ["SamplingConfig", "SamplingArrays", "GenerationResult", "GenerationError", "Generator", "DecodeState",
-           "decode_loop", "generate", "sample_rows", "sample_at", "sample_logits", "row_keys", "bucket_length",
-           "stepwise_greedy", "program_key"]
+           "decode_loop", "generate", "sample_rows", "sample_at", "sample_logits", "row_key", "row_keys",
+           "bucket_length", "stepwise_greedy", "program_key"]
 
 
 class GenerationError(ValueError):
@@ -166,11 +168,21 @@ def sample_rows(logits: jax.Array, keys: jax.Array, s: SamplingArrays, vocab_siz
     return _cond(xp.all(s.greedy), lambda lg: greedy_tok, sampled, logits)
 
 
+# fold_in data that no position reaches (positions are int32): the parent of rows 1.. of a batch
+ROWS_TAG = 0xFFFFFFFF
+
+
+def row_key(key: jax.Array, r: int) -> jax.Array:
+    """Row r's key in a batch drawn with ``key``: ``key`` itself for r = 0 (a prompt alone draws what
+    it draws in row 0 of any batch), ``fold_in(fold_in(key, ROWS_TAG), r)`` after (the server's
+    choices of an ``n`` > 1 request).  Row 0 draws position p with ``fold_in(key, p)``, p < 2**31, so
+    no key derived for a draw is ever the parent of another row's keys."""
+    return key if r == 0 else jax.random.fold_in(jax.random.fold_in(key, ROWS_TAG), r)
+
+
 def row_keys(key: jax.Array, b: int) -> jax.Array:
-    """The (b,) per-row keys of a batch drawn with one ``key``: row 0 draws with ``key`` itself (a
-    prompt alone draws what it draws in row 0 of any batch), row r > 0 with ``fold_in(key, r)`` (the
-    server's convention for the choices of an ``n`` > 1 request).  A (b,) array of keys is returned
-    as it is; raw uint32 key data (``jax.random.PRNGKey``) is wrapped first."""
+    """The (b,) per-row keys of a batch drawn with one ``key`` (:func:`row_key`).  A (b,) array of keys
+    is returned as it is; raw uint32 key data (``jax.random.PRNGKey``) is wrapped first."""
     key = jnp.asarray(key)
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key)
@@ -178,7 +190,8 @@ def row_keys(key: jax.Array, b: int) -> jax.Array:
         return key
     if b == 1:
         return key[None]
-    return jnp.concatenate([key[None], jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(1, b))])
+    rows = jax.random.fold_in(key, ROWS_TAG)
+    return jnp.concatenate([key[None], jax.vmap(lambda r: jax.random.fold_in(rows, r))(jnp.arange(1, b))])
 
 
 def sample_at(logits: jax.Array, keys: jax.Array, position, s: SamplingArrays, vocab_size: int) -> jax.Array:
@@ -289,7 +302,8 @@ def decode_loop(model, state: DecodeState, sampling: SamplingArrays | SamplingCo
 
     Every row is stepped (the batch is one dot per weight), but only rows not done sample, advance
     and count; a done row keeps its token and position and its buffer columns hold the padding
-    (its EOS id, or 0).  Settings, per row:
+    (its EOS id, or 0), while its cache goes on consuming its last token: once done, a row's cache
+    is meaningless (use ``stop_at_finish`` to keep it).  Settings, per row:
 
     * ``sampling``: :class:`SamplingArrays` (NumPy: the program is specialised to them; device
       arrays: one program for all settings) or a static :class:`SamplingConfig` for every row;

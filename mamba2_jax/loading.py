@@ -10,7 +10,8 @@ that builds it: a TPU program compiled on a CPU machine gets the TPU choices):
 * **structure** (:func:`structure_policy`), from the target platform: the SSD scan chunk, whether
   long prompts are prefilled in blocks, and whether prefill unrolls or scans the layers.  These are
   execution choices, not math: the outputs agree to fp32 rounding whatever they are (tested
-  against the float64 oracle).
+  against the float64 oracle); a 16-bit state is rounded where a cache is returned (the end of a
+  prefill call, every decode step), never inside one call.
 
 Both are recorded on ``model.policy`` and by every run.
 """
@@ -178,9 +179,10 @@ def structure_policy(cfg: Mamba2Config, platform: str | None = None) -> Structur
     * CPU decode: the step updates and reads out the SSM state in blocks of at most
       ``STEP_BLOCK_BYTES_CPU`` (``ssd.ssd_step``), so that each block is read from memory once, the
       read-out taking it from cache (XLA:CPU does not fuse the update and the read-out into one
-      pass); blocks are batch rows (130m: 0.75 MiB per row and layer, so batch 1 and 2 are one
-      block, larger batches blocks of 2 rows).  Under a mesh (``model_from_state_dict``), whose
-      "data" axis shards the batch, the step is one block.
+      pass); blocks are batch rows, as many as fit (130m: 0.75 MiB per row and layer, so batch 1
+      and 2 are one block, larger even batches blocks of 2 rows, odd ones of 1).  Under a mesh
+      (``model_from_state_dict``, ``shard_model``), whose "data" axis shards the batch, the step is
+      one block.
     * TPU and GPU: the checkpoint's own chunk (256), whose larger matmuls suit the MXU and tensor
       cores, and one pass; the decode step in one block.
     * Prefill layers: unrolled on CPU (XLA:CPU copies each layer's weights out of a stacked array;
@@ -355,7 +357,8 @@ def save_pretrained(model, out_dir: str | Path, format: str = "state-spaces", dt
 
 def shard_model(model, mesh):
     """A copy of ``model`` (single-device or on another mesh) with its parameters on ``mesh``, the
-    same precision and structure."""
+    same precision and structure, but the decode step in one block (its blocks are batch rows, which
+    the mesh's "data" axis shards; see :func:`structure_policy`)."""
     if getattr(model, "mesh", None) is mesh:
         return model
     pol = getattr(model, "policy", None)
@@ -363,7 +366,7 @@ def shard_model(model, mesh):
                                 precision=model.precision, platform=None if pol is None else pol.platform,
                                 scan_chunk_size=model.scan_chunk_size, prefill_block=model.prefill_block,
                                 scan_layers=model.backbone.scan_layers, mesh=mesh, state_dtype=model.state_dtype,
-                                step_block_bytes=model.step_block_bytes, ssd_chunk_loop=model.ssd_chunk_loop)
+                                step_block_bytes=None, ssd_chunk_loop=model.ssd_chunk_loop)
     if hasattr(model, "source"):
         out.source = model.source
     return out

@@ -454,7 +454,11 @@ class Mamba2LMHeadModel(nnx.Module):
             return (conv, ssm, jnp.where((len_blk > 0)[:, None], here, last)), None
 
         last0 = jnp.zeros((b, self.cfg.d_model), F32)
-        (conv, ssm, last), hs = jax.lax.scan(body, (cache.conv, cache.ssm, last0), (ids, lens))
+        # the blocks are an execution choice, not a store: the SSM state crosses them in float32 and is
+        # rounded to the cache's state dtype once, at the end, as a one-pass prefill rounds it
+        ssm0 = jax.tree.map(lambda s: s.astype(F32), cache.ssm)
+        (conv, ssm, last), hs = jax.lax.scan(body, (cache.conv, ssm0, last0), (ids, lens))
+        ssm = jax.tree.map(lambda s, ref: s.astype(ref.dtype), ssm, cache.ssm)
         h = last if last_only else jnp.moveaxis(hs, 0, 1).reshape(b, l, hs.shape[-1])
         return h, conv, ssm
 

@@ -44,9 +44,10 @@ perplexity-smoke: $(STAMP) $(ppl_ref_deps) llama-cpp-try
 perplexity-timing: $(STAMP)
 	$(PY) $(PPL_SCRIPT) mode=timing $(PPL_ARGS)
 
-# The state dtype reaches a score where the scoring program stores the state: at its prefill block
-# boundaries (CPU: every 512 tokens of a 2048-token window), as a chunked prefill stores it between chunks.
-PPL_STATE_BACKENDS := backends=[jax_fp32,jax_fp32_state_bf16,jax_fp32_state_fp16] reference_backend=jax_fp32 tag=state_dtype
+# The state dtype reaches a score where the state is stored: every backend scores each window as prefill
+# calls of 256 tokens (the server's --prefill-chunk), the cache carried between calls in its state dtype.
+PPL_STATE_BACKENDS := backends=[jax_fp32,jax_fp32_state_bf16,jax_fp32_state_fp16] reference_backend=jax_fp32 \
+  tag=state_dtype jax.state_chunk=256
 # the 130m shape (random init): ~5 s per 2048-token window and backend on 2 cores, so a prefix of each protocol
 PPL_STATE_130M_LIMIT ?= 24
 perplexity-state-dtype: $(STAMP)

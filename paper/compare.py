@@ -319,6 +319,8 @@ def eval_perplexity(c: dict[str, Any], results: Path, paper: tuple[str, ...]) ->
     for p, d in load_results("perplexity", results):
         comp = d.get("comparison") or {}
         ref = comp.get("reference_backend")
+        if str(ref).startswith("jax_"):  # JAX against JAX (a 16-bit state vs float32): not the claim's comparison
+            continue
         metric = comp.get("primary_metric") or "word_perplexity"
         m = d.get("model") or {}
         reasons = model_weights_reasons(m.get("name"), bool(m.get("synthetic")), paper)

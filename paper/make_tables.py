@@ -36,7 +36,8 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "tables"
 FIG_OUT = (checkout_root() or HERE.parent) / "figures" / "out"
 TABLES = ("throughput", "sweep", "cache_speedup", "perplexity", "parity", "comparison", "comparison_cpu",
-          "compiled_tpu", "compiled_anchor")
+          "compiled_tpu", "compiled_anchor", "state_dtype")
+STATE_BACKENDS = {"bfloat16": "jax_fp32_state_bf16", "float16": "jax_fp32_state_fp16"}
 
 
 def md(s: Any) -> str:
@@ -262,7 +263,7 @@ def cache_speedup_table(results: Path, rep: dict[str, Any]) -> Table:
 
 def perplexity_table(results: Path, rep: dict[str, Any]) -> Table:
     c = reported.claim("perplexity_delta", rep)
-    items = load_results("perplexity", results)
+    items = [(p, d) for p, d in load_results("perplexity", results) if not _state_dtype_run(d)]
     rows, prov = [], []
     for p, d in items:
         comp = d.get("comparison") or {}
@@ -348,6 +349,62 @@ def parity_table(results: Path, rep: dict[str, Any]) -> Table:
                        "and prompts against each reference (ulps: float32 spacings at max|ref|), and greedy tokens "
                        + (f"identical to the reference; pass: max rel ≤ {tol:g} and every token identical. "
                           if tol else "identical to the reference. ") + verdict))
+
+
+def _state_dtype_run(d: dict[str, Any]) -> bool:
+    """A perplexity run of the 16-bit state backends against the float32 state (make perplexity-state-dtype)."""
+    return any(b in (d.get("backends") or {}) for b in STATE_BACKENDS.values())
+
+
+def state_dtype_table(results: Path, rep: dict[str, Any]) -> Table:
+    """A 16-bit SSM state against the float32 state: perplexity Δ per protocol (make perplexity-state-dtype)
+    and the decode path's greedy agreement and logits (make state-dtype-fidelity), per model and dtype."""
+    ppl_items = [(p, d) for p, d in load_results("perplexity", results) if _state_dtype_run(d)]
+    fid_items = load_results("state_dtype", results)
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    prov = []
+    for p, d in ppl_items:
+        metric = (d.get("comparison") or {}).get("primary_metric") or primary_metric(d["protocol"])
+        vs = (d.get("comparison") or {}).get("vs_reference") or {}
+        for sdt, b in STATE_BACKENDS.items():
+            rel = ((vs.get(b) or {}).get(metric) or {}).get("rel")
+            if rel is not None:
+                c = cells.setdefault((d["model"]["label"], sdt), {})
+                c[d["protocol"]] = f"{rel:+.1e} ({d.get('scope') or '?'})"
+        pv = d.get("provenance") or {}
+        prov.append(f"{d['model']['label']} / {d['protocol']}: perplexity, float32 params, JAX on "
+                    f"{report.jax_device(pv)}; git {report.short_sha(pv)} ({report.rel(p)}).")
+    for p, d in fid_items:
+        for key, v in (d.get("summary") or {}).items():
+            model, sdt = key.rsplit("/", 1)
+            c = cells.setdefault((model, sdt), {})
+            c["greedy"] = f"{v['tokens_agree']}/{v['tokens']} ({v['prompts_all_agree']}/{v['prompts']} prompts)"
+            c["logits"] = fmt(v.get("logits_max_rel"), ".1e")
+        pv = d.get("provenance") or {}
+        prov.append(f"greedy and logits: {', '.join(d.get('models') or {})}; git {report.short_sha(pv)} "
+                    f"({report.rel(p)}).")
+    order = report.model_order()
+    rows = [[model, sdt, c.get("lm_eval_rolling", "n/a"), c.get("strided", "n/a"), c.get("greedy", "n/a"),
+             c.get("logits", "n/a")]
+            for (model, sdt), c in sorted(cells.items(), key=lambda kv: (
+                order.index(kv[0][0]) if kv[0][0] in order else len(order), kv[0][0], kv[0][1]))]
+    na = ["n/a: no run of that measurement for this model and state dtype."] \
+        if any(x == "n/a" for r in rows for x in r[2:]) else []
+    return _with_sources(ppl_items + fid_items, Table(
+        "state_dtype", "A 16-bit SSM state against the float32 state",
+        ["Model", "State", "Rolling ppl rel. Δ", "Strided ppl rel. Δ", "Greedy tokens equal", "Logits max rel."],
+        "p{2.6cm}lp{2.4cm}p{2.4cm}p{2.6cm}r", rows,
+        "The SSM state stored in bfloat16 or float16 (float32 math inside the step), against the float32 "
+        "state, float32 parameters: the relative perplexity difference on the WikiText-103 test split (the "
+        "state stored at every prefill block boundary, 512 tokens, as a chunked prefill stores it; scope in "
+        "brackets), and on the decode path (the state stored every token) the greedy tokens over 64 steps "
+        "equal to the float32 state's on the parity prompts, and the largest relative logit difference "
+        "along the float32 state's greedy path.", prov,
+        empty="no results/perplexity/*/*-state_dtype.json or results/state_dtype/*.json: run "
+              "`make perplexity-state-dtype` and `make state-dtype-fidelity`", notes=na,
+        short="A 16-bit SSM state against the float32 state: perplexity difference (state stored every 512 "
+              "tokens) and, on the decode path (stored every token), greedy tokens equal over 64 steps and "
+              "the largest relative logit difference."))
 
 
 def _with_sources(items: list[tuple[Path, Any]], t: Table) -> Table:
@@ -717,7 +774,7 @@ def provenance_table(tables: list[Table], fig_dir: Path, root: Path | None = Non
 
 
 TABLE_BUILDERS = (throughput_table, sweep_table, cache_speedup_table, perplexity_table, parity_table,
-                  comparison_table, cpu_analogue_table, compiled_table, anchor_table)
+                  comparison_table, cpu_analogue_table, compiled_table, anchor_table, state_dtype_table)
 
 
 def build_all(results: Path | None, out: Path, reported_claims: Path | dict | None = None,

@@ -101,6 +101,31 @@ def perplexity_doc(name="synthetic-d64", synthetic=True, scope="first 3 of 62 do
             "provenance": PROV}
 
 
+def state_dtype_perplexity_doc(protocol="lm_eval_rolling", ppl=80.0):
+    """A `make perplexity-state-dtype` document: the 16-bit state backends against jax_fp32."""
+    metric = "word_perplexity" if protocol == "lm_eval_rolling" else "token_perplexity"
+    deltas = {"jax_fp32_state_bf16": 2e-3, "jax_fp32_state_fp16": 1e-4}
+    be = {"jax_fp32": {"status": "ok", metric: ppl, "n_tokens": 280000},
+          **{b: {"status": "ok", metric: ppl + d, "n_tokens": 280000} for b, d in deltas.items()}}
+    return {"kind": "perplexity", "protocol": protocol, "scope": "whole test split",
+            "model": {"name": "mamba2-tiny-wikitext", "label": "mamba2-tiny-wikitext", "synthetic": False,
+                      "weights": "trained"},
+            "data": {"split": "test"}, "backends": be,
+            "comparison": {"reference_backend": "jax_fp32", "primary_metric": metric, "tolerance_rel": 1e-4,
+                           "vs_reference": {b: {metric: {"delta": d, "rel": d / ppl}} for b, d in deltas.items()}},
+            "provenance": PROV}
+
+
+def state_dtype_fidelity_doc():
+    """A `make state-dtype-fidelity` document (eval/state_fidelity.py): its summary per model and dtype."""
+    summary = {"mamba2-tiny-wikitext/bfloat16": {"prompts": 8, "prompts_all_agree": 7, "tokens_agree": 500,
+                                                 "tokens": 512, "logits_max_rel": 3e-3, "logits_median_rel": 4e-4},
+               "mamba2-tiny-wikitext/float16": {"prompts": 8, "prompts_all_agree": 8, "tokens_agree": 512,
+                                                "tokens": 512, "logits_max_rel": 2e-4, "logits_median_rel": 3e-5}}
+    return {**bench_doc("state_dtype", [], run="fidelity"), "models": {"mamba2-tiny-wikitext": {}},
+            "summary": summary}
+
+
 def bench_curves_doc():
     """A `make bench` document with only the batch and length curves (experiments/bench.py)."""
     m = {"model": "mamba2-130m", "dtype": "float32"}
@@ -133,6 +158,9 @@ def write_synthetic_results(root: Path) -> Path:
     write_json(root / "perplexity" / "synthetic-d64" / "lm_eval_rolling-limit3.json", perplexity_doc())
     write_json(root / "perplexity" / "synthetic-d64" / "strided-limit3.json",
                perplexity_doc(protocol="strided", scope="first 3 of 141 windows", delta=-3e-4, ppl=800.0))
+    write_json(root / "perplexity" / "mamba2-tiny-wikitext" / "lm_eval_rolling-state_dtype.json",
+               state_dtype_perplexity_doc())
+    write_json(root / "state_dtype" / "fidelity.json", state_dtype_fidelity_doc())
     write_json(root / "tpu_compile" / "mamba2-130m.json", compiled_doc())
     write_json(root / "tpu_compile_anchor" / "mamba2-130m.json", compiled_anchor_doc())
     write_json(root / "serve" / "full-cpu.json", serve_doc())

@@ -153,9 +153,9 @@ def host_sample(logits: np.ndarray, gumbel: np.ndarray, s: SamplingConfig, vocab
 def test_sampled_ragged_batch_equals_a_host_sampler(broad):
     """Every token of a sampled ragged batch is what a NumPy sampler draws from the float64 oracle's
     logits (teacher-forced on the row's prompt and tokens so far) with the same Gumbel noise: token t
-    of row i uses key fold_in(k_i, t) over the row's own (V,) logits, k_0 = key(seed) and
-    k_i = fold_in(key(seed), i) (``row_keys``).  The distributions are broad (many candidates survive
-    top-k/top-p; the draws are not the greedy tokens)."""
+    of row i uses key fold_in(k_i, t) over the row's own (V,) logits, k_0 = key(seed),
+    k_i = fold_in(fold_in(key(seed), 2**32 - 1), i) (``row_keys``).  The distributions are broad (many
+    candidates survive top-k/top-p; the draws are not the greedy tokens)."""
     cfg, sd, _, g = broad
     prompts = ragged_prompts(cfg)
     s = SamplingConfig(greedy=False, temperature=1.5, top_k=50, top_p=0.9)
@@ -163,7 +163,8 @@ def test_sampled_ragged_batch_equals_a_host_sampler(broad):
     got = g.generate(prompts, n, s, seed=seed).tokens
     V = cfg.padded_vocab_size
     key = jax.random.key(seed)
-    row_key = [key] + [jax.random.fold_in(key, i) for i in range(1, len(prompts))]
+    rows = jax.random.fold_in(key, 2**32 - 1)  # the one fold_in datum no position reaches
+    row_key = [key] + [jax.random.fold_in(rows, i) for i in range(1, len(prompts))]
     noise = [np.stack([np.asarray(jax.random.gumbel(jax.random.fold_in(row_key[i], t), (V,)))
                        for i in range(len(prompts))]) for t in range(n)]
     oracle = OracleModel(cfg, sd)

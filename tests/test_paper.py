@@ -90,7 +90,8 @@ def tables(tmp_path_factory):
 
 EXPECTED = {  # table -> (columns, rows from write_synthetic_results)
     "throughput": (10, 4), "sweep": (9, 6), "cache_speedup": (6, 4), "perplexity": (10, 2), "parity": (9, 2),
-    "comparison": (6, 11), "comparison_cpu": (5, 5), "compiled_tpu": (7, 4), "compiled_anchor": (8, 2)}
+    "comparison": (6, 11), "comparison_cpu": (5, 5), "compiled_tpu": (7, 4), "compiled_anchor": (8, 2),
+    "state_dtype": (6, 2)}
 # longtables: they break across pages
 LONG = {"comparison", "comparison_cpu", "compiled_tpu", "provenance"}
 

@@ -199,7 +199,7 @@ def test_prefill_budget_runs_several_calls_per_iteration(tiny):
 
 
 def test_choices_are_the_rows_of_one_generator_batch(tiny, engine):
-    """The choices of an ``n`` > 1 request (choice c: key fold_in(key(seed), c), c > 0) are the rows of
+    """The choices of an ``n`` > 1 request (choice c > 0: key fold_in(fold_in(key(seed), 2**32 - 1), c)) are the rows of
     ``Generator.generate([prompt] * n, seed=seed)``: the same per-row keys (``generate.row_keys``)."""
     cfg, _, model = tiny
     prompt = [3, 14, 15, 9, 2, 6]

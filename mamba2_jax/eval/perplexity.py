@@ -38,8 +38,8 @@ from .windows import primary_metric
 REPO = checkout_root() or Path.cwd()
 
 # JAX backend → (parameter dtype, SSM state storage dtype).  The state dtype reaches a score where the
-# state is stored: at the prefill block boundaries of the scoring program (CPU: every
-# ``loading.PREFILL_BLOCK_CPU`` tokens of a window), as a chunked prefill stores it between chunks.
+# state is stored: between prefill calls (``jax.state_chunk``: a window scored as calls of that many
+# tokens, each from the cache the previous one returned, as a serving engine's chunked prefill runs).
 JAX_BACKENDS = {"jax_fp32": ("float32", "float32"), "jax_bf16": ("bfloat16", "float32"),
                 "jax_fp32_state_bf16": ("float32", "bfloat16"), "jax_fp32_state_fp16": ("float32", "float16")}
 
@@ -136,7 +136,9 @@ class JaxModels:
                 self._scorers.clear()  # one model (in its fp32 and bf16 copies) in memory at a time
             model = load_pretrained(model_dir, dtype=dtype, mesh=_mesh(self.cfg), state_dtype=state_dtype)
             j = self.cfg.jax
-            self._scorers[key] = JaxScorer(model, int(j.batch_size), int(j.bucket), int(j.logits_chunk))
+            sc = j.get("state_chunk")
+            self._scorers[key] = JaxScorer(model, int(j.batch_size), int(j.bucket), int(j.logits_chunk),
+                                           state_chunk=None if sc is None else int(sc))
         return self._scorers[key]
 
 
@@ -155,7 +157,8 @@ def evaluate_one(spec: dict[str, Any], protocol: str, windows: ppl.Windows, winf
                 scorer = jax_models.scorer(spec["dir"], dtype, state_dtype)
                 state = work / f"{b}.progress.npz" if cfg.resume else None
                 fp = {"model": model_fingerprint(Path(spec["dir"])), "dtype": dtype, "state_dtype": state_dtype,
-                      "backend": b, "bucket": scorer.bucket, "batch_size": scorer.batch_size}
+                      "backend": b, "bucket": scorer.bucket, "batch_size": scorer.batch_size,
+                      "state_chunk": scorer.state_chunk}
                 sc = scorer.score(windows, state_path=state, fingerprint=fp, progress=bool(cfg.progress),
                                   desc=f"{spec['label']}/{protocol}/{b}",
                                   checkpoint_every_s=float(cfg.jax.checkpoint_every_s))

@@ -21,7 +21,7 @@ __all__ = ["MAKE_TARGET", "model_order", "model_key", "short_model", "short_sha"
 
 # which make target writes each experiment's results
 MAKE_TARGET = {"throughput": "make throughput", "sweep": "make sweep", "cache_speedup": "make cache-speedup",
-               "perplexity": "make perplexity", "parity": "make parity"}
+               "perplexity": "make perplexity", "parity": "make parity", "state_dtype": "make state-dtype-fidelity"}
 _LAYOUT_TEXT = {"perplexity": "<model>/*.json"}
 
 

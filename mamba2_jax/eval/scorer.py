@@ -33,12 +33,15 @@ class JaxScorer:
     """
 
     def __init__(self, model, batch_size: int = 4, bucket: int = 512, logits_chunk: int = 256,
-                 devices: Sequence[Any] | None = None, mesh=None):
+                 devices: Sequence[Any] | None = None, mesh=None, state_chunk: int | None = None):
         import jax
         from flax import nnx
 
         if bucket % logits_chunk:
             raise ValueError(f"bucket ({bucket}) must be a multiple of logits_chunk ({logits_chunk})")
+        if state_chunk is not None and (state_chunk < 1 or bucket % state_chunk):
+            raise ValueError(f"bucket ({bucket}) must be a multiple of state_chunk ({state_chunk})")
+        self.state_chunk = None if state_chunk is None else int(state_chunk)
         if mesh is not None:
             from ..loading import shard_model
             from ..sharding import make_mesh
@@ -69,7 +72,7 @@ class JaxScorer:
             state = jax.device_put(state, NamedSharding(mesh, P()))
             self._in_sharding = NamedSharding(mesh, P("data"))
         self._state = state
-        self._fn = _jitted_score_fn(model, graphdef, logits_chunk)
+        self._fn = _jitted_score_fn(model, graphdef, logits_chunk, self.state_chunk)
         self.shapes_compiled: set[tuple[int, int]] = set()
         self.compile_seconds = 0.0
 
@@ -163,14 +166,17 @@ class JaxScorer:
         info = {"resumed_windows": resumed, "computed_windows": n - resumed, "computed_tokens": tok_done,
                 "wall_seconds": wall, "first_call_seconds": first_calls,
                 "shapes_compiled": sorted(self.shapes_compiled), "batch_size": self.batch_size,
-                "bucket": self.bucket, "n_devices": len(self.devices),
+                "bucket": self.bucket, "state_chunk": self.state_chunk, "n_devices": len(self.devices),
                 "mesh": None if self.mesh is None else {k: int(v) for k, v in self.mesh.shape.items()},
                 "tokens_per_second_incl_compile": tok_done / wall if tok_done else None}
         return WindowScores(loglik, n_scored, info)
 
 
-def _make_score_fn(graphdef, chunk: int):
-    """(state, ids (b, w), lengths, score_from) → per-target log-probs (b, w-1), fp32 log-softmax."""
+def _make_score_fn(graphdef, chunk: int, state_chunk: int | None = None):
+    """(state, ids (b, w), lengths, score_from) → per-target log-probs (b, w-1), fp32 log-softmax.
+    ``state_chunk``: the input runs as prefill calls of that many tokens, each starting from the cache
+    the previous one returned (in the model's state dtype), as a serving engine's chunked prefill
+    stores the state between chunks; None: one call."""
     import jax.numpy as jnp
     from flax import nnx
 
@@ -180,7 +186,15 @@ def _make_score_fn(graphdef, chunk: int):
         lb = w - 1
         inp, tgt = ids[:, :-1], ids[:, 1:]
         in_len = jnp.clip(lengths - 1, 1, lb).astype(jnp.int32)
-        h, _ = model.hidden_states(inp, lengths=in_len)  # (b, lb, d) f32, under the model's prefill policy
+        if state_chunk is None or lb <= state_chunk:
+            h, _ = model.hidden_states(inp, lengths=in_len)  # (b, lb, d) f32, under the model's prefill policy
+        else:
+            cache, hs = None, []
+            for s in range(0, lb, state_chunk):  # a row with no real token in a chunk keeps its state
+                hk, cache = model.hidden_states(inp[:, s:s + state_chunk], cache,
+                                                lengths=jnp.clip(in_len - s, 0, state_chunk).astype(jnp.int32))
+                hs.append(hk)
+            h = jnp.concatenate(hs, axis=1)
         # position-major rows, so that each chunk of the head holds ``chunk`` positions of every row
         rows = jnp.swapaxes(h, 0, 1).reshape(lb * b, h.shape[-1])
         lp = model.token_logprobs(rows, jnp.swapaxes(tgt, 0, 1).reshape(-1), chunk * b)
@@ -192,17 +206,17 @@ def _make_score_fn(graphdef, chunk: int):
     return fn
 
 
-_JIT_CACHE: weakref.WeakKeyDictionary[Any, dict[int, Any]] = weakref.WeakKeyDictionary()
+_JIT_CACHE: weakref.WeakKeyDictionary[Any, dict[tuple, Any]] = weakref.WeakKeyDictionary()
 
 
-def _jitted_score_fn(model, graphdef, chunk: int):
-    """One jitted function per (model object, chunk): scorers of one model share compiled shapes."""
+def _jitted_score_fn(model, graphdef, chunk: int, state_chunk: int | None = None):
+    """One jitted function per (model object, chunk, state chunk): scorers of one model share compiled shapes."""
     import jax
 
     per_model = _JIT_CACHE.setdefault(model, {})
-    if chunk not in per_model:
-        per_model[chunk] = jax.jit(_make_score_fn(graphdef, chunk))
-    return per_model[chunk]
+    if (chunk, state_chunk) not in per_model:
+        per_model[chunk, state_chunk] = jax.jit(_make_score_fn(graphdef, chunk, state_chunk))
+    return per_model[chunk, state_chunk]
 
 
 def _save_progress(path, meta, loglik, n_scored, done) -> None:

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..cache import Mamba2Cache
-from ..generate import SamplingArrays, bucket_length
+from ..generate import SamplingArrays, bucket_length, row_key
 from .prefix_cache import PrefixCache
 from .programs import SlotPrograms
 
@@ -254,13 +254,11 @@ class Engine:
 
     @staticmethod
     def request_key(seed: int | None, choice: int = 0) -> np.ndarray:
-        """The key data of a request: key(seed) for choice 0, fold_in(key(seed), choice) after (the
-        rows' keys of ``Generator.generate([prompt] * n, seed=seed)``: ``generate.row_keys``)."""
+        """The key data of a request's choice: row ``choice`` of ``Generator.generate([prompt] * n,
+        seed=seed)`` (``generate.row_key``)."""
         if seed is None:
             seed = int(np.random.default_rng().integers(0, 2**62))
-        k = jax.random.key(int(seed))
-        if choice:
-            k = jax.random.fold_in(k, int(choice))
+        k = row_key(jax.random.key(int(seed)), int(choice))
         return np.asarray(jax.random.key_data(k), np.uint32)
 
     # ------------------------------------------------------------------------------ API
