@@ -78,13 +78,19 @@ def build(results: Path) -> style.Figure:
     ax1.set_ylabel("speedup (recompute / cached)")
     ax1.set_title("(b) cached-decode speedup")
     model_handles = style.model_handles(models, colors)
-    kind_handles = [Line2D([], [], color="#555555", ls="-", marker="o", label="cached decode (filled)"),
-                    Line2D([], [], color="#555555", ls="--", marker="o", mfc="white", label="full recompute (open)")]
+    single = per_run and max(per_run) == 1
+    # markers only when no run has a line to draw: a solid / dashed key would name lines that are not there
+    kind_handles = [Line2D([], [], color="#555555", ls="none" if single else "-", marker="o",
+                           label="cached decode (filled)"),
+                    Line2D([], [], color="#555555", ls="none" if single else "--", marker="o", mfc="white",
+                           label="full recompute (open)")]
     ax0.legend(handles=model_handles + kind_handles, loc="best")
     paper_h = Line2D([], [], color=style.REFERENCE_GREY, lw=6, alpha=0.6,
                      label=f"paper: {paper_lo:g}-{paper_hi:g}x at {paper_ctx} ({paper_dev}, reported)")
+    if single:
+        for h in run_handles:
+            h.set_linestyle("none")
     ax1.legend(handles=run_handles + [paper_h], loc="best")
-    single = per_run and max(per_run) == 1
     runs_note = ("Each run measured one context: points are separate runs, not a trend." if single
                  else "Lines join the contexts of one run.")
     if single:

@@ -13,7 +13,7 @@ from mamba2_jax.eval import report, reported
 from . import style
 
 NAME = "fig5_parity"
-TITLE = "parity with mamba_ssm v2.2.2 / HF transformers"
+TITLE = "parity with the reference implementations (mamba_ssm, HF transformers, llama.cpp)"
 DESCRIPTION = """
     (a) per layer, the worst over prompts of max|JAX - ref| / max|ref| of the hidden states (star: logits), per
     model (colour) and reference (line style); dashed: tolerance; dotted: float32 unit roundoff. (b) greedy

@@ -239,13 +239,15 @@ def save(f: Figure, out: Path, formats: Iterable[str] = ("png", "pdf")) -> list[
 
 
 # ------------------------------------------------------------------------------ grouped bars (figures 3, 4)
-def grouped_bars(ax, models, series, values, colors=None, annotate=None, log=False, inside=False):
+def grouped_bars(ax, models, series, values, colors=None, annotate=None, log=False, inside=False, rotation=None):
     """``values[(series, model)]`` -> height (missing: no bar).  ``annotate[(series, model)]`` -> text.
     One group per model, one bar per series.  ``inside``: labels in white inside the top of each bar tall
-    enough to hold one (so a reference line across the panel never runs through them)."""
+    enough to hold one (so a reference line across the panel never runs through them).  ``rotation``: of the
+    labels (default: 90 with more than 3 series, else 0; 90 also keeps neighbours' labels apart in crowded panels)."""
     import numpy as np
 
     n = max(len(series), 1)
+    rot = rotation if rotation is not None else (90 if n > 3 else 0)
     width = 0.8 / n
     x = np.arange(len(models))
     for i, s in enumerate(series):
@@ -263,10 +265,10 @@ def grouped_bars(ax, models, series, values, colors=None, annotate=None, log=Fal
         for xx, hh, t in zip(xs, hs, labels, strict=True):
             if t and inside and hh > 0.15 * ax.get_ylim()[1]:
                 ax.annotate(t, (xx, hh), textcoords="offset points", xytext=(0, -3), ha="center", va="top",
-                            fontsize=6.5, color="white", fontweight="bold", rotation=90 if n > 3 else 0)
+                            fontsize=6.5, color="white", fontweight="bold", rotation=rot)
             elif t:
                 ax.annotate(t, (xx, hh), textcoords="offset points", xytext=(0, 2), ha="center", va="bottom",
-                            fontsize=6.5, rotation=90 if n > 3 else 0)
+                            fontsize=6.5, rotation=rot)
     ax.set_xticks(x)
     ax.set_xticklabels([report.short_model(m) for m in models], rotation=0 if len(models) <= 6 else 30)
     if log:
