@@ -59,7 +59,8 @@ def build(results: Path) -> style.Figure:
             bc = sorted((r for r in brecs if r.get("dtype") == dt), key=lambda r: r["batch"])
             x = [r["batch"] for r in bc]
             batches.update(x)
-            dl = f"{dt}, {label}"
+            w, _, sdt = str(dt).partition("/")  # "w/s": weights w, the SSM state stored in s
+            dl = f"{w}{f', {sdt} state' if sdt else ''}, {label}"
             line, = ax0.plot(x, [r["value"] for r in bc], marker=mk, label=f"achieved ({dl})")
             ax0.plot(x, [r["bound_tokens_per_s"] for r in bc], marker=mk, ls="--", mfc="white",
                      color=line.get_color(), label=f"bound ({dl})")
