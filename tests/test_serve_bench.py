@@ -286,6 +286,9 @@ def test_commands():
     assert ours[ours.index("--slots") + 1] == "16" and ours[ours.index("--prefix-cache-bytes") + 1] == "0"
     assert ours[-2:] == ["--decode-steps", "4"] and ours[ours.index("--host") + 1] == "127.0.0.1"
     assert ours[ours.index("--state-dtype") + 1] == "float32"  # the default: a float32 SSM state
+    assert "--prefill-budget" not in ours  # unset: the server's default
+    pb = sb.ours_command("/m", 8001, 16, prefill_budget=2048)
+    assert pb[pb.index("--prefill-budget") + 1] == "2048"
     bf = sb.ours_command("/m", 8001, 16, state_dtype="bfloat16")
     assert bf[bf.index("--state-dtype") + 1] == "bfloat16" and bf[bf.index("--dtype") + 1] == "float32"
     from mamba2_jax.cli import build_parser  # the command is one `mamba2-jax serve` accepts

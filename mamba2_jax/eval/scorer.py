@@ -177,6 +177,7 @@ def _make_score_fn(graphdef, chunk: int, state_chunk: int | None = None):
     ``state_chunk``: the input runs as prefill calls of that many tokens, each starting from the cache
     the previous one returned (in the model's state dtype), as a serving engine's chunked prefill
     stores the state between chunks; None: one call."""
+    import jax
     import jax.numpy as jnp
     from flax import nnx
 
@@ -188,13 +189,18 @@ def _make_score_fn(graphdef, chunk: int, state_chunk: int | None = None):
         in_len = jnp.clip(lengths - 1, 1, lb).astype(jnp.int32)
         if state_chunk is None or lb <= state_chunk:
             h, _ = model.hidden_states(inp, lengths=in_len)  # (b, lb, d) f32, under the model's prefill policy
-        else:
-            cache, hs = None, []
-            for s in range(0, lb, state_chunk):  # a row with no real token in a chunk keeps its state
-                hk, cache = model.hidden_states(inp[:, s:s + state_chunk], cache,
-                                                lengths=jnp.clip(in_len - s, 0, state_chunk).astype(jnp.int32))
-                hs.append(hk)
-            h = jnp.concatenate(hs, axis=1)
+        else:  # a lax.scan over the calls (one compiled call); a row with no real token in a call keeps its state
+            n = lb // state_chunk
+            pieces = jnp.moveaxis(inp.reshape(b, n, state_chunk), 1, 0)
+            lens = jnp.clip(in_len[None, :] - jnp.arange(n, dtype=jnp.int32)[:, None] * state_chunk, 0,
+                            state_chunk).astype(jnp.int32)
+
+            def call(cache, xs):
+                hk, cache = model.hidden_states(xs[0], cache, lengths=xs[1])
+                return cache, hk
+
+            _, hs = jax.lax.scan(call, model.init_cache(b), (pieces, lens))
+            h = jnp.moveaxis(hs, 0, 1).reshape(b, lb, hs.shape[-1])
         # position-major rows, so that each chunk of the head holds ``chunk`` positions of every row
         rows = jnp.swapaxes(h, 0, 1).reshape(lb * b, h.shape[-1])
         lp = model.token_logprobs(rows, jnp.swapaxes(tgt, 0, 1).reshape(-1), chunk * b)

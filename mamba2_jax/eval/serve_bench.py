@@ -483,7 +483,7 @@ def read_rss(pid: int) -> float | None:
 
 
 def ours_command(model_dir: str, port: int, slots: int, *, dtype: str = "float32", state_dtype: str = "float32",
-                 prefix_cache_bytes: int | None = None, extra: Sequence[str] = (),
+                 prefix_cache_bytes: int | None = None, prefill_budget: int | None = None, extra: Sequence[str] = (),
                  python: str | None = None, name: str | None = None) -> list[str]:
     cmd = [python or sys.executable, "-m", "mamba2_jax.cli", "serve", "--model", str(model_dir), "--host",
            "127.0.0.1", "--port", str(port), "--slots", str(slots), "--dtype", dtype, "--state-dtype", state_dtype]
@@ -491,6 +491,8 @@ def ours_command(model_dir: str, port: int, slots: int, *, dtype: str = "float32
         cmd += ["--served-model-name", name]
     if prefix_cache_bytes is not None:
         cmd += ["--prefix-cache-bytes", str(int(prefix_cache_bytes))]
+    if prefill_budget is not None:
+        cmd += ["--prefill-budget", str(int(prefill_budget))]
     return cmd + [str(x) for x in extra]
 
 
@@ -845,7 +847,7 @@ def run(cfg) -> dict:
                 if s in ("ours", "ours_nocache"):
                     pcb = 0 if s == "ours_nocache" else S["ours"].get("prefix_cache_bytes")
                     cmd = ours_command(str(model_dir), port, slots, dtype=dtype, state_dtype=state_dtype,
-                                       prefix_cache_bytes=pcb,
+                                       prefix_cache_bytes=pcb, prefill_budget=S["ours"].get("prefill_budget"),
                                        extra=S["ours"].get("args") or [], name=mname)
                 else:
                     from reference.llama_gguf import convert
@@ -913,6 +915,7 @@ def run(cfg) -> dict:
     targets = compute_targets(summaries, ratios, S)
     wall = time.perf_counter() - t_run
     flags = {"ours": {"args": S["ours"].get("args") or [], "prefix_cache_bytes": S["ours"].get("prefix_cache_bytes"),
+                      "prefill_budget": S["ours"].get("prefill_budget"),
                       "threads": f"XLA:CPU default (all {os.cpu_count()} cores)",
                       "xla_flags": os.environ.get("XLA_FLAGS")},
              "llama_server": {"threads": int(S["llama_server"]["threads"]), "args": S["llama_server"].get("args") or [],

@@ -19,6 +19,7 @@ Settings: ``mamba2_jax/eval/conf/state_dtype.yaml``.  Writes ``results/state_dty
 from __future__ import annotations
 
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +33,27 @@ from .results import write_document
 __all__ = ["run", "teacher_forced_logits"]
 
 
+_PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _programs(model):
+    """The model's jitted (params, prefill at the last position, step), built once per model."""
+    import jax
+    from flax import nnx
+
+    if model not in _PROGRAMS:
+        gd, st = nnx.split(model)
+        _PROGRAMS[model] = (st, jax.jit(lambda s, i: nnx.merge(gd, s).prefill(i, last_only=True)),
+                            jax.jit(lambda s, t, c: nnx.merge(gd, s).step(t, c), donate_argnums=2))
+    return _PROGRAMS[model]
+
+
 def teacher_forced_logits(model, prompt: list[int], tokens: np.ndarray) -> np.ndarray:
     """Logits (len(tokens), V) predicting ``tokens[k]``: the prompt's last position, then one
     decode step per token of ``tokens[:-1]`` (the model's own step, its cache in its state dtype)."""
-    import jax
     import jax.numpy as jnp
-    from flax import nnx
 
-    gd, st = nnx.split(model)
-    prefill = jax.jit(lambda s, i: nnx.merge(gd, s).prefill(i, last_only=True))
-    step = jax.jit(lambda s, t, c: nnx.merge(gd, s).step(t, c), donate_argnums=2)
+    st, prefill, step = _programs(model)
     lg, cache = prefill(st, jnp.asarray([prompt], jnp.int32))
     out = [np.asarray(lg[0], np.float64)]
     for t in tokens[:-1]:

@@ -163,7 +163,7 @@ class Engine:
         self.cfg = model.cfg
         self.S = int(slots)
         self.prefill_chunk = int(prefill_chunk)
-        self.prefill_budget = int(prefill_budget or prefill_chunk)
+        self.prefill_budget = self.prefill_chunk if prefill_budget is None else int(prefill_budget)
         if self.prefill_budget < 1:
             raise ValueError(f"prefill_budget must be >= 1, got {prefill_budget}")
         self.min_bucket = min(int(min_bucket), self.prefill_chunk)
