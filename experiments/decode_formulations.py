@@ -64,16 +64,17 @@ def _with_d(y, x, D):
     return y + x.astype(F32) * (Df[:, None] if Df.ndim == 1 else Df)
 
 
-def _ssd_step_reduce(state, x, dt, A, B, C, D=None, precision=None):
-    """ssd.ssd_step as it was before issue 12 (read-out as an elementwise product + reduce)."""
+def _ssd_step_reduce(state, x, dt, A, B, C, D=None, precision=None, block_bytes=None):
+    """ssd.ssd_step as it was before issue 12 (read-out as an elementwise product + reduce; one block:
+    ``block_bytes`` is ignored, as batch 1 is one block in today's step too)."""
     b, h, p, n = state.shape
     s = _grouped_state_update(state, x, dt, A, B)
     y = jnp.sum(s * C.astype(F32)[:, :, None, None, :], axis=-1).reshape(b, h, p)
     return _with_d(y, x, D), s.reshape(b, h, p, n)
 
 
-def _ssd_step_grouped_dot(state, x, dt, A, B, C, D=None, precision=None):
-    """An intermediate form: read-out as a dot, but the state viewed as (b, g, r, p, n)."""
+def _ssd_step_grouped_dot(state, x, dt, A, B, C, D=None, precision=None, block_bytes=None):
+    """An intermediate form: read-out as a dot, but the state viewed as (b, g, r, p, n) (one block)."""
     b, h, p, n = state.shape
     s = _grouped_state_update(state, x, dt, A, B)
     y = jnp.einsum("bgrpn,bgn->bgrp", s, C.astype(F32), precision=precision).reshape(b, h, p)
