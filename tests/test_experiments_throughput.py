@@ -124,6 +124,22 @@ def test_bench_tiny(tmp_path):
     assert {r["length"] for r in recs if r["metric"] == "prefill_matmul_fraction"} == {40}
 
 
+@pytest.mark.parametrize("name", ["decode_formulations", "decode_split"])
+def test_decode_probes_tiny(tmp_path, name):
+    """The two batch-1 decode probes (argparse entry points, not Hydra) run end to end on the tiny model
+    against today's model code (their patched formulations must follow the step's signature) and
+    write a valid result."""
+    out = load_experiment(name).main(["--model", "tiny", "--rounds", "1", "--tokens", "2",
+                                      "--stream-bytes", str(1 << 22), "--out-dir", str(tmp_path),
+                                      "--gemv-reps", "1"])
+    jp, cp = out["paths"]
+    doc = json.loads(Path(jp).read_text())
+    validate_result(doc)
+    assert doc["experiment"] == name and doc["provenance"]["git"]["sha"]
+    assert len(pd.read_csv(cp)) == len(doc["records"]) >= 3
+    assert all(r["model"] == "tiny" for r in doc["records"] if "model" in r)
+
+
 def test_peers_tiny_ours(tmp_path):
     """The peers experiment with this project alone (no anchor needed): it runs and writes its results."""
     out = load_experiment("peers").run(cfg_for(
