@@ -67,7 +67,7 @@ def batch_curve(models: dict[str, Any], batches, n_tokens: int, rounds: int, str
             t = times[f"batch:{dt}:{b}"]
             s = bench.median(t)
             sdt = getattr(model, "state_dtype", "float32")
-            by = flops.decode_bytes(model.cfg, int(b), dt.split("/")[0], sdt)["total"]
+            by = flops.decode_bytes(model.cfg, int(b), model.dtype, sdt)["total"]
             recs.append({
                 "metric": "decode_batch_tokens_per_s", "value": b / s, "unit": "tokens/s", "dtype": dt,
                 "state_dtype": str(sdt),

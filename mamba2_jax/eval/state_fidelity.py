@@ -18,8 +18,8 @@ Settings: ``mamba2_jax/eval/conf/state_dtype.yaml``.  Writes ``results/state_dty
 
 from __future__ import annotations
 
+import json
 import time
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -33,29 +33,20 @@ from .results import write_document
 __all__ = ["run", "teacher_forced_logits"]
 
 
-_PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _programs(model):
-    """The model's jitted (params, prefill at the last position, step), built once per model."""
-    import jax
-    from flax import nnx
-
-    if model not in _PROGRAMS:
-        gd, st = nnx.split(model)
-        _PROGRAMS[model] = (st, jax.jit(lambda s, i: nnx.merge(gd, s).prefill(i, last_only=True)),
-                            jax.jit(lambda s, t, c: nnx.merge(gd, s).step(t, c), donate_argnums=2))
-    return _PROGRAMS[model]
-
-
 def teacher_forced_logits(model, prompt: list[int], tokens: np.ndarray) -> np.ndarray:
     """Logits (len(tokens), V) predicting ``tokens[k]``: the prompt's last position, then one
-    decode step per token of ``tokens[:-1]`` (the model's own step, its cache in its state dtype)."""
+    decode step per token of ``tokens[:-1]`` (the model's own step, its cache in its state dtype).
+    The programs are :func:`~mamba2_jax.generate.stepwise_greedy`'s (cached per model structure),
+    fed the given tokens instead of their argmax."""
     import jax.numpy as jnp
+    from flax import nnx
 
-    st, prefill, step = _programs(model)
-    lg, cache = prefill(st, jnp.asarray([prompt], jnp.int32))
-    out = [np.asarray(lg[0], np.float64)]
+    from ..generate import _stepwise_programs
+
+    graphdef, st = nnx.split(model)
+    prefill, step = _stepwise_programs(graphdef)
+    lg, cache, _ = prefill(st, jnp.asarray([prompt], jnp.int32))
+    out = [np.asarray(lg[0, -1], np.float64)]
     for t in tokens[:-1]:
         lg, cache = step(st, jnp.asarray([t], jnp.int32), cache)
         out.append(np.asarray(lg[0], np.float64))
@@ -78,7 +69,7 @@ def run(cfg) -> dict[str, Any]:
     jax.config.update("jax_default_matmul_precision", "highest")
     tok = load_tokenizer(str(cfg.tokenizer), allow_hub=False)
     src = OmegaConf.to_container(cfg, resolve=True)
-    prompts = __import__("json").loads(repo_path(cfg.prompts_file).read_text())["prompts"][: cfg.max_prompts or None]
+    prompts = json.loads(repo_path(cfg.prompts_file).read_text())["prompts"][: cfg.max_prompts or None]
     prompts = [{"id": p["id"], "ids": tok.encode(p["text"])} for p in prompts]
     work = repo_path(cfg.paths.work_dir)
     rows, models = [], {}
