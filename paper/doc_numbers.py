@@ -37,6 +37,9 @@ A number entry (all keys but ``file`` optional):
     default: the text when the files hold no value (a field an older run did not record)
     round:   up | down   round to the displayed digits upwards/downwards instead of to nearest, for
              sentences like "within X" (so the sentence stays true)
+    derive:  the name of a function in ``DERIVE`` that maps (document, selected record) to a dict that
+             ``key`` then reads (e.g. ``batch_roofline``: a batch-curve record's roofline, computed from
+             the same document's bandwidth and matmul rate by ``mamba2_jax.eval.flops``)
 """
 
 from __future__ import annotations
@@ -128,6 +131,15 @@ def _parts(key: Any) -> list[str]:
     return [str(k) for k in key] if isinstance(key, list) else str(key).split(".")
 
 
+def _batch_roofline(doc: dict[str, Any], rec: dict[str, Any]) -> dict[str, Any] | None:
+    from mamba2_jax.eval.flops import batch_curve_roofline
+
+    return batch_curve_roofline(doc, rec)
+
+
+DERIVE: dict[str, Callable[[dict[str, Any], dict[str, Any]], Any]] = {"batch_roofline": _batch_roofline}
+
+
 def values(spec: dict[str, Any], root: Path = REPO) -> list[Any]:
     out: list[Any] = []
     keys = spec.get("keys") or [spec.get("key", "value" if "records" in spec else None)]
@@ -139,6 +151,8 @@ def values(spec: dict[str, Any], root: Path = REPO) -> list[Any]:
                     if all(r.get(k) == v for k, v in want.items())]
         else:
             objs = [doc]
+        if "derive" in spec:
+            objs = [DERIVE[spec["derive"]](doc, o) or {} for o in objs]
         for obj in objs:
             for key in keys:
                 vals = [v for v in _walk(obj, _parts(key)) if v is not None]

@@ -136,3 +136,38 @@ def test_prefill_flops_count_the_chunk_and_blocks_the_model_runs():
     assert flops.prefill_flops(cfg, 1024, chunk_size=64)["ssd_inter"] == 2 * 2 * 8 * 16 * 16 * 16 * 16  # one pass
     assert flops.model_prefill_flops(model, 1000)["ssd_inter"] == 2 * 2 * 8 * 16 * 16 * 16 * 16  # not a multiple
     assert flops.recompute_flops(model, 1024) == g["total"]
+
+
+def test_decode_roofline_takes_the_lower_of_the_bytes_and_matmul_bounds():
+    """Counts from the checkpoint's own tensors, not from decode_flops: a decode token multiplies every
+    in_proj / out_proj matrix and the (tied) embedding once, 2 FLOPs per weight element."""
+    import numpy as np
+
+    from mamba2_jax.checkpoint import init_state_dict
+
+    sd = init_state_dict(TINY, 0)
+    mm_weights = sum(int(np.prod(v.shape)) for k, v in sd.items()
+                     if k.endswith(("in_proj.weight", "out_proj.weight")) or k == "backbone.embedding.weight")
+    assert mm_weights > 0
+    bw, rate = 1.0e10, 1.0e11
+    small = flops.decode_roofline(TINY, 1, bw, rate)
+    assert small["matmul_bound_tokens_per_s"] == pytest.approx(rate / (2 * mm_weights))
+    assert small["bandwidth_bound_tokens_per_s"] == pytest.approx(bw / flops.decode_bytes(TINY, 1)["total"])
+    assert small["limited_by"] == "bandwidth"
+    assert small["roofline_tokens_per_s"] == small["bandwidth_bound_tokens_per_s"]
+    # a batch large enough that the weights' bytes are shared by many rows: the matmuls bind
+    big = flops.decode_roofline(TINY, 4096, bw, rate * 1e-3)
+    assert big["limited_by"] == "matmul"
+    assert big["roofline_tokens_per_s"] == pytest.approx(rate * 1e-3 / (2 * mm_weights))
+
+
+def test_batch_curve_roofline_reads_the_documents_own_rates():
+    rec = {"metric": "decode_batch_tokens_per_s", "dtype": "float32", "batch": 4, "value": 50.0,
+           "stream_bandwidth": 2.0e10, "state_dtype": "float32"}
+    doc = {"models": {"float32": {"model": "tiny", "dtype": "float32"}},
+           "records": [rec, {"metric": "matmul_flops_per_s", "value": 5.0e10}]}
+    ro = flops.batch_curve_roofline(doc, rec)
+    want = flops.decode_roofline(TINY, 4, 2.0e10, 5.0e10)
+    assert ro["roofline_tokens_per_s"] == pytest.approx(want["roofline_tokens_per_s"])
+    assert ro["roofline_fraction"] == pytest.approx(50.0 / want["roofline_tokens_per_s"])
+    assert flops.batch_curve_roofline({"models": doc["models"], "records": [rec]}, rec) is None  # no matmul rate

@@ -50,7 +50,7 @@ from ..config import Mamba2Config
 from ..params import fp32_params, num_params
 
 __all__ = ["itemsize", "param_bytes", "state_bytes", "prefill_flops", "model_prefill_flops", "decode_flops",
-           "decode_bytes", "recompute_flops"]
+           "decode_bytes", "decode_roofline", "batch_curve_roofline", "recompute_flops"]
 
 
 def itemsize(dtype) -> int:
@@ -165,6 +165,39 @@ def decode_bytes(cfg: Mamba2Config, batch: int = 1, dtype="float32", state_dtype
            "embedding_gather": batch * cfg.d_model * itemsize(dtype)}
     out["total"] = out["params"] + out["state_read"] + out["state_write"]
     return out
+
+
+def decode_roofline(cfg: Mamba2Config, batch: int, bandwidth: float, matmul_flops_per_s: float,
+                    dtype="float32", state_dtype="float32") -> dict:
+    """The roofline of one decode step of ``batch`` rows: it takes at least ``decode_bytes`` ÷
+    ``bandwidth`` (bytes/s) and at least its matmul FLOPs ÷ ``matmul_flops_per_s`` (a dense matmul's
+    rate on the same machine), so tokens/s ≤ batch ÷ the larger of the two.  At batch 1 the bytes bind;
+    as the batch grows the weights are read once for more rows and the matmuls bind (on a CPU whose
+    FLOP rate ÷ bandwidth is small, already at a few rows).  The state update's few FLOPs per element
+    are in the bytes term, not the matmul one."""
+    t_bytes = decode_bytes(cfg, batch, dtype, state_dtype)["total"] / bandwidth
+    t_mm = decode_flops(cfg, batch)["matmul"] / matmul_flops_per_s
+    return {"bandwidth_bound_tokens_per_s": batch / t_bytes, "matmul_bound_tokens_per_s": batch / t_mm,
+            "roofline_tokens_per_s": batch / max(t_bytes, t_mm),
+            "limited_by": "bandwidth" if t_bytes >= t_mm else "matmul"}
+
+
+def batch_curve_roofline(doc: dict, rec: dict) -> dict | None:
+    """:func:`decode_roofline` of a ``decode_batch_tokens_per_s`` record of a ``make bench`` document, at
+    the bandwidth of its own rounds and the document's dense-matmul rate (``matmul_flops_per_s``, the
+    same run), with ``roofline_fraction`` = achieved ÷ roofline; None without a matmul rate."""
+    from ..config import get_preset
+
+    rate = next((r["value"] for r in doc.get("records") or [] if r.get("metric") == "matmul_flops_per_s"), None)
+    info = (doc.get("models") or {}).get(rec.get("dtype")) or {}
+    if not rate or not rec.get("stream_bandwidth") or not info.get("model"):
+        return None
+    cfg = get_preset(info["model"])
+    ro = decode_roofline(cfg, int(rec["batch"]), rec["stream_bandwidth"], rate, info.get("dtype", "float32"),
+                         rec.get("state_dtype") or "float32")
+    ro["matmul_flops_per_s"] = rate
+    ro["roofline_fraction"] = rec["value"] / ro["roofline_tokens_per_s"]
+    return ro
 
 
 def recompute_flops(model, context: int, batch: int = 1) -> int:
