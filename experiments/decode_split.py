@@ -13,6 +13,11 @@ gives the compiler work for both cores.  Measured here:
   (``in_proj_parts``: z, x, B, C, dt; the model's existing split path, used on meshes).
 * **LM-head GEMV** (the largest weight, V × d): one dot vs the weight stored as 2 and 4 row blocks,
   each its own dot, concatenated.
+* **Projections over b rows** (where batched decode's time goes): one layer's in_proj and out_proj and
+  the LM head, as the model's own ``ops.dot`` multiplies them in a decode step of b rows, at b = 1, 4,
+  16, 64; their FLOP rate against a dense fp32 2048³ matmul (``curves.MatmulBench``) in the same
+  rounds.  From a few rows on, a decode step's matmul FLOPs, not its bytes, bound it on this CPU
+  (``eval.flops.decode_roofline``), so this rate is the batched step's ceiling.
 
 Writes results/decode_split/<run>.json (+ csv) with provenance, medians, minima and raw times.
 """
@@ -77,6 +82,32 @@ def head_gemvs(V: int, d: int, splits=(1, 2, 4), seed: int = 0):
     return out
 
 
+def projection_dots(model, rows=(1, 4, 16, 64), seed: int = 0):
+    """{f"proj_b{b}": (run, FLOPs per call, weight bytes)}: layer 0's in_proj and out_proj and the LM head
+    applied to b rows with ``ops.dot`` (the model's own matmul), in one jitted call each."""
+    from mamba2_jax.ops import dot
+
+    mixer = model.backbone.layer(0).mixer
+    W_in, W_out, E = mixer.in_proj[...], mixer.out_proj[...], model._head()[...]
+    rng = np.random.default_rng(seed)
+    out = {}
+    for b in rows:
+        x = jnp.asarray(rng.standard_normal((b, W_in.shape[1]), np.float32))
+        y = jnp.asarray(rng.standard_normal((b, W_out.shape[1]), np.float32))
+        f = jax.jit(lambda x, y, a, o, e: (dot(x, a, model.precision), dot(y, o, model.precision),
+                                           dot(x, e, model.precision)))
+        jax.block_until_ready(f(x, y, W_in, W_out, E))
+        fl = 2.0 * b * (W_in.size + W_out.size + E.size)
+
+        def run(f=f, x=x, y=y):
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(x, y, W_in, W_out, E))
+            return time.perf_counter() - t0
+
+        out[f"proj_b{b}"] = (run, fl, W_in.nbytes + W_out.nbytes + E.nbytes, b)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="mamba2-130m")
@@ -102,6 +133,13 @@ def main(argv=None):
     gem = head_gemvs(cfg.padded_vocab_size, cfg.d_model)
     for name, (run, _, _) in gem.items():
         fns[name] = (lambda run=run: sum(run() for _ in range(a.gemv_reps)) / a.gemv_reps)
+    from mamba2_jax.eval.curves import MatmulBench
+
+    proj = projection_dots(model)
+    for name, (run, *_) in proj.items():
+        fns[name] = (lambda run=run: sum(run() for _ in range(a.gemv_reps)) / a.gemv_reps)
+    mm = MatmulBench()
+    fns["dense_matmul"] = mm.run
     times, bw, stream_rec, (load0, load1) = bench.alternate_with_stream(fns, a.rounds, a.stream_bytes)
     by = flops.decode_bytes(cfg, 1, "float32")["total"]
     recs = [stream_rec]
@@ -119,6 +157,19 @@ def main(argv=None):
         recs.append(bench.gemv_record(name, t, nbytes, fraction_of_stream=nbytes / s / bw, speed_vs_one_dot=g1 / s))
         print(f"gemv {name:16s} {s * 1e3:7.2f} ms  {nbytes / s / 1e9:6.1f} GB/s  {nbytes / s / bw:5.2f} of stream  "
               f"x{g1 / s:4.2f} vs one dot")
+    rate = mm.flops_per_call / bench.median(times["dense_matmul"])
+    recs.append({"metric": "matmul_flops_per_s", "value": rate, "unit": "FLOP/s", "times_s": times["dense_matmul"],
+                 "note": "fp32 2048^3 matmul (precision highest), median of the same alternating rounds"})
+    for name, (_, fl, nbytes, b) in proj.items():
+        t = times[name]
+        s = bench.median(t)
+        recs.append({"metric": "projection_flops_per_s", "value": fl / s, "unit": "FLOP/s", "formulation": name,
+                     "batch": b, "median_s": s, "min_s": min(t), "times_s": t, "flops": fl, "weight_bytes": nbytes,
+                     "fraction_of_dense_matmul": fl / s / rate, "weight_bytes_per_s": nbytes / s,
+                     "note": "layer 0's in_proj and out_proj and the LM head over `batch` rows (ops.dot), "
+                             "one jitted call"})
+        print(f"proj {name:9s} {s * 1e3:7.2f} ms  {fl / s / 1e9:6.1f} GFLOP/s  {fl / s / rate:5.2f} of the dense "
+              f"matmul ({rate / 1e9:.0f} GFLOP/s)  weights {nbytes / s / 1e9:5.1f} GB/s")
     for r in recs:
         r["model"] = a.model
     paths = write_results("decode_split", a.run or ctx["run"], recs, hardware=ctx["hardware"], config=vars(a),

@@ -8,11 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from _compile_cache import compilation_cache
 from hydra import compose, initialize_config_dir
 
+from mamba2_jax.config import get_preset
 from mamba2_jax.eval import bench
 from mamba2_jax.eval.results import REQUIRED_COLUMNS, validate_result
 from mamba2_jax.paths import CONF_DIR
@@ -138,6 +140,20 @@ def test_decode_probes_tiny(tmp_path, name):
     assert doc["experiment"] == name and doc["provenance"]["git"]["sha"]
     assert len(pd.read_csv(cp)) == len(doc["records"]) >= 3
     assert all(r["model"] == "tiny" for r in doc["records"] if "model" in r)
+    if name == "decode_split":   # the projections over b rows: FLOPs from the checkpoint's own tensors
+        from mamba2_jax.checkpoint import init_state_dict
+
+        sd = init_state_dict(get_preset("tiny"), 0)
+        per_row = 2 * sum(int(np.prod(sd[k].shape)) for k in ("backbone.layers.0.mixer.in_proj.weight",
+                                                                "backbone.layers.0.mixer.out_proj.weight",
+                                                                "backbone.embedding.weight"))
+        proj = {r["batch"]: r for r in doc["records"] if r["metric"] == "projection_flops_per_s"}
+        (rate,) = [r["value"] for r in doc["records"] if r["metric"] == "matmul_flops_per_s"]
+        assert sorted(proj) == [1, 4, 16, 64]
+        for b, r in proj.items():
+            assert r["flops"] == b * per_row
+            assert r["value"] == pytest.approx(r["flops"] / r["median_s"])
+            assert r["fraction_of_dense_matmul"] == pytest.approx(r["value"] / rate)
 
 
 def test_peers_tiny_ours(tmp_path):
