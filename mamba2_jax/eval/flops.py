@@ -185,7 +185,9 @@ def decode_roofline(cfg: Mamba2Config, batch: int, bandwidth: float, matmul_flop
 def batch_curve_roofline(doc: dict, rec: dict) -> dict | None:
     """:func:`decode_roofline` of a ``decode_batch_tokens_per_s`` record of a ``make bench`` document, at
     the bandwidth of its own rounds and the document's dense-matmul rate (``matmul_flops_per_s``, the
-    same run), with ``roofline_fraction`` = achieved ÷ roofline; None without a matmul rate."""
+    same run), with ``roofline_fraction`` = achieved ÷ roofline; None without a matmul rate.  The rate is
+    the fp32 one for 16-bit weights too: ``make bench`` times an fp32 matmul only, and on a CPU without
+    native 16-bit dot instructions (AVX2) 16-bit weights are multiplied in fp32."""
     from ..config import get_preset
 
     rate = next((r["value"] for r in doc.get("records") or [] if r.get("metric") == "matmul_flops_per_s"), None)
