@@ -10,7 +10,8 @@ training run of ``results/train_tiny``...).  Per file this reports each block's 
 flag, the machine (``cpu_model``) and the date, and whether the *numerics code* at that sha equals
 HEAD's (``git diff --quiet SHA HEAD -- NUMERICS_CODE``).  A file is
 
-  stale    if a block's sha has numerics code different from HEAD's (or the sha is unknown to git),
+  stale    if a block's sha has numerics code different from HEAD's (or the sha is unknown to git); a
+           parity file's ``reference`` block is judged by the reference's code instead (REFERENCE_CODE),
   dirty    if a block says the tree was dirty (or does not say: ``dirty`` missing) in a file that is code
            (``provenance.code_files``: not a result, figure, table or the report's text),
   machine  if a block's machine is not the majority machine over all files (or is not recorded).
@@ -45,6 +46,13 @@ NUMERICS_CODE = (
     "mamba2_jax/loading.py", "mamba2_jax/generate.py", "mamba2_jax/sharding.py", "mamba2_jax/config.py",
     "reference/*.py", "reference/requirements-*.txt",
 )
+# The reference side of a parity result (its ``reference`` block: the golden file of mamba_ssm, transformers or
+# llama.cpp, cached by checkpoint fingerprint and prompts) is computed by the reference's own code, not ours: the
+# runners, their pinned requirements, the checkpoint converter and GGUF build they read, the golden file format.
+# A golden made before a change to our model stays current; one made before a change to a runner does not.
+REFERENCE_BLOCKS = ("reference",)
+REFERENCE_CODE = ("reference/*.py", "reference/requirements-*.txt", "mamba2_jax/checkpoint.py",
+                  "mamba2_jax/eval/golden.py", "mk/llama.mk")
 EXTRA_FILES = ("paper/reproduce_summary.json", "paper/regenerate_summary.json")
 # Provenance of a result's *input*, shown but not judged: results/train_tiny/metrics.json evaluates the
 # committed checkpoint (fixed by its sha256), whose training run is recorded as train_provenance.
@@ -185,10 +193,11 @@ def result_files(root: Path) -> list[Path]:
 
 
 def audit(root: Path = REPO, files: list[Path] | None = None, producers: Any = None,
-          numerics: tuple[str, ...] = NUMERICS_CODE) -> tuple[list[FileAudit], str | None]:
+          numerics: tuple[str, ...] = NUMERICS_CODE,
+          reference: tuple[str, ...] = REFERENCE_CODE) -> tuple[list[FileAudit], str | None]:
     """Audit ``files`` (default: every result JSON of ``root``).  ``producers``: a ResultsMap (its
-    producer step names the command and its code paths) or None.  Returns the audits and the
-    majority machine."""
+    producer step names the command and its code paths) or None.  A block is judged by ``numerics``,
+    a reference block (REFERENCE_BLOCKS) by ``reference``.  Returns the audits and the majority machine."""
     git = Git(root)
     files = result_files(root) if files is None else files
     users = usage_index(root)
@@ -221,11 +230,17 @@ def audit(root: Path = REPO, files: list[Path] | None = None, producers: Any = N
                 a.problems.append("stale: a provenance block has no git sha")
                 continue
             a.behind[sha] = git.behind(sha)
-            a.numerics_equal[sha] = eq = git.equal(sha, tuple(numerics))
+            kinds = {"reference" if b.where.split(".")[-1] in REFERENCE_BLOCKS else "numerics"
+                     for b in a.blocks if b.sha == sha}
+            code = tuple(dict.fromkeys((numerics if "numerics" in kinds else ()) +
+                                       (reference if "reference" in kinds else ())))
+            a.numerics_equal[sha] = eq = git.equal(sha, code)
             if eq is None:
                 a.problems.append(f"stale: {sha[:8]} is not a commit of this repository")
             elif not eq:
-                a.problems.append(f"stale: numerics code at {sha[:8]} differs from HEAD")
+                what = "numerics code" if kinds == {"numerics"} else \
+                    "reference code" if kinds == {"reference"} else "numerics or reference code"
+                a.problems.append(f"stale: {what} at {sha[:8]} differs from HEAD")
         if step is not None and step.code and all(a.shas):
             eqs = [git.equal(s, tuple(step.code)) for s in a.shas]
             a.producer_code_equal = None if any(e is None for e in eqs) else all(eqs)
@@ -281,7 +296,9 @@ def _short(where: str) -> str:
 
 def markdown(audits: list[FileAudit], majority: str | None, head: str) -> str:
     lines = [f"# Results audit (HEAD {head[:8]})", "",
-             f"Numerics code: {', '.join(NUMERICS_CODE)}.", f"Majority machine: {majority or 'unknown'}.", "",
+             f"Numerics code: {', '.join(NUMERICS_CODE)}.",
+             f"Reference code (the {', '.join(REFERENCE_BLOCKS)} block of a parity result): {', '.join(REFERENCE_CODE)}.",
+             f"Majority machine: {majority or 'unknown'}.", "",
              "| file | producer | git sha (commits behind HEAD) | numerics = HEAD | producer code = HEAD "
              "| dirty | machine | date | used by | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -167,3 +167,27 @@ def test_dirty_is_judged_by_the_files_it_lists():
     assert b.dirty is True
     (b,) = RA.provenance_blocks(g([f"docs/{i}.md" for i in range(20)]))
     assert b.dirty is True
+
+
+def test_a_reference_golden_is_judged_by_the_reference_code(tmp_path):
+    """A parity file's ``reference`` block (a cached golden of mamba_ssm / transformers / llama.cpp) stays
+    current across a change to our model, and goes stale with a change to a reference runner."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    _git(root, "init", "-q")
+    c0 = _commit(root, {"mamba2_jax/model.py": "scale = 1\n", "reference/run.py": "r = 1\n"}, "c0")
+    c1 = _commit(root, {"mamba2_jax/model.py": "scale = 2\n"}, "our model changes")
+    (root / "results" / "parity").mkdir(parents=True)
+    doc = {"provenance": _prov(c1), "reference": {"git": {"sha": c0, "dirty": False}, "cpu_model": AMD}}
+    (root / "results" / "parity" / "p.json").write_text(json.dumps(doc))
+    # the same block under another name (a run's own provenance at c0) is judged by the numerics code
+    (root / "results" / "parity" / "q.json").write_text(json.dumps({"provenance": _prov(c0)}))
+    _commit(root, {"README.md": "docs\n"}, "results")
+    numerics, reference = ("mamba2_jax/model.py", "reference/*.py"), ("reference/*.py",)
+    by = {Path(a.path).name: a for a in RA.audit(root, numerics=numerics, reference=reference)[0]}
+    assert by["p.json"].problems == [] and by["p.json"].numerics_equal == {c1: True, c0: True}
+    assert by["q.json"].problems == [f"stale: numerics code at {c0[:8]} differs from HEAD"]
+    _commit(root, {"reference/run.py": "r = 2\n"}, "a reference runner changes")
+    by = {Path(a.path).name: a for a in RA.audit(root, numerics=numerics, reference=reference)[0]}
+    assert sorted(by["p.json"].problems) == [f"stale: numerics code at {c1[:8]} differs from HEAD",
+                                             f"stale: reference code at {c0[:8]} differs from HEAD"]
