@@ -429,3 +429,21 @@ def test_quick_profile_against_ours(tmp_path, monkeypatch):
     assert next(r for r in recs if r["variant"] == "soak")["rss_growth_second_half"] is not None
     assert doc["servers"]["tiny-wikitext/ours"]["exit_code"] is not None  # stopped (SIGTERM), not left running
     assert (tmp_path / "smoke.md").exists() and (tmp_path / "smoke.requests.jsonl").exists()
+
+
+def test_a_server_killed_mid_run_is_named_not_recorded_as_connect_errors(tmp_path):
+    """A peer that the kernel's OOM killer took (SIGKILL) is reported as gone, with its exit code and log,
+    so the run skips it instead of recording every later request as a connection error."""
+    import signal
+    import subprocess
+    import sys
+
+    sp = sb.ServerProcess(name="llama_server", cmd=[sys.executable, "-c", "import time; time.sleep(120)"],
+                          port=1, log=tmp_path / "peer.log")
+    assert sb.server_gone(None) is None and sb.server_gone(sp) is None          # in-process / not started
+    sp.proc = subprocess.Popen(sp.cmd)
+    assert sb.server_gone(sp) is None                                          # running
+    sp.proc.send_signal(signal.SIGKILL)
+    sp.proc.wait(timeout=30)
+    why = sb.server_gone(sp)
+    assert why.startswith("llama_server exited with code -9 (SIGKILL") and str(tmp_path / "peer.log") in why

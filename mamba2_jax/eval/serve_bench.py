@@ -586,6 +586,15 @@ class ServerProcess:
         return self.exit_code
 
 
+def server_gone(sp: ServerProcess | None) -> str | None:
+    """Why ``sp`` can no longer serve (its process has exited), or None while it runs (or is in-process)."""
+    if sp is None or sp.proc is None or sp.proc.poll() is None:
+        return None
+    code = sp.proc.returncode
+    how = " (SIGKILL: the kernel's out-of-memory killer, or a kill from outside)" if code == -signal.SIGKILL else ""
+    return f"{sp.name} exited with code {code}{how}; log {sp.log}"
+
+
 # ------------------------------------------------------------------------------ static batches
 def run_generator(gen, requests: Sequence[Request], concurrency: int
                   ) -> tuple[list[RequestResult], float, list[float]]:
@@ -885,6 +894,11 @@ def run(cfg) -> dict:
                     per_sys: dict[str, list[dict]] = {s: [] for s in systems}
                     for r in sorted(tr):
                         for s in _rotate(systems, r):
+                            why = server_gone(servers.get(s))
+                            if why:  # a server that died (e.g. the OOM killer): say so, do not record connect errors
+                                skipped.setdefault(f"{mname}/{s}", f"{why} before {variant} round {r}")
+                                print(f"[serve] {mname} {variant} round {r} {s}: SKIPPED ({why})", flush=True)
+                                continue
                             rec, rows = _run_one(s, servers.get(s), gen, tr[r], conc, S, W, servers)
                             rec.update({"model": mname, "workload": W, "variant": variant, "system": s, "round": r,
                                         "concurrency": conc, "slots": slots, "dtype": dtype,
