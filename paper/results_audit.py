@@ -297,7 +297,8 @@ def _short(where: str) -> str:
 def markdown(audits: list[FileAudit], majority: str | None, head: str) -> str:
     lines = [f"# Results audit (HEAD {head[:8]})", "",
              f"Numerics code: {', '.join(NUMERICS_CODE)}.",
-             f"Reference code (the {', '.join(REFERENCE_BLOCKS)} block of a parity result): {', '.join(REFERENCE_CODE)}.",
+             f"Reference code (the {', '.join(REFERENCE_BLOCKS)} block of a parity result): "
+             f"{', '.join(REFERENCE_CODE)}.",
              f"Majority machine: {majority or 'unknown'}.", "",
              "| file | producer | git sha (commits behind HEAD) | numerics = HEAD | producer code = HEAD "
              "| dirty | machine | date | used by | verdict |",
