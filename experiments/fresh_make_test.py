@@ -100,6 +100,9 @@ def main(argv=None) -> int:
     env["MAMBA2_JAX_DATA"] = os.environ.get("MAMBA2_JAX_DATA") or str(root.parent / "shared" / "data")
     env["PIP_NO_CACHE_DIR"] = "1"
     env["CI"] = "true"
+    # the clone's suite audits the committed results strictly; its results/ci/fresh-make-test.json is the
+    # measurement this run replaces (stale after any numerics change), so that one file is not judged there
+    env["MAMBA2_JAX_AUDIT_REPLACING"] = "results/ci/fresh-make-test.json"
     # pytest's 30 slowest tests in the log (where the suite's time goes); it changes nothing else
     env["PYTEST_ADDOPTS"] = "--durations=30"
     load0 = [round(x, 2) for x in os.getloadavg()]

@@ -5,6 +5,7 @@ the tool's own output), and the --strict gate on the real committed results (int
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -93,7 +94,7 @@ def test_verdicts_follow_the_history(repo):
     assert all(any(p.startswith("stale") for p in a.problems) for a in audits2 if a.blocks)
 
 
-def test_strict_exit_status(repo, capsys):
+def test_strict_exit_status(repo, capsys, monkeypatch):
     root, _, _ = repo
     assert RA.main(["--root", str(root)]) == 0               # report only
     table = capsys.readouterr().out
@@ -102,6 +103,14 @@ def test_strict_exit_status(repo, capsys):
     unused = next(ln for ln in table.splitlines() if "candidates for removal" in ln)
     assert "`results/x/dirty.json`" in unused and "`results/x/ok.json`" not in unused
     assert RA.main(["--root", str(root), "--strict"]) == 1
+    # a file the run in progress replaces (fresh_make_test.py's own output) is not judged; the others are
+    bad = ["results/x/" + n for n in ("stale.json", "dirty.json", "intel.json", "unknown_sha.json", "nested.json",
+                                      "no_prov.json")]
+    assert RA.main(["--root", str(root), "--strict", *[f"--replacing={b}" for b in bad[1:]]]) == 1
+    assert RA.main(["--root", str(root), "--strict", *[f"--replacing={b}" for b in bad]]) == 0
+    monkeypatch.setenv(RA.REPLACING_ENV, os.pathsep.join(bad))
+    assert RA.main(["--root", str(root), "--strict"]) == 0
+    monkeypatch.delenv(RA.REPLACING_ENV)
     for f in (root / "results" / "x").iterdir():               # keep only the good files
         if f.name not in ("ok.json", "input.json", "records.json"):
             f.unlink()
