@@ -636,7 +636,13 @@ def _mib(x) -> str:
 def anchor_table(results: Path, rep: dict[str, Any]) -> Table:
     """Ours beside mamba2-jax 1.1.2 (the paper's package), both compiled for TPU v6e by libtpu, per scale and
     program (mamba2_jax.eval.compiled.side_by_side)."""
-    pairs = sorted(compiled.side_by_side(results), key=lambda x: report.model_key(x["model"]))
+    docs_all = compiled.anchor_documents(results)
+    asked = {m: set((c["doc"].get("config") or {}).get("programs") or []) for m, c in docs_all.items()}
+    phases = sorted({str(ph) for c in docs_all.values() if (ph := (c["doc"].get("config") or {}).get("phase"))})
+    # a program the anchor's run neither compiled nor asked for (its phase left it out) has nothing to compare
+    pairs = sorted((x for x in compiled.side_by_side(results)
+                    if x["anchor"] is not None or x["anchor_program"] in asked.get(x["model"], ())),
+                   key=lambda x: report.model_key(x["model"]))
     rows = []
 
     def two(o, a, key, f) -> str:
@@ -685,9 +691,11 @@ def anchor_table(results: Path, rep: dict[str, Any]) -> Table:
               "from mamba2_jax.compile.fit_and_bound. Nothing was run.", prov,
               empty="no results/tpu_compile_anchor/*.json: run `make tpu-compile-anchor` (the paper's package "
                     "compiled for TPU v6e without a TPU)",
-              notes=["n/a: that side has no record or value (the anchor's run had not reached it). Our decode loop "
-                     "(generate) has no counterpart in its API and is not listed; our last-position prefills are in "
-                     "the compiled-suite table."],
+              notes=["n/a: that side has no record or value (the anchor's run had not reached it). Listed: the "
+                     "programs the anchor's run asked for" + (f" (phase {', '.join(phases)})" if phases else "") +
+                     "; `--phase all` asks for every prefill length of the suite. Our decode loop (generate) has no counterpart in its API "
+                     "and is not listed; our last-position prefills at every length are in the compiled-suite "
+                     "table."],
               size="scriptsize", long=False, group=1,
               short="This artifact / the paper's own package (mamba2-jax 1.1.2): the same programs compiled for TPU "
                     "v6e by the same compiler in one run, without a TPU. Compile time, XLA's FLOPs, temporaries, "
