@@ -693,9 +693,9 @@ def anchor_table(results: Path, rep: dict[str, Any]) -> Table:
                     "compiled for TPU v6e without a TPU)",
               notes=["n/a: that side has no record or value (the anchor's run had not reached it). Listed: the "
                      "programs the anchor's run asked for" + (f" (phase {', '.join(phases)})" if phases else "") +
-                     "; `--phase all` asks for every prefill length of the suite. Our decode loop (generate) has no counterpart in its API "
-                     "and is not listed; our last-position prefills at every length are in the compiled-suite "
-                     "table."],
+                     "; `--phase all` asks for every prefill length of the suite. Our decode loop (generate) "
+                     "has no counterpart in its API and is not listed; our last-position prefills at every "
+                     "length are in the compiled-suite table."],
               size="scriptsize", long=False, group=1,
               short="This artifact / the paper's own package (mamba2-jax 1.1.2): the same programs compiled for TPU "
                     "v6e by the same compiler in one run, without a TPU. Compile time, XLA's FLOPs, temporaries, "
