@@ -669,7 +669,7 @@ def anchor_table(results: Path, rep: dict[str, Any]) -> Table:
                      two(o, a, "roofline", lambda ro: "n/a" if not ro.get("bound_tokens_per_s")
                          else f"{ro['bound_tokens_per_s']:,.0f}")])
     paired = {x["model"] for x in pairs}
-    docs = {(m, "anchor"): c for m, c in compiled.anchor_documents(results).items() if m in paired}
+    docs = {(m, "anchor"): c for m, c in docs_all.items() if m in paired}
     prov = []
     for (m, side), c in sorted(docs.items(), key=lambda kv: (report.model_key(kv[0][0]), kv[0][1] != "ours")):
         d = c["doc"]

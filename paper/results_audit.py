@@ -72,6 +72,7 @@ class Block:
     cpu_model: str | None
     date: str | None
     input: bool = False          # the provenance of an input (INPUT_BLOCKS): reported, not judged
+    reference: bool = False      # a parity file's reference side (REFERENCE_BLOCKS): judged by REFERENCE_CODE
 
 
 @dataclass
@@ -105,8 +106,9 @@ def provenance_blocks(doc: Any, where: str = "") -> list[Block]:
                 from mamba2_jax.eval.provenance import code_files
 
                 dirty = bool(code_files(g["dirty_files"]))
+            name = where.split(".")[-1]
             out.append(Block(where or "(top)", g.get("sha"), dirty, machine, date,
-                             input=where.split(".")[-1] in INPUT_BLOCKS))
+                             input=name in INPUT_BLOCKS, reference=name in REFERENCE_BLOCKS))
         for k, v in doc.items():
             if k != "git":
                 out += provenance_blocks(v, f"{where}.{k}" if where else str(k))
@@ -235,8 +237,7 @@ def audit(root: Path = REPO, files: list[Path] | None = None, producers: Any = N
                 a.problems.append("stale: a provenance block has no git sha")
                 continue
             a.behind[sha] = git.behind(sha)
-            kinds = {"reference" if b.where.split(".")[-1] in REFERENCE_BLOCKS else "numerics"
-                     for b in a.blocks if b.sha == sha}
+            kinds = {"reference" if b.reference else "numerics" for b in a.blocks if b.sha == sha}
             code = tuple(dict.fromkeys((numerics if "numerics" in kinds else ()) +
                                        (reference if "reference" in kinds else ())))
             a.numerics_equal[sha] = eq = git.equal(sha, code)
